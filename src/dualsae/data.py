@@ -14,6 +14,7 @@ without copying.
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -230,11 +231,32 @@ class PairedEmbeddings:
         for start in range(0, self.n, batch_size):
             yield self.read(modality, np.arange(start, min(start + batch_size, self.n)))
 
+    def release_pages(self) -> None:
+        """Drop this process's mapping of already-read pages (they stay in the OS page cache), so
+        the resident memory of a long pass over a memory-mapped store stays bounded by a few batches."""
+        for arr in (self.image, self.text):
+            if arr is None:
+                continue
+            # Sharded arrays (clip-retrieval layout) expose their memory maps as ``parts``.
+            for part in getattr(arr, "parts", [arr]):
+                _release_mmap(part)
+
     def sample(self, modality: str, n: int, seed: int = 0) -> torch.Tensor:
         """Up to ``n`` random rows of one modality [<=n, d] (e.g. for the decoder-bias init)."""
         rng = np.random.default_rng(seed)
         pos = np.sort(rng.choice(self.n, size=min(n, self.n), replace=False))
         return self.read(modality, pos)
+
+
+def _release_mmap(arr: Any) -> None:
+    mm = getattr(arr, "_mmap", None)
+    if mm is None and getattr(arr, "base", None) is not None:
+        mm = getattr(arr.base, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -267,3 +289,4 @@ def write_store(
             raise DataError(f"write_store: meta has {len(meta):,} rows, the embeddings have {n:,}")
         write_text(folder / "meta.jsonl", "".join(json.dumps(r) + "\n" for r in meta))
     return folder
+

@@ -1,0 +1,98 @@
+"""``dualsae info``: what a trained model is and how well it reconstructs a store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from dualsae.commands.common import add_split_args, open_data, select_split
+from dualsae.data import PairedEmbeddings
+from dualsae.pair import SAEPair
+from dualsae.run import load_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info", help="print a model's config, size, live/dead latents and reconstruction",
+        description="Print the configuration, parameter count, live/dead latents and (with --data) "
+        "reconstruction MSE and explained variance per modality of a run or aligned folder.",
+    )
+    p.add_argument("run", help="run folder (dualsae train) or aligned folder (dualsae align)")
+    p.add_argument("--data", default=None, help="store to measure reconstruction and live latents on")
+    add_split_args(p, "test")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+@torch.no_grad()
+def reconstruction_stats(pair: SAEPair, store: PairedEmbeddings, batch_size: int = 4096) -> dict[str, dict]:
+    """Per modality: MSE (eq. 4: squared error summed over d, mean over rows), explained variance,
+    mean L0, and latents live on these rows. Streams the store in batches."""
+    out: dict[str, dict] = {}
+    for mod in ("image", "text"):
+        if not store.has(mod) or getattr(pair, mod) is None:
+            continue
+        sae = pair.sae_for(mod)
+        sse = 0.0
+        l0 = 0.0
+        s1 = torch.zeros(store.d, dtype=torch.float64)
+        s2 = 0.0
+        fired = torch.zeros(sae.m, dtype=torch.bool)
+        for x in store.iter_rows(mod, batch_size):
+            codes = sae.encode(x)
+            recon = sae.decode(codes)
+            sse += (x - recon).double().pow(2).sum().item()
+            s1 += x.double().sum(0)
+            s2 += x.double().pow(2).sum().item()
+            l0 += (codes.values > 0).sum().item()
+            fired[codes.indices[codes.values > 0]] = True
+        n = store.n
+        total_var = s2 - (s1.pow(2).sum().item() / n)
+        out[mod] = {
+            "rows": n,
+            "mse": sse / n,
+            "explained_variance": 1.0 - sse / max(total_var, 1e-12),
+            "l0": l0 / n,
+            "live_latents": int(fired.sum()),
+            "dead_latents": int((~fired).sum()),
+        }
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    pair = load_model(args.run)
+    root = Path(args.run)
+    info: dict = {"path": str(root), "method": pair.method}
+    cfg = root / "config.json"
+    if cfg.is_file():
+        info["config"] = json.loads(cfg.read_text()).get("train")
+    saes = {"shared": pair.image} if pair.shared else {m: getattr(pair, m) for m in ("image", "text") if getattr(pair, m) is not None}
+    info["saes"] = {
+        name: {
+            "d": s.d, "m": s.m, "k": s.config.k, "activation": s.config.activation, "parameters": s.n_params(),
+            "dead_in_training": int(s.dead_mask().sum()),
+        }
+        for name, s in saes.items()
+    }
+    info["parameters"] = sum(s.n_params() for s in saes.values())
+    if args.data:
+        store = select_split(open_data(args.data), args)
+        info["data"] = {"path": args.data, "split": args.split, **reconstruction_stats(pair, store, args.batch_size)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{root}  method={pair.method}  parameters={info['parameters']:,}")
+    if "config" in info and info["config"]:
+        c = info["config"]
+        print("  config: " + ", ".join(f"{k}={c[k]}" for k in ("latents", "k", "activation", "preset", "lr", "batch_size", "epochs", "seed") if k in c))
+    for name, s in info["saes"].items():
+        print(f"  {name} SAE: d={s['d']} m={s['m']} k={s['k']} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
+    for mod, st in info.get("data", {}).items():
+        if isinstance(st, dict):
+            print(f"  {mod:5s} on {args.data} [{args.split}, {st['rows']:,} rows]: MSE={st['mse']:.5f}  explained variance={st['explained_variance']:.4f}  "
+                  f"L0={st['l0']:.1f}  live={st['live_latents']:,} dead={st['dead_latents']:,}")
+    return 0

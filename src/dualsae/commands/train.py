@@ -1,0 +1,100 @@
+"""``dualsae train``: train one of the four methods on a store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from dualsae.commands.common import add_split_args, open_data, select_split
+from dualsae.errors import ConfigError
+from dualsae.train import METHODS, PRESETS, TrainConfig, train
+
+# CLI flag -> TrainConfig field, for every field a user may override.
+_FLAGS: dict[str, tuple[str, type, str]] = {
+    "latents": ("--latents", int, "latents m of the shared SAE; each specific SAE gets m/2 (default 8192)"),
+    "k": ("--k", int, "active latents per input, TopK's K (default 32)"),
+    "activation": ("--activation", str, "topk | batchtopk | relu (default topk)"),
+    "lr": ("--lr", float, "learning rate (preset)"),
+    "beta1": ("--beta1", float, "AdamW beta1 (preset)"),
+    "beta2": ("--beta2", float, "AdamW beta2 (preset)"),
+    "eps": ("--eps", float, "AdamW epsilon (preset)"),
+    "weight_decay": ("--weight-decay", float, "AdamW weight decay (preset)"),
+    "batch_size": ("--batch-size", int, "pairs per step (preset)"),
+    "epochs": ("--epochs", int, "passes over the training rows (preset)"),
+    "warmup_frac": ("--warmup-frac", float, "linear warm-up share of the steps (preset)"),
+    "schedule": ("--schedule", str, "cosine | constant (preset)"),
+    "grad_clip": ("--grad-clip", float, "max gradient norm per SAE, 0 = off (preset)"),
+    "seed": ("--seed", int, "random seed of initialisation and batch order (default 0)"),
+    "aux_k": ("--aux-k", int, "dead latents used by AuxK (default d/2)"),
+    "aux_coef": ("--aux-coef", float, "AuxK coefficient (default 1/32)"),
+    "dead_window": ("--dead-window", int, "samples without firing before a latent counts as dead (default 20000)"),
+    "dec_bias_init": ("--dec-bias-init", str, "geometric_median | mean | zero (default geometric_median)"),
+    "l1_coef": ("--l1-coef", float, "L1 coefficient for --activation relu (default 1e-3)"),
+    "group_sparse_lambda": ("--group-sparse-lambda", float, "group-sparse lambda (scale-free lambda-tilde of Prop. 3 by default; default 1.0)"),
+    "iso_energy_beta": ("--iso-energy-beta", float, "Iso-Energy beta (default 4e-4 cosine form, 1.0 dot form)"),
+    "iso_energy_form": ("--iso-energy-form", str, "cosine (official code) | dot (Prop. 4) (default cosine)"),
+    "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints (default 500)"),
+    "log_every": ("--log-every", int, "steps between metrics.jsonl rows (default 10)"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train SAEs with one of the four methods",
+        description="Train modality-specific SAEs (the paper's method) or a shared-SAE baseline on a "
+        "paired-embedding store. Writes config.json, metrics.jsonl, checkpoints, and the trained SAE "
+        "folder(s) into --out. Interrupted runs continue with --resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="store folder (image.npy, text.npy, optional meta.jsonl)")
+    p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default specific)")
+    p.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
+    p.add_argument("--preset", default=None, help=f"hyper-parameter preset: {', '.join(PRESETS)} (default real)")
+    for field_name, (flag, typ, text) in _FLAGS.items():
+        p.add_argument(flag, dest=field_name, type=typ, default=None, help=text)
+    p.add_argument("--no-scale-free-lambda", dest="group_sparse_scale_free", action="store_const", const=False, default=None,
+                   help="use --group-sparse-lambda as a raw coefficient instead of Prop. 3's scale-free lambda-tilde")
+    add_split_args(p, "train")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (flags you give must match its config)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    explicit = {k: getattr(args, k) for k in known if getattr(args, k, None) is not None}
+    cfg_path = Path(args.out) / "config.json"
+    if args.resume and cfg_path.is_file():
+        saved = json.loads(cfg_path.read_text()).get("train", {})
+        merged = {**saved, **explicit}
+        return TrainConfig(**merged)
+    explicit.setdefault("method", "specific")
+    preset = explicit.pop("preset", "real")
+    return TrainConfig.from_preset(preset, **explicit)
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.method is not None and args.method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, found {args.method!r}")
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, found {args.preset!r}")
+    config = _config_from_args(args)
+    store = select_split(open_data(args.data), args)
+    train(store, config, args.out, resume=args.resume, device=_device(args.device), progress=not args.no_progress)
+    summary = json.loads((Path(args.out) / "summary.json").read_text())
+    final = summary.get("final", {})
+    parts = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("mse_") or k in ("l0", "dead_frac"))
+    print(f"trained {config.method} ({config.latents_per_sae} latents per SAE, k={config.k}) in {summary['seconds']:.1f}s, "
+          f"{summary['steps']} steps -> {args.out}  [{parts}]")
+    return 0

@@ -1,0 +1,488 @@
+"""One trainer for the four methods (paper Sec. 5, 6.1, 6.2; App. E.2, E.4).
+
+Methods (``TrainConfig.method``):
+
+* ``specific``: one SAE per modality, each trained on its own modality only, with ``latents // 2``
+  latents so the pair has the parameters of one shared SAE with ``latents`` (Sec. 6.1).
+* ``shared``: one SAE with ``latents`` latents on image and text rows together.
+* ``group-sparse``: shared, on paired batches, plus lambda * mean_i sum_j sqrt(z_I,ij^2 + z_T,ij^2)
+  (Kaushik et al.; the form of Prop. 3). See :func:`dualsae.losses.group_sparse_loss` for the
+  scale-free lambda used by default.
+* ``iso-energy``: shared, on paired batches, plus beta * L_align (Dhimoila et al.): the cosine form
+  of their official code, or the simplified dot form of Prop. 4.
+
+Each step reads ``batch_size`` *pairs*: a shared SAE's step sees both embeddings of its pairs; each
+specific SAE's step sees its own modality's rows of the same pairs. The row order of an epoch is a
+pure function of (seed, epoch) and all other state (weights, AdamW moments, dead-latent counters,
+BatchTopK threshold, step) is checkpointed, so ``resume=True`` ends with the weights an
+uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from dualsae.atomic import append_jsonl, save_tensors, write_json
+from dualsae.codes import SparseCodes
+from dualsae.data import PairedEmbeddings, epoch_order
+from dualsae.errors import CheckpointError, ConfigError, DataError
+from dualsae.losses import (
+    aux_k_loss,
+    group_sparse_loss,
+    iso_energy_alignment,
+    iso_energy_dot,
+    l1_penalty,
+    reconstruction_loss,
+)
+from dualsae.pair import SAEPair
+from dualsae.sae import SAE, SAEConfig
+
+METHODS = ("specific", "shared", "group-sparse", "iso-energy")
+PAIRED_METHODS = ("group-sparse", "iso-energy")
+SCHEDULES = ("cosine", "constant")
+ISO_FORMS = ("cosine", "dot")
+RUN_FORMAT = "dualsae.run/1"
+
+#: Paper presets. ``real``: App. E.4 (and E.1: 30 epochs); ``synthetic``: App. E.2.
+PRESETS: dict[str, dict[str, Any]] = {
+    "real": dict(
+        lr=5e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-5, batch_size=1024,
+        grad_clip=1.0, warmup_frac=0.05, schedule="cosine", epochs=30,
+    ),
+    "synthetic": dict(
+        lr=5e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, batch_size=256,
+        grad_clip=0.0, warmup_frac=0.0, schedule="constant", epochs=10,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained weights (written to ``config.json``).
+
+    latents: m of the shared SAE; each specific SAE gets ``latents // 2`` (parameter-matched).
+    group_sparse_lambda: lambda-tilde of Prop. 3 when ``group_sparse_scale_free`` (default 1.0,
+        which is in the merged-but-alive regime for every rho in (0, 1)); a raw lambda otherwise.
+    iso_energy_beta: beta for the cosine form (4e-4: Dhimoila et al.'s value for CLIP ViT-B/32);
+        with ``iso_energy_form='dot'`` (Prop. 4) it is the lambda of Prop. 4 and the default
+        becomes 1.0 (merged for rho > 1/3) unless set.
+    grad_clip: max global gradient norm per SAE; 0 disables clipping.
+    """
+
+    method: str = "specific"
+    latents: int = 8192
+    k: int = 32
+    activation: str = "topk"
+    preset: str = "real"
+    lr: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 1e-5
+    batch_size: int = 1024
+    epochs: int = 30
+    warmup_frac: float = 0.05
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    seed: int = 0
+    aux_k: int | None = None
+    aux_coef: float = 1.0 / 32.0
+    dead_window: int = 20_000
+    dec_bias_init: str = "geometric_median"
+    l1_coef: float = 1e-3
+    group_sparse_lambda: float = 1.0
+    group_sparse_scale_free: bool = True
+    iso_energy_beta: float | None = None
+    iso_energy_form: str = "cosine"
+    split: str = "train"
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_preset(cls, preset: str = "real", **overrides: Any) -> "TrainConfig":
+        """A config from a paper preset with field overrides (``None`` values are ignored)."""
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        values = dict(PRESETS[preset], preset=preset)
+        known = {f.name for f in fields(cls)}
+        for key, val in overrides.items():
+            if key not in known:
+                raise ConfigError(f"unknown training option {key!r}")
+            if val is not None:
+                values[key] = val
+        return cls(**values)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"training field 'method' must be one of {', '.join(METHODS)}, found {self.method!r}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"training field 'preset' must be one of {', '.join(PRESETS)}, found {self.preset!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"training field 'schedule' must be one of {', '.join(SCHEDULES)}, found {self.schedule!r}")
+        if self.iso_energy_form not in ISO_FORMS:
+            raise ConfigError(f"training field 'iso_energy_form' must be one of {', '.join(ISO_FORMS)}, found {self.iso_energy_form!r}")
+        for name in ("batch_size", "epochs", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training field {name!r} must be >= 1, found {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"training field 'lr' must be > 0, found {self.lr}")
+        if not 0 <= self.warmup_frac < 1:
+            raise ConfigError(f"training field 'warmup_frac' must be in [0, 1), found {self.warmup_frac}")
+        if self.group_sparse_lambda < 0 or (self.iso_energy_beta is not None and self.iso_energy_beta < 0):
+            raise ConfigError("training fields 'group_sparse_lambda' and 'iso_energy_beta' must be >= 0")
+        m = self.latents_per_sae
+        if self.method == "specific" and self.latents < 4:
+            raise ConfigError(f"training field 'latents' must be >= 4 for method specific (m/2 per modality), found {self.latents}")
+        if self.activation != "relu" and not 1 <= self.k < m:
+            raise ConfigError(
+                f"training field 'k' must satisfy 1 <= k < m, found k={self.k} with m={m} latents per SAE"
+                + (f" (--latents {self.latents} split over two modality SAEs)" if self.method == "specific" else "")
+            )
+        self.sae_config(1)  # validates the SAE fields
+
+    @property
+    def latents_per_sae(self) -> int:
+        return self.latents // 2 if self.method == "specific" else self.latents
+
+    @property
+    def beta_iso(self) -> float:
+        if self.iso_energy_beta is not None:
+            return self.iso_energy_beta
+        return 4e-4 if self.iso_energy_form == "cosine" else 1.0
+
+    def sae_config(self, d: int) -> SAEConfig:
+        return SAEConfig(
+            d=d, m=self.latents_per_sae, k=self.k, activation=self.activation, aux_k=self.aux_k,
+            aux_coef=self.aux_coef, dead_window=self.dead_window, dec_bias_init=self.dec_bias_init,
+            l1_coef=self.l1_coef,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config.json") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"{source}: unknown training field(s) {unknown}")
+        return cls(**data)
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up over warmup_frac of the steps, then cosine
+    decay to zero (App. E.4), or constant (App. E.2)."""
+    if config.schedule == "constant":
+        return config.lr
+    warm = int(round(config.warmup_frac * total))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(total - warm, 1)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---------------------------------------------------------------------- state
+
+
+@dataclass
+class _Member:
+    """One SAE being trained, its optimizer, and which modalities of a batch it sees."""
+
+    name: str  # folder name: image | text | shared
+    sae: SAE
+    modalities: tuple[str, ...]
+    opt: torch.optim.Optimizer = field(init=False)
+
+
+def _make_members(config: TrainConfig, store: PairedEmbeddings, device: torch.device) -> list[_Member]:
+    gen = torch.Generator().manual_seed(config.seed)
+    sae_cfg = config.sae_config(store.d)
+    if config.method == "specific":
+        mods = [m for m in ("image", "text") if store.has(m)]
+        members = [_Member(m, SAE(sae_cfg, generator=gen), (m,)) for m in mods]
+    else:
+        mods = tuple(m for m in ("image", "text") if store.has(m))
+        members = [_Member("shared", SAE(sae_cfg, generator=gen), mods)]
+    for mem in members:
+        mem.sae.to(device)
+        mem.opt = torch.optim.AdamW(
+            mem.sae.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
+    return members
+
+
+def _opt_tensors(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, (_, st) in enumerate(sorted(opt.state_dict()["state"].items())):
+        for key, val in st.items():
+            out[f"{prefix}.opt.{i}.{key}"] = torch.as_tensor(val).detach().cpu().clone()
+    return out
+
+
+def _load_opt(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state = {}
+    for i in range(len(sd["param_groups"][0]["params"])):
+        keys = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"{prefix}.opt.{i}.")}
+        if keys:
+            state[i] = keys
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+# ---------------------------------------------------------------------- run folder
+
+
+def _run_config_dict(config: TrainConfig, store: PairedEmbeddings) -> dict:
+    return {
+        "format": RUN_FORMAT,
+        "train": config.to_dict(),
+        "data": {
+            "path": str(store.root) if store.root is not None else None,
+            "rows": store.n,
+            "d": store.d,
+            "modalities": [m for m in ("image", "text") if store.has(m)],
+        },
+    }
+
+
+def _check_resume_config(run_dir: Path, config: TrainConfig, store: PairedEmbeddings) -> None:
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing; --resume needs a run folder started by 'dualsae train'")
+    saved = json.loads(cfg_path.read_text())
+    old, new = saved.get("train", {}), config.to_dict()
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            raise CheckpointError(
+                f"{cfg_path}: field '{key}' is {old.get(key)!r} in the saved run, the resumed run asks for {new.get(key)!r}; "
+                "resume needs the same training config"
+            )
+    old_data = saved.get("data", {})
+    for key in ("rows", "d", "modalities"):
+        if key in old_data and old_data[key] != _run_config_dict(config, store)["data"][key]:
+            raise CheckpointError(
+                f"{cfg_path}: data field '{key}' is {old_data[key]!r} in the saved run, the store given now has "
+                f"{_run_config_dict(config, store)['data'][key]!r}"
+            )
+
+
+def _save_checkpoint(run_dir: Path, members: list[_Member], step: int) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for mem in members:
+        for key, val in mem.sae.state_dict().items():
+            tensors[f"{mem.name}.sae.{key}"] = val
+        tensors.update(_opt_tensors(mem.name, mem.opt))
+    save_tensors(run_dir / "checkpoint" / "state.safetensors", tensors, metadata={"step": str(step), "format": RUN_FORMAT})
+
+
+def _load_checkpoint(run_dir: Path, members: list[_Member]) -> int:
+    from safetensors import safe_open
+
+    path = run_dir / "checkpoint" / "state.safetensors"
+    if not path.is_file():
+        return 0
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if "step" not in meta:
+        raise CheckpointError(f"{path}: has no 'step' in its metadata; not a dualsae checkpoint")
+    for mem in members:
+        prefix = f"{mem.name}.sae."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        expected = mem.sae.state_dict()
+        missing = sorted(set(expected) - set(sd))
+        if missing:
+            raise CheckpointError(f"{path}: missing tensor(s) {[prefix + k for k in missing]}")
+        for key, ref in expected.items():
+            if tuple(sd[key].shape) != tuple(ref.shape):
+                raise CheckpointError(f"{path}: tensor '{prefix + key}' has shape {list(sd[key].shape)}, expected {list(ref.shape)}")
+        mem.sae.load_state_dict(sd)
+        _load_opt(mem.name, mem.opt, tensors)
+    return int(meta["step"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# ---------------------------------------------------------------------- the step
+
+
+def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one SAE on one batch of pairs, and scalar logs. batch[mod]: [B, d]."""
+    sae = mem.sae
+    mods = mem.modalities
+    x = torch.cat([batch[m] for m in mods]) if len(mods) > 1 else batch[mods[0]]
+    out = sae(x)
+    B = batch[mods[0]].shape[0]
+    logs: dict[str, float] = {}
+    loss = x.new_zeros(())
+    # Reconstruction: L_rec(image) + L_rec(text) (eq. 4 per modality, as in Props. 3-4).
+    for i, mod in enumerate(mods):
+        rec = reconstruction_loss(x[i * B:(i + 1) * B], out.recon[i * B:(i + 1) * B])
+        loss = loss + rec
+        logs[f"mse_{mod}"] = rec.item()
+    if config.aux_coef > 0 and sae.config.activation != "relu":
+        aux = aux_k_loss(sae, x, x - out.recon, out.pre_acts)
+        loss = loss + config.aux_coef * aux
+        logs["aux"] = aux.item()
+    if sae.config.activation == "relu":
+        loss = loss + sae.config.l1_coef * l1_penalty(out.codes) * len(mods)
+    if config.method in PAIRED_METHODS:
+        zi = SparseCodes(out.codes.values[:B], out.codes.indices[:B], sae.m)
+        zt = SparseCodes(out.codes.values[B:], out.codes.indices[B:], sae.m)
+        if config.method == "group-sparse":
+            align = group_sparse_loss(zi, zt, config.group_sparse_lambda, scale_free=config.group_sparse_scale_free)
+        elif config.iso_energy_form == "cosine":
+            align = config.beta_iso * iso_energy_alignment(zi, zt)
+        else:
+            align = config.beta_iso * iso_energy_dot(zi, zt)
+        loss = loss + align
+        logs["align"] = align.item()
+    with torch.no_grad():
+        logs["l0"] = (out.codes.values > 0).sum(dim=1).float().mean().item()
+    sae.update_fired(out.codes.detach())
+    logs["dead_frac"] = sae.dead_mask().float().mean().item()
+    logs[f"loss_{mem.name}"] = loss.item()
+    return loss, logs
+
+
+def _step(members: list[_Member], config: TrainConfig, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+    logs: dict[str, float] = {}
+    for mem in members:
+        for group in mem.opt.param_groups:
+            group["lr"] = lr
+        mem.opt.zero_grad(set_to_none=True)
+        loss, mlogs = _member_loss(mem, config, batch)
+        loss.backward()
+        mem.sae.remove_parallel_grad()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(mem.sae.parameters(), config.grad_clip)
+        mem.opt.step()
+        mem.sae.normalize_decoder()
+        for key, val in mlogs.items():
+            # l0/dead_frac of several SAEs: report the mean over them.
+            logs[key] = logs.get(key, 0.0) + val / (len(members) if key in ("l0", "dead_frac") else 1)
+    logs["loss"] = sum(v for k, v in logs.items() if k.startswith("loss_"))
+    return logs
+
+
+# ---------------------------------------------------------------------- driver
+
+
+def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
+    """Batches of ``batch_size`` pairs per epoch; the last partial batch is dropped when there is at
+    least one full batch (50,000 pairs / 256 -> 195 steps, 1,950 in 10 epochs as App. E.2 states)."""
+    return max(n_pairs // batch_size, 1)
+
+
+def _batch_positions(n: int, config: TrainConfig, step: int) -> np.ndarray:
+    spe = steps_per_epoch(n, config.batch_size)
+    epoch, within = divmod(step, spe)
+    order = epoch_order(n, config.seed, epoch)
+    return order[within * config.batch_size:(within + 1) * config.batch_size]
+
+
+def train(
+    store: PairedEmbeddings,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> SAEPair:
+    """Train ``config.method`` on ``store`` (already restricted to the training rows).
+
+    Writes into ``out_dir`` (if given): ``config.json``, ``metrics.jsonl`` (one row per
+    ``log_every`` steps), ``checkpoint/state.safetensors`` every ``checkpoint_every`` steps, and on
+    completion the SAE folder(s) ``image/`` + ``text/`` or ``shared/`` and ``summary.json``.
+    Returns the trained model as an :class:`SAEPair`.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    if config.method in PAIRED_METHODS:
+        store.require_pairs(f"method {config.method}")
+    if store.n < 1:
+        raise DataError(f"{store.root}: the training split has no rows")
+    run_dir = Path(out_dir) if out_dir is not None else None
+    members = _make_members(config, store, device)
+    total = steps_per_epoch(store.n, config.batch_size) * config.epochs
+    start = 0
+    if run_dir is not None:
+        if resume:
+            _check_resume_config(run_dir, config, store)
+            if (run_dir / "summary.json").is_file():
+                raise CheckpointError(f"{run_dir}/summary.json: this run already finished; nothing to resume")
+            start = _load_checkpoint(run_dir, members)
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
+        else:
+            if (run_dir / "config.json").exists():
+                raise CheckpointError(f"{run_dir}: already holds a run (config.json); pass --resume to continue it or choose a new --out")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", _run_config_dict(config, store))
+    if start == 0:
+        for mem in members:
+            sample = torch.cat([store.sample(m, 10_000, seed=config.seed) for m in mem.modalities])
+            mem.sae.init_decoder_bias(sample.to(device))
+    t0 = time.time()
+    bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}", unit="step", dynamic_ncols=True)
+    logs: dict[str, float] = {}
+    for step in range(start, total):
+        pos = _batch_positions(store.n, config, step)
+        batch = {m: store.read(m, pos).to(device) for m in ("image", "text") if store.has(m)}
+        logs = _step(members, config, batch, lr_at(step, total, config))
+        done = step + 1
+        if run_dir is not None and (done % config.log_every == 0 or done == total):
+            row = {"step": done, "epoch": step // steps_per_epoch(store.n, config.batch_size), "lr": lr_at(step, total, config)}
+            row.update({k: round(v, 6) for k, v in logs.items()})
+            row["time_s"] = round(time.time() - t0, 2)
+            append_jsonl(run_dir / "metrics.jsonl", row)
+        if run_dir is not None and done % config.checkpoint_every == 0 and done < total:
+            _save_checkpoint(run_dir, members, done)
+        if on_step is not None:
+            on_step(done, logs)
+        if progress:
+            bar.set_postfix(loss=f"{logs['loss']:.4g}", mse=f"{np.mean([v for k, v in logs.items() if k.startswith('mse_')]):.4g}",
+                            L0=f"{logs['l0']:.1f}", dead=f"{logs['dead_frac']:.3f}", refresh=False)
+        bar.update(1)
+        if step % 64 == 0:
+            store.release_pages()
+    bar.close()
+    pair = _as_pair(config.method, {mem.name: mem.sae for mem in members})
+    if run_dir is not None:
+        for mem in members:
+            mem.sae.save(run_dir / mem.name)
+        write_json(run_dir / "summary.json", {"steps": total, "seconds": round(time.time() - t0, 2), "final": logs})
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    for mem in members:
+        mem.sae.eval()
+    return pair
+
+
+def _as_pair(method: str, saes: dict[str, SAE]) -> SAEPair:
+    if "shared" in saes:
+        return SAEPair(method, saes["shared"], saes["shared"])
+    return SAEPair(method, saes.get("image"), saes.get("text"))
+
+
+__all__ = ["TrainConfig", "PRESETS", "METHODS", "train", "lr_at", "steps_per_epoch", "replace"]

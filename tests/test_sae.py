@@ -1,0 +1,183 @@
+"""SAE: sparse training path equals the dense computation; codes; save/load; regularisers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dualsae.codes import SparseCodes
+from dualsae.errors import CheckpointError, ConfigError
+from dualsae.sae import SAE, SAEConfig, geometric_median
+
+
+def dense_reference(sae: SAE, x: torch.Tensor, activation: str, k: int):
+    """Plain dense computation: z [B, m] with autograd through the full encoder product."""
+    pre = F.linear(x - sae.b_dec, sae.W_enc, sae.b_enc)
+    if activation == "topk":
+        idx = pre.topk(k, dim=1).indices
+        mask = torch.zeros_like(pre, dtype=torch.bool).scatter(1, idx, True)
+    else:
+        flat = F.relu(pre).flatten().topk(k * x.shape[0]).indices
+        mask = torch.zeros(pre.numel(), dtype=torch.bool)
+        mask[flat] = True
+        mask = mask.view_as(pre)
+    z = F.relu(pre) * mask
+    return z, z @ sae.W_dec + sae.b_dec
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_sparse_forward_and_gradients_equal_dense(activation):
+    torch.manual_seed(0)
+    cfg = SAEConfig(d=24, m=96, k=5, activation=activation)
+    sae = SAE(cfg, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    x = torch.randn(32, 24)
+    out = sae(x)
+    loss_sparse = (x - out.recon).pow(2).sum(1).mean()
+    grads_sparse = torch.autograd.grad(loss_sparse, list(sae.parameters()))
+    z, recon = dense_reference(sae, x, activation, 5)
+    loss_dense = (x - recon).pow(2).sum(1).mean()
+    grads_dense = torch.autograd.grad(loss_dense, list(sae.parameters()))
+    assert torch.allclose(out.recon, recon, atol=1e-5)
+    assert torch.allclose(out.codes.to_dense(), z, atol=1e-6)
+    assert abs(loss_sparse.item() - loss_dense.item()) < 1e-5 * max(1.0, loss_dense.item())
+    for gs, gd in zip(grads_sparse, grads_dense):
+        assert torch.allclose(gs, gd, atol=1e-5, rtol=1e-4)
+
+
+def test_batchtopk_selects_k_times_batch_and_sets_threshold():
+    sae = SAE(SAEConfig(d=16, m=64, k=4, activation="batchtopk"), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(50, 16)
+    out = sae(x)
+    assert int((out.codes.values > 0).sum()) == 4 * 50
+    rows = (out.codes.values > 0).sum(1)
+    assert rows.max() != rows.min()  # variable per-row counts, as BatchTopK allows
+    thr = sae.threshold.item()
+    assert thr > 0
+    # Inference: every pre-activation above the threshold is active, none below.
+    sae.eval()
+    codes = sae.encode(x, dense=True)
+    pre = sae.pre_activations(x)
+    assert torch.equal(codes > 0, pre > thr)
+
+
+def test_encode_sparse_dense_and_decode_agree():
+    sae = SAE(SAEConfig(d=16, m=64, k=6), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(10, 16)
+    codes = sae.encode(x)
+    dense = sae.encode(x, dense=True)
+    assert codes.values.shape == (10, 6)
+    assert torch.allclose(codes.to_dense(), dense)
+    assert torch.allclose(sae.decode(codes), sae.decode(dense), atol=1e-6)
+    assert torch.allclose(sae.decode(codes), dense @ sae.W_dec + sae.b_dec, atol=1e-6)
+
+
+def test_relu_activation_with_l1_codes_are_exact():
+    sae = SAE(SAEConfig(d=8, m=32, k=1, activation="relu"), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(7, 8)
+    dense = sae.encode(x, dense=True)
+    assert torch.allclose(dense, F.relu(sae.pre_activations(x)))
+    out = sae(x)
+    assert torch.allclose(out.codes.to_dense(), dense, atol=1e-6)
+
+
+def test_init_encoder_is_decoder_transpose_and_unit_norm():
+    sae = SAE(SAEConfig(d=16, m=40, k=3), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sae.W_enc, sae.W_dec)  # stored row-wise: encoder rows = decoder columns
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(40), atol=1e-6)
+
+
+def test_unit_norm_kept_by_gradient_projection_and_renorm():
+    sae = SAE(SAEConfig(d=16, m=40, k=3), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(sae.parameters(), lr=0.05)
+    x = torch.randn(64, 16) * 3
+    for _ in range(5):
+        opt.zero_grad()
+        out = sae(x)
+        (x - out.recon).pow(2).sum(1).mean().backward()
+        sae.remove_parallel_grad()
+        # After projection the gradient is orthogonal to each decoder column.
+        assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-5
+        opt.step()
+        sae.normalize_decoder()
+        assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(40), atol=1e-6)
+
+
+def test_geometric_median_first_order_condition():
+    rng = np.random.default_rng(0)
+    pts = torch.tensor(np.concatenate([rng.normal(size=(200, 3)), rng.normal(size=(20, 3)) + 30]), dtype=torch.float32)
+    gm = geometric_median(pts).double()
+    unit = (pts.double() - gm) / (pts.double() - gm).norm(dim=1, keepdim=True)
+    # At the geometric median the unit vectors to all points sum to ~0 (unlike the mean, pulled by outliers).
+    assert unit.sum(0).norm() < 1e-3 * len(pts)
+    assert (gm - pts.double().mean(0)).norm() > 1.0
+
+
+def test_dead_latents_tracked_and_auxk_revives():
+    from dualsae.losses import aux_k_loss
+
+    cfg = SAEConfig(d=16, m=64, k=2, dead_window=100, aux_k=8)
+    sae = SAE(cfg, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(60, 16)
+    out = sae(x)
+    assert aux_k_loss(sae, x, x - out.recon, out.pre_acts).item() == 0.0  # nobody dead yet
+    sae.update_fired(out.codes)
+    sae.update_fired(out.codes)  # 120 samples > window: latents that never fired are dead
+    fired = torch.zeros(64, dtype=torch.bool)
+    fired[out.codes.indices[out.codes.values > 0]] = True
+    assert torch.equal(sae.dead_mask(), ~fired)
+    aux = aux_k_loss(sae, x, (x - out.recon).detach(), out.pre_acts)
+    assert aux.item() > 0
+    aux.backward()
+    dead_rows = sae.dead_mask()
+    # AuxK's gradient reaches the encoder rows of dead latents only (plus shared biases).
+    assert sae.W_enc.grad[dead_rows].abs().sum() > 0
+    assert sae.W_enc.grad[~dead_rows].abs().sum() == 0
+
+
+def test_save_load_roundtrip_and_errors(tmp_path):
+    sae = SAE(SAEConfig(d=8, m=20, k=3), generator=torch.Generator().manual_seed(0))
+    sae.save(tmp_path / "s")
+    back = SAE.load(tmp_path / "s")
+    for (k1, v1), (k2, v2) in zip(sae.state_dict().items(), back.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    # Missing tensor
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(tmp_path / "s" / "model.safetensors"))
+    del t["b_enc"]
+    save_file(t, str(tmp_path / "s" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing tensor\(s\) \['b_enc'\]"):
+        SAE.load(tmp_path / "s")
+    # Mismatched shape against config.json
+    sae.save(tmp_path / "s2")
+    cfg = json.loads((tmp_path / "s2" / "config.json").read_text())
+    cfg["sae"]["m"] = 21
+    (tmp_path / "s2" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"'W_dec' has shape \[20, 8\], expected \[21, 8\]"):
+        SAE.load(tmp_path / "s2")
+    with pytest.raises(CheckpointError, match="config.json: missing"):
+        SAE.load(tmp_path / "nothing")
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="1 <= k < m"):
+        SAEConfig(d=8, m=16, k=16)
+    with pytest.raises(ConfigError, match="activation"):
+        SAEConfig(d=8, m=16, k=2, activation="jumprelu")
+
+
+def test_sparse_codes_cat_and_permute():
+    a = SparseCodes(torch.tensor([[1.0, 2.0]]), torch.tensor([[0, 3]]), 4)
+    b = SparseCodes(torch.tensor([[5.0]]), torch.tensor([[1]]), 4)
+    c = SparseCodes.cat([a, b])
+    assert c.values.shape == (2, 2)
+    assert torch.equal(c.to_dense(), torch.tensor([[1.0, 0, 0, 2.0], [0, 5.0, 0, 0]]))
+    p = a.permute(torch.tensor([3, 2, 1, 0]))
+    assert torch.equal(p.to_dense(), torch.tensor([[2.0, 0, 0, 1.0]]))

@@ -1,0 +1,155 @@
+"""Trainer: the four methods, presets, schedule, determinism, checkpoint/resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dualsae.data import PairedEmbeddings
+from dualsae.errors import CheckpointError, ConfigError, DataError
+from dualsae.sae import SAE, n_params_for
+from dualsae.train import TrainConfig, lr_at, steps_per_epoch, train
+from tests.helpers import make_store
+
+SMALL = dict(latents=64, k=4, batch_size=32, epochs=2, checkpoint_every=5, log_every=2)
+
+
+@pytest.fixture()
+def store(tmp_path):
+    make_store(tmp_path / "data", n=400, d=16)
+    return PairedEmbeddings.open(tmp_path / "data").split("train")
+
+
+def test_presets_match_paper():
+    real = TrainConfig.from_preset("real")
+    assert (real.lr, real.beta1, real.beta2, real.weight_decay, real.batch_size, real.grad_clip, real.warmup_frac, real.schedule) == (
+        5e-4, 0.9, 0.999, 1e-5, 1024, 1.0, 0.05, "cosine")
+    syn = TrainConfig.from_preset("synthetic", latents=8192, k=16)
+    assert (syn.lr, syn.weight_decay, syn.batch_size, syn.epochs, syn.warmup_frac, syn.schedule, syn.grad_clip) == (
+        5e-4, 0.0, 256, 10, 0.0, "constant", 0.0)
+    assert steps_per_epoch(50_000, 256) * 10 == 1950  # App. E.2's "approximately 1,950 steps"
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        TrainConfig.from_preset("fast")
+    with pytest.raises(ConfigError, match="method"):
+        TrainConfig(method="joint")
+
+
+def test_parameter_matching():
+    shared = TrainConfig(method="shared", latents=8192, k=16)
+    spec = TrainConfig(method="specific", latents=8192, k=16)
+    assert spec.latents_per_sae == 4096
+    # Two m/2 SAEs hold the weights of one m SAE (only the d-sized decoder bias is counted twice).
+    assert 2 * n_params_for(256, 4096) - n_params_for(256, 8192) == 256
+
+
+def test_k_must_be_below_m():
+    with pytest.raises(ConfigError, match="1 <= k < m, found k=32 with m=32"):
+        TrainConfig(method="specific", latents=64, k=32)
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = TrainConfig(lr=1.0, warmup_frac=0.1)
+    assert lr_at(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 100, cfg) == pytest.approx(1.0)
+    assert lr_at(10, 100, cfg) == pytest.approx(1.0)
+    assert lr_at(55, 100, cfg) == pytest.approx(0.5)
+    assert lr_at(99, 100, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lr_at(50, 100, TrainConfig(lr=0.3, schedule="constant")) == 0.3
+
+
+@pytest.mark.parametrize("method", ["specific", "shared", "group-sparse", "iso-energy"])
+def test_each_method_trains_and_reduces_error(store, tmp_path, method):
+    cfg = TrainConfig.from_preset("real", method=method, **{**SMALL, "epochs": 6, "lr": 1e-2})
+    pair = train(store, cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 2 and rows[-1]["step"] == steps_per_epoch(store.n, 32) * 6
+    for key in ("loss", "l0", "dead_frac", "mse_image", "mse_text", "lr"):
+        assert key in rows[-1]
+    first = np.mean([r["mse_image"] for r in rows[:3]])
+    last = np.mean([r["mse_image"] for r in rows[-3:]])
+    assert last < 0.7 * first
+    if method in ("group-sparse", "iso-energy"):
+        assert "align" in rows[-1]
+    expected = ["image", "text"] if method == "specific" else ["shared"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == expected
+    assert pair.shared == (method != "specific")
+    assert pair.image.m == (32 if method == "specific" else 64)
+    assert torch.allclose(pair.image.W_dec.norm(dim=1), torch.ones(pair.image.m), atol=1e-5)
+
+
+def test_specific_on_image_only_store(tmp_path):
+    make_store(tmp_path / "img", n=200, d=16, text=False)
+    s = PairedEmbeddings.open(tmp_path / "img")
+    pair = train(s, TrainConfig(method="specific", **SMALL), tmp_path / "run", progress=False)
+    assert pair.text is None and pair.image is not None
+    with pytest.raises(DataError, match="has no text.npy, which method iso-energy needs"):
+        train(s, TrainConfig(method="iso-energy", **SMALL), tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2").exists()  # bad input writes nothing
+
+
+def test_same_seed_same_weights(store):
+    a = train(store, TrainConfig(method="shared", seed=3, **SMALL), progress=False)
+    b = train(store, TrainConfig(method="shared", seed=3, **SMALL), progress=False)
+    c = train(store, TrainConfig(method="shared", seed=4, **SMALL), progress=False)
+    assert torch.equal(a.image.W_dec, b.image.W_dec) and torch.equal(a.image.W_enc, b.image.W_enc)
+    assert not torch.equal(a.image.W_dec, c.image.W_dec)
+
+
+def test_run_refuses_to_overwrite_and_resume_checks_config(store, tmp_path):
+    train(store, TrainConfig(method="specific", **SMALL), tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(store, TrainConfig(method="specific", **SMALL), tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match=r"field 'k' is 4 in the saved run, the resumed run asks for 5"):
+        train(store, TrainConfig(method="specific", **{**SMALL, "k": 5}), tmp_path / "run", resume=True, progress=False)
+
+
+_KILL_SCRIPT = """
+import sys, time
+from dualsae.data import PairedEmbeddings
+from dualsae.train import TrainConfig, train
+store = PairedEmbeddings.open(sys.argv[1]).split("train")
+cfg = TrainConfig(method=sys.argv[3], latents=64, k=4, batch_size=32, epochs=4, checkpoint_every=5, log_every=2)
+slow = (lambda step, logs: time.sleep(0.05)) if sys.argv[4] == "slow" else None
+train(store, cfg, sys.argv[2], progress=False, on_step=slow)
+"""
+
+
+@pytest.mark.parametrize("method", ["specific", "group-sparse"])
+def test_resume_after_kill_equals_uninterrupted(tmp_path, method):
+    make_store(tmp_path / "data", n=400, d=16)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_SCRIPT)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), str(run), method, "slow"], env=env)
+    ckpt = run / "checkpoint" / "state.safetensors"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (run / "summary.json").exists(), "the run should have been killed mid-way"
+    store = PairedEmbeddings.open(tmp_path / "data").split("train")
+    cfg = TrainConfig(method=method, latents=64, k=4, batch_size=32, epochs=4, checkpoint_every=5, log_every=2)
+    resumed = train(store, cfg, run, resume=True, progress=False)
+    fresh = train(store, cfg, tmp_path / "fresh", progress=False)
+    for mod in ("image", "text"):
+        a, b = resumed.sae_for(mod), fresh.sae_for(mod)
+        for (k1, v1), (_, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(v1, v2), f"{mod}.{k1} differs after resume"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated log rows after resume
+    assert not (run / "checkpoint").exists()
+    with pytest.raises(CheckpointError, match="already finished"):
+        train(store, cfg, run, resume=True, progress=False)
