@@ -429,7 +429,9 @@ def _assemble_meta(shards: ShardDir, out_path: Path) -> None:
 
 def _settings(model_name: str, source: Source, cfg: ExtractConfig, compute_dtype: str) -> dict:
     """What a resumed run must share with the interrupted one (batch size, device, workers may change)."""
-    return {"model": model_name, "source": source.describe(), "shard_size": cfg.shard_size, "limit": cfg.limit,
+    local = Path(model_name)
+    model_key = str(local.resolve()) if local.exists() else model_name  # ./m and /abs/m are one model
+    return {"model": model_key, "source": source.describe(), "shard_size": cfg.shard_size, "limit": cfg.limit,
             "normalize": cfg.normalize, "compute_dtype": compute_dtype, "store_dtype": cfg.store_dtype}
 
 

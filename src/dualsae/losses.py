@@ -129,8 +129,8 @@ def aux_k_loss(sae, x: torch.Tensor, residual: torch.Tensor, pre_acts: torch.Ten
         return x.new_zeros(())
     k_aux = min(sae.config.effective_aux_k, n_dead)
     masked = pre_acts.masked_fill(~dead.unsqueeze(0), float("-inf"))
-    idx = masked.topk(k_aux, dim=1).indices
-    vals = F.relu(sae._gather_pre(x, idx))
+    idx = masked.topk(k_aux, dim=1).indices.sort(dim=1).values
+    vals = F.relu(sae.gather_pre(x, idx, pre_acts))
     e_hat = sae.decode_sparse(vals, idx)
     return (residual.detach() - e_hat).pow(2).sum(dim=1).mean()
 

@@ -9,18 +9,16 @@ Image-caption readers yield :class:`Record` ``(image, captions, meta)`` lazily, 
 
 The extractor (``dualsae.extract``) embeds each image once and writes one store row per
 (image, caption) pair, so the 5 COCO captions of one image become 5 rows that share the image
-embedding and ``meta["group"]`` (paper Sec. 6.2 evaluates retrieval on MS-COCO with all captions).
+embedding and ``meta["group"]``, so MS-COCO retrieval (paper Sec. 6.2) can treat them together.
 
 Readers (``make_source`` builds one from a format name):
 
-=============  ==========================================================================
-``coco``       ``captions_*.json`` (``images`` + ``annotations``) and an image folder;
-               optional split file (one file name or image id per line, e.g. Karpathy 5k test)
-``cc3m``       img2dataset webdataset shards: ``.tar`` with ``KEY.jpg`` + ``KEY.txt`` (+ ``KEY.json``),
-               streamed with :mod:`tarfile` (the training data of paper Sec. 6.2 / App. E.4)
-``imagefolder``ImageNet-style ``root/<class_dir>/*.jpg`` + class names, for zero-shot
-``csv``/``jsonl``  a table with an image-path column and a caption column
-=============  ==========================================================================
+* ``coco`` -- ``captions_*.json`` (``images`` + ``annotations``) and an image folder; optional
+  split file (one file name or image id per line, e.g. the Karpathy 5k test split).
+* ``cc3m`` -- img2dataset webdataset shards: ``.tar`` with ``KEY.jpg`` + ``KEY.txt`` (+ ``KEY.json``),
+  streamed with :mod:`tarfile` (the training data of paper Sec. 6.2 / App. E.4).
+* ``imagefolder`` -- ImageNet-style ``root/<class_dir>/*.jpg`` + class names, for zero-shot.
+* ``csv`` / ``jsonl`` -- a table with an image-path column and a caption column.
 
 Precomputed embeddings written by ``clip-retrieval`` (``img_emb/img_emb_0.npy`` ...,
 ``text_emb/text_emb_0.npy`` ..., ``metadata/metadata_0.parquet`` ...) open as a
@@ -142,6 +140,11 @@ def _need_dir(path: str | Path | None, flag: str, what: str) -> Path:
     return p
 
 
+def _abs(path: Path) -> str:
+    """Absolute path for ``describe()``: a resumed run may spell the same file differently."""
+    return str(Path(path).resolve())
+
+
 def _read_json(path: Path) -> Any:
     try:
         with open(path) as f:
@@ -219,8 +222,8 @@ class CocoSource(Source):
         return len(self._items)
 
     def describe(self) -> dict:
-        return {"format": self.format, "annotations": str(self.annotations), "images": str(self.images),
-                "split_file": None if self.split_file is None else str(self.split_file),
+        return {"format": self.format, "annotations": _abs(self.annotations), "images": _abs(self.images),
+                "split_file": None if self.split_file is None else _abs(self.split_file),
                 "max_captions": self.max_captions, "n_images": len(self._items),
                 "n_captions": sum(len(c) for _, _, c in self._items),
                 "images_without_captions": self.n_without_captions}
@@ -331,7 +334,7 @@ class WebDatasetSource(Source):
         return total
 
     def describe(self) -> dict:
-        return {"format": self.format, "shards": [str(s) for s in self.shards], "n_shards": len(self.shards)}
+        return {"format": self.format, "shards": [_abs(s) for s in self.shards], "n_shards": len(self.shards)}
 
 
 # ---------------------------------------------------------------------- class folders
@@ -409,9 +412,9 @@ class ImageFolderSource(Source):
         return len(self._items)
 
     def describe(self) -> dict:
-        return {"format": self.format, "images": str(self.root), "n_images": len(self._items),
+        return {"format": self.format, "images": _abs(self.root), "n_images": len(self._items),
                 "n_classes": len(self.classes),
-                "classnames": None if self.classnames_path is None else str(self.classnames_path),
+                "classnames": None if self.classnames_path is None else _abs(self.classnames_path),
                 "templates": self.templates}
 
 
@@ -480,7 +483,7 @@ class TableSource(Source):
         return sum(1 for _ in self._rows())
 
     def describe(self) -> dict:
-        return {"format": self.format, "table": str(self.path), "image_col": self.image_col, "caption_col": self.caption_col}
+        return {"format": self.format, "table": _abs(self.path), "image_col": self.image_col, "caption_col": self.caption_col}
 
 
 # ---------------------------------------------------------------------- factory

@@ -33,6 +33,7 @@ from torch import nn
 from dualsae.atomic import save_tensors, write_json
 from dualsae.codes import SparseCodes
 from dualsae.errors import CheckpointError, ConfigError
+from dualsae.sparse_ops import gather_pre, sort_rows, sparse_decode
 
 ACTIVATIONS = ("topk", "batchtopk", "relu")
 DEC_BIAS_INITS = ("geometric_median", "mean", "zero")
@@ -195,14 +196,14 @@ class SAE(nn.Module):
         """pre = W_enc (x - b_dec) + b_enc.  x: [batch, d] -> [batch, m]."""
         return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
 
-    def _gather_pre(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Pre-activations at selected latents with autograd. x: [batch, d], idx: [batch, w] -> [batch, w].
+    def gather_pre(self, x: torch.Tensor, idx: torch.Tensor, pre_all: torch.Tensor) -> torch.Tensor:
+        """Pre-activations at selected latents with autograd.
 
-        Only the w selected encoder rows take part, so the backward pass costs O(batch * w * d)
-        instead of O(batch * m * d).
+        x: [batch, d]; idx: [batch, w] sorted per row; pre_all: [batch, m] computed without autograd.
+        Returns [batch, w]. Only the w selected encoder rows take part in the backward pass, so it
+        costs O(batch * w * d) instead of O(batch * m * d).
         """
-        rows = F.embedding(idx, self.W_enc)  # [batch, w, d]
-        return torch.bmm(rows, (x - self.b_dec).unsqueeze(-1)).squeeze(-1) + self.b_enc[idx]
+        return gather_pre(x, self.W_enc, self.b_enc, self.b_dec, idx, pre_all)
 
     def decode(self, codes: SparseCodes | torch.Tensor) -> torch.Tensor:
         """x_hat = sum_j z_j w_j + b_dec (eq. 3).
@@ -218,6 +219,9 @@ class SAE(nn.Module):
         """sum_j z_j w_j without the bias: an embedding_bag over the selected decoder rows. -> [batch, d]"""
         if values.shape[1] == 0:
             return torch.zeros(values.shape[0], self.d, dtype=self.W_dec.dtype, device=self.W_dec.device)
+        if torch.is_grad_enabled() and (values.requires_grad or self.W_dec.requires_grad):
+            indices, values = sort_rows(indices, values)
+            return sparse_decode(values.to(self.W_dec.dtype), indices, self.W_dec)
         return F.embedding_bag(indices, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum")
 
     # ------------------------------------------------------------------ inference
@@ -264,13 +268,13 @@ class SAE(nn.Module):
         with torch.no_grad():
             pre_all = self.pre_activations(x)
         if act == "topk":
-            idx = pre_all.topk(self.config.k, dim=1).indices
-            vals = F.relu(self._gather_pre(x, idx))
+            idx = pre_all.topk(self.config.k, dim=1).indices.sort(dim=1).values
+            vals = F.relu(self.gather_pre(x, idx, pre_all))
         elif act == "batchtopk":
             batch = x.shape[0]
             flat = F.relu(pre_all).flatten().topk(self.config.k * batch).indices
-            idx, mask = flat_topk_to_padded(flat, batch, self.m)
-            vals = F.relu(self._gather_pre(x, idx)) * mask
+            idx, mask = sort_rows(*flat_topk_to_padded(flat, batch, self.m))
+            vals = F.relu(self.gather_pre(x, idx, pre_all)) * mask
             if self.training:
                 self._update_threshold(vals.detach(), mask)
         else:

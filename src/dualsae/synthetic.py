@@ -375,11 +375,14 @@ def write_synthetic(config: SynthConfig, out_dir: str | Path, progress: bool = T
     save_tensors(
         out / GROUND_TRUTH_FILE,
         {"phi": torch.from_numpy(phi), "psi": torch.from_numpy(psi)},
-        metadata={"format": SYNTH_FORMAT, "layout": "row i = direction of concept i, [n, d]"},
+        # One metadata key only: safetensors writes metadata from a hash map, so with several keys
+        # their order (and the file's bytes) would change from run to run.
+        metadata={"format": SYNTH_FORMAT},
     )
     write_json(out / SYNTH_FILE, {
         "format": SYNTH_FORMAT,
         "config": config.to_dict(),
+        "ground_truth": {"file": GROUND_TRUTH_FILE, "tensors": ["phi", "psi"], "layout": "[n, d], row i = direction of concept i"},
         "concepts": {  # half-open index ranges [start, stop) into the rows of phi / psi
             "shared": [config.shared.start, config.shared.stop],
             "image_only": [config.image_only.start, config.image_only.stop],

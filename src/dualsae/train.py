@@ -206,6 +206,17 @@ class _Member:
     opt: torch.optim.Optimizer = field(init=False)
 
 
+def make_adamw(params, config: "TrainConfig") -> torch.optim.Optimizer:
+    """AdamW with the config's hyper-parameters; the fused kernel where this torch has it (same
+    update rule, one pass over the parameters instead of several)."""
+    kwargs = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def _make_members(config: TrainConfig, store: PairedEmbeddings, device: torch.device) -> list[_Member]:
     gen = torch.Generator().manual_seed(config.seed)
     sae_cfg = config.sae_config(store.d)
@@ -217,10 +228,7 @@ def _make_members(config: TrainConfig, store: PairedEmbeddings, device: torch.de
         members = [_Member("shared", SAE(sae_cfg, generator=gen), mods)]
     for mem in members:
         mem.sae.to(device)
-        mem.opt = torch.optim.AdamW(
-            mem.sae.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
-            weight_decay=config.weight_decay,
-        )
+        mem.opt = make_adamw(mem.sae.parameters(), config)
     return members
 
 

@@ -1,0 +1,119 @@
+"""``dualsae analyze``: heterogeneity of matched feature directions (Fig. 2) and top-activating
+examples of a latent."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dualsae.commands.common import open_data
+from dualsae.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze", help="heterogeneity of feature directions, top-activating examples",
+        description="Analyses of a trained or aligned model. Run 'dualsae analyze WHAT --help'.",
+    )
+    what = p.add_subparsers(dest="analysis", metavar="WHAT")
+    p.set_defaults(func=lambda args: _usage(p))
+
+    h = what.add_parser(
+        "heterogeneity", help="cosine distance of image/text decoder directions by coactivation bin (Fig. 2)",
+        description="For every live image latent i and live text latent j: the cosine distance "
+        "1 - cos(phi_i, psi_j) of their decoder columns, grouped by the coactivation correlation c_ij "
+        "(eq. 5) into [0,0.2), [0.2,0.4), [0.4,0.6), [0.6,0.8), [0.8,1.0]; pairs with c < 0 are only "
+        "counted. Uses the correlation.safetensors that 'dualsae align' stored, or recomputes C from "
+        "--data (required for a plain run folder or a folder aligned with --no-correlation). Writes "
+        "heterogeneity.json and heterogeneity.png into --out.",
+    )
+    h.add_argument("model", help="aligned folder (dualsae align) or run folder (then --data is required)")
+    h.add_argument("--data", default=None, help="store to recompute C on (default: use the stored correlation)")
+    h.add_argument("--split", default="train", help="rows of --data to use: a meta 'split' value, train/test by seed, or all (default: train)")
+    h.add_argument("--out", required=True, help="folder for heterogeneity.json and heterogeneity.png")
+    h.add_argument("--batch-size", type=int, default=4096)
+    h.add_argument("--device", default="cpu")
+    h.add_argument("--title", default="", help="figure title")
+    h.add_argument("--no-progress", action="store_true")
+    h.set_defaults(func=run_heterogeneity)
+
+    t = what.add_parser(
+        "top", help="captions of the rows that activate one latent most",
+        description="Print the rows of --data on which latent J (shared index of an aligned model) is "
+        "most active, with their captions from meta.jsonl, for one or both modalities.",
+    )
+    t.add_argument("model", help="aligned folder or run folder")
+    t.add_argument("--data", required=True, help="store folder (meta.jsonl gives the captions)")
+    t.add_argument("--latent", type=int, required=True, help="latent index J")
+    t.add_argument("--modality", choices=("image", "text", "both"), default="both", help="encoder to use (default: both)")
+    t.add_argument("-n", type=int, default=10, help="examples per modality (default: 10)")
+    t.add_argument("--split", default="all", help="rows of --data to search (default: all)")
+    t.add_argument("--batch-size", type=int, default=4096)
+    t.add_argument("--device", default="cpu")
+    t.set_defaults(func=run_top)
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return 2
+
+
+def run_heterogeneity(args: argparse.Namespace) -> int:
+    from dualsae.analysis import heterogeneity_from_folder, plot_heterogeneity
+    from dualsae.atomic import write_json
+
+    store = open_data(args.data).split(args.split) if args.data else None
+    result, source = heterogeneity_from_folder(args.model, store, batch_size=args.batch_size, device=args.device,
+                                               progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**result.to_json(), "model": str(args.model), "correlation_source": source}
+    write_json(out / "heterogeneity.json", summary)
+    plot_heterogeneity(result, out / "heterogeneity.png", title=args.title or f"Heterogeneity: {Path(args.model).name}")
+    print(f"{args.model}: live image {result.live_image:,}, text {result.live_text:,}; {result.pairs:,} pairs; C from {source}")
+    print(f"  {'c bin':<12} {'pairs':>12} {'mean':>7} {'q1':>7} {'median':>7} {'q3':>7}")
+    fmt = lambda v: f"{v:7.4f}" if v is not None else f"{'-':>7}"  # noqa: E731
+    for b in result.bins:
+        print(f"  {b['bin']:<12} {b['count']:>12,} {fmt(b['mean'])} {fmt(b['q1'])} {fmt(b['median'])} {fmt(b['q3'])}"
+              + ("" if b["quantiles_exact"] else "  (quartiles from a 1e-4 histogram)"))
+    print(f"  {'c < 0':<12} {result.negative_count:>12,}  (in no bin)")
+    if result.matched:
+        m = result.matched
+        print(f"  matched pairs: {m['count']:,}, cosine distance mean {m['mean']:.4f}, median {m['median']:.4f}")
+    print(f"  -> {out / 'heterogeneity.json'}, {out / 'heterogeneity.png'}")
+    return 0
+
+
+def run_top(args: argparse.Namespace) -> int:
+    from dualsae.analysis import top_activating
+    from dualsae.run import load_model
+
+    if args.n < 1:
+        raise ConfigError(f"-n must be >= 1, found {args.n}")
+    pair = load_model(args.model, device=args.device)
+    store = open_data(args.data).split(args.split)
+    corr = _matched_corr(pair, args.latent)
+    head = f"latent {args.latent} of {args.model}" + (f" (matched c = {corr:.3f})" if corr is not None else "")
+    print(head)
+    mods = ("image", "text") if args.modality == "both" else (args.modality,)
+    for mod in mods:
+        if not store.has(mod):
+            continue
+        rows = top_activating(pair, store, args.latent, mod, n=args.n, batch_size=args.batch_size, device=args.device)
+        print(f"  {mod}: {len(rows)} row(s) with the latent active" + (":" if rows else ""))
+        for r in rows:
+            rid = r["meta"].get("id", "")
+            print(f"    {r['activation']:8.4f}  row {r['row']:>7}  {rid!s:<14} {r['caption'] if r['caption'] is not None else ''}")
+    return 0
+
+
+def _matched_corr(pair, latent: int) -> float | None:
+    """c of the matched pair at this shared index, if the model is aligned and the latent matched."""
+    alignment = getattr(pair, "alignment", None)
+    if not alignment or "matched" not in alignment:
+        return None
+    try:
+        pos = alignment["matched"]["image"].index(latent)
+    except ValueError:
+        return None
+    return float(alignment["matched"]["correlation"][pos])
