@@ -190,9 +190,15 @@ class CoactivationStats:
         mu_i, sd_i, live_i = self._moments(self.sum_i, self.sumsq_i, self.fired_i)
         mu_t, sd_t, live_t = self._moments(self.sum_t, self.sumsq_t, self.fired_t)
         li, lt = live_i.nonzero().flatten(), live_t.nonzero().flatten()
-        c = self.cross.index_select(0, li).index_select(1, lt) / self.n
-        c.sub_(mu_i[li].unsqueeze(1) * mu_t[lt].unsqueeze(0))
-        c.div_(sd_i[li].unsqueeze(1) * sd_t[lt].unsqueeze(0))
+        # C_ij = S_ij u_i u_j - v_i v_j with u = 1 / (sd sqrt(N)), v = mu / sd: one copy of the live
+        # block, then in-place scalings and a rank-1 update (no further [m_I, m_T] temporaries).
+        c = self.cross.index_select(0, li)
+        if len(lt) != self.m_text:
+            c = c.index_select(1, lt)
+        root_n = float(self.n) ** 0.5
+        c.mul_((1.0 / (sd_i[li] * root_n)).unsqueeze(1))
+        c.mul_((1.0 / (sd_t[lt] * root_n)).unsqueeze(0))
+        c.addr_(mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt], alpha=-1.0)
         return c, li, lt
 
 

@@ -73,7 +73,7 @@ class SynthConfig:
     n_train: int = 50_000
     n_eval: int = 10_000
     seed: int = 0
-    max_rounds: int = 500
+    max_rounds: int = 200
 
     def __post_init__(self) -> None:
         self.validate()
@@ -184,44 +184,60 @@ def _accept(cands: np.ndarray, accepted: np.ndarray, eps: float) -> np.ndarray:
     A candidate must satisfy the bound against all accepted rows and against every *earlier*
     candidate of the block that itself passed that first test. Rejecting on conflict with such an
     earlier candidate (even if that one is rejected in turn) is conservative but keeps the test one
-    matrix operation; the accepted rows are pairwise compatible either way. Returns [b] bool.
+    matrix operation; the accepted rows are pairwise compatible either way. The block's own Gram
+    matrix is formed only among the candidates that passed the first test. Returns [b] bool.
     """
     ok = np.ones(len(cands), dtype=bool)
     if len(accepted):
         ok = (np.abs(cands @ accepted.T) <= eps).all(axis=1)
-    clash = np.abs(cands @ cands.T) > eps
-    clash = np.tril(clash, k=-1) & ok[None, :]
-    return ok & ~clash.any(axis=1)
+    passed = np.flatnonzero(ok)
+    if len(passed) > 1:
+        c = cands[passed]
+        clash = np.tril(np.abs(c @ c.T) > eps, k=-1).any(axis=1)
+        ok[passed[clash]] = False
+    return ok
 
 
-def _block_size(remaining: int) -> int:
-    # Propose a little more than needed so that a round usually finishes the set, but cap the
-    # block so a hard set (low acceptance) costs bounded memory per round.
-    return int(min(max(2 * remaining, 64), 4096))
+MAX_BLOCK = 4096  # candidates per proposal round: bounds the memory and time of one round
+STALL_ROUNDS = 10  # rounds in a row that accept nothing before the sampler gives up early
+
+
+def _block_size(remaining: int, rate: float) -> int:
+    """Propose enough candidates to finish at the last round's acceptance rate, with a margin."""
+    want = 1.5 * remaining / max(rate, 1.0 / MAX_BLOCK) + 16
+    return int(min(max(want, 64), MAX_BLOCK))
+
+
+def _too_small(eps: float, got: int, count: int, what: str, d: int, rounds: int) -> ConfigError:
+    return ConfigError(
+        f"synthetic config field 'eps_max'={eps} is too small: found only {got} of {count} {what} in d={d} "
+        f"with pairwise |cos| <= eps_max after {rounds} proposal rounds; raise eps_max, d or max_rounds, "
+        f"or lower the concept counts"
+    )
 
 
 def sample_directions(
     count: int, d: int, eps: float, rng: np.random.Generator, existing: np.ndarray | None = None,
-    max_rounds: int = 500, what: str = "directions",
+    max_rounds: int = 200, what: str = "directions",
 ) -> np.ndarray:
     """``count`` unit vectors [count, d] with pairwise |cos| <= eps among themselves and with the
     rows of ``existing`` [a, d] (unit). Vectorised rejection sampling; raises ConfigError when
-    ``max_rounds`` proposal blocks do not yield enough directions."""
+    ``max_rounds`` proposal rounds (or STALL_ROUNDS rounds in a row that accept nothing) do not
+    yield enough directions."""
     accepted = np.zeros((0, d)) if existing is None else np.asarray(existing, dtype=np.float64)
     n_existing = len(accepted)
-    for _ in range(max_rounds):
+    rate, stalled, rounds = 1.0, 0, 0
+    while len(accepted) - n_existing < count:
+        if rounds == max_rounds or stalled == STALL_ROUNDS:
+            raise _too_small(eps, len(accepted) - n_existing, count, what, d, rounds)
         remaining = count - (len(accepted) - n_existing)
-        if remaining <= 0:
-            break
-        cands = _unit(rng.standard_normal((_block_size(remaining), d)))
-        keep = np.flatnonzero(_accept(cands, accepted, eps))[:remaining]
-        accepted = np.concatenate([accepted, cands[keep]])
-    got = len(accepted) - n_existing
-    if got < count:
-        raise ConfigError(
-            f"synthetic config field 'eps_max'={eps} is too small: found only {got} of {count} {what} in d={d} "
-            f"with pairwise |cos| <= eps_max after {max_rounds} proposal rounds; raise eps_max or d, or lower the concept counts"
-        )
+        block = _block_size(remaining, rate)
+        cands = _unit(rng.standard_normal((block, d)))
+        keep = np.flatnonzero(_accept(cands, accepted, eps))
+        rate = len(keep) / block
+        accepted = np.concatenate([accepted, cands[keep[:remaining]]])
+        stalled = stalled + 1 if len(keep) == 0 else 0
+        rounds += 1
     return accepted[n_existing:]
 
 
@@ -235,25 +251,21 @@ def _shared_text_directions(
     psi = np.zeros_like(phi)
     done = np.zeros(n, dtype=bool)
     c = math.sqrt(max(0.0, 1.0 - alpha * alpha))
-    for _ in range(max_rounds):
+    stalled, rounds = 0, 0
+    while not done.all():
+        if rounds == max_rounds or stalled == STALL_ROUNDS:
+            raise _too_small(eps, int(done.sum()), n, f"shared text directions with cos(phi_i, psi_i)={alpha}", d, rounds)
         pending = np.flatnonzero(~done)
-        if len(pending) == 0:
-            break
         g = rng.standard_normal((len(pending), d))
         p = phi[pending]
         g -= (g * p).sum(axis=1, keepdims=True) * p  # Gram-Schmidt against phi_i
-        u = _unit(g)
-        cand = alpha * p + c * u
         # Renormalising removes rounding drift; cos(phi_i, psi_i) stays alpha to ~1e-16.
-        cand = _unit(cand)
+        cand = _unit(alpha * p + c * _unit(g))
         ok = _accept(cand, psi[done], eps)
         psi[pending[ok]] = cand[ok]
         done[pending[ok]] = True
-    if not done.all():
-        raise ConfigError(
-            f"synthetic config field 'eps_max'={eps} is too small: only {int(done.sum())} of {n} shared text directions "
-            f"with cos(phi_i, psi_i)={alpha} keep pairwise |cos| <= eps_max after {max_rounds} rounds; raise eps_max or d"
-        )
+        stalled = stalled + 1 if not ok.any() else 0
+        rounds += 1
     return psi
 
 
