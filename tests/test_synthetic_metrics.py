@@ -133,17 +133,15 @@ def dense_cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_metrics_with_biases_match_dense_reference(tmp_path):
     rng = np.random.default_rng(0)
     d, m, k, n = 6, 10, 3, 40
-    params = {}
-    saes = []
+    params = []  # image SAE, text SAE: untied, non-zero biases (the metrics use the SAE as trained)
     for _ in range(2):
         p = {"W_dec": rng.standard_normal((m, d)), "W_enc": rng.standard_normal((m, d)),
              "b_enc": 0.3 * rng.standard_normal(m), "b_dec": 0.5 * rng.standard_normal(d)}
         p["W_dec"] /= np.linalg.norm(p["W_dec"], axis=1, keepdims=True)
-        p = {key: v.astype(np.float32).astype(np.float64) for key, v in p.items()}
-        params.setdefault("list", []).append(p)
-        saes.append(make_sae(p["W_dec"], k, p["W_enc"], p["b_enc"], p["b_dec"]))
-    pi, pt = params["list"]
-    pair = SAEPair("specific", saes[0], saes[1])
+        # the reference uses the float32-rounded weights the SAE holds
+        params.append({key: v.astype(np.float32).astype(np.float64) for key, v in p.items()})
+    pi, pt = params
+    pair = SAEPair("specific", *(make_sae(p["W_dec"], k, p["W_enc"], p["b_enc"], p["b_dec"]) for p in params))
     x = rng.standard_normal((n, d)).astype(np.float32)
     y = rng.standard_normal((n, d)).astype(np.float32)
     write_store(tmp_path / "r", x, y)

@@ -75,11 +75,18 @@ def activation_scale(zi: SparseCodes, zt: SparseCodes) -> torch.Tensor:
 
 
 def group_sparse_loss(zi: SparseCodes, zt: SparseCodes, lam: float, scale_free: bool = True) -> torch.Tensor:
-    """lambda * group_sparse_penalty, with lambda the scale-free lambda-tilde of Prop. 3 when ``scale_free``.
+    """lambda * group_sparse_penalty; with ``scale_free`` the coefficient is ``lam * activation_scale``.
 
-    In Prop. 3, with lambda-tilde = lambda E[z]/E[z^2], the separate columns win below
-    (1-rho)/(2-sqrt(1+rho)), the merged column between that and sqrt(1+rho), and the dead solution
-    above. lambda-tilde = 1 lies in the merged regime for every rho in (0, 1).
+    In Prop. 3, with lambda-tilde = lambda E[z]/E[z^2] for a *fixed* lambda, the separate columns
+    win below (1-rho)/(2-sqrt(1+rho)), the merged column between that and sqrt(1+rho), and the dead
+    solution above; lambda-tilde = 1 lies in the merged regime for every rho in (0, 1).
+
+    ``scale_free=True`` multiplies ``lam`` by the detached batch estimate of E[z^2]/E[z] so that the
+    same value means the same thing on unit-norm CLIP embeddings and on the synthetic data. The
+    estimate depends on the current codes: on the merged solution it is lambda-dagger *
+    sqrt((1+rho)/2), so this loss's own thresholds are (1-rho)/(2-(1+rho)/sqrt(2)) and sqrt(2)
+    (e.g. 0.46 / 1.41 at rho = 0.6 instead of 0.54 / 1.26). ``lam = 1`` is in the merged regime
+    under both readings (tested in tests/test_theory.py).
     """
     coef = lam * activation_scale(zi, zt) if scale_free else lam
     return coef * group_sparse_penalty(zi, zt)

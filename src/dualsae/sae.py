@@ -326,12 +326,14 @@ class SAE(nn.Module):
         if g is None:
             return
         w = self.W_dec.data
-        g.sub_((g * w).sum(dim=1, keepdim=True) * w)
+        # In place: g -= <g, w> w, without a [m, d] temporary for the product.
+        g.addcmul_(w, torch.linalg.vecdot(g, w).unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Renormalise decoder columns to unit norm (after each optimizer step)."""
-        self.W_dec.data.copy_(_unit_rows(self.W_dec.data))
+        w = self.W_dec.data
+        w.div_(w.norm(dim=1, keepdim=True).clamp_min_(1e-12))
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

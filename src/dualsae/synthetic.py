@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from dualsae.atomic import atomic_path, save_tensors, write_json
+from dualsae.atomic import atomic_path, write_json
 from dualsae.data import write_store
 from dualsae.errors import ConfigError, DataError
 
@@ -367,6 +367,8 @@ def write_synthetic(config: SynthConfig, out_dir: str | Path, progress: bool = T
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; expected an output folder for the synthetic store")
     out.mkdir(parents=True, exist_ok=True)
+    # synth.json marks a complete folder: drop a stale one before anything else is rewritten.
+    (out / SYNTH_FILE).unlink(missing_ok=True)
     phi, psi = feature_directions(config)
     shape = (config.n_rows, config.d)
     nnz = 0
@@ -382,15 +384,12 @@ def write_synthetic(config: SynthConfig, out_dir: str | Path, progress: bool = T
         del mx, my
     meta = [{"split": TRAIN_SPLIT}] * config.n_train + [{"split": EVAL_SPLIT}] * config.n_eval
     write_store(out, None, None, meta)
-    import torch
+    from safetensors.numpy import save_file
 
-    save_tensors(
-        out / GROUND_TRUTH_FILE,
-        {"phi": torch.from_numpy(phi), "psi": torch.from_numpy(psi)},
+    with atomic_path(out / GROUND_TRUTH_FILE) as tmp:
         # One metadata key only: safetensors writes metadata from a hash map, so with several keys
         # their order (and the file's bytes) would change from run to run.
-        metadata={"format": SYNTH_FORMAT},
-    )
+        save_file({"phi": phi, "psi": psi}, str(tmp), metadata={"format": SYNTH_FORMAT})
     write_json(out / SYNTH_FILE, {
         "format": SYNTH_FORMAT,
         "config": config.to_dict(),
