@@ -92,8 +92,10 @@ class Unit:
 def plan_units(plan: SyntheticPlan) -> list[Unit]:
     """All units, ordered seed by seed so that each finished seed gives a complete picture."""
     units: list[Unit] = []
+    # Fig. 6's distance first: claims (a) and (c) both need it, so a partial run is informative early.
+    order = sorted(set(plan.distances), key=lambda d: (d != plan.fig6_distance, abs(d - plan.fig6_distance)))
     for seed in plan.seeds:
-        for dist in plan.distances:
+        for dist in order:
             for method in FIG5_METHODS:
                 units.append(Unit("fig5", method, dist, seed))
         if plan.fig6_distance not in plan.distances:

@@ -1,0 +1,50 @@
+"""Hand-built SAEs and stores shared by the tests of dualsae.metrics (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dualsae.codes import SparseCodes
+from dualsae.pair import SAEPair
+from dualsae.sae import SAE, SAEConfig
+
+
+def identity_sae(d: int) -> SAE:
+    """m = 2d latents [e_i; -e_i], k = m - 1, no biases: codes = [relu(x), relu(-x)], exact reconstruction.
+
+    For non-negative x the code is [x, 0], so code cosines equal embedding cosines.
+    """
+    sae = SAE(SAEConfig(d=d, m=2 * d, k=2 * d - 1, dec_bias_init="zero"))
+    w = torch.cat([torch.eye(d), -torch.eye(d)])
+    with torch.no_grad():
+        sae.W_enc.copy_(w)
+        sae.W_dec.copy_(w)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def random_sae(d: int, m: int, k: int, seed: int, bias_scale: float = 0.1) -> SAE:
+    """A tiny random TopK SAE with a fixed seed and small random biases."""
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(SAEConfig(d=d, m=m, k=k), generator=g)
+    with torch.no_grad():
+        sae.b_enc.copy_(bias_scale * torch.randn(m, generator=g))
+        sae.b_dec.copy_(bias_scale * torch.randn(d, generator=g))
+    return sae
+
+
+def random_specific_pair(d: int, m: int, k: int, seed: int) -> SAEPair:
+    return SAEPair("specific", random_sae(d, m, k, seed), random_sae(d, m, k, seed + 1))
+
+
+def dense_codes(pair: SAEPair, modality: str, x: np.ndarray) -> np.ndarray:
+    """Dense [N, m] codes (float64) for brute-force references."""
+    codes: SparseCodes = pair.encode(modality, torch.as_tensor(x, dtype=torch.float32))
+    return codes.to_dense().double().numpy()
+
+
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(a, axis=1, keepdims=True)
+    return np.where(n > 0, a / np.where(n > 0, n, 1), 0.0)
