@@ -221,15 +221,19 @@ def plot_heterogeneity(result: Heterogeneity, path: str | Path, title: str = "")
     from dualsae.atomic import atomic_path
 
     colors = ["#c7c7c7", "#f2b134", "#ed6a5a", "#7b5ea7", "#1f6fb4"]  # high c in blue, as in Fig. 2
-    coarse = 100  # 20,000 fine bins -> 200 bins of width 0.01
-    edges = np.linspace(*HIST_RANGE, HIST_BINS // coarse + 1)
-    centers = (edges[:-1] + edges[1:]) / 2
-    width = edges[1] - edges[0]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     upper = 0.0
     for b, summary in enumerate(result.bins):
         if summary["count"] == 0:
             continue
+        # Plot bin width by the Freedman-Diaconis rule (2 IQR n^-1/3), at least 0.01, so the small
+        # high-c bins are not drawn as spikes; the factor must divide the fine histogram evenly.
+        fd = 2 * (summary["q3"] - summary["q1"]) * summary["count"] ** (-1 / 3)
+        fine = (HIST_RANGE[1] - HIST_RANGE[0]) / HIST_BINS
+        coarse = next((f for f in (100, 200, 250, 400, 500, 800, 1000) if f * fine >= fd), 1000)
+        edges = np.linspace(*HIST_RANGE, HIST_BINS // coarse + 1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        width = edges[1] - edges[0]
         h = result.hists[b].reshape(-1, coarse).sum(1).astype(np.float64)
         dens = h / (h.sum() * width)
         ax.fill_between(centers, dens, step="mid", alpha=0.35, color=colors[b])

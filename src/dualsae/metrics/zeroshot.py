@@ -77,7 +77,7 @@ def load_zero_shot_store(folder: str | Path) -> ZeroShotData:
     if templates and arr.shape[1] != len(templates):
         raise DataError(f"{root / 'class_text.npy'}: has {arr.shape[1]} templates per class, classes.json lists {len(templates)}")
     labels = meta_labels(store, "label", len(classes))
-    class_text = [torch.from_numpy(np.asarray(arr[c], dtype=np.float32)) for c in range(len(classes))]
+    class_text = [torch.from_numpy(np.array(arr[c], dtype=np.float32)) for c in range(len(classes))]
     return ZeroShotData(store, labels, classes, class_text, templates or None, str(root))
 
 
