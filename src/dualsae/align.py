@@ -374,7 +374,7 @@ def permute_sae(sae: SAE, perm: np.ndarray | torch.Tensor) -> SAE:
     out = SAE(sae.config).to(sae.W_enc.device)
     out.load_state_dict(sae.state_dict())
     for name in ("W_enc", "W_dec"):
-        getattr(out, name).data.copy_(getattr(sae, name).data[p])
+        getattr(out, name).data[p] = getattr(sae, name).data
     out.b_enc.data[p] = sae.b_enc.data
     out.samples_since_fired[p] = sae.samples_since_fired
     return out.train(sae.training)

@@ -72,7 +72,9 @@ class TrainConfig:
     latents: m of the shared SAE; each specific SAE gets ``latents // 2`` (parameter-matched).
     group_sparse_lambda: lambda-tilde of Prop. 3 when ``group_sparse_scale_free`` (default 1.0,
         which is in the merged-but-alive regime for every rho in (0, 1)); a raw lambda otherwise.
-    iso_energy_beta: beta for the cosine form (4e-4: Dhimoila et al.'s value for CLIP ViT-B/32);
+    iso_energy_beta: beta for the cosine form (4e-4: Dhimoila et al.'s value for CLIP ViT-B/32,
+        relative to a per-element MSE; the trainer multiplies the cosine term by d because our
+        reconstruction term is the per-sample sum of eq. 4);
         with ``iso_energy_form='dot'`` (Prop. 4) it is the lambda of Prop. 4 and the default
         becomes 1.0 (merged for rho > 1/3) unless set.
     grad_clip: max global gradient norm per SAE; 0 disables clipping.
@@ -360,7 +362,10 @@ def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tenso
         if config.method == "group-sparse":
             align = group_sparse_loss(zi, zt, config.group_sparse_lambda, scale_free=config.group_sparse_scale_free)
         elif config.iso_energy_form == "cosine":
-            align = config.beta_iso * iso_energy_alignment(zi, zt)
+            # beta is on the scale of the official code, whose reconstruction term is the
+            # per-element mean squared error; ours sums over d (eq. 4), so the same balance
+            # needs the cosine term scaled by d.
+            align = config.beta_iso * sae.d * iso_energy_alignment(zi, zt)
         else:
             align = config.beta_iso * iso_energy_dot(zi, zt)
         loss = loss + align
