@@ -105,6 +105,41 @@ def test_merge_of_shards_equals_one_pass():
         a.merge(CoactivationStats(20, 15))
 
 
+def _all_reduce_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    gen = torch.Generator().manual_seed(7)
+    batches = [(random_codes(gen, 30, 12, 3, np.arange(12)), random_codes(gen, 30, 10, 3, np.arange(10))) for _ in range(4)]
+    stats = CoactivationStats(12, 10)
+    for x, y in batches[rank::world]:
+        stats.update(x, y)
+    stats.all_reduce()
+    c, _, _ = stats.correlation()
+    np.save(f"{out_dir}/rank{rank}_n{stats.n}.npy", c.numpy(), allow_pickle=False)
+    dist.destroy_process_group()
+
+
+def test_all_reduce_over_two_gloo_processes(tmp_path):
+    """Two processes each see half the batches; after all_reduce both hold the full statistics."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_all_reduce_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    gen = torch.Generator().manual_seed(7)
+    whole = CoactivationStats(12, 10)
+    for _ in range(4):
+        whole.update(random_codes(gen, 30, 12, 3, np.arange(12)), random_codes(gen, 30, 10, 3, np.arange(10)))
+    ref, _, _ = whole.correlation()
+    for rank in range(2):
+        got = np.load(tmp_path / f"rank{rank}_n120.npy", allow_pickle=False)  # the name carries n = 120
+        np.testing.assert_allclose(got, ref.numpy(), atol=1e-12)
+
+
 # ---------------------------------------------------------------------------- eq. 6
 @pytest.mark.parametrize("shape", [(60, 60), (45, 70), (70, 45)])
 def test_solvers_give_identical_totals(shape):

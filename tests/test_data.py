@@ -111,3 +111,16 @@ def test_epoch_order_is_a_pure_function():
     assert np.array_equal(epoch_order(50, 1, 2), epoch_order(50, 1, 2))
     assert not np.array_equal(epoch_order(50, 1, 2), epoch_order(50, 1, 3))
     assert sorted(epoch_order(50, 1, 2)) == list(range(50))
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from dualsae.atomic import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary left behind

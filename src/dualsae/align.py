@@ -272,7 +272,7 @@ def solve_assignment(score: np.ndarray, solver: str = "auto") -> tuple[np.ndarra
         return empty, empty, 0.0
     use_lap = solver == "lapjv" or (solver == "auto" and _lap_available())
     if solver == "lapjv" and not _lap_available():
-        raise ConfigError("solver 'lapjv' needs the lapx package (pip install lapx); use --solver scipy")
+        raise ConfigError("solver 'lapjv' needs lapx >= 0.6 with lapjvr (pip install 'lapx>=0.6'); or use solver 'scipy'")
     if use_lap:
         import lap
 
@@ -426,9 +426,10 @@ class AlignedPair(SAEPair):
         image = SAE.load(folder / "image", device)
         text = SAE.load(folder / "text", device)
         perm = alignment.get("permutation")
-        if not isinstance(perm, list) or len(perm) != text.m or sorted(perm) != list(range(text.m)):
-            n = len(perm) if isinstance(perm, list) else type(perm).__name__
-            raise CheckpointError(f"{path}: field 'permutation' must be a permutation of [0, {text.m}) (text SAE m), found {n} entries that are not")
+        if not isinstance(perm, list):
+            raise CheckpointError(f"{path}: field 'permutation' must be a list of {text.m} latent indices, found {type(perm).__name__}")
+        if len(perm) != text.m or sorted(perm) != list(range(text.m)):
+            raise CheckpointError(f"{path}: field 'permutation' must be a permutation of [0, {text.m}) (the text SAE's m), found {len(perm)} entries that are not")
         if image.d != text.d:
             raise CheckpointError(f"{folder}: image SAE has d={image.d}, text SAE has d={text.d}; both must embed the same space")
         return cls("aligned", image, text, alignment)

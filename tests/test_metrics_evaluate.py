@@ -1,0 +1,105 @@
+"""``dualsae eval`` and dualsae.evaluate: tasks, skips, files, agreement with the metric functions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dualsae.cli import main
+from dualsae.data import PairedEmbeddings, write_store
+from dualsae.evaluate import EvalOptions, evaluate, parse_tasks
+from dualsae.errors import ConfigError
+from dualsae.metrics.retrieval import cross_modal_retrieval
+from dualsae.pair import SAEPair
+from dualsae.atomic import write_json
+from tests.metrics_helpers import random_sae
+
+
+def _store(folder, n=120, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    cats = rng.choice(["red", "green", "blue"], n)
+    centre = {c: rng.normal(size=d) for c in ("red", "green", "blue")}
+    image = np.stack([centre[c] for c in cats]) + rng.normal(size=(n, d))
+    text = image + 0.5 * rng.normal(size=(n, d))
+    meta = [{"caption": f"{c} thing {i % 5}", "category": str(c), "tags": [str(c), "x" if i % 2 else "y"],
+             "split": "test" if i % 3 == 0 else "train"} for i, c in enumerate(cats)]
+    return write_store(folder, image, text, meta)
+
+
+def _model(folder, d=8):
+    folder.mkdir(parents=True)
+    write_json(folder / "config.json", {"train": {"method": "specific"}})
+    random_sae(d, 24, 3, seed=1).save(folder / "image")
+    random_sae(d, 24, 3, seed=2).save(folder / "text")
+    return folder
+
+
+def _zs_store(folder, d=8, seed=1):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, 30)
+    write_store(folder, rng.normal(size=(30, d)), None, [{"label": int(l), "class_name": f"k{l}"} for l in labels])
+    np.save(folder / "class_text.npy", rng.normal(size=(3, 2, d)).astype(np.float32))
+    (folder / "classes.json").write_text(json.dumps({"classes": ["k0", "k1", "k2"], "templates": ["a {}", "b {}"]}))
+    return folder
+
+
+def test_eval_skips_tasks_without_inputs(tmp_path, capsys):
+    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
+    out = tmp_path / "m" / "metrics.json"
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "dualsae.metrics/1" and doc["method"] == "specific" and doc["split"] == "test"
+    assert doc["n_rows"] == 40 and set(doc["tasks"]) == {"recon", "retrieval"}
+    assert "--zeroshot" in doc["skipped"]["zeroshot"] and "--concept-field" in doc["skipped"]["steering"]
+    assert "--external" in doc["skipped"]["monosemanticity"]
+    assert doc["tasks"]["retrieval"]["positives"] == "caption"  # auto: captions repeat, no group field
+    text = capsys.readouterr()
+    assert "image->text latent" in text.out and "skipped: needs --external" in text.out
+    assert "skipping zeroshot" in text.err
+
+
+def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
+    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
+    ext = _store(tmp_path / "ext", d=5, seed=9)  # another "encoder" of the same 120 rows
+    zs = _zs_store(tmp_path / "zs")
+    out = tmp_path / "metrics.json"
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(out), "--tasks", "all", "--positives", "row",
+               "--zeroshot", str(zs), "--external", str(ext), "--concept-field", "tags", "--no-progress"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["skipped"] == {} and set(doc["tasks"]) == {"recon", "retrieval", "zeroshot", "steering", "monosemanticity"}
+    from dualsae.run import load_model
+
+    pair = load_model(model)
+    test = PairedEmbeddings.open(data).split("test")
+    ref = cross_modal_retrieval(pair, test, positives="row")
+    assert doc["tasks"]["retrieval"]["image_to_text"]["R@1"] == pytest.approx(ref["image_to_text"]["R@1"])
+    st = doc["tasks"]["steering"]
+    assert st["selection_rows"] == "train split" and set(st["per_concept"]) <= {"red", "green", "blue", "x", "y"}
+    assert doc["tasks"]["zeroshot"]["n_classes"] == 3 and "image_reconstruction" in doc["tasks"]["zeroshot"]
+    ms = doc["tasks"]["monosemanticity"]
+    assert (tmp_path / ms["plot_file"]).is_file()
+    curve = np.load(tmp_path / ms["image"]["curve_file"])
+    assert len(curve) == ms["image"]["n_scored"] and np.all(np.diff(curve) <= 0)
+    # caption-prototype zero-shot from the training split, through the library
+    res = evaluate(pair, test, EvalOptions(tasks=("zeroshot",), label_field="category", progress=False),
+                   train_store=PairedEmbeddings.open(data).split("train"))
+    assert res["tasks"]["zeroshot"]["classes"] == ["blue", "green", "red"]
+    assert res["tasks"]["zeroshot"]["n_images"] == 40
+
+
+def test_eval_errors(tmp_path, capsys):
+    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
+    bad_ext = _store(tmp_path / "ext", n=50)
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m.json"), "--tasks", "recon,nope"])
+    assert rc == 2 and "unknown task(s) ['nope']" in capsys.readouterr().err
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m.json"), "--tasks", "monosemanticity",
+               "--external", str(bad_ext), "--no-progress"])
+    assert rc == 2 and "has 50 rows, the data store 120" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+    assert parse_tasks("steering,recon") == ("recon", "steering")
+    with pytest.raises(ConfigError):
+        EvalOptions(positives="maybe")
