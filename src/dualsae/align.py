@@ -25,7 +25,6 @@ collapse rate: the share of live latents matched to themselves, ``P(i) = i``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from dualsae.atomic import save_tensors, write_json
 from dualsae.codes import SparseCodes
 from dualsae.data import PairedEmbeddings
+from dualsae.jsonfiles import read_json_object
 from dualsae.errors import CheckpointError, ConfigError, DataError
 from dualsae.pair import SAEPair
 from dualsae.sae import SAE
@@ -411,15 +411,9 @@ class AlignedPair(SAEPair):
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: not a folder; expected an aligned folder written by 'dualsae align'")
         path = folder / "alignment.json"
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing; an aligned folder holds alignment.json, image/ and text/")
-        try:
-            alignment = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(alignment, dict) or alignment.get("format") != ALIGNMENT_FORMAT:
-            found = alignment.get("format") if isinstance(alignment, dict) else type(alignment).__name__
-            raise CheckpointError(f"{path}: field 'format' must be {ALIGNMENT_FORMAT!r}, found {found!r}")
+        alignment = read_json_object(path, "an aligned folder holds alignment.json, image/ and text/", CheckpointError)
+        if alignment.get("format") != ALIGNMENT_FORMAT:
+            raise CheckpointError(f"{path}: field 'format' must be {ALIGNMENT_FORMAT!r}, found {alignment.get('format')!r}")
         for sub in ("image", "text"):
             if not (folder / sub).is_dir():
                 raise CheckpointError(f"{folder / sub}: missing; an aligned folder holds alignment.json, image/ and text/")

@@ -24,6 +24,7 @@ import torch
 
 from dualsae.atomic import write_npy, write_text
 from dualsae.errors import DataError
+from dualsae.jsonfiles import iter_jsonl_objects
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 MODALITIES = ("image", "text")
@@ -68,18 +69,7 @@ def check_finite(arr: Any, name: str) -> None:
 
 def read_meta(path: Path, n_rows: int) -> list[dict]:
     """Read ``meta.jsonl``: exactly ``n_rows`` JSON objects, one per line."""
-    rows: list[dict] = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: line {lineno} is a JSON {type(obj).__name__}, expected an object")
-            rows.append(obj)
+    rows = [obj for _, obj in iter_jsonl_objects(path)]
     if len(rows) != n_rows:
         raise DataError(f"{path}: has {len(rows):,} rows, the embeddings have {n_rows:,}")
     return rows

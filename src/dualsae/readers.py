@@ -40,6 +40,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from dualsae.data import PairedEmbeddings, open_npy
+from dualsae.jsonfiles import iter_jsonl_objects
 from dualsae.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -442,17 +443,7 @@ class TableSource(Source):
                 for lineno, row in enumerate(csv.DictReader(f), 2):
                     yield lineno, row
             return
-        with open(self.path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{self.path}: line {lineno} is not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{self.path}: line {lineno} is a JSON {type(row).__name__}, expected an object")
-                yield lineno, row
+        yield from iter_jsonl_objects(self.path)
 
     def _check_columns(self) -> None:
         if self.format == "csv":

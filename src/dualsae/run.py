@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dualsae.errors import CheckpointError
+from dualsae.jsonfiles import read_json_object
 from dualsae.pair import SAEPair
 from dualsae.sae import SAE
 
@@ -13,14 +13,9 @@ from dualsae.sae import SAE
 def read_run_config(run_dir: Path) -> dict:
     """The ``config.json`` of a training run folder, checked for its format tag."""
     path = run_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; expected a run folder written by 'dualsae train' or 'dualsae align'")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(raw, dict) or "train" not in raw:
-        raise CheckpointError(f"{path}: expected a run config with field 'train'; found fields {sorted(raw) if isinstance(raw, dict) else type(raw).__name__}")
+    raw = read_json_object(path, "expected a run folder written by 'dualsae train' or 'dualsae align'", CheckpointError)
+    if "train" not in raw:
+        raise CheckpointError(f"{path}: expected a run config with field 'train'; found fields {sorted(raw)}")
     return raw
 
 
@@ -40,11 +35,8 @@ def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
         return AlignedPair.load(root, device=device)
     cfg_path = root / "config.json"
     if cfg_path.is_file():
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if isinstance(raw, dict) and "sae" in raw:
+        raw = read_json_object(cfg_path, error=CheckpointError)
+        if "sae" in raw:
             sae = SAE.load(root, device)
             return SAEPair("sae", sae, sae)
     method = read_run_config(root)["train"].get("method", "?")

@@ -20,7 +20,6 @@ computation (tested in ``tests/test_sae.py``).
 
 from __future__ import annotations
 
-import json
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 from dualsae.atomic import save_tensors, write_json
 from dualsae.codes import SparseCodes
 from dualsae.errors import CheckpointError, ConfigError
+from dualsae.jsonfiles import read_json_object
 from dualsae.sparse_ops import gather_pre, sort_rows, sparse_decode
 
 ACTIVATIONS = ("topk", "batchtopk", "relu")
@@ -351,14 +351,9 @@ class SAE(nn.Module):
         """Load an SAE saved by :meth:`save`; checks every tensor's name and shape."""
         folder = Path(folder)
         cfg_path = folder / "config.json"
-        if not cfg_path.is_file():
-            raise CheckpointError(f"{cfg_path}: missing; an SAE folder holds config.json and model.safetensors")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(raw, dict) or "sae" not in raw:
-            raise CheckpointError(f"{cfg_path}: expected a JSON object with field 'sae', found {type(raw).__name__} without it")
+        raw = read_json_object(cfg_path, "an SAE folder holds config.json and model.safetensors", CheckpointError)
+        if "sae" not in raw:
+            raise CheckpointError(f"{cfg_path}: expected field 'sae', found fields {sorted(raw)}")
         config = SAEConfig.from_dict(raw["sae"], source=str(cfg_path))
         model = cls(config)
         model.load_state_dict(load_checked_tensors(folder / "model.safetensors", model.state_dict()))

@@ -24,7 +24,6 @@ Memory: z is never dense. Rows are generated in chunks of ``CHUNK_ROWS`` as a CS
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 
 from dualsae.atomic import atomic_path, write_json
 from dualsae.data import write_store
+from dualsae.jsonfiles import read_json_object
 from dualsae.errors import ConfigError, DataError
 
 SYNTH_FORMAT = "dualsae.synth/1"
@@ -430,13 +430,8 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; expected a synthetic store written by 'dualsae synth generate'")
     meta_path = root / SYNTH_FILE
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path}: missing; this folder is not a (complete) synthetic store from 'dualsae synth generate'")
-    try:
-        raw = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{meta_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
+    raw = read_json_object(meta_path, "this folder is not a (complete) synthetic store from 'dualsae synth generate'")
+    if not isinstance(raw.get("config"), dict):
         raise DataError(f"{meta_path}: expected a JSON object with field 'config'")
     if raw.get("format") != SYNTH_FORMAT:
         raise DataError(f"{meta_path}: field 'format' is {raw.get('format')!r}, expected {SYNTH_FORMAT!r}")
