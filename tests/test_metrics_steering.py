@@ -114,3 +114,21 @@ def test_planted_concept_direction_is_recovered():
     unaligned = SAEPair("specific", sae, permute_sae(sae, perm))
     bad = concept_steering(unaligned, store, "category", concepts=["star"], alpha=10.0, n_sources=50)["per_concept"]["star"]
     assert bad["latent"] == perm[0] and bad["map"] < 0.5
+
+
+def test_group_field_makes_one_image_per_group():
+    """COCO layout: two caption rows per image; the concept is on one caption only, yet the image holds it."""
+    base = _planted_store()
+    n = base.n
+    image = np.repeat(base.image, 2, axis=0)
+    text = np.repeat(base.text, 2, axis=0)
+    meta = []
+    for i, r in enumerate(base.meta):
+        meta.append({"group": i, "category": r["category"]})
+        meta.append({"group": i, "category": "plain"})
+    store = PairedEmbeddings(image, text, meta)
+    sae = identity_sae(16)
+    res = concept_steering(SAEPair("shared", sae, sae), store, "category", concepts=["star"], alpha=10.0, n_sources=50)
+    r = res["per_concept"]["star"]
+    assert res["n_test_images"] == n and r["images_with"] == 30 and r["captions_with"] == 30
+    assert r["latent"] == 0 and r["map"] > 0.99

@@ -114,6 +114,9 @@ def evaluate(
     """
     o = options
     kw = {"batch_size": o.batch_size, "device": o.device, "progress": o.progress}
+    _check_dims(pair, store, "data store")
+    if zeroshot is not None:
+        _check_dims(pair, zeroshot.images, "zero-shot store")
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -205,6 +208,15 @@ def evaluate(
         else:
             seconds[task] = round(time.perf_counter() - t0, 3)
     return {"tasks": results, "skipped": skipped, "seconds": seconds}
+
+
+def _check_dims(pair: SAEPair, store: PairedEmbeddings, name: str) -> None:
+    """The store's embedding dimension must be the SAEs' input dimension d."""
+    for mod in MODALITIES:
+        sae = getattr(pair, mod)
+        if sae is not None and store.has(mod) and store.d != sae.d:
+            where = store.root if store.root is not None else name
+            raise DataError(f"{where}: {name} embeddings have d={store.d}, the model's {mod} SAE expects d={sae.d}")
 
 
 def evaluate_model(
