@@ -48,7 +48,7 @@ def test_train_info_roundtrip(tmp_path, capsys):
     code, out, _ = _run(["info", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--json"], capsys)
     info = json.loads(out)
     assert info["parameters"] == 2 * (2 * 16 * 16 + 16 + 16)
-    assert info["data"]["split"] == "test" and info["data"]["image"]["rows"] == 60
+    assert info["data"]["split"] == "test" and info["data"]["image"]["n_rows"] == 60
     ev = info["data"]["image"]["explained_variance"]
     assert 0 < ev < 1
     # MSE and explained variance agree with a direct computation.
@@ -59,7 +59,8 @@ def test_train_info_roundtrip(tmp_path, capsys):
     x = PairedEmbeddings.open(tmp_path / "data").split("test").read("image")
     mse = (x - pair.sae_for("image").reconstruct(x)).pow(2).sum(1).mean().item()
     assert info["data"]["image"]["mse"] == pytest.approx(mse, rel=1e-5)
-    assert info["data"]["image"]["live_latents"] + info["data"]["image"]["dead_latents"] == 16
+    live = info["data"]["image"]["live_latents"]
+    assert 0 < live <= 16 and info["data"]["image"]["dead_fraction"] == pytest.approx(1 - live / 16)
 
 
 @pytest.mark.parametrize(

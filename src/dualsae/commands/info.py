@@ -6,11 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from dualsae.commands.common import add_split_args, open_data, select_split
-from dualsae.data import PairedEmbeddings
-from dualsae.pair import SAEPair
+from dualsae.metrics.reconstruction import reconstruction_metrics
 from dualsae.run import load_model
 
 
@@ -26,41 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
-
-
-@torch.no_grad()
-def reconstruction_stats(pair: SAEPair, store: PairedEmbeddings, batch_size: int = 4096) -> dict[str, dict]:
-    """Per modality: MSE (eq. 4: squared error summed over d, mean over rows), explained variance,
-    mean L0, and latents live on these rows. Streams the store in batches."""
-    out: dict[str, dict] = {}
-    for mod in ("image", "text"):
-        if not store.has(mod) or getattr(pair, mod) is None:
-            continue
-        sae = pair.sae_for(mod)
-        sse = 0.0
-        l0 = 0.0
-        s1 = torch.zeros(store.d, dtype=torch.float64)
-        s2 = 0.0
-        fired = torch.zeros(sae.m, dtype=torch.bool)
-        for x in store.iter_rows(mod, batch_size):
-            codes = sae.encode(x)
-            recon = sae.decode(codes)
-            sse += (x - recon).double().pow(2).sum().item()
-            s1 += x.double().sum(0)
-            s2 += x.double().pow(2).sum().item()
-            l0 += (codes.values > 0).sum().item()
-            fired[codes.indices[codes.values > 0]] = True
-        n = store.n
-        total_var = s2 - (s1.pow(2).sum().item() / n)
-        out[mod] = {
-            "rows": n,
-            "mse": sse / n,
-            "explained_variance": 1.0 - sse / max(total_var, 1e-12),
-            "l0": l0 / n,
-            "live_latents": int(fired.sum()),
-            "dead_latents": int((~fired).sum()),
-        }
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     info["parameters"] = sum(s.n_params() for s in saes.values())
     if args.data:
         store = select_split(open_data(args.data), args)
-        info["data"] = {"path": args.data, "split": args.split, **reconstruction_stats(pair, store, args.batch_size)}
+        stats = reconstruction_metrics(pair, store, batch_size=args.batch_size)
+        stats.pop("mean", None)
+        info["data"] = {"path": args.data, "split": args.split, **stats}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -93,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name} SAE: d={s['d']} m={s['m']} k={s['k']} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
     for mod, st in info.get("data", {}).items():
         if isinstance(st, dict):
-            print(f"  {mod:5s} on {args.data} [{args.split}, {st['rows']:,} rows]: MSE={st['mse']:.5f}  explained variance={st['explained_variance']:.4f}  "
-                  f"L0={st['l0']:.1f}  live={st['live_latents']:,} dead={st['dead_latents']:,}")
+            print(f"  {mod:5s} on {args.data} [{args.split}, {st['n_rows']:,} rows]: MSE={st['mse']:.5f}  explained variance={st['explained_variance']:.4f}  "
+                  f"L0={st['mean_l0']:.1f}  live latents={st['live_latents']:,} (dead fraction {st['dead_fraction']:.3f})")
     return 0

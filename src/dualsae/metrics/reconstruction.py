@@ -68,6 +68,7 @@ def modality_reconstruction(
         "explained_variance": 1.0 - sse / sst if sst > 0 else float("nan"),
         "mean_l0": l0 / max(n, 1),
         "dead_fraction": float((~fired[: sae.m]).float().mean()),
+        "live_latents": int(fired[: sae.m].sum()),
         "n_rows": n,
         "d": d,
     }
