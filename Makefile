@@ -11,7 +11,6 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(BIN)/pip install -q "$(TORCH)" || $(BIN)/pip install -q "torch>=2.1,<2.15"
 	$(BIN)/pip install -q -e ".[test,fast]"
 	touch $@
