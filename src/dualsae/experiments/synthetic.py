@@ -101,8 +101,9 @@ def plan_units(plan: SyntheticPlan) -> list[Unit]:
         if plan.fig6_distance not in plan.distances:
             for method in FIG5_METHODS:
                 units.append(Unit("fig5", method, plan.fig6_distance, seed))
-        for base in FIG6_BASELINES:
-            for mult in plan.multipliers:
+        # Multipliers from the default outwards, alternating baselines, so a partial run covers both.
+        for mult in sorted(plan.multipliers, key=lambda x: (abs(math.log(x)), x)):
+            for base in FIG6_BASELINES:
                 units.append(Unit("fig6", base, plan.fig6_distance, seed, mult))
     return units
 
