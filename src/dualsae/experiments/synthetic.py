@@ -92,19 +92,18 @@ class Unit:
 def plan_units(plan: SyntheticPlan) -> list[Unit]:
     """All units, ordered seed by seed so that each finished seed gives a complete picture."""
     units: list[Unit] = []
-    # Fig. 6's distance first: claims (a) and (c) both need it, so a partial run is informative early.
-    order = sorted(set(plan.distances), key=lambda d: (d != plan.fig6_distance, abs(d - plan.fig6_distance)))
+    # Order so that a partial run is informative early: Fig. 6's distance first (claims (a) and
+    # (c) need it), then distances outwards from it, with the two most extreme distances after
+    # Fig. 6's multipliers (which run from the default outwards, baselines alternating).
+    order = sorted(set(plan.distances) | {plan.fig6_distance}, key=lambda d: (d != plan.fig6_distance, abs(d - plan.fig6_distance), d))
+    late = order[-2:] if len(order) > 3 else []
+    fig6 = [(base, mult) for mult in sorted(plan.multipliers, key=lambda x: (abs(math.log(x)), x)) for base in FIG6_BASELINES]
     for seed in plan.seeds:
-        for dist in order:
-            for method in FIG5_METHODS:
-                units.append(Unit("fig5", method, dist, seed))
-        if plan.fig6_distance not in plan.distances:
-            for method in FIG5_METHODS:
-                units.append(Unit("fig5", method, plan.fig6_distance, seed))
-        # Multipliers from the default outwards, alternating baselines, so a partial run covers both.
-        for mult in sorted(plan.multipliers, key=lambda x: (abs(math.log(x)), x)):
-            for base in FIG6_BASELINES:
-                units.append(Unit("fig6", base, plan.fig6_distance, seed, mult))
+        for dist in [d for d in order if d not in late]:
+            units += [Unit("fig5", method, dist, seed) for method in FIG5_METHODS]
+        units += [Unit("fig6", base, plan.fig6_distance, seed, mult) for base, mult in fig6]
+        for dist in late:
+            units += [Unit("fig5", method, dist, seed) for method in FIG5_METHODS]
     return units
 
 
