@@ -193,11 +193,20 @@ def build_table(plan: Table1Plan, out: Path) -> dict:
         table.append(entry)
     ranks: dict[str, dict[str, int]] = {}
     for col, _, higher in COLUMNS:
-        vals = [(e[col], e["method"]) for e in table if e[col] is not None]
-        # Rank 1 = best; rows equal to 4 decimals share a rank (ties as displayed).
-        ordered = sorted({round(v, 4) for v, _ in vals}, reverse=higher)
-        ranks[col] = {m: ordered.index(round(v, 4)) + 1 for v, m in vals}
+        vals = [(_shown(col, e[col]), e["method"]) for e in table if e[col] is not None]
+        # Rank 1 = best; rows equal at the printed precision share a rank.
+        ordered = sorted({v for v, _ in vals}, reverse=higher)
+        ranks[col] = {m: ordered.index(v) + 1 for v, m in vals}
     return {"plan": asdict(plan), "rows": rows, "table": table, "ranks": ranks}
+
+
+def _is_percent(col: str) -> bool:
+    """Recalls and accuracies are printed in percent with one decimal, as in the paper."""
+    return col.startswith(("i2t", "t2i", "zs_top1"))
+
+
+def _shown(col: str, v: float) -> float:
+    return round(v * 100, 1) if _is_percent(col) else round(v, 4)
 
 
 def _cell(e: dict, col: str, rank: int | None, scale: float) -> str:
@@ -216,7 +225,7 @@ def markdown(report: dict) -> str:
     table, ranks = report["table"], report["ranks"]
     cols = [(c, h) for c, h, _ in COLUMNS if any(e[c] is not None for e in table)]
     # Recalls and accuracies in percent, as the paper prints them; MSE and scores as they are.
-    pct = {c for c, _ in cols if c.startswith(("i2t", "t2i", "zs_top1"))}
+    pct = {c for c, _ in cols if _is_percent(c)}
     lines = ["| Method | " + " | ".join(h + (" (%)" if c in pct else "") for c, h in cols) + " | seeds |",
              "|---|" + "---|" * len(cols) + "---|"]
     for e in table:
