@@ -11,7 +11,6 @@ a plain ``np.load`` of the store would need (the reference: loading it whole).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import tempfile

@@ -12,7 +12,7 @@ from dualsae.data import PairedEmbeddings, write_store
 from dualsae.evaluate import EvalOptions, evaluate, parse_tasks
 from dualsae.errors import ConfigError
 from dualsae.metrics.retrieval import cross_modal_retrieval
-from dualsae.pair import SAEPair
+
 from dualsae.atomic import write_json
 from tests.metrics_helpers import random_sae
 

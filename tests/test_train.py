@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import torch
 
 from dualsae.data import PairedEmbeddings
 from dualsae.errors import CheckpointError, ConfigError, DataError
-from dualsae.sae import SAE, n_params_for
+from dualsae.sae import n_params_for
 from dualsae.train import TrainConfig, lr_at, steps_per_epoch, train
 from tests.helpers import make_store
 
@@ -47,7 +46,7 @@ def test_presets_match_paper():
 def test_parameter_matching():
     shared = TrainConfig(method="shared", latents=8192, k=16)
     spec = TrainConfig(method="specific", latents=8192, k=16)
-    assert spec.latents_per_sae == 4096
+    assert (shared.latents_per_sae, spec.latents_per_sae) == (8192, 4096)
     # Two m/2 SAEs hold the weights of one m SAE (only the d-sized decoder bias is counted twice).
     assert 2 * n_params_for(256, 4096) - n_params_for(256, 8192) == 256
 

@@ -36,3 +36,18 @@ def iter_jsonl_objects(path: str | Path, error: type[DualSAEError] = DataError) 
             if not isinstance(obj, dict):
                 raise error(f"{path}: line {lineno} is a JSON {type(obj).__name__}, expected an object")
             yield lineno, obj
+
+
+def config_from_dict(cls, data: dict, source: str, what: str, error: type[DualSAEError] = DataError,
+                     required: tuple[str, ...] = ()):
+    """Build the frozen config dataclass ``cls`` from a JSON dict, naming unknown or missing fields."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{source}: unknown {what} field(s) {unknown}; expected only {sorted(known)}")
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise error(f"{source}: {what} is missing field(s) {missing}")
+    return cls(**data)

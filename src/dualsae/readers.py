@@ -123,22 +123,21 @@ class Source:
         raise NotImplementedError
 
 
-def _need_file(path: str | Path | None, flag: str, what: str) -> Path:
+def _need_path(path: str | Path | None, flag: str, what: str, folder: bool) -> Path:
     if path is None:
         raise ConfigError(f"{flag} is required: {what}")
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: file not found ({flag}: {what})")
+    if not (p.is_dir() if folder else p.is_file()):
+        raise DataError(f"{p}: {'not a folder' if folder else 'file not found'} ({flag}: {what})")
     return p
+
+
+def _need_file(path: str | Path | None, flag: str, what: str) -> Path:
+    return _need_path(path, flag, what, folder=False)
 
 
 def _need_dir(path: str | Path | None, flag: str, what: str) -> Path:
-    if path is None:
-        raise ConfigError(f"{flag} is required: {what}")
-    p = Path(path)
-    if not p.is_dir():
-        raise DataError(f"{p}: not a folder ({flag}: {what})")
-    return p
+    return _need_path(path, flag, what, folder=True)
 
 
 def _abs(path: Path) -> str:

@@ -21,7 +21,7 @@ computation (tested in ``tests/test_sae.py``).
 from __future__ import annotations
 
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,7 +32,7 @@ from torch import nn
 from dualsae.atomic import save_tensors, write_json
 from dualsae.codes import SparseCodes
 from dualsae.errors import CheckpointError, ConfigError
-from dualsae.jsonfiles import read_json_object
+from dualsae.jsonfiles import config_from_dict, read_json_object
 from dualsae.sparse_ops import gather_pre, sort_rows, sparse_decode
 
 ACTIVATIONS = ("topk", "batchtopk", "relu")
@@ -102,14 +102,7 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "SAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"{source}: unknown SAE config field(s) {unknown}; expected only {sorted(known)}")
-        missing = [n for n in ("d", "m") if n not in data]
-        if missing:
-            raise CheckpointError(f"{source}: SAE config is missing field(s) {missing}")
-        return cls(**data)
+        return config_from_dict(cls, data, source, "SAE config", CheckpointError, required=("d", "m"))
 
 
 class SAEOutput(NamedTuple):

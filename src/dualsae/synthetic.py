@@ -25,7 +25,7 @@ Memory: z is never dense. Rows are generated in chunks of ``CHUNK_ROWS`` as a CS
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from dualsae.atomic import atomic_path, write_json
 from dualsae.data import write_store
-from dualsae.jsonfiles import read_json_object
+from dualsae.jsonfiles import config_from_dict, read_json_object
 from dualsae.errors import ConfigError, DataError
 
 SYNTH_FORMAT = "dualsae.synth/1"
@@ -137,11 +137,7 @@ class SynthConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "SynthConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DataError(f"{source}: unknown synthetic config field(s) {unknown}; expected only {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data, source, "synthetic config", DataError)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +35,7 @@ from dualsae.atomic import append_jsonl, save_tensors, write_json
 from dualsae.codes import SparseCodes
 from dualsae.data import PairedEmbeddings, epoch_order
 from dualsae.errors import CheckpointError, ConfigError, DataError
+from dualsae.jsonfiles import config_from_dict
 from dualsae.losses import (
     aux_k_loss,
     group_sparse_loss,
@@ -176,11 +177,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config.json") -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"{source}: unknown training field(s) {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data, source, "training", CheckpointError)
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -498,4 +495,4 @@ def _as_pair(method: str, saes: dict[str, SAE]) -> SAEPair:
     return SAEPair(method, saes.get("image"), saes.get("text"))
 
 
-__all__ = ["TrainConfig", "PRESETS", "METHODS", "train", "lr_at", "steps_per_epoch", "replace"]
+__all__ = ["TrainConfig", "PRESETS", "METHODS", "train", "lr_at", "steps_per_epoch", "make_adamw"]
