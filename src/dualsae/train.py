@@ -475,7 +475,7 @@ def train(
             bar.set_postfix(loss=f"{logs['loss']:.4g}", mse=f"{np.mean([v for k, v in logs.items() if k.startswith('mse_')]):.4g}",
                             L0=f"{logs['l0']:.1f}", dead=f"{logs['dead_frac']:.3f}", refresh=False)
         bar.update(1)
-        if step % 64 == 0:
+        if step % 8 == 0:
             store.release_pages()
     bar.close()
     pair = _as_pair(config.method, {mem.name: mem.sae for mem in members})
