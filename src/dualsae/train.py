@@ -404,11 +404,21 @@ def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
     return max(n_pairs // batch_size, 1)
 
 
-def _batch_positions(n: int, config: TrainConfig, step: int) -> np.ndarray:
-    spe = steps_per_epoch(n, config.batch_size)
-    epoch, within = divmod(step, spe)
-    order = epoch_order(n, config.seed, epoch)
-    return order[within * config.batch_size:(within + 1) * config.batch_size]
+class _BatchOrder:
+    """Row positions of each step's batch; the epoch's permutation is drawn once per epoch (it is a
+    pure function of (seed, epoch), so a resumed run gets the same batches)."""
+
+    def __init__(self, n: int, config: TrainConfig) -> None:
+        self.n, self.config = n, config
+        self.spe = steps_per_epoch(n, config.batch_size)
+        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def __call__(self, step: int) -> np.ndarray:
+        epoch, within = divmod(step, self.spe)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, epoch_order(self.n, self.config.seed, epoch)
+        bs = self.config.batch_size
+        return self._order[within * bs:(within + 1) * bs]
 
 
 def train(
@@ -457,8 +467,9 @@ def train(
     t0 = time.time()
     bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}", unit="step", dynamic_ncols=True)
     logs: dict[str, float] = {}
+    batch_positions = _BatchOrder(store.n, config)
     for step in range(start, total):
-        pos = _batch_positions(store.n, config, step)
+        pos = batch_positions(step)
         batch = {m: store.read(m, pos).to(device) for m in ("image", "text") if store.has(m)}
         logs = _step(members, config, batch, lr_at(step, total, config))
         done = step + 1
