@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/dualsae reproduce synthetic --quick --out runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -p no:cacheprovider tests
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py
