@@ -66,6 +66,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The per-SAE fields TrainConfig passes through keep SAEConfig's defaults (one source of truth).
+_SAE_DEFAULTS = {f.name: f.default for f in fields(SAEConfig)}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines the trained weights (written to ``config.json``).
@@ -97,11 +101,11 @@ class TrainConfig:
     schedule: str = "cosine"
     grad_clip: float = 1.0
     seed: int = 0
-    aux_k: int | None = None
-    aux_coef: float = 1.0 / 32.0
-    dead_window: int = 20_000
-    dec_bias_init: str = "geometric_median"
-    l1_coef: float = 1e-3
+    aux_k: int | None = _SAE_DEFAULTS["aux_k"]
+    aux_coef: float = _SAE_DEFAULTS["aux_coef"]
+    dead_window: int = _SAE_DEFAULTS["dead_window"]
+    dec_bias_init: str = _SAE_DEFAULTS["dec_bias_init"]
+    l1_coef: float = _SAE_DEFAULTS["l1_coef"]
     group_sparse_lambda: float = 1.0
     group_sparse_scale_free: bool = True
     iso_energy_beta: float | None = None
