@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/dualsae reproduce synthetic --quick --out runs/demo
+	$(BIN)/dualsae reproduce synthetic --quick --workers 2 --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -p no:cacheprovider tests
@@ -25,6 +25,7 @@ bench: setup
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/correlation.py
 	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/parallel_units.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -121,3 +121,35 @@ def test_info_on_broken_checkpoint(tmp_path, capsys):
 def test_console_script_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-m", "dualsae.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("dualsae ")
+
+
+def test_seeded_split_of_training_is_reused_by_align_eval_info_and_resume(tmp_path, capsys):
+    """A store without a meta 'split': train with a non-default seeded split; align, eval and info
+    without split flags must use those same rows (and their complement), and --resume keeps them."""
+    from dualsae.data import PairedEmbeddings
+
+    make_store(tmp_path / "data", n=200, d=8, split=False)
+    store = PairedEmbeddings.open(tmp_path / "data")
+    train_rows = store.split("train", test_fraction=0.35, seed=7)
+    assert len(train_rows) != len(store.split("train"))  # the defaults would pick other rows
+    base = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--latents", "16", "--k", "2",
+            "--batch-size", "16", "--epochs", "1", "--no-progress"]
+    assert _run([*base, "--test-fraction", "0.35", "--split-seed", "7"], capsys)[0] == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (cfg["split"], cfg["test_fraction"], cfg["split_seed"]) == ("train", 0.35, 7)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == len(train_rows) // 16
+    # --resume without the split flags takes the recorded split: the config check passes and only
+    # the finished run stops it (a default split would be refused as a changed field first).
+    code, _, err = _run([*base, "--resume"], capsys)
+    assert code == 2 and "already finished" in err
+    code, out, _ = _run(["align", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "al"),
+                         "--no-progress"], capsys)
+    assert code == 0
+    rep = json.loads((tmp_path / "al" / "alignment.json").read_text())
+    assert rep["rows"] == len(train_rows) and (rep["test_fraction"], rep["split_seed"]) == (0.35, 7)
+    held_out = len(store.split("test", test_fraction=0.35, seed=7))
+    code, out, _ = _run(["info", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--json"], capsys)
+    assert json.loads(out)["data"]["image"]["n_rows"] == held_out
+    code, out, _ = _run(["eval", str(tmp_path / "al"), "--data", str(tmp_path / "data"), "--tasks", "recon",
+                         "--out", str(tmp_path / "m.json"), "--no-progress"], capsys)
+    assert code == 0 and json.loads((tmp_path / "m.json").read_text())["n_rows"] == held_out

@@ -78,3 +78,35 @@ def test_claims_hold_and_fail_on_constructed_numbers():
             r["collapse_rate"] = r["distance"]
     assert not {c["claim"]: c for c in check_claims(plan, _agg(fig5, fig6))}["b"]["holds"]
     json.dumps(check_claims(plan, _agg(fig5, fig6)))  # the report must be JSON-serialisable
+
+
+def _unit_metrics(folder):
+    """Each unit file's rows without its timings, keyed by unit."""
+    drop = {"train_seconds", "align_seconds"}
+    return {p.name: [{k: v for k, v in row.items() if k not in drop} for row in json.loads(p.read_text())]
+            for p in sorted((folder / "units").glob("*.json"))}
+
+
+def test_parallel_workers_give_the_sequential_results(tmp_path):
+    import torch
+
+    plan = SyntheticPlan(**{**TINY.__dict__, "seeds": (0, 1)})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same kernels as a 1-thread worker, so the numbers must agree
+    try:
+        run_plan(plan, tmp_path / "seq", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    report = run_plan(plan, tmp_path / "par", progress=False, workers=2, threads_per_worker=1)
+    assert report["units_done"] == report["units_total"] == 12
+    seq, par = _unit_metrics(tmp_path / "seq"), _unit_metrics(tmp_path / "par")
+    assert seq.keys() == par.keys() and len(seq) == 12
+    for name in seq:
+        for a, b in zip(seq[name], par[name], strict=True):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert b[key] == (pytest.approx(a[key], rel=1e-6, abs=1e-9) if isinstance(a[key], float) else a[key]), (name, key)
+    # Every data set (and its lock) is gone once its units are done.
+    assert not any((tmp_path / "par" / "data").iterdir())
+    with pytest.raises(ConfigError, match="workers"):
+        run_plan(plan, tmp_path / "par", progress=False, workers=0)

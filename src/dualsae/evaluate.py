@@ -227,15 +227,22 @@ def evaluate_model(
     options: EvalOptions = EvalOptions(),
     zeroshot: str | Path | None = None,
     external: str | Path | None = None,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
+    test_fraction: float | None = None,
+    split_seed: int | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Load ``model`` (:func:`dualsae.run.load_model`) and stores, run :func:`evaluate`, write ``out``
-    (metrics.json) atomically; artefacts go beside it. Returns the written dict."""
+    (metrics.json) atomically; artefacts go beside it. Returns the written dict.
+
+    ``test_fraction`` / ``split_seed`` (seeded split of a store without a ``split`` field) default to
+    the ones the model was trained with (:func:`dualsae.run.training_rows`)."""
     from dualsae.commands.common import open_data
     from dualsae.metrics.zeroshot import load_zero_shot_store
-    from dualsae.run import load_model
+    from dualsae.run import load_model, training_rows
+
+    spec = training_rows(model)
+    test_fraction = spec["test_fraction"] if test_fraction is None else test_fraction
+    split_seed = spec["split_seed"] if split_seed is None else split_seed
 
     pair = load_model(model, device=options.device)
     full = open_data(data)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from dualsae.errors import CheckpointError
 from dualsae.jsonfiles import read_json_object
@@ -17,6 +19,24 @@ def read_run_config(run_dir: Path) -> dict:
     if "train" not in raw:
         raise CheckpointError(f"{path}: expected a run config with field 'train'; found fields {sorted(raw)}")
     return raw
+
+
+def training_rows(path: str | Path) -> dict[str, Any]:
+    """How the rows a model was trained (or aligned) on were chosen: ``split``, ``test_fraction`` and
+    ``split_seed``, read from a run's ``config.json`` or an aligned folder's ``alignment.json``. Fields
+    the folder does not record (runs written before they were) take the defaults train / 0.2 / 0."""
+    spec: dict[str, Any] = {"split": "train", "test_fraction": 0.2, "split_seed": 0}
+    root = Path(path)
+    for name, section in (("alignment.json", None), ("config.json", "train")):
+        try:
+            raw = json.loads((root / name).read_text())
+            found = raw[section] if section else raw
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(found, dict):
+            spec.update({k: found[k] for k in spec if found.get(k) is not None})
+            break
+    return spec
 
 
 def load_model(path: str | Path, device: str = "cpu") -> SAEPair:

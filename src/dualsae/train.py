@@ -111,6 +111,10 @@ class TrainConfig:
     iso_energy_beta: float | None = None
     iso_energy_form: str = "cosine"
     split: str = "train"
+    # How a store without a meta 'split' field is split (seeded): recorded so that 'align' and 'eval'
+    # pick the same training / held-out rows as training did.
+    test_fraction: float = 0.2
+    split_seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
 
@@ -140,6 +144,8 @@ class TrainConfig:
             raise ConfigError(f"training field 'schedule' must be one of {', '.join(SCHEDULES)}, found {self.schedule!r}")
         if self.iso_energy_form not in ISO_FORMS:
             raise ConfigError(f"training field 'iso_energy_form' must be one of {', '.join(ISO_FORMS)}, found {self.iso_energy_form!r}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"training field 'test_fraction' must be in (0, 1), found {self.test_fraction}")
         for name in ("batch_size", "epochs", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"training field {name!r} must be >= 1, found {getattr(self, name)}")

@@ -4,10 +4,9 @@ shared-SAE run (App. F.2)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from dualsae.commands.common import open_data
+from dualsae.commands.common import add_split_args, open_data, resolve_split
 from dualsae.errors import ConfigError
 
 
@@ -23,11 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder written by 'dualsae train'")
     p.add_argument("--data", required=True, help="store folder with paired image.npy and text.npy")
     p.add_argument("--out", required=True, help="folder to write the aligned model or collapse report to")
-    p.add_argument("--split", default=None,
-                   help="rows to compute C on: a value of meta.jsonl's 'split', train/test drawn by seed when "
-                   "the store has none, or 'all' (default: the run's training split from config.json, else train)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="test share of the seeded split (default: 0.2)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the seeded split (default: 0)")
+    add_split_args(p, None)
     p.add_argument("--batch-size", type=int, default=4096, help="rows encoded per step (default: 4096)")
     p.add_argument("--solver", default="auto", choices=("auto", "scipy", "lapjv"),
                    help="assignment solver: lapjv (lapx), scipy, or auto = lapjv when lapx is installed (default: auto)")
@@ -36,15 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not write correlation.safetensors (the live block of C; 'dualsae analyze heterogeneity' then needs --data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def _run_split(run_dir: Path) -> str:
-    """The split the run was trained on (config.json train.split), else 'train'."""
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-        return str(cfg["train"].get("split") or "train")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "train"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
     pair = load_model(run_dir, device=args.device)
     store = open_data(args.data)
     store.require_pairs("alignment (the coactivation correlation of eq. 5)")
-    split = args.split or _run_split(run_dir)
-    rows = store.split(split, test_fraction=args.test_fraction, seed=args.split_seed)
+    split, test_fraction, split_seed = resolve_split(args, run_dir)
+    rows = store.split(split, test_fraction=test_fraction, seed=split_seed)
     result = align(pair, rows, batch_size=args.batch_size, solver=args.solver, device=args.device,
                    source=str(run_dir), progress=not args.no_progress)
-    result.report.update({"data": str(args.data), "split": split})
+    result.report.update({"data": str(args.data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed})
     result.save(out, save_correlation=not args.no_correlation)
     rep = result.report
     t = rep["timing"]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dualsae.data import PairedEmbeddings
+from dualsae.errors import ConfigError
 
 
 def open_data(path: str | Path, check_values: bool = True) -> PairedEmbeddings:
@@ -17,13 +18,33 @@ def open_data(path: str | Path, check_values: bool = True) -> PairedEmbeddings:
     return open_store(path)
 
 
-def add_split_args(p: argparse.ArgumentParser, default: str) -> None:
+def add_split_args(p: argparse.ArgumentParser, default: str | None, model_default: bool = True) -> None:
+    """--split / --test-fraction / --split-seed. ``default`` None: the split the model was trained on.
+    With ``model_default`` the seeded split's fraction and seed default to the model's (see
+    :func:`resolve_split`), so held-out rows stay held out."""
+    whose = "the model's training run, else " if model_default else ""
     p.add_argument("--split", default=default,
-                   help=f"rows to use: a value of meta.jsonl's 'split' field, or train/test drawn by seed when the store has none, or 'all' (default: {default})")
-    p.add_argument("--test-fraction", type=float, default=0.2,
-                   help="test share of the seeded split when the store has no 'split' field (default: 0.2)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of that split (default: 0)")
+                   help="rows to use: a value of meta.jsonl's 'split' field, or train/test drawn by seed when the store "
+                        f"has none, or 'all' (default: {default or whose + 'train'})")
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help=f"test share of the seeded split when the store has no 'split' field (default: {whose}0.2)")
+    p.add_argument("--split-seed", type=int, default=None, help=f"seed of that split (default: {whose}0)")
 
 
-def select_split(store: PairedEmbeddings, args: argparse.Namespace) -> PairedEmbeddings:
-    return store.split(args.split, test_fraction=args.test_fraction, seed=args.split_seed)
+def resolve_split(args: argparse.Namespace, model: str | Path | None = None) -> tuple[str, float, int]:
+    """(split, test_fraction, seed): the flags given, else what ``model``'s folder records
+    (:func:`dualsae.run.training_rows`), else train / 0.2 / 0."""
+    from dualsae.run import training_rows
+
+    spec = training_rows(model) if model is not None else {"split": "train", "test_fraction": 0.2, "split_seed": 0}
+    split = args.split or spec["split"]
+    fraction = spec["test_fraction"] if args.test_fraction is None else args.test_fraction
+    seed = spec["split_seed"] if args.split_seed is None else args.split_seed
+    if not 0 < fraction < 1:
+        raise ConfigError(f"--test-fraction must be in (0, 1), found {fraction}")
+    return split, fraction, seed
+
+
+def select_split(store: PairedEmbeddings, args: argparse.Namespace, model: str | Path | None = None) -> PairedEmbeddings:
+    split, fraction, seed = resolve_split(args, model)
+    return store.split(split, test_fraction=fraction, seed=seed)

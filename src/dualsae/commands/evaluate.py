@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dualsae.commands.common import add_split_args, resolve_split
 from dualsae.errors import ConfigError
 
 DESCRIPTION = """\
@@ -26,10 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run folder (dualsae train), aligned folder (dualsae align) or SAE folder")
     p.add_argument("--data", required=True, help="paired-embedding store to evaluate on")
-    p.add_argument("--split", default="test",
-                   help="rows of --data: a value of meta's 'split' field, train/test drawn by seed when the store has none, or 'all' (default: test)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="test share of the seeded split when the store has no 'split' field (default: 0.2)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of that split (default: 0)")
+    add_split_args(p, "test")
     p.add_argument("--tasks", default="recon,retrieval,zeroshot,steering,monosemanticity",
                    help="comma-separated subset of recon,retrieval,zeroshot,steering,monosemanticity, or 'all' (default: all)")
     p.add_argument("--out", required=True, help="metrics.json to write (monosemanticity curves and plot go beside it)")
@@ -64,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_concepts < 0:
         raise ConfigError(f"--max-concepts must be >= 0, found {args.max_concepts}")
-    if not 0 < args.test_fraction < 1:
-        raise ConfigError(f"--test-fraction must be in (0, 1), found {args.test_fraction}")
+    split, test_fraction, split_seed = resolve_split(args, args.model)
     options = EvalOptions(
         tasks=parse_tasks(args.tasks), positives=args.positives, group_field=args.group_field,
         caption_field=args.caption_field, label_field=args.label_field, concept_field=args.concept_field,
@@ -73,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
         max_concepts=args.max_concepts or None, seed=args.seed, batch_size=args.batch_size, device=args.device,
         progress=not args.no_progress,
     )
-    doc = evaluate_model(args.model, args.data, args.out, split=args.split, options=options, zeroshot=args.zeroshot,
-                         external=args.external, test_fraction=args.test_fraction, split_seed=args.split_seed,
+    doc = evaluate_model(args.model, args.data, args.out, split=split, options=options, zeroshot=args.zeroshot,
+                         external=args.external, test_fraction=test_fraction, split_seed=split_seed,
                          log=lambda s: print(s, file=sys.stderr))
-    print(f"{args.model} ({doc['method']}, m={doc['m']:,}) on {args.data} [{args.split}: {doc['n_rows']:,} rows]")
+    print(f"{args.model} ({doc['method']}, m={doc['m']:,}) on {args.data} [{split}: {doc['n_rows']:,} rows]")
     print(format_table(doc))
     print(f"-> {args.out}")
     return 0

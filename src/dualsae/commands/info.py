@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     }
     info["parameters"] = sum(s.n_params() for s in saes.values())
     if args.data:
-        store = select_split(open_data(args.data), args)
+        store = select_split(open_data(args.data), args, args.run)
         stats = reconstruction_metrics(pair, store, batch_size=args.batch_size)
         stats.pop("mean", None)
         info["data"] = {"path": args.data, "split": args.split, **stats}

@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, open_data, select_split
+from dualsae.commands.common import add_split_args, open_data
 from dualsae.errors import ConfigError
 from dualsae.train import METHODS, PRESETS, TrainConfig, train
 
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=field_name, type=typ, default=None, help=text)
     p.add_argument("--no-scale-free-lambda", dest="group_sparse_scale_free", action="store_const", const=False, default=None,
                    help="use --group-sparse-lambda as a raw coefficient instead of Prop. 3's scale-free lambda-tilde")
-    add_split_args(p, "train")
+    add_split_args(p, None, model_default=False)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (flags you give must match its config)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is not None and args.preset not in PRESETS:
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, found {args.preset!r}")
     config = _config_from_args(args)
-    store = select_split(open_data(args.data), args)
+    # The config's split (the saved one on --resume) picks the rows, so a resumed run sees the same rows.
+    store = open_data(args.data).split(config.split, test_fraction=config.test_fraction, seed=config.split_seed)
     train(store, config, args.out, resume=args.resume, device=_device(args.device), progress=not args.no_progress)
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     final = summary.get("final", {})
