@@ -21,11 +21,14 @@ def read_run_config(run_dir: Path) -> dict:
     return raw
 
 
-def training_rows(path: str | Path) -> dict[str, Any]:
+def training_rows(path: str | Path | None) -> dict[str, Any]:
     """How the rows a model was trained (or aligned) on were chosen: ``split``, ``test_fraction`` and
     ``split_seed``, read from a run's ``config.json`` or an aligned folder's ``alignment.json``. Fields
-    the folder does not record (runs written before they were) take the defaults train / 0.2 / 0."""
+    the folder does not record (runs written before they were), or no folder, give the defaults
+    train / 0.2 / 0."""
     spec: dict[str, Any] = {"split": "train", "test_fraction": 0.2, "split_seed": 0}
+    if path is None:
+        return spec
     root = Path(path)
     for name, section in (("alignment.json", None), ("config.json", "train")):
         try:

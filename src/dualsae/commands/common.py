@@ -36,7 +36,7 @@ def resolve_split(args: argparse.Namespace, model: str | Path | None = None) -> 
     (:func:`dualsae.run.training_rows`), else train / 0.2 / 0."""
     from dualsae.run import training_rows
 
-    spec = training_rows(model) if model is not None else {"split": "train", "test_fraction": 0.2, "split_seed": 0}
+    spec = training_rows(model)
     split = args.split or spec["split"]
     fraction = spec["test_fraction"] if args.test_fraction is None else args.test_fraction
     seed = spec["split_seed"] if args.split_seed is None else args.split_seed

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -115,7 +116,7 @@ def _data_dir(out: Path, distance: float, seed: int) -> Path:
     return out / "data" / f"dist{distance:g}_seed{seed}"
 
 
-def _ensure_data(plan: SyntheticPlan, out: Path, distance: float, seed: int, progress: bool) -> Path:
+def _ensure_data(plan: SyntheticPlan, out: Path, distance: float, seed: int) -> Path:
     from dualsae.synthetic import SynthConfig, write_synthetic
 
     folder = _data_dir(out, distance, seed)
@@ -181,7 +182,7 @@ def _run_unit_in_worker(job: tuple[SyntheticPlan, Unit, str, int]) -> tuple[Unit
 
     plan, unit, out, threads = job
     torch.set_num_threads(threads)
-    return unit, run_unit(plan, unit, _ensure_data(plan, Path(out), unit.distance, unit.seed, False))
+    return unit, run_unit(plan, unit, _ensure_data(plan, Path(out), unit.distance, unit.seed))
 
 
 def _usable_cores() -> int:
@@ -192,11 +193,11 @@ def _usable_cores() -> int:
 
 
 def _finished_units(plan: SyntheticPlan, pending: list[Unit], out: Path, workers: int,
-                    threads_per_worker: int | None, progress: bool) -> Iterator[tuple[Unit, list[dict]]]:
+                    threads_per_worker: int | None) -> Iterator[tuple[Unit, list[dict]]]:
     """Yield (unit, rows) as units finish: in order in this process, or in any order from workers."""
     if workers == 1:
         for unit in pending:
-            yield unit, run_unit(plan, unit, _ensure_data(plan, out, unit.distance, unit.seed, progress))
+            yield unit, run_unit(plan, unit, _ensure_data(plan, out, unit.distance, unit.seed))
         return
     threads = threads_per_worker or max(1, _usable_cores() // workers)
     # spawn, not fork: a forked copy of a process whose OpenMP pool has started can deadlock.
@@ -238,12 +239,10 @@ def run_plan(plan: SyntheticPlan, out: str | Path, keep_data: bool = False, prog
     if max_units is not None:
         pending = pending[:max_units]
     # A data set is removed once every pending unit that reads it has finished.
-    readers: dict[tuple[float, int], int] = {}
-    for u in pending:
-        readers[(u.distance, u.seed)] = readers.get((u.distance, u.seed), 0) + 1
+    readers = Counter((u.distance, u.seed) for u in pending)
     t0 = time.time()
     bar = tqdm(total=len(units), initial=len(units) - len(pending), desc="synthetic units", unit="run", disable=not progress)
-    for unit, rows in _finished_units(plan, pending, out, min(workers, max(1, len(pending))), threads_per_worker, progress):
+    for unit, rows in _finished_units(plan, pending, out, min(workers, max(1, len(pending))), threads_per_worker):
         write_json(out / "units" / f"{unit.key}.json", rows)
         bar.set_postfix_str(unit.key)
         bar.update(1)
