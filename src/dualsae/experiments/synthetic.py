@@ -61,6 +61,7 @@ class SyntheticPlan:
         concepts per pair, n (1 - s) = 20.48, by raising 1 - s as n shrinks.
     group_sparse_lambda / iso_energy_beta: each baseline's 1x (None: the trainer's default, which
         is the original paper's value); the multipliers scale it.
+    lr: constant learning rate (None: App. E.2's 5e-4).
     """
 
     distances: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
@@ -82,6 +83,7 @@ class SyntheticPlan:
     eps_max: float = 0.30
     group_sparse_lambda: float | None = None
     iso_energy_beta: float | None = None
+    lr: float | None = None
 
     def validate(self) -> None:
         for dist in (*self.distances, self.fig6_distance):
@@ -110,19 +112,22 @@ def plan_from_dict(data: dict) -> dict:
         data.setdefault("group_sparse_multipliers", mult)
         data.setdefault("iso_energy_multipliers", mult)
     # Fields added later with the value every older job used.
-    for key, val in (("sparsity", 0.99), ("eps_max", 0.30)):
+    for key, val in (("sparsity", 0.99), ("eps_max", 0.30), ("lr", None)):
         data.setdefault(key, val)
     return data
 
 
-#: ``--quick``: the demo. A reduced App. E.2 problem with every ratio kept (see README): d = 64,
-#: n = 8 d concepts (n_S : n_I : n_T = 2 : 1 : 1), shared m = 32 d (specific m/2 each), K = 16 with
-#: n (1 - s) = 20.48 active concepts per pair as in the paper, batch 256; trained long enough that
-#: every training has reached its plateau (last 10% of steps change the reconstruction loss < 1%).
+#: ``--quick``: the demo. App. E.2 at a quarter of the width with its ratios kept (README): d = 64,
+#: n = 8 d = 512 concepts (n_S : n_I : n_T = 2 : 1 : 1), shared m = 32 d = 2,048 (specific m/2 each),
+#: K = d / 16 = 4, s = 0.99 (so expected active concepts per modality / K = 0.96 as in the paper),
+#: 24 training pairs per concept (12,288), batch 256. eps_max = 0.4: 0.3 cannot be met by 384
+#: directions in d = 64 (the sampler finds ~245 of 256), and random directions there already reach
+#: |cos| ~ 0.5. lr 2e-3 (4x App. E.2's) with the same constant schedule, so that every training
+#: reaches its plateau (last 10% of steps change the loss < 1%) in 40 epochs = 1,920 steps.
 QUICK = SyntheticPlan(
     distances=(0.1, 0.3, 0.5, 1.0), group_sparse_multipliers=(1.0, 10.0), iso_energy_multipliers=(1.0, 1000.0),
-    seeds=(0,), d=64, n_shared=256, n_image=128, n_text=128, sparsity=1 - 20.48 / 512, eps_max=0.5,
-    latents=2048, epochs=(40,), n_train=6_144, n_eval=2_048,
+    seeds=(0,), d=64, n_shared=256, n_image=128, n_text=128, sparsity=0.99, eps_max=0.4, k=4,
+    latents=2048, epochs=(40,), n_train=12_288, n_eval=2_048, lr=2e-3,
 )
 
 
@@ -190,7 +195,7 @@ def _train_config(plan: SyntheticPlan, unit: Unit):
     from dualsae.train import TrainConfig
 
     over: dict[str, Any] = dict(method=unit.method, latents=plan.latents, k=plan.k, epochs=unit.epochs,
-                                batch_size=plan.batch_size, seed=unit.seed, split="train")
+                                batch_size=plan.batch_size, seed=unit.seed, split="train", lr=plan.lr)
     base = TrainConfig.from_preset("synthetic", **over)
     if unit.method == "group-sparse":
         one = plan.group_sparse_lambda if plan.group_sparse_lambda is not None else base.group_sparse_lambda
