@@ -124,6 +124,7 @@ def test_claims_hold_and_fail_on_constructed_numbers():
     fig6[2] = {**fig6[2], "feature_alignment_error": 0.3}
     claims = {c["claim"]: c for c in check_claims(plan, _agg(fig5, fig6))}
     assert not claims["c"]["holds"] and claims["c"]["not_beaten"][0]["method"] == "group-sparse"
+    assert claims["c"]["holds_up_to"] == {"group-sparse": None, "iso-energy": 1.0} and not claims["c"]["dominated_by"]
     assert claims["c"]["best_baseline_fae"]["fae"] == 0.3
     # Collapse that rises with distance: (b) fails.
     for r in fig5:
@@ -182,3 +183,19 @@ def test_parallel_workers_give_the_sequential_results(tmp_path):
     assert not any((tmp_path / "par" / "data").iterdir())
     with pytest.raises(ConfigError, match="workers"):
         run_plan(plan, tmp_path / "par", progress=False, workers=0)
+
+
+def test_claim_d_reads_the_baselines_trade_offs():
+    def pt(method, mult, fre, fae):
+        return {"method": method, "multiplier": mult, "feature_recovery_error": fre, "feature_alignment_error": fae}
+
+    fig6 = [pt("specific", None, 0.1, 1.0), pt("specific+posthoc", None, 0.1, 0.1),
+            pt("iso-energy", 1.0, 0.14, 0.95), pt("iso-energy", 1000.0, 0.38, 0.0001),
+            pt("group-sparse", 1.0, 0.6, 0.96), pt("group-sparse", 10.0, 1.0, 1.0)]
+    claims = {c["claim"]: c for c in check_claims(SyntheticPlan(distances=()), _agg([], fig6))}
+    assert claims["d"]["holds"] and claims["d"]["iso_energy_trades"] and claims["d"]["group_sparse_degenerates"]
+    # Iso-Energy at 1000x buys alignment with recovery: the caption's "both lower" fails there only.
+    assert not claims["c"]["holds"] and claims["c"]["holds_up_to"] == {"group-sparse": 10.0, "iso-energy": 1.0}
+    assert claims["c"]["dominated_by"] == []
+    fig6[3] = pt("iso-energy", 1000.0, 0.38, 0.99)  # no alignment gained: no trade-off
+    assert not {c["claim"]: c for c in check_claims(SyntheticPlan(distances=()), _agg([], fig6))}["d"]["holds"]
