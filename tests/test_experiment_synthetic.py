@@ -199,3 +199,19 @@ def test_claim_d_reads_the_baselines_trade_offs():
     assert claims["c"]["dominated_by"] == []
     fig6[3] = pt("iso-energy", 1000.0, 0.38, 0.99)  # no alignment gained: no trade-off
     assert not {c["claim"]: c for c in check_claims(SyntheticPlan(distances=()), _agg([], fig6))}["d"]["holds"]
+
+
+@pytest.mark.skipif(bool(__import__("os").environ.get("DUALSAE_SKIP_DEMO")), reason="DUALSAE_SKIP_DEMO is set")
+def test_the_demo_plan_converges_and_every_claim_holds(tmp_path):
+    """`make demo` (the quick plan, about 4 minutes on 2 cores): every training reaches its plateau and
+    claims (a)-(d) hold. Set DUALSAE_SKIP_DEMO=1 to skip it while iterating on other tests."""
+    from dualsae.experiments.synthetic import PLATEAU_TOLERANCE, QUICK
+
+    report = run_plan(QUICK, tmp_path / "demo", progress=False, workers=2, threads_per_worker=1)
+    assert report["units_done"] == report["units_total"] == 10
+    claims = {c["claim"]: c for c in report["claims"]}
+    assert set(claims) == {"a", "b", "c", "d"}
+    for name, claim in claims.items():
+        assert claim["holds"], (name, claim)
+        assert claim["converged"] and claim["plateau_change_max"] < PLATEAU_TOLERANCE, (name, claim["plateau_change_max"])
+    assert claims["a"]["holds_from_distance"] == min(QUICK.distances)
