@@ -127,7 +127,7 @@ def plan_from_dict(data: dict) -> dict:
 #: |cos| ~ 0.5. lr 2e-3 (4x App. E.2's) with the same constant schedule, so that every training
 #: reaches its plateau (last 10% of steps change the loss < 1%) in 40 epochs = 1,920 steps.
 QUICK = SyntheticPlan(
-    distances=(0.1, 0.3, 0.5), group_sparse_multipliers=(1.0, 10.0), iso_energy_multipliers=(1.0, 10.0),
+    distances=(0.1, 0.3, 0.5), group_sparse_multipliers=(0.1, 1.0), iso_energy_multipliers=(1.0, 10.0),
     seeds=(0,), d=64, n_shared=256, n_image=128, n_text=128, sparsity=0.99, eps_max=0.4, k=4,
     latents=2048, epochs=(40,), n_train=12_288, n_eval=2_048, lr=2e-3,
 )
