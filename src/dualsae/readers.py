@@ -660,10 +660,11 @@ def _read_parquet_meta(paths: list[Path], emb: ShardedRows) -> list[dict]:
     return rows
 
 
-def open_store(path: str | Path, check_values: bool = True) -> PairedEmbeddings:
+def open_store(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:
     """Open a store folder of either layout: dualsae's (``image.npy``/``text.npy``) or
-    clip-retrieval's (``img_emb/``, ``text_emb/``, ``metadata/``)."""
+    clip-retrieval's (``img_emb/``, ``text_emb/``, ``metadata/``). ``same_width=False``: see
+    :meth:`PairedEmbeddings.open` (dualsae layout only)."""
     root = Path(path)
     if (root / "img_emb").is_dir() or (root / "text_emb").is_dir():
         return open_clip_retrieval(root, check_values=check_values)
-    return PairedEmbeddings.open(root, check_values=check_values)
+    return PairedEmbeddings.open(root, check_values=check_values, same_width=same_width)
