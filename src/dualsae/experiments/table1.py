@@ -79,18 +79,18 @@ def _top_bin(key: str):
 
 #: Second table: what each Table 1 model is (key, header, value of a unit row, printed as percent).
 DIAG_COLUMNS = (
-    ("last10_change", "MSE change, last 10% of steps", _get("curve", "last10_change"), True),
-    ("dead_image", "dead (image)", _get("diagnostics", "dead_fraction", "image"), True),
-    ("dead_text", "dead (text)", _get("diagnostics", "dead_fraction", "text"), True),
-    ("dead_either", "dead (both modalities)", _get("diagnostics", "dead_fraction", "either"), True),
-    ("firings", "median firings / live latent (image, train)", _get("diagnostics", "median_firings_per_live_latent", "image"), False),
-    ("collapse_rate", "collapse rate (F.2)", _get("diagnostics", "collapse_rate"), True),
-    ("matched", "matched pairs", _get("diagnostics", "matched"), False),
-    ("mean_matched_correlation", "mean matched correlation", _get("diagnostics", "mean_matched_correlation"), False),
-    ("matched_distance", "matched pairs: median cos. distance", _get("diagnostics", "heterogeneity", "matched", "median"), False),
-    ("high_c_pairs", "pairs with c ≥ 0.8", _top_bin("count"), False),
-    ("high_c_distance", "c ≥ 0.8: median cos. distance", _top_bin("median"), False),
-    ("train_seconds", "train s", _get("train_seconds"), False),
+    ("last10_change", "MSE change, last 10% of steps", _get("curve", "last10_change"), "pct"),
+    ("dead_image", "dead (image)", _get("diagnostics", "dead_fraction", "image"), "pct"),
+    ("dead_text", "dead (text)", _get("diagnostics", "dead_fraction", "text"), "pct"),
+    ("dead_either", "dead (fires on neither)", _get("diagnostics", "dead_fraction", "either"), "pct"),
+    ("firings", "median firings / live latent (image, train)", _get("diagnostics", "median_firings_per_live_latent", "image"), "int"),
+    ("collapse_rate", "collapse rate (F.2)", _get("diagnostics", "collapse_rate"), "pct"),
+    ("matched", "matched pairs", _get("diagnostics", "matched"), "int"),
+    ("mean_matched_correlation", "mean matched correlation", _get("diagnostics", "mean_matched_correlation"), "num"),
+    ("matched_distance", "matched pairs: median cos. distance", _get("diagnostics", "heterogeneity", "matched", "median"), "num"),
+    ("high_c_pairs", "pairs with c ≥ 0.8", _top_bin("count"), "int"),
+    ("high_c_distance", "c ≥ 0.8: median cos. distance", _top_bin("median"), "num"),
+    ("train_seconds", "train s", _get("train_seconds"), "int"),
 )
 
 
@@ -294,23 +294,23 @@ def markdown(report: dict) -> str:
 def diagnostics_markdown(report: dict) -> str:
     """The second table: each model's plateau, dead latents, collapse, matching and heterogeneity, mean ± std."""
     table = report["table"]
-    cols = [(k, h, pct) for k, h, _, pct in DIAG_COLUMNS if any(e.get(f"diag_{k}") is not None for e in table)]
+    cols = [(k, h, fmt) for k, h, _, fmt in DIAG_COLUMNS if any(e.get(f"diag_{k}") is not None for e in table)]
     if not cols:
         return ""
-    lines = ["| Model | " + " | ".join(h + (" (%)" if pct else "") for _, h, pct in cols) + " |",
+    lines = ["| Model | " + " | ".join(h + (" (%)" if fmt == "pct" else "") for _, h, fmt in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for e in table:
         cells = []
-        for k, _, pct in cols:
+        for k, _, fmt in cols:
             v, sd = e.get(f"diag_{k}"), e.get(f"diag_{k}_std")
             if v is None:
                 cells.append("-")
-            elif pct:
+            elif fmt == "pct":
                 cells.append(f"{100 * v:.2f} (± {100 * sd:.2f})")
-            elif abs(v) >= 100:
+            elif fmt == "int":
                 cells.append(f"{v:,.0f} (± {sd:,.0f})")
-            else:
-                cells.append(f"{v:.3f} (± {sd:.3f})")
+            else:  # round first so that a distance of -1e-8 prints as 0.000, not -0.000
+                cells.append(f"{round(v, 3) + 0.0:.3f} (± {sd:.3f})")
         lines.append(f"| {e['label']} | " + " | ".join(cells) + " |")
     return ("Model diagnostics, measured on the Table 1 models themselves (training rows; mean ± std over seeds). "
             "The post-hoc row is the specific pair re-indexed, so it shares the specific row's values.\n\n"
