@@ -44,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--calibration) table, without training")
     p.add_argument("--calibrate", type=Path, default=None, metavar="FILE",
                    help="instead of diagnosing a store: run the quick diagnostic on synthetic stores at distances "
-                        "0, 0.1, 0.2, 0.3, 0.5, 0.7, 1 (seeds 0, 1) and write the calibration table to FILE")
+                        "0, 0.1, 0.2, 0.3, 0.5, 0.7, 1 and write the calibration table to FILE")
     p.add_argument("--calibration-seeds", type=int, nargs="+", default=None,
-                   help="seeds of --calibrate's synthetic stores and trainings (default 0 1)")
+                   help="seeds of --calibrate's synthetic stores and trainings (default 0; more seeds add a spread column)")
     p.add_argument("--calibration-distances", type=float, nargs="+", default=None,
                    help="distances 1 - alpha of --calibrate's stores (default 0 0.1 0.2 0.3 0.5 0.7 1)")
     p.add_argument("--work", type=Path, default=Path("runs/diagnose-calibration"),
