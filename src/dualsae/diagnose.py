@@ -536,7 +536,6 @@ def calibrate(
     work = Path(work_dir)
     rows: list[dict] = []
     q_used: QuickConfig | None = None
-    t0 = time.perf_counter()
     n_rows = CALIBRATION_SYNTH["n_train"] + CALIBRATION_SYNTH["n_eval"]
     for seed in seeds:
         q_used = q = replace(quick, seed=seed).resolve(n_rows)
@@ -575,7 +574,8 @@ def calibrate(
     table = {
         "format": CALIBRATION_FORMAT,
         "source": {"command": command, "synth": {**CALIBRATION_SYNTH, "data_seeds": [1000 + s for s in seeds]},
-                   "made": time.strftime("%Y-%m-%d", time.gmtime()), "seconds": round(time.perf_counter() - t0, 1),
+                   "made": time.strftime("%Y-%m-%d", time.gmtime()),
+                   "seconds": round(sum(r.get("seconds", 0.0) for r in rows), 1),  # of the runs, also when resumed
                    "torch": torch.__version__},
         "quick": q_dict,
         "curve": curve,
