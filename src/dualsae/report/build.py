@@ -491,7 +491,7 @@ def _write_site(tmp, model, pair, kind, store, rows, test, opt, codes, st, suppo
     }
     _js(tmp / "data" / "summary.js", "summary", summary)
     return {"kind": kind, "m": m, "rows": rows.n, "thumbnails": copier.copied, "probes": sorted(probes),
-            "warnings": warnings, "search_words": None}
+            "warnings": warnings}
 
 
 __all__ = ["ReportOptions", "build_report", "check_out", "training_curve"]

@@ -129,8 +129,15 @@
     var g = el('div', { cls: 'grid2' });
     var left = el('div', { cls: 'panel' }, [el('h3', { text: 'Configuration' })]);
     var rows = [['model', S.model], ['data', S.data], ['kind', S.kind], ['k (image / text)', S.k.image + ' / ' + S.k.text]];
-    if (S.config) Object.keys(S.config).forEach(function (k) { var v = S.config[k]; if (v === null || typeof v !== 'object') rows.push([k, v === null ? '–' : String(v)]); });
+    var MAIN = ['method', 'latents', 'k', 'activation', 'preset', 'lr', 'batch_size', 'epochs', 'seed', 'split'];
+    var rest = [];
+    if (S.config) Object.keys(S.config).forEach(function (k) {
+      var v = S.config[k];
+      if (v !== null && typeof v === 'object') return;
+      (MAIN.indexOf(k) >= 0 ? rows : rest).push([k, v === null ? '–' : String(v)]);
+    });
     left.appendChild(kv(rows));
+    if (rest.length) left.appendChild(el('details', null, [el('summary', { text: 'all training settings (' + rest.length + ' more)' }), kv(rest)]));
     g.appendChild(left);
     var right = el('div', { cls: 'panel' });
     if (S.alignment) {
@@ -213,7 +220,7 @@
   var COLS = [
     { key: 'id', label: 'latent', num: true },
     { key: 'status', label: 'status' },
-    { key: 'corr', label: 'matched corr', num: true },
+    { key: 'corr', label: S && S.kind === 'aligned' ? 'matched corr' : 'corr (same index)', num: true },
     { key: 'null_threshold', label: 'null thr.', num: true, optional: true },
     { key: 'support', label: 'support', num: true },
     { key: 'freq_image', label: 'freq image', num: true, pct: true },
@@ -309,6 +316,7 @@
     app.replaceChildren(el('h1', { text: 'Latents' }), el('p', { cls: 'muted', text: 'corr: ' + S.corr_source + '; support: ' + S.support_source + '. Click a header to sort.' }), form, pager, table);
     document.body.dataset.view = 'table';
     document.body.dataset.tableMs = (performance.now() - t0).toFixed(1);
+    document.body.dataset.sinceStartMs = performance.now().toFixed(1);
     document.body.dataset.tableRows = String(body.children.length);
   }
 
