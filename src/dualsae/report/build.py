@@ -46,7 +46,8 @@ class ReportOptions:
     (with counts) per latent and modality; nearest: nearest latents by decoder cosine; probe_latents:
     how many latents get translation/steering (the best-correlated ones) unless ``probe`` names them;
     alpha: steering strength relative to the mean image embedding norm; max_correlation_bytes: the
-    largest [m, m] float64 correlation the report computes itself (for Fig. 2 / the collapse rate)."""
+    largest [m, m] float64 correlation the report computes itself (for Fig. 2 / the collapse rate);
+    search_words / search_latents: the most frequent caption words indexed, and latents kept per word."""
 
     top: int = 12
     captions: int = 40
@@ -62,6 +63,7 @@ class ReportOptions:
     progress: bool = False
     max_correlation_bytes: int = 2_200_000_000
     search_words: int = 50_000
+    search_latents: int = 30
     extra: dict = field(default_factory=dict)
 
 
@@ -428,7 +430,7 @@ def _write_site(tmp, model, pair, kind, store, rows, test, opt, codes, st, suppo
 
     # --------------------------------------------------------------- search index
     t2 = time.perf_counter()
-    _js(tmp / "data" / "search.js", "search", L.word_index(captions, codes, max_words=opt.search_words))
+    _js(tmp / "data" / "search.js", "search", L.word_index(captions, codes, per_word=opt.search_latents, max_words=opt.search_words))
     timing["search_s"] = time.perf_counter() - t2
 
     # --------------------------------------------------------------- overview

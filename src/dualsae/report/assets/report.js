@@ -83,7 +83,7 @@
       g.appendChild(r);
     });
     var step = Math.max(1, Math.ceil(n / 6));
-    for (var i = 0; i <= n; i += step) if (labels.edges) g.appendChild(svgText(pad + i * bw, h + 13, fmt(labels.edges[i], 1), 'middle'));
+    for (var i = 0; i <= n; i += step) if (labels.edges) g.appendChild(svgText(pad + i * bw, h + 13, String(Number(labels.edges[i].toPrecision(2))), 'middle'));
     g.appendChild(svgText(pad, 10, 'max ' + max));
     if (opts.xlabel) g.appendChild(svgText(w / 2, h + 23, opts.xlabel, 'middle'));
     return g;
@@ -196,7 +196,7 @@
     out.push(el('h2', { text: 'Training curve' }));
     if (S.curve) {
       var sm = el('div', { cls: 'small-multiples', id: 'curve' });
-      Object.keys(S.curve.series).slice(0, 8).forEach(function (k) { var c = lineChart(S.curve.step, S.curve.series[k], k); if (c) sm.appendChild(el('div', { cls: 'panel' }, [c])); });
+      Object.keys(S.curve.series).filter(function (k) { return ['epoch', 'time_s', 'lr'].indexOf(k) < 0; }).slice(0, 8).forEach(function (k) { var c = lineChart(S.curve.step, S.curve.series[k], k); if (c) sm.appendChild(el('div', { cls: 'panel' }, [c])); });
       out.push(sm);
     } else out.push(el('p', { cls: 'muted', text: 'No metrics.jsonl found beside the model.' }));
 
@@ -349,8 +349,10 @@
       p.appendChild(thumbGrid(rowsById, e.top, 'thumbs-' + mod));
       p.appendChild(el('h3', { text: 'Top captions (identical ones collapsed)' }));
       var ul = el('ul', { cls: 'caps', id: 'caps-' + mod });
-      e.captions.forEach(function (c) { ul.appendChild(el('li', null, [el('span', { cls: 'count', text: '×' + c[1] }), c[0] || '(no caption)', el('span', { cls: 'act', text: fmt(c[2]) })])); });
+      var more = el('ul', { cls: 'caps' });
+      e.captions.forEach(function (c, i) { (i < 12 ? ul : more).appendChild(el('li', null, [el('span', { cls: 'count', text: '×' + c[1] }), c[0] || '(no caption)', el('span', { cls: 'act', text: fmt(c[2]) })])); });
       p.appendChild(ul);
+      if (more.children.length) p.appendChild(el('details', null, [el('summary', { text: more.children.length + ' more captions' }), more]));
     } else p.appendChild(el('p', { text: 'Never fires on these rows (dead here).' }));
     p.appendChild(el('h3', { text: 'Nearest latents by ' + mod + ' decoder cosine' }));
     var near = el('div', { cls: 'chips' });
@@ -428,19 +430,18 @@
           score[j][0] += e[1]; score[j][1] += e[2]; hits[j] += 1;
         });
       });
-      var ids = Object.keys(score).map(Number);
-      var all = ids.filter(function (j) { return hits[j] === found.length; });
-      var note = '';
-      if (found.length > 1 && !all.length) { note = 'No latent is among the top of every word; showing latents of any word.'; all = ids; }
-      all.sort(function (a, b) { return (score[b][0] + score[b][1]) - (score[a][0] + score[a][1]) || a - b; });
+      // Latents among the top of every word first, then those of fewer words; by summed score within.
+      var all = Object.keys(score).map(Number);
+      all.sort(function (a, b) { return hits[b] - hits[a] || (score[b][0] + score[b][1]) - (score[a][0] + score[a][1]) || a - b; });
+      var note = found.length > 1 && all.length && hits[all[0]] < found.length ? 'No latent is among the top latents of every word; the first ones match the most words.' : '';
       var out = [el('h1', { text: 'Latents for “' + query + '”' })];
       out.push(el('p', { cls: 'muted', text: 'Score: mean activation on rows whose caption holds the word minus the mean over all rows, per modality (summed over the words).' }));
       if (missing.length) out.push(el('p', { cls: 'warn', text: 'Not in any caption: ' + missing.join(', ') }));
       if (note) out.push(el('p', { cls: 'warn', text: note }));
       var t = el('table', { cls: 'latents', id: 'search-results' });
-      t.appendChild(el('tr', null, ['latent', 'status', 'image score', 'text score', 'matched corr', 'top caption'].map(function (h) { return el('th', { text: h }); })));
+      t.appendChild(el('tr', null, ['latent', 'words', 'status', 'image score', 'text score', 'corr', 'top caption'].map(function (h) { return el('th', { text: h }); })));
       all.slice(0, 50).forEach(function (j) {
-        t.appendChild(el('tr', null, [el('td', { cls: 'n' }, [latentLink(j)]), el('td', { text: T.status[j] }), el('td', { cls: 'n', text: fmt(score[j][0]) }),
+        t.appendChild(el('tr', null, [el('td', { cls: 'n' }, [latentLink(j)]), el('td', { cls: 'n', text: hits[j] + ' of ' + found.length }), el('td', { text: T.status[j] }), el('td', { cls: 'n', text: fmt(score[j][0]) }),
           el('td', { cls: 'n', text: fmt(score[j][1]) }), el('td', { cls: 'n', text: fmt(T.corr[j]) }), el('td', { cls: 'cap', text: T.label[j] || '' })]));
       });
       out.push(all.length ? t : el('p', { text: 'No latents found.' }));
