@@ -202,9 +202,9 @@ def test_interrupted_extraction_resumes_identically(clip_encoder, tmp_path, monk
 
     with pytest.raises(_Stop):
         extract(WebDatasetSource(shards), clip_encoder, tmp_path / "resumed", cfg, on_shard=stop_after_1, progress=False)
-    progress = json.loads((tmp_path / "resumed" / ".shards" / "progress.json").read_text())
-    assert [s["index"] for s in progress["shards"]] == [0, 1] and not (tmp_path / "resumed" / "image.npy").exists()
-    # a shard file left behind by a crash before progress.json listed it is simply overwritten
+    finished = sorted(p.name for p in (tmp_path / "resumed" / ".shards").glob("*.done.json"))
+    assert finished == ["00000.done.json", "00001.done.json"] and not (tmp_path / "resumed" / "image.npy").exists()
+    # a shard file left behind by a crash before its done.json was written is simply overwritten
     (tmp_path / "resumed" / ".shards" / "00002.image.npy").write_bytes(b"garbage")
 
     embedded = []

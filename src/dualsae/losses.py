@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dualsae.codes import SparseCodes
+from dualsae.distributed import all_sum, current
 
 _EPS = 1e-12
 
@@ -69,6 +70,9 @@ def activation_scale(zi: SparseCodes, zt: SparseCodes) -> torch.Tensor:
     """
     v = torch.cat([zi.values.detach().flatten(), zt.values.detach().flatten()])
     v = v[v > 0]
+    if current() is not None:  # under torchrun: the estimate of the global batch
+        sq, s, n = all_sum(torch.stack([v.pow(2).sum(), v.sum(), v.new_tensor(float(v.numel()))]))
+        return torch.tensor(1.0, device=zi.values.device) if n == 0 else (sq / n) / (s / n)
     if v.numel() == 0:
         return torch.tensor(1.0, device=zi.values.device)
     return v.pow(2).mean() / v.mean()

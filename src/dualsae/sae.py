@@ -31,6 +31,7 @@ from torch import nn
 
 from dualsae.atomic import save_tensors, write_json
 from dualsae.codes import SparseCodes
+from dualsae.distributed import all_min, all_sum, batch_topk
 from dualsae.errors import CheckpointError, ConfigError
 from dualsae.jsonfiles import config_from_dict, read_json_object
 from dualsae.sparse_ops import gather_pre, sort_rows, sparse_decode
@@ -265,7 +266,8 @@ class SAE(nn.Module):
             vals = F.relu(self.gather_pre(x, idx, pre_all))
         elif act == "batchtopk":
             batch = x.shape[0]
-            flat = F.relu(pre_all).flatten().topk(self.config.k * batch).indices
+            # Under torchrun the k * batch selection is over the global batch (dualsae.distributed).
+            flat = batch_topk(F.relu(pre_all).flatten(), self.config.k * batch)
             idx, mask = sort_rows(*flat_topk_to_padded(flat, batch, self.m))
             vals = F.relu(self.gather_pre(x, idx, pre_all)) * mask
             if self.training:
@@ -280,9 +282,10 @@ class SAE(nn.Module):
     @torch.no_grad()
     def _update_threshold(self, vals: torch.Tensor, mask: torch.Tensor) -> None:
         positive = vals[mask & (vals > 0)]
-        if positive.numel() == 0:
+        # The minimum over the global batch (every rank's share under torchrun); +inf: none fired.
+        batch_min = all_min(positive.min() if positive.numel() else vals.new_tensor(float("inf")))
+        if not torch.isfinite(batch_min):
             return
-        batch_min = positive.min()
         if self.threshold.item() < 0:
             self.threshold.copy_(batch_min)
         else:
@@ -294,7 +297,10 @@ class SAE(nn.Module):
         """Advance the dead-latent counters by one batch. codes: [batch, width]."""
         fired = torch.zeros(self.m, dtype=torch.bool, device=codes.indices.device)
         fired[codes.indices[codes.values > 0]] = True
-        self.samples_since_fired.add_(codes.batch)
+        # Under torchrun: fired anywhere in the global batch, which has the ranks' rows together.
+        fired = all_sum(fired.to(torch.int32)) > 0
+        rows = int(all_sum(torch.tensor(codes.batch, device=fired.device)).item())
+        self.samples_since_fired.add_(rows)
         self.samples_since_fired[fired] = 0
 
     def dead_mask(self) -> torch.Tensor:

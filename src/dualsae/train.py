@@ -33,7 +33,9 @@ import torch
 
 from dualsae.atomic import append_jsonl, save_tensors, write_json
 from dualsae.codes import SparseCodes
+from dualsae.batches import BatchReader
 from dualsae.data import PairedEmbeddings, epoch_order
+from dualsae.distributed import Distributed
 from dualsae.errors import CheckpointError, ConfigError, DataError
 from dualsae.jsonfiles import config_from_dict
 from dualsae.losses import (
@@ -385,7 +387,9 @@ def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tenso
     return loss, logs
 
 
-def _step(members: list[_Member], config: TrainConfig, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+def _step(members: list[_Member], config: TrainConfig, batch: dict[str, torch.Tensor], lr: float,
+          reduce_grads: Callable[[torch.nn.Module], None] | None = None) -> dict[str, float]:
+    """One optimizer step of every member; ``reduce_grads`` combines the ranks' gradients under torchrun."""
     logs: dict[str, float] = {}
     for mem in members:
         for group in mem.opt.param_groups:
@@ -393,6 +397,8 @@ def _step(members: list[_Member], config: TrainConfig, batch: dict[str, torch.Te
         mem.opt.zero_grad(set_to_none=True)
         loss, mlogs = _member_loss(mem, config, batch)
         loss.backward()
+        if reduce_grads is not None:
+            reduce_grads(mem.sae)
         mem.sae.remove_parallel_grad()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(mem.sae.parameters(), config.grad_clip)
@@ -439,8 +445,15 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    dist: Distributed | None = None,
+    prefetch: bool | None = None,
 ) -> SAEPair:
     """Train ``config.method`` on ``store`` (already restricted to the training rows).
+
+    ``dist``: under torchrun (:meth:`Distributed.from_env`) each rank reads its slice of every
+    global batch of ``batch_size`` pairs and the step is that of the whole batch (DDP semantics,
+    see :mod:`dualsae.distributed`); rank 0 alone writes files and shows progress. ``prefetch``:
+    read the next batch in a background thread (pinned memory on CUDA); default on for CUDA.
 
     Writes into ``out_dir`` (if given): ``config.json``, ``metrics.jsonl`` (one row per
     ``log_every`` steps), ``checkpoint/state.safetensors`` every ``checkpoint_every`` steps, and on
@@ -449,7 +462,10 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device)
+    dist = dist if dist is not None else Distributed()
+    device = dist.device(device)
+    if dist.world > min(config.batch_size, store.n):
+        raise ConfigError(f"training field 'batch_size' is {config.batch_size} pairs over {store.n:,} rows; each of the {dist.world} ranks needs at least one row per step")
     if config.method in PAIRED_METHODS:
         store.require_pairs(f"method {config.method}")
     if store.n < 1:
@@ -464,47 +480,62 @@ def train(
             if (run_dir / "summary.json").is_file():
                 raise CheckpointError(f"{run_dir}/summary.json: this run already finished; nothing to resume")
             start = _load_checkpoint(run_dir, members)
-            _truncate_metrics(run_dir / "metrics.jsonl", start)
+            dist.barrier()  # every rank has read the checkpoint before rank 0 touches the folder
+            if dist.is_main:
+                _truncate_metrics(run_dir / "metrics.jsonl", start)
         else:
             if (run_dir / "config.json").exists():
                 raise CheckpointError(f"{run_dir}: already holds a run (config.json); pass --resume to continue it or choose a new --out")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / "config.json", _run_config_dict(config, store))
+            dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+            if dist.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / "config.json", _run_config_dict(config, store))
     if start == 0:
         for mem in members:
             sample = torch.cat([store.sample(m, 10_000, seed=config.seed) for m in mem.modalities])
             mem.sae.init_decoder_bias(sample.to(device))
+    for mem in members:
+        dist.broadcast_module(mem.sae)  # identical already (same seed / checkpoint); as DDP does
+    writes = run_dir is not None and dist.is_main
+    progress = progress and dist.is_main
     t0 = time.time()
     bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}", unit="step", dynamic_ncols=True)
     logs: dict[str, float] = {}
     batch_positions = _BatchOrder(store.n, config)
-    for step in range(start, total):
-        pos = batch_positions(step)
-        batch = {m: store.read(m, pos).to(device) for m in ("image", "text") if store.has(m)}
-        logs = _step(members, config, batch, lr_at(step, total, config))
-        done = step + 1
-        if run_dir is not None and (done % config.log_every == 0 or done == total):
-            row = {"step": done, "epoch": step // steps_per_epoch(store.n, config.batch_size), "lr": lr_at(step, total, config)}
-            row.update({k: round(v, 6) for k, v in logs.items()})
-            row["time_s"] = round(time.time() - t0, 2)
-            append_jsonl(run_dir / "metrics.jsonl", row)
-        if run_dir is not None and done % config.checkpoint_every == 0 and done < total:
-            _save_checkpoint(run_dir, members, done)
-        if on_step is not None:
-            on_step(done, logs)
-        if progress:
-            bar.set_postfix(loss=f"{logs['loss']:.4g}", mse=f"{np.mean([v for k, v in logs.items() if k.startswith('mse_')]):.4g}",
-                            L0=f"{logs['l0']:.1f}", dead=f"{logs['dead_frac']:.3f}", refresh=False)
-        bar.update(1)
-        if step % 8 == 0:
-            store.release_pages()
+    global_rows = min(config.batch_size, store.n)
+    batches = BatchReader(store, lambda s: dist.slice(batch_positions(s)), total, device, prefetch)
+    with dist.active():
+        for step in range(start, total):
+            batch = batches(step)
+            rows = next(iter(batch.values())).shape[0]
+            reduce = (lambda sae: dist.reduce_grads(sae, rows, global_rows)) if dist.enabled else None
+            logs = _step(members, config, batch, lr_at(step, total, config), reduce)
+            done = step + 1
+            if run_dir is not None and (done % config.log_every == 0 or done == total):
+                logs = dist.mean_logs(logs, rows, global_rows)  # the global batch's values (all ranks take part)
+            if writes and (done % config.log_every == 0 or done == total):
+                row = {"step": done, "epoch": step // steps_per_epoch(store.n, config.batch_size), "lr": lr_at(step, total, config)}
+                row.update({k: round(v, 6) for k, v in logs.items()})
+                row["time_s"] = round(time.time() - t0, 2)
+                append_jsonl(run_dir / "metrics.jsonl", row)
+            if writes and done % config.checkpoint_every == 0 and done < total:
+                _save_checkpoint(run_dir, members, done)
+            if on_step is not None:
+                on_step(done, logs)
+            if progress:
+                bar.set_postfix(loss=f"{logs['loss']:.4g}", mse=f"{np.mean([v for k, v in logs.items() if k.startswith('mse_')]):.4g}",
+                                L0=f"{logs['l0']:.1f}", dead=f"{logs['dead_frac']:.3f}", refresh=False)
+            bar.update(1)
+            if step % 8 == 0:
+                store.release_pages()
     bar.close()
     pair = _as_pair(config.method, {mem.name: mem.sae for mem in members})
-    if run_dir is not None:
+    if writes:
         for mem in members:
             mem.sae.save(run_dir / mem.name)
         write_json(run_dir / "summary.json", {"steps": total, "seconds": round(time.time() - t0, 2), "final": logs})
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    dist.barrier()  # every rank returns once the run folder is complete
     for mem in members:
         mem.sae.eval()
     return pair
