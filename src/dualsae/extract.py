@@ -368,6 +368,7 @@ class ShardDir:
                               if settings.get(k) != state.get("settings", {}).get(k))
                 raise DataError(f"{self.progress_path}: an unfinished extraction with other settings ({', '.join(diff)}) "
                                 f"is in this folder; rerun with the same settings to resume, or delete {self.dir}")
+        if self.dir.is_dir():
             self.reload()
 
     def start(self) -> None:
@@ -494,8 +495,8 @@ def extract(
     dist = dist if dist is not None else Distributed()
     shards = ShardDir(out, settings)  # every rank checks the settings ...
     dist.barrier()
-    if dist.is_main:  # ... before rank 0 records them
-        shards.start()
+    shards.start()  # ... before any records them (the same bytes, each write atomic)
+    dist.barrier()
     done = shards.done
     total = source.count()
     if total is not None and config.limit is not None:
