@@ -53,6 +53,7 @@ METHODS = ("specific", "shared", "group-sparse", "iso-energy")
 PAIRED_METHODS = ("group-sparse", "iso-energy")
 SCHEDULES = ("cosine", "constant")
 ISO_FORMS = ("cosine", "dot")
+SELECTION_DTYPES = ("float32", "bfloat16")
 RUN_FORMAT = "dualsae.run/1"
 
 #: Paper presets. ``real``: App. E.4 (and E.1: 30 epochs); ``synthetic``: App. E.2.
@@ -119,6 +120,10 @@ class TrainConfig:
     split_seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
+    # dtype of the selection product alone (the [batch, m] encoder product that picks the active
+    # latents); the picked values, the loss and the gradients stay float32. bfloat16 is faster on
+    # GPUs and recent CPUs; it can pick another latent where two pre-activations nearly tie.
+    selection_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -144,6 +149,8 @@ class TrainConfig:
             raise ConfigError(f"training field 'preset' must be one of {', '.join(PRESETS)}, found {self.preset!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"training field 'schedule' must be one of {', '.join(SCHEDULES)}, found {self.schedule!r}")
+        if self.selection_dtype not in SELECTION_DTYPES:
+            raise ConfigError(f"training field 'selection_dtype' must be one of {', '.join(SELECTION_DTYPES)}, found {self.selection_dtype!r}")
         if self.iso_energy_form not in ISO_FORMS:
             raise ConfigError(f"training field 'iso_energy_form' must be one of {', '.join(ISO_FORMS)}, found {self.iso_energy_form!r}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -239,6 +246,7 @@ def _make_members(config: TrainConfig, store: PairedEmbeddings, device: torch.de
         members = [_Member("shared", SAE(sae_cfg, generator=gen), mods)]
     for mem in members:
         mem.sae.to(device)
+        mem.sae.selection_dtype = getattr(torch, config.selection_dtype)
         mem.opt = make_adamw(mem.sae.parameters(), config)
     return members
 

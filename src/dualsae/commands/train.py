@@ -38,6 +38,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "iso_energy_form": ("--iso-energy-form", str, "cosine (official code) | dot (Prop. 4) (default cosine)"),
     "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints (default 500)"),
     "log_every": ("--log-every", int, "steps between metrics.jsonl rows (default 10)"),
+    "selection_dtype": ("--selection-dtype", str, "float32 | bfloat16: dtype of the product that picks the active latents only; values and gradients stay float32 (default float32)"),
 }
 
 
