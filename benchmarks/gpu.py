@@ -95,7 +95,7 @@ def step_bench(args: argparse.Namespace, device: torch.device) -> None:
     for name, ts in times.items():
         best, med = min(ts), statistics.median(ts)
         line = f"  {name:12s} min {best * 1e3:8.2f} ms  median {med * 1e3:8.2f} ms  = {1 / med:8.1f} steps/s"
-        line += f"  ({flops[name] / best / 1e12:.2f} TFLOP/s of matmul work"
+        line += f"  ({flops[name] / best / 1e9:,.1f} GFLOP/s of matmul work"
         line += f", {100 * flops[name] / best / 1e12 / peak:.1f}% of peak)" if peak else ")"
         print(line)
     dense = statistics.median(times["dense"])

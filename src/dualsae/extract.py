@@ -471,7 +471,7 @@ def extract(
     Under torchrun (``dist``) rank r embeds shards r, r + world, ... (each rank reads the source
     and skips the others' records without decoding them); rank 0 assembles the store, which is
     byte-identical to a one-process extraction, and returns the summary; the other ranks return
-    ``{"rank": r, "shards": [indices they embedded]}``.
+    ``{"rank": r, "shards": [indices they embedded]}`` once every rank's shards are written.
     """
     from tqdm import tqdm
 
@@ -525,16 +525,13 @@ def extract(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     dist.barrier()  # every rank's shards are written
-    if not dist.is_main:
-        dist.barrier()
+    if not dist.is_main:  # rank 0 assembles; the others are done (no collective follows)
         return {"rank": dist.rank, "shards": mine}
     shards.reload()
     missing = sorted(set(range(n_shards)) - shards.done)
     if missing:
         raise DataError(f"{shards.dir}: shard(s) {missing[:5]} of {n_shards} were not written; rerun the same command to finish them")
-    summary = _finish(out, shards, source, encoder, config, settings)
-    dist.barrier()  # the other ranks return once the store is complete
-    return summary
+    return _finish(out, shards, source, encoder, config, settings)
 
 
 def _finish(out: Path, shards: ShardDir, source: Source, encoder: DualEncoder, config: ExtractConfig, settings: dict) -> dict:

@@ -537,6 +537,7 @@ def train(
             if step % 8 == 0:
                 store.release_pages()
     bar.close()
+    batches.close()
     pair = _as_pair(config.method, {mem.name: mem.sae for mem in members})
     if writes:
         for mem in members:

@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is the run folder itself; choose a new folder so the trained SAEs are kept unpermuted")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
-    dist = Distributed.from_env(resolve_device(args.device))  # a torchrun rank, or one process
-    device = dist.device(resolve_device(args.device))
+    device = resolve_device(args.device)
+    dist = Distributed.from_env(device)  # a torchrun rank, or one process
+    device = dist.device(device)
     pair = load_model(run_dir, device=device)
     store = open_data(args.data)
     store.require_pairs("alignment (the coactivation correlation of eq. 5)")

@@ -62,10 +62,9 @@ def run_extract(args: argparse.Namespace) -> int:
     from dualsae.extract import ExtractConfig, extract, format_summary
     from dualsae.readers import make_source
 
-    dist = Distributed.from_env(resolve_device(args.device))  # a torchrun rank, or one process
-    device = args.device
-    if dist.enabled and resolve_device(args.device).type == "cuda":
-        device = str(dist.device(resolve_device(args.device)))  # each rank its own GPU
+    resolved = resolve_device(args.device)
+    dist = Distributed.from_env(resolved)  # a torchrun rank, or one process
+    device = str(dist.device(resolved)) if dist.enabled and resolved.type == "cuda" else args.device  # each rank its own GPU
     config = ExtractConfig(batch_size=args.batch_size, device=device, dtype=args.dtype, store_dtype=args.store_dtype,
                            shard_size=args.shard_size, limit=args.limit, normalize=not args.no_normalize, workers=args.workers)
     source = make_source(args.format, annotations=args.annotations, images=args.images, split_file=args.split_file,
