@@ -10,9 +10,9 @@ only its slice of every global batch (:meth:`Distributed.slice`); the gradients 
 losses are combined with weights ``rows_r / rows`` (:meth:`Distributed.reduce_grads`), which is the
 gradient of the global batch's mean loss, so every optimizer step, clipping and decoder
 renormalisation is identical on every rank. Statistics of a whole batch that the step uses (the
-BatchTopK selection and threshold, the dead-latent counters of AuxK, the activation scale of the
-group-sparse loss) are reduced over ranks through the module-level helpers below
-(:func:`all_sum`, :func:`all_min`, :func:`batch_topk`), which act only inside
+BatchTopK selection and threshold, the dead-latent counters of AuxK) are reduced over ranks
+through the module-level helpers below (:func:`all_sum`, :func:`all_min`, :func:`batch_topk`),
+which act only inside
 ``with dist.active():`` and are plain local computations otherwise.
 
 Backend: ``nccl`` when the device is CUDA, ``gloo`` on CPU (the tests run two gloo processes on
