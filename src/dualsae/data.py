@@ -256,8 +256,8 @@ class PairedEmbeddings:
         for arr in (self.image, self.text):
             if arr is None:
                 continue
-            # Sharded arrays (clip-retrieval layout) expose their memory maps as ``parts``.
-            for part in getattr(arr, "parts", [arr]):
+            # Sharded arrays (clip-retrieval layout, readers.ShardedRows) expose their memory maps as ``shards``.
+            for part in getattr(arr, "shards", [arr]):
                 _madvise(part, mmap.MADV_DONTNEED)
 
     def sample(self, modality: str, n: int, seed: int = 0) -> torch.Tensor:
