@@ -267,7 +267,7 @@ def top_activating(
     absolute row number in the store, ``caption`` the meta ``caption`` field (None without meta).
     Rows where the latent is inactive are never returned. Streams the store; memory O(n + batch).
     """
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     if modality not in MODALITIES:
         raise ConfigError(f"modality must be one of {MODALITIES}, found {modality!r}")

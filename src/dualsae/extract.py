@@ -457,7 +457,7 @@ def extract(
     A rerun after an interruption resumes at the first unfinished shard; a rerun of a finished
     extraction with the same settings returns its summary without work.
     """
-    from tqdm import tqdm
+    from dualsae.progress import tqdm
 
     out = Path(out)
     if isinstance(model, DualEncoder):

@@ -113,7 +113,7 @@ def _flatten(doc: dict) -> dict[str, float | None]:
 def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=print) -> dict:
     """Train, align and evaluate every (row, seed) not yet in ``out/units``, then write the table."""
     from dualsae.align import align
-    from dualsae.commands.common import open_data
+    from dualsae.data import open_store as open_data
     from dualsae.evaluate import EvalOptions, aligned_view, evaluate
     from dualsae.metrics.zeroshot import load_zero_shot_store
     from dualsae.train import train
