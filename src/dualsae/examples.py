@@ -10,6 +10,7 @@ captions when the pool holds them.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,23 +37,22 @@ class LatentExamples:
         return self.fired / self.n_rows if self.n_rows else 0.0
 
 
-def collapse_captions(rows: list[dict], n: int) -> list[dict]:
-    """Merge rows with the same caption (first = strongest kept, ``count`` = how many); at most ``n``.
-    Rows without a caption are never merged."""
+def collapse_captions(rows: list[dict], n: int, counts: dict[str, int] | None = None) -> list[dict]:
+    """Merge rows with the same caption (the first, strongest, is kept); at most ``n``. ``count`` is
+    ``counts[caption]`` (e.g. all firing rows with that caption) when given, else the rows merged
+    here. Rows without a caption are never merged."""
     out: list[dict] = []
     seen: dict[str, dict] = {}
     for r in rows:
         cap = r.get("caption")
         if cap is not None and cap in seen:
-            seen[cap]["count"] += 1
+            seen[cap]["count"] += 0 if counts else 1
             continue
-        entry = {**r, "count": 1}
+        entry = {**r, "count": counts.get(cap, 1) if counts and cap is not None else 1}
         if cap is not None:
             seen[cap] = entry
         if len(out) < n:
             out.append(entry)
-        elif cap is None:
-            continue
     return out
 
 
@@ -80,12 +80,18 @@ def top_examples_many(pair, store: PairedEmbeddings, latents: list[int], modalit
     best_v = torch.full((len(latents), 0), 0.0)
     best_p = torch.zeros((len(latents), 0), dtype=torch.long)
     fired = torch.zeros(len(latents), dtype=torch.long)
+    captions = [Counter() for _ in latents] if collapse and store.meta is not None else None
     for start in range(0, store.n, batch_size):
         pos = torch.arange(start, min(start + batch_size, store.n))
         codes = pair.encode(modality, store.read(modality, pos.numpy()).to(device))
         hit = codes.indices.cpu().unsqueeze(0) == lat.view(-1, 1, 1)  # [L, batch, k]
         act = (codes.values.cpu().float().unsqueeze(0) * hit).sum(2)  # [L, batch]
         fired += (act != 0).sum(1)
+        if captions is not None:
+            # How many firing rows share each caption (the "xN" of a collapsed line).
+            abs_rows = store.rows_of(pos.numpy())
+            for a, p_ in (act != 0).nonzero().tolist():
+                captions[a][store.meta[int(abs_rows[p_])].get("caption")] += 1
         v = torch.cat([best_v, act], 1)
         p = torch.cat([best_p, pos.unsqueeze(0).expand(len(latents), -1)], 1)
         top = v.topk(min(pool, v.shape[1]), dim=1)
@@ -98,7 +104,7 @@ def top_examples_many(pair, store: PairedEmbeddings, latents: list[int], modalit
         for r, v in zip(rows.tolist(), best_v[a][keep].tolist()):
             meta = store.meta[r] if store.meta is not None else {}
             items.append({"row": r, "activation": v, "caption": meta.get("caption"), "meta": meta})
-        items = collapse_captions(items, n) if collapse else [{**i, "count": 1} for i in items[:n]]
+        items = collapse_captions(items, n, captions[a] if captions is not None else None) if collapse else [{**i, "count": 1} for i in items[:n]]
         out.append(LatentExamples(int(j), modality, int(fired[a]), store.n, items))
     return out
 
