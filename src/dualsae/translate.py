@@ -112,14 +112,15 @@ def latents_for(pair, source: Any, modality: str = "image", rows: Any = None, ba
 
 def top_examples(pair, latent: int, store: PairedEmbeddings, n: int = 10, modality: str = "both",
                  batch_size: int = 4096, device: str = "cpu") -> dict[str, list[dict]]:
-    """{modality: the ``n`` rows where ``latent`` is most active, each ``{row, activation, caption, meta}``}
-    for ``image``, ``text`` or ``both`` (modalities the store lacks are left out)."""
-    from dualsae.analysis import top_activating
+    """{modality: the ``n`` rows where ``latent`` is most active, each ``{row, activation, caption, meta,
+    count}`` with identical captions merged (``count``: firing rows with that caption)} for ``image``,
+    ``text`` or ``both`` (modalities the store lacks are left out)."""
+    from dualsae.examples import top_examples_many
 
     mods = MODALITIES if modality == "both" else (modality,)
     for m in mods:
         _check_modality(m)
-    return {m: top_activating(pair, store, latent, m, n=n, batch_size=batch_size, device=device)
+    return {m: top_examples_many(pair, store, [latent], m, n=n, batch_size=batch_size, device=device)[0].rows
             for m in mods if store.has(m)}
 
 
