@@ -16,7 +16,8 @@ from dualsae.data import PairedEmbeddings, write_store
 from dualsae.errors import ConfigError
 from dualsae.match_confidence import ConfidenceOptions, match_confidence
 from dualsae.pair import SAEPair
-from dualsae.sae import SAE, SAEConfig
+from dualsae.sae import SAE
+from tests.helpers import tied_sae
 
 
 def sparse(dense: np.ndarray, k: int) -> SparseCodes:
@@ -71,16 +72,6 @@ def test_rare_latents_get_a_higher_null_threshold():
 
 
 # ---------------------------------------------------------------------------- end to end
-def _sae(w: np.ndarray) -> SAE:
-    sae = SAE(SAEConfig(d=w.shape[1], m=w.shape[0], k=1, dec_bias_init="zero"))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.as_tensor(w))
-        sae.W_dec.copy_(torch.as_tensor(w))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()
-
-
 def planted_run(tmp_path):
     """Specific SAEs with 4 features; text latents in reversed order; feature 3 has only 2 rows."""
     d = 8
@@ -91,8 +82,8 @@ def planted_run(tmp_path):
                         [{"caption": f"f{f}"} for f in feature])
     run = tmp_path / "run"
     run.mkdir()
-    _sae(phi).save(run / "image")
-    _sae(psi[::-1].copy()).save(run / "text")
+    tied_sae(phi).save(run / "image")
+    tied_sae(psi[::-1].copy()).save(run / "text")
     (run / "config.json").write_text(json.dumps({"train": {"method": "specific", "split": "all"},
                                                  "data": {"path": str(store)}}))
     return run, store
@@ -102,7 +93,7 @@ def test_align_reports_support_and_drops_thin_matches(tmp_path):
     run, store_dir = planted_run(tmp_path)
     store = PairedEmbeddings.open(store_dir)
     pair = SAEPair("specific", SAE.load(run / "image"), SAE.load(run / "text"))
-    full = align(pair, store, progress=False)
+    full = align(pair, store, progress=False, confidence=ConfidenceOptions())
     m = full.report["matched"]
     assert m["image"] == [0, 1, 2, 3] and m["text"] == [3, 2, 1, 0]
     assert m["support"] == [12, 12, 12, 2]

@@ -16,20 +16,10 @@ from dualsae.cli import main
 from dualsae.data import PairedEmbeddings, write_store
 from dualsae.errors import ConfigError
 from dualsae.pair import SAEPair
-from dualsae.sae import SAE, SAEConfig
+from tests.helpers import tied_sae
 
 F_, D_ = 4, 8
 PER_FEATURE = 10
-
-
-def _sae(w: np.ndarray) -> SAE:
-    sae = SAE(SAEConfig(d=w.shape[1], m=w.shape[0], k=1, dec_bias_init="zero"))
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.as_tensor(w))
-        sae.W_dec.copy_(torch.as_tensor(w))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()
 
 
 def planted(tmp_path):
@@ -41,7 +31,7 @@ def planted(tmp_path):
     y = 2 * psi[feature]
     meta = [{"caption": f"feature {f}", "id": f"r{i}"} for i, f in enumerate(feature)]
     store_dir = write_store(tmp_path / "store", x, y, meta)
-    pair = AlignedPair("aligned", _sae(phi), _sae(psi), {"format": ALIGNMENT_FORMAT, "permutation": list(range(F_)),
+    pair = AlignedPair("aligned", tied_sae(phi), tied_sae(psi), {"format": ALIGNMENT_FORMAT, "permutation": list(range(F_)),
                                                           "data": str(store_dir)})
     folder = pair.save(tmp_path / "aligned")
     return pair, PairedEmbeddings.open(store_dir), feature, folder
@@ -79,8 +69,8 @@ def test_top_examples_returns_the_rows_of_the_latent(tmp_path):
     pair, store, feature, _ = planted(tmp_path)
     top = pair.top_examples(2, store, n=5)
     for mod in ("image", "text"):
-        assert len(top[mod]) == 5
-        assert {r["row"] // PER_FEATURE for r in top[mod]} == {2}
+        # the 10 rows of feature 2 share one caption: one line, counted 10 times
+        assert [(r["row"] // PER_FEATURE, r["caption"], r["count"]) for r in top[mod]] == [(2, "feature 2", PER_FEATURE)]
 
 
 def test_unaligned_specific_pair_refuses_translation(tmp_path):

@@ -546,7 +546,7 @@ def align(
     device: str | torch.device = "cpu",
     source: str | None = None,
     progress: bool = True,
-    confidence: Any = "default",
+    confidence: Any = None,
 ) -> AlignmentResult:
     """Align a trained pair post hoc (eqs. 5-7), or, for a shared SAE, measure its collapse (App. F.2).
 
@@ -554,8 +554,9 @@ def align(
     store: paired rows to compute C on (the training split in the paper), unless ``stats`` is given.
     source: path of the run, recorded in the report.
     confidence: :class:`dualsae.match_confidence.ConfidenceOptions` (support, permutation-null
-    threshold and the thresholds that leave weak matches unmatched); ``"default"`` = default options
-    when ``store`` is given, ``None`` = none (the report then has no support / null_threshold).
+    threshold and the thresholds that leave weak matches unmatched; needs ``store``), or None (the
+    report then has no support / null_threshold; experiments that align many runs skip the cost).
+    ``dualsae align`` always passes one.
     """
     t0 = time.perf_counter()
     if stats is None:
@@ -569,11 +570,9 @@ def align(
     timing = {"correlation_s": round(t_corr - t0, 3), "assignment_s": round(t_assign - t_corr, 3)}
     common = {"source_run": source, "source_method": pair.method, "rows": stats.n}
     conf, conf_section = None, {}
-    if confidence == "default":
-        from dualsae.match_confidence import ConfidenceOptions
-
-        confidence = ConfidenceOptions() if store is not None else None
-    if confidence is not None and store is not None:
+    if confidence is not None:
+        if store is None:
+            raise ConfigError("match confidence needs the store of paired rows, not only CoactivationStats")
         from dualsae.match_confidence import assess_matching
 
         matching, conf, section = assess_matching(pair, store, matching, confidence, batch_size=batch_size, device=device)

@@ -23,9 +23,10 @@ silent here; these are the project's choices, see README "Choices"):
   for having chosen the pair by maximising eq. 6, so it is a lower bar, not a test).
 
 Efficiency: the codes of all rows are encoded once and held sparse (``N * (k_I + k_T)`` values
-and indices, about 12 bytes each: 8280 rows x 64 -> 6 MB). Support and every shuffle touch only
-the ``k_I x k_T`` active pairs of each row (the same scatter as eq. 5's cross products), restricted
-to matched pairs: one shuffle costs O(N k_I k_T), independent of m; no [N, m] matrix is built.
+and indices). The active entries of matched text latents are sorted by ``row * K + slot``; a shuffle
+then looks up, for every active matched image entry (row r, pair a), the text value of pair a at the
+re-paired row ``pi(r)`` by binary search: O(N k_I log(N k_T)) per shuffle, independent of m, no
+[N, m] or [N, K] matrix (6,675 rows, k = 32, 200 shuffles: a few seconds).
 """
 
 from __future__ import annotations
@@ -38,10 +39,6 @@ import torch
 from dualsae.codes import SparseCodes
 from dualsae.data import PairedEmbeddings
 from dualsae.errors import ConfigError
-
-# Rows per chunk of the [rows, k_I, k_T] co-firing comparison (about 2M entries).
-_PAIRS_PER_CHUNK = 2_000_000
-
 
 @dataclass(frozen=True)
 class ConfidenceOptions:
@@ -103,45 +100,54 @@ def encode_all(pair, store: PairedEmbeddings, batch_size: int = 4096, device: st
     return out[0], out[1]
 
 
-def _slots(indices: torch.Tensor, values: torch.Tensor, slot_of: torch.Tensor) -> torch.Tensor:
-    """Matched-pair slot of every active code entry, -1 for inactive or unmatched latents."""
-    s = slot_of[indices]
-    return torch.where(values != 0, s, torch.full_like(s, -1))
+class _MatchedEntries:
+    """The active code entries of matched latents, flattened once for every shuffle.
+
+    Image side: (row, slot, value) of each active entry whose latent is matched (slot a = the a-th
+    matched pair). Text side: the same entries keyed by ``row * K + slot`` and sorted, so the text
+    value of slot a at any row is one binary search away. Memory O(N (k_I + k_T))."""
+
+    def __init__(self, codes_i: SparseCodes, codes_t: SparseCodes, image: np.ndarray, text: np.ndarray) -> None:
+        k = len(image)
+        self.k = k
+        self.row_i, self.slot_i, self.val_i = self._flatten(codes_i, image)
+        row_t, slot_t, val_t = self._flatten(codes_t, text)
+        keys = row_t * max(k, 1) + slot_t
+        order = np.argsort(keys, kind="stable")
+        self.keys_t, self.val_t = keys[order], val_t[order]
+
+    @staticmethod
+    def _flatten(codes: SparseCodes, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        slot_of = np.full(codes.m, -1, dtype=np.int64)
+        slot_of[np.asarray(latents, dtype=np.int64)] = np.arange(len(latents))
+        idx = codes.indices.numpy()
+        val = codes.values.double().numpy()
+        slot = slot_of[idx]
+        keep = (slot >= 0) & (val != 0)
+        rows = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
+        return rows[keep].astype(np.int64), slot[keep], val[keep]
+
+    def cross(self, text_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(co-firing counts [K], sums of z_I z_T [K]) when image row r is paired with text row
+        ``text_rows[r]`` (None: with row r itself)."""
+        if self.k == 0 or len(self.keys_t) == 0:
+            return np.zeros(self.k, dtype=np.int64), np.zeros(self.k)
+        partner = self.row_i if text_rows is None else text_rows[self.row_i]
+        q = partner * self.k + self.slot_i
+        pos = np.minimum(np.searchsorted(self.keys_t, q), len(self.keys_t) - 1)
+        found = self.keys_t[pos] == q
+        count = np.bincount(self.slot_i[found], minlength=self.k)
+        cross = np.bincount(self.slot_i[found], weights=self.val_i[found] * self.val_t[pos[found]], minlength=self.k)
+        return count.astype(np.int64), cross
 
 
 def matched_cross(codes_i: SparseCodes, codes_t: SparseCodes, image: np.ndarray, text: np.ndarray,
-                  text_rows: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  text_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For matched pairs ``(image[a], text[a])``: (co-firing row counts [K], sums of products [K]).
 
     text_rows: [N] row of the text codes paired with each image row (a shuffle); None = identity.
     """
-    k = len(image)
-    slot_i = torch.full((codes_i.m,), -1, dtype=torch.long)
-    slot_i[torch.as_tensor(image, dtype=torch.long)] = torch.arange(k)
-    slot_t = torch.full((codes_t.m,), -1, dtype=torch.long)
-    slot_t[torch.as_tensor(text, dtype=torch.long)] = torch.arange(k)
-    count = torch.zeros(k + 1, dtype=torch.long)
-    cross = torch.zeros(k + 1, dtype=torch.float64)
-    n = codes_i.batch
-    ki, kt = codes_i.values.shape[1], codes_t.values.shape[1]
-    rows_per_chunk = max(1, _PAIRS_PER_CHUNK // max(1, ki * kt))
-    for s in range(0, n, rows_per_chunk):
-        sl = slice(s, min(s + rows_per_chunk, n))
-        vi, ii = codes_i.values[sl], codes_i.indices[sl]
-        if text_rows is None:
-            vt, it = codes_t.values[sl], codes_t.indices[sl]
-        else:
-            r = text_rows[sl]
-            vt, it = codes_t.values[r], codes_t.indices[r]
-        si, st = _slots(ii, vi, slot_i), _slots(it, vt, slot_t)
-        # A matched pair co-fires on a row when its image slot appears among the row's image codes
-        # and the same slot among its (re-paired) text codes.
-        hit = (si.unsqueeze(2) == st.unsqueeze(1)) & (si.unsqueeze(2) >= 0)  # [rows, k_I, k_T]
-        prod = (vi.double().unsqueeze(2) * vt.double().unsqueeze(1))[hit]
-        slot = si.unsqueeze(2).expand_as(hit)[hit]
-        count.index_add_(0, slot, torch.ones_like(slot))
-        cross.index_add_(0, slot, prod)
-    return count[:k].numpy(), cross[:k].numpy()
+    return _MatchedEntries(codes_i, codes_t, image, text).cross(None if text_rows is None else np.asarray(text_rows))
 
 
 def _moments(codes: SparseCodes, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +169,8 @@ def match_confidence(codes_i: SparseCodes, codes_t: SparseCodes, image: np.ndarr
     """
     image = np.asarray(image, dtype=np.int64)
     text = np.asarray(text, dtype=np.int64)
-    support, _ = matched_cross(codes_i, codes_t, image, text)
+    entries = _MatchedEntries(codes_i, codes_t, image, text)
+    support, _ = entries.cross()
     null = np.full(len(image), np.nan)
     n = codes_i.batch
     if options.shuffles > 0 and len(image) and n >= 2:
@@ -173,8 +180,8 @@ def match_confidence(codes_i: SparseCodes, codes_t: SparseCodes, image: np.ndarr
         gen = torch.Generator().manual_seed(int(options.seed))
         samples = np.empty((options.shuffles, len(image)))
         for b in range(options.shuffles):
-            perm = torch.randperm(n, generator=gen)
-            _, cross = matched_cross(codes_i, codes_t, image, text, text_rows=perm)
+            perm = torch.randperm(n, generator=gen).numpy()
+            _, cross = entries.cross(perm)
             samples[b] = (cross / n - mu_i * mu_t) / denom
         null = np.quantile(samples, options.quantile, axis=0)
     return MatchConfidence(support.astype(np.int64), null, options)
