@@ -107,7 +107,8 @@ def run_top(args: argparse.Namespace) -> int:
             ex = found[mod][a]
             print(f"  {mod}: fires on {ex.fired:,} of {ex.n_rows:,} rows ({100 * ex.frequency:.2f}%)" + (":" if ex.rows else ""))
             for r in ex.rows:
-                rid = r["meta"].get("id", r["meta"].get("key", r["meta"].get("image_path", "")))
+                rid = str(r["meta"].get("id", r["meta"].get("key", r["meta"].get("image_path", ""))))
+                rid = rid if len(rid) <= 20 else rid[:19] + "…"
                 count = f"x{r['count']}" if r["count"] > 1 else ""
                 print(f"    {r['activation']:8.4f}  row {r['row']:>7}  {rid!s:<14} {count:>5} {r['caption'] if r['caption'] is not None else ''}")
     return 0
