@@ -33,6 +33,8 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "dec_bias_init": ("--dec-bias-init", str, "geometric_median | mean | zero"),
     "l1_coef": ("--l1-coef", float, "L1 coefficient for --activation relu"),
     "group_sparse_lambda": ("--group-sparse-lambda", float, "group-sparse lambda (scale-free lambda-tilde of Prop. 3 by default)"),
+    "group_sparse_scale_warmup": ("--group-sparse-scale-warmup", float,
+                                  "share of the steps the warm-up that measures the group-sparse scale runs, once before training"),
     "iso_energy_beta": ("--iso-energy-beta", float, "Iso-Energy beta"),
     "iso_energy_form": ("--iso-energy-form", str, "cosine (official code) | dot (Prop. 4)"),
     "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints"),
