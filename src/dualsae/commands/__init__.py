@@ -12,4 +12,5 @@ COMMAND_MODULES = (
     "evaluate",
     "reproduce",
     "translate",
+    "report",
 )
