@@ -4,7 +4,8 @@
   flags exist, required arguments are there, no placeholders such as ``[--quick]``.
 * The bash blocks are then run in order, in a scratch folder, on a tiny store that stands in for
   ``../shared/data/emoji`` and with tiny model sizes (the only substitutions). ``extract`` (needs a
-  VLM download) and ``reproduce`` (minutes to hours) are only parsed.
+  VLM download), ``reproduce`` (minutes to hours) and ``diagnose`` (trains probes; its own tests run it)
+  are only parsed.
 * The README's Python example runs with the same substitutions.
 """
 
@@ -22,7 +23,7 @@ from dualsae.data import write_store
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-PARSE_ONLY = ("extract", "reproduce")
+PARSE_ONLY = ("extract", "reproduce", "diagnose")  # diagnose trains probe SAEs: covered by its own tests
 # Model sizes of the documented runs -> tiny ones; placeholders -> a value.
 SIZE_SUBS = [
     (r"--latents \d+", "--latents 128"), (r"--k \d+", "--k 4"), (r"--batch-size \d+", "--batch-size 64"),

@@ -12,5 +12,6 @@ COMMAND_MODULES = (
     "evaluate",
     "reproduce",
     "translate",
+    "diagnose",
     "report",
 )
