@@ -39,7 +39,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from dualsae.data import PairedEmbeddings, open_npy, open_store  # noqa: F401  (open_store re-exported)
+from dualsae.data import PairedEmbeddings, open_npy, open_store, read_rows  # noqa: F401  (open_store re-exported)
 from dualsae.jsonfiles import iter_jsonl_objects
 from dualsae.errors import ConfigError, DataError
 
@@ -575,7 +575,9 @@ class ShardedRows:
         for s in range(len(self.shards)):
             a, b = bounds[s], bounds[s + 1]
             if a < b:
-                out[order[a:b]] = self.shards[s][sidx[a:b] - self.offsets[s]]
+                # preadv per run of consecutive rows, as for a one-file store: only these rows are
+                # read (never the whole shard), and nothing is mapped into this process.
+                out[order[a:b]] = read_rows(self.shards[s], sidx[a:b] - self.offsets[s])
         return out
 
 

@@ -103,6 +103,13 @@ def gather_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec:
     return _GatherPre.apply(x, W_enc, b_enc, b_dec, idx, pre_all.gather(1, idx))
 
 
+def gather_pre_values(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor,
+                      idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """As :func:`gather_pre`, with the forward values given directly ([batch, w], e.g. recomputed in
+    float32 when the selection product ran in bfloat16)."""
+    return _GatherPre.apply(x, W_enc, b_enc, b_dec, idx, values)
+
+
 def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """sum_j vals[b, j] * W_dec[idx[b, j]] -> [batch, d] (idx sorted per row)."""
     if vals.device.type != "cpu" and not vals.requires_grad and not W_dec.requires_grad:
