@@ -106,7 +106,7 @@ def test_eval_external_encoder_of_other_widths(tmp_path):
         e = rng.normal(size=(120, w)) + 0.3
         np.save(ext / f"{mod}.npy", (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16))
     out = tmp_path / "metrics.json"
-    rc = main(["eval", str(model), "--data", str(data), "--out", str(out), "--tasks", "monosemanticity",
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path), "--tasks", "monosemanticity",
                "--external", str(ext), "--no-progress"])
     assert rc == 0
     doc = json.loads(out.read_text())["tasks"]["monosemanticity"]
