@@ -145,8 +145,14 @@ def saelens_step(d: int, m: int, k: int, dead: float) -> Step:
     _bare_package("sae_lens", "sae-lens")
     from contextlib import nullcontext
 
-    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class, register_sae_training_class
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
+
+    # What sae_lens/__init__.py registers for the TopK architecture.
+    if "topk" not in SAE_CLASS_REGISTRY:
+        register_sae_class("topk", TopKSAE, TopKSAEConfig)
+        register_sae_training_class("topk", TopKTrainingSAE, TopKTrainingSAEConfig)
 
     torch.manual_seed(0)
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=m, k=k, dtype="float32", device="cpu"))
@@ -221,6 +227,53 @@ def compare(d: int, m: int, k: int, B: int, libs: list[str], rounds: int, steps:
     return times
 
 
+def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, float, float]]:
+    """Where dualsae's step spends its time: the phases of dualsae.train._step timed one by one
+    (min and median ms over ``rounds`` steps), and, for scale, the selection product alone
+    (x [B, d] @ W_enc^T, 2 B d m FLOPs) and the top-k over its [B, m] result."""
+    import torch.nn.functional as F
+
+    from dualsae.sae import SAE, SAEConfig
+    from dualsae.train import TrainConfig, _Member, _member_loss, make_adamw
+
+    config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
+    sae = SAE(SAEConfig(d=d, m=m, k=k), generator=torch.Generator().manual_seed(0))
+    mem = _Member("image", sae, ("image",))
+    mem.opt = make_adamw(sae.parameters(), config)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(B, d, generator=gen) for _ in range(3)]
+    acc: dict[str, list[float]] = {}
+
+    def tick(name: str, t0: float) -> float:
+        t = time.perf_counter()
+        acc.setdefault(name, []).append(t - t0)
+        return t
+
+    for it in range(rounds + 2):
+        x = batches[it % len(batches)]
+        t = time.perf_counter()
+        with torch.no_grad():
+            pre = F.linear(x - sae.b_dec, sae.W_enc, sae.b_enc)
+        t = tick("selection product alone (reference)", t)
+        pre.topk(k, dim=1)
+        t = tick("top-k of it alone (reference)", t)
+        del pre
+        mem.opt.zero_grad(set_to_none=True)
+        loss, _ = _member_loss(mem, config, {"image": x})
+        t = tick("step: forward + losses + logs", t)
+        loss.backward()
+        t = tick("step: backward", t)
+        sae.remove_parallel_grad()
+        t = tick("step: decoder-gradient projection", t)
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
+        t = tick("step: gradient clipping", t)
+        mem.opt.step()
+        t = tick("step: AdamW (fused)", t)
+        sae.normalize_decoder()
+        tick("step: decoder renorm", t)
+    return [(name, min(v[2:]), statistics.median(v[2:])) for name, v in acc.items()]
+
+
 def available(libs: list[str]) -> tuple[list[str], dict[str, str]]:
     ok, missing = [], {}
     for lib in libs:
@@ -241,6 +294,7 @@ def main() -> None:
     ap.add_argument("--dead", type=float, default=0.0, help="fraction of latents marked dead in every library (AuxK runs)")
     ap.add_argument("--overcomplete-auxk", action="store_true", help="overcomplete with its top_k_auxiliary_loss")
     ap.add_argument("--setting", type=int, default=None, help="run only setting 0 or 1")
+    ap.add_argument("--breakdown", action="store_true", help="also time the phases of dualsae's step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     libs, missing = available([s for s in args.libs.split(",") if s])
@@ -262,6 +316,17 @@ def main() -> None:
             t = times[lib]
             lo, med = min(t), statistics.median(t)
             print(f"  {lib:<13} {1e3 * lo:>8.1f} {1e3 * med:>10.1f} | {lo / base_min:>11.2f}x {med / base_med:>6.2f}x", flush=True)
+        if args.breakdown:
+            rows = breakdown(s["d"], s["m"], s["k"], s["B"], args.rounds)
+            flops = 2 * s["B"] * s["d"] * s["m"]
+            product = rows[0][1]
+            step = sum(lo for name, lo, _ in rows if name.startswith("step:"))
+            print(f"  dualsae step phases ({args.rounds} steps; min / median ms; selection product "
+                  f"{flops / 1e9:.2f} GFLOP at {flops / product / 1e9:.0f} GFLOP/s)")
+            for name, lo, med in rows:
+                print(f"    {name:<38} {1e3 * lo:>8.1f} {1e3 * med:>8.1f}", flush=True)
+            print(f"    sum of the step's phases (min)         {1e3 * step:>8.1f}  = "
+                  f"{step / product:.2f}x the selection product alone", flush=True)
 
 
 if __name__ == "__main__":
