@@ -10,7 +10,7 @@ import pytest
 from dualsae.cli import main
 from dualsae.data import PairedEmbeddings, write_store
 from dualsae.evaluate import EvalOptions, evaluate, parse_tasks
-from dualsae.errors import ConfigError
+from dualsae.errors import ConfigError, DataError
 from dualsae.metrics.retrieval import cross_modal_retrieval
 
 from dualsae.atomic import write_json
@@ -89,6 +89,40 @@ def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
                    train_store=PairedEmbeddings.open(data).split("train"))
     assert res["tasks"]["zeroshot"]["classes"] == ["blue", "green", "red"]
     assert res["tasks"]["zeroshot"]["n_images"] == 40
+
+
+def test_eval_external_encoder_of_other_widths(tmp_path):
+    """An external store with image [N, 7] and text [N, 3] (float16, one encoder per modality) is
+    accepted, and each modality's scores equal the O(N^2) definition against its own encoder."""
+    from dualsae.run import load_model
+    from tests.metrics_helpers import brute_force_monosemanticity, dense_codes
+
+    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
+    rng = np.random.default_rng(4)
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    widths = {"image": 7, "text": 3}
+    for mod, w in widths.items():
+        e = rng.normal(size=(120, w)) + 0.3
+        np.save(ext / f"{mod}.npy", (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16))
+    out = tmp_path / "metrics.json"
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(out), "--tasks", "monosemanticity",
+               "--external", str(ext), "--no-progress"])
+    assert rc == 0
+    doc = json.loads(out.read_text())["tasks"]["monosemanticity"]
+    pair = load_model(model)
+    test = PairedEmbeddings.open(data).split("test")
+    for mod in widths:
+        x = test.read(mod).numpy()
+        ref = brute_force_monosemanticity(dense_codes(pair, mod, x), np.load(ext / f"{mod}.npy")[test.index].astype(np.float64))
+        ref = np.sort(ref[~np.isnan(ref)])[::-1]
+        curve = np.load(tmp_path / doc[mod]["curve_file"])
+        assert len(curve) == len(ref) > 5
+        np.testing.assert_allclose(curve, ref, rtol=1e-5, atol=1e-6)
+        assert doc[mod]["mean"] == pytest.approx(ref.mean(), rel=1e-5)
+    # a training store must still have one width
+    with pytest.raises(DataError, match="text.npy has dimension 3, image.npy has 7"):
+        PairedEmbeddings.open(ext)
 
 
 def test_eval_errors(tmp_path, capsys):

@@ -36,6 +36,7 @@ import torch
 from dualsae.atomic import save_tensors, write_json
 from dualsae.codes import SparseCodes
 from dualsae.data import PairedEmbeddings
+from dualsae.distributed import Distributed
 from dualsae.jsonfiles import read_json_object
 from dualsae.errors import CheckpointError, ConfigError, DataError
 from dualsae.pair import SAEPair
@@ -209,8 +210,12 @@ def coactivation_correlation(
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    dist: Distributed | None = None,
 ) -> CoactivationStats:
     """Stream the store's paired rows through each modality's SAE and accumulate eq. 5's statistics.
+
+    Under torchrun (``dist``) rank r encodes batches r, r + world, ... and the statistics are
+    summed over ranks (they are additive), so every rank returns those of all N rows.
 
     pair_or_saes: an :class:`SAEPair` (its ``sae_for('image')`` / ``sae_for('text')``; the same SAE
     twice for a shared model) or a tuple ``(image_sae, text_sae)``.
@@ -232,13 +237,19 @@ def coactivation_correlation(
     sae_i, sae_t = sae_i.to(device).eval(), sae_t.to(device).eval()
     stats = CoactivationStats(sae_i.m, sae_t.m, device=device)
     n = store.n
-    with tqdm(total=n, desc="coactivation", unit="pair", disable=not progress, leave=False) as bar:
-        for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    if dist is not None:
+        starts = [starts[i] for i in dist.shards(len(starts))]
+    mine = sum(min(batch_size, n - s) for s in starts)
+    with tqdm(total=mine, desc="coactivation", unit="pair", disable=not progress, leave=False) as bar:
+        for start in starts:
             pos = np.arange(start, min(start + batch_size, n))
             ci = sae_i.encode(store.read("image", pos).to(device))
             ct = sae_t.encode(store.read("text", pos).to(device))
             stats.update(ci, ct)
             bar.update(len(pos))
+    if dist is not None and dist.enabled:
+        stats.all_reduce()
     return stats
 
 

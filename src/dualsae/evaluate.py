@@ -256,7 +256,8 @@ def evaluate_model(
     zs = load_zero_shot_store(zeroshot) if zeroshot is not None and "zeroshot" in options.tasks else None
     ext = None
     if external is not None and "monosemanticity" in options.tasks:
-        ext = aligned_view(open_data(external), store)
+        # An external encoder may embed each modality at its own width (e.g. 1280-d image, 384-d text).
+        ext = aligned_view(open_data(external, same_width=False), store)
     out = Path(out)
     prefix = out.with_suffix("") if out.suffix else out
     result = evaluate(pair, store, options, train_store=train_store, zeroshot=zs, external=ext,

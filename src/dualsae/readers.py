@@ -39,7 +39,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from dualsae.data import PairedEmbeddings, open_npy
+from dualsae.data import PairedEmbeddings, open_npy, read_rows
 from dualsae.jsonfiles import iter_jsonl_objects
 from dualsae.errors import ConfigError, DataError
 
@@ -575,7 +575,9 @@ class ShardedRows:
         for s in range(len(self.shards)):
             a, b = bounds[s], bounds[s + 1]
             if a < b:
-                out[order[a:b]] = self.shards[s][sidx[a:b] - self.offsets[s]]
+                # preadv per run of consecutive rows, as for a one-file store: only these rows are
+                # read (never the whole shard), and nothing is mapped into this process.
+                out[order[a:b]] = read_rows(self.shards[s], sidx[a:b] - self.offsets[s])
         return out
 
 
@@ -660,10 +662,11 @@ def _read_parquet_meta(paths: list[Path], emb: ShardedRows) -> list[dict]:
     return rows
 
 
-def open_store(path: str | Path, check_values: bool = True) -> PairedEmbeddings:
+def open_store(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:
     """Open a store folder of either layout: dualsae's (``image.npy``/``text.npy``) or
-    clip-retrieval's (``img_emb/``, ``text_emb/``, ``metadata/``)."""
+    clip-retrieval's (``img_emb/``, ``text_emb/``, ``metadata/``). ``same_width=False``: see
+    :meth:`PairedEmbeddings.open` (dualsae layout only)."""
     root = Path(path)
     if (root / "img_emb").is_dir() or (root / "text_emb").is_dir():
         return open_clip_retrieval(root, check_values=check_values)
-    return PairedEmbeddings.open(root, check_values=check_values)
+    return PairedEmbeddings.open(root, check_values=check_values, same_width=same_width)

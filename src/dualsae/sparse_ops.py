@@ -140,6 +140,14 @@ def gather_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec:
     return _GatherPre.apply(x, W_enc, b_enc, b_dec, pattern, pre_all.gather(1, idx))
 
 
+def gather_pre_values(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor,
+                      idx: torch.Tensor, values: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
+    """As :func:`gather_pre`, with the forward values given directly ([batch, w], e.g. recomputed in
+    float32 when the selection product ran in bfloat16)."""
+    pattern = pattern if pattern is not None else Pattern(idx, W_enc.shape[0])
+    return _GatherPre.apply(x, W_enc, b_enc, b_dec, pattern, values)
+
+
 def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
     """sum_j vals[b, j] * W_dec[idx[b, j]] -> [batch, d] (idx sorted per row)."""
     if not vals.requires_grad and not W_dec.requires_grad:

@@ -11,4 +11,6 @@ COMMAND_MODULES = (
     "extract",
     "evaluate",
     "reproduce",
+    "diagnose",
+    "report",
 )

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data, resolve_split
+from dualsae.distributed import Distributed, resolve_device
 from dualsae.errors import ConfigError
 
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4096, help="rows encoded per step (default: 4096)")
     p.add_argument("--solver", default="auto", choices=("auto", "scipy", "lapjv"),
                    help="assignment solver: lapjv (lapx), scipy, or auto = lapjv when lapx is installed (default: auto)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu; under torchrun cuda is each rank's own GPU)")
     p.add_argument("--no-correlation", action="store_true",
                    help="do not write correlation.safetensors (the live block of C; 'dualsae analyze heterogeneity' then needs --data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dualsae.align import align
+    from dualsae.align import align, coactivation_correlation
     from dualsae.run import load_model
 
     run_dir, out = Path(args.run), Path(args.out)
@@ -42,12 +43,24 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is the run folder itself; choose a new folder so the trained SAEs are kept unpermuted")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
-    pair = load_model(run_dir, device=args.device)
+    device = resolve_device(args.device)
+    dist = Distributed.from_env(device)  # a torchrun rank, or one process
+    device = dist.device(device)
+    pair = load_model(run_dir, device=device)
     store = open_data(args.data)
     store.require_pairs("alignment (the coactivation correlation of eq. 5)")
     split, test_fraction, split_seed = resolve_split(args, run_dir)
     rows = store.split(split, test_fraction=test_fraction, seed=split_seed)
-    result = align(pair, rows, batch_size=args.batch_size, solver=args.solver, device=args.device,
+    stats = None
+    if dist.enabled:  # each rank streams its batches; the eq. 5 sums are all-reduced; rank 0 goes on
+        try:
+            stats = coactivation_correlation(pair, rows, batch_size=args.batch_size, device=device,
+                                             progress=not args.no_progress and dist.is_main, dist=dist)
+        finally:
+            dist.close()
+        if not dist.is_main:
+            return 0
+    result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
                    source=str(run_dir), progress=not args.no_progress)
     result.report.update({"data": str(args.data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed})
     result.save(out, save_correlation=not args.no_correlation)

@@ -9,13 +9,14 @@ from dualsae.data import PairedEmbeddings
 from dualsae.errors import ConfigError
 
 
-def open_data(path: str | Path, check_values: bool = True) -> PairedEmbeddings:
-    """Open a store folder in any supported layout (dualsae store or clip-retrieval folders)."""
+def open_data(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:
+    """Open a store folder in any supported layout (dualsae store or clip-retrieval folders).
+    ``same_width=False``: image and text may differ in width (an external encoder's store)."""
     try:
         from dualsae.readers import open_store
     except ImportError:
-        return PairedEmbeddings.open(path, check_values=check_values)
-    return open_store(path)
+        return PairedEmbeddings.open(path, check_values=check_values, same_width=same_width)
+    return open_store(path, same_width=same_width)
 
 
 def add_split_args(p: argparse.ArgumentParser, default: str | None, model_default: bool = True) -> None:

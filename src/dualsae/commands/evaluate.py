@@ -52,12 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     g.add_argument("--batch-size", type=int, default=4096)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dualsae.distributed import resolve_device
     from dualsae.evaluate import EvalOptions, evaluate_model, format_table, parse_tasks
 
     if args.max_concepts < 0:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=parse_tasks(args.tasks), positives=args.positives, group_field=args.group_field,
         caption_field=args.caption_field, label_field=args.label_field, concept_field=args.concept_field,
         steering_alpha=args.alpha, steering_sources=args.sources, steering_negatives=args.negatives,
-        max_concepts=args.max_concepts or None, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        max_concepts=args.max_concepts or None, seed=args.seed, batch_size=args.batch_size, device=str(resolve_device(args.device)),
         progress=not args.no_progress,
     )
     doc = evaluate_model(args.model, args.data, args.out, split=split, options=options, zeroshot=args.zeroshot,

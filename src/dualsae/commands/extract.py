@@ -22,7 +22,8 @@ Sources (--format):
 
 Embeddings are L2-normalised unless --no-normalize. Work is written in shards (--shard-size
 images each) under OUT/.shards; an interrupted run resumes when rerun with the same flags.
-Unreadable images are skipped and listed in extract.json.
+Unreadable images are skipped and listed in extract.json. Under torchrun rank r embeds shards
+r, r+N, ... and rank 0 assembles the same store a single process writes.
 """
 
 
@@ -57,14 +58,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    from dualsae.distributed import Distributed, resolve_device
     from dualsae.extract import ExtractConfig, extract, format_summary
     from dualsae.readers import make_source
 
-    config = ExtractConfig(batch_size=args.batch_size, device=args.device, dtype=args.dtype, store_dtype=args.store_dtype,
+    resolved = resolve_device(args.device)
+    dist = Distributed.from_env(resolved)  # a torchrun rank, or one process
+    device = str(dist.device(resolved)) if dist.enabled and resolved.type == "cuda" else args.device  # each rank its own GPU
+    config = ExtractConfig(batch_size=args.batch_size, device=device, dtype=args.dtype, store_dtype=args.store_dtype,
                            shard_size=args.shard_size, limit=args.limit, normalize=not args.no_normalize, workers=args.workers)
     source = make_source(args.format, annotations=args.annotations, images=args.images, split_file=args.split_file,
                          shards=args.shards, classnames=args.classnames, templates=args.templates, table=args.table,
                          image_col=args.image_col, caption_col=args.caption_col, max_captions=args.captions_per_image)
-    summary = extract(source, args.model, args.out, config, progress=not args.quiet)
-    print(format_summary(summary, args.out))
+    try:
+        summary = extract(source, args.model, args.out, config, progress=not args.quiet, dist=dist)
+    finally:
+        dist.close()
+    if dist.is_main:
+        print(format_summary(summary, args.out))
     return 0

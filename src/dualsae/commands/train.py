@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data
+from dualsae.distributed import Distributed, resolve_device
 from dualsae.errors import ConfigError
 from dualsae.train import METHODS, PRESETS, TrainConfig, train
 
@@ -39,6 +40,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "iso_energy_form": ("--iso-energy-form", str, "cosine (official code) | dot (Prop. 4) (default cosine)"),
     "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints (default 500)"),
     "log_every": ("--log-every", int, "steps between metrics.jsonl rows (default 10)"),
+    "selection_dtype": ("--selection-dtype", str, "float32 | bfloat16: dtype of the product that picks the active latents only; values and gradients stay float32 (default float32)"),
 }
 
 
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use --group-sparse-lambda as a raw coefficient instead of Prop. 3's scale-free lambda-tilde")
     add_split_args(p, None, model_default=False)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (flags you give must match its config)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (under torchrun, cuda means each rank's own GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -78,14 +80,6 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_preset(preset, **explicit)
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
     if args.method is not None and args.method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, found {args.method!r}")
@@ -94,7 +88,14 @@ def run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     # The config's split (the saved one on --resume) picks the rows, so a resumed run sees the same rows.
     store = open_data(args.data).split(config.split, test_fraction=config.test_fraction, seed=config.split_seed)
-    train(store, config, args.out, resume=args.resume, device=_device(args.device), progress=not args.no_progress)
+    device = resolve_device(args.device)
+    dist = Distributed.from_env(device)  # a torchrun rank, or one process (torch.distributed untouched)
+    try:
+        train(store, config, args.out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return 0
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     final = summary.get("final", {})
     parts = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("mse_") or k in ("l0", "dead_frac"))
