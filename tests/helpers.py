@@ -29,6 +29,23 @@ def make_store(folder, n=600, d=16, seed=0, dtype=np.float32, split=True, image=
     return write_store(folder, x.astype(dtype) if image else None, y.astype(dtype) if text else None, meta, dtype=dtype)
 
 
+def tied_sae(w, k: int = 1):
+    """An SAE whose encoder rows and decoder columns are both the rows of ``w`` [m, d], biases zero:
+    a planted dictionary whose codes are known in closed form."""
+    import torch
+
+    from dualsae.sae import SAE, SAEConfig
+
+    w = torch.as_tensor(np.asarray(w, dtype=np.float32))
+    sae = SAE(SAEConfig(d=w.shape[1], m=w.shape[0], k=k, dec_bias_init="zero"))
+    with torch.no_grad():
+        sae.W_enc.copy_(w)
+        sae.W_dec.copy_(w)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

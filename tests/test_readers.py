@@ -298,7 +298,7 @@ def test_clip_retrieval_reads_without_copy(tmp_path):
     sub = store.subset([2, 5, 9])
     np.testing.assert_allclose(sub.read("text").numpy(), txt[[2, 5, 9]].astype(np.float32))
     assert [m["caption"] for m in sub.meta_rows()] == ["c2", "c5", "c9"]
-    assert store.meta[7] == {"caption": "c7", "url": "u7", "key": "000000007"}
+    assert store.meta[7] == {"caption": "c7", "url": "u7", "key": "000000007", "width": 2}  # every column kept
     with pytest.raises(IndexError):
         store.image[12]
 

@@ -122,9 +122,15 @@ class PairedEmbeddings:
     # -------------------------------------------------------------- construction
     @classmethod
     def open(cls, folder: str | Path, check_values: bool = True, same_width: bool = True) -> "PairedEmbeddings":
-        """Open and validate a store folder (see module docstring). ``same_width=False`` accepts image
-        and text arrays of different widths (an external encoder's store: one encoder per modality)."""
+        """Open and validate a store folder (see module docstring): dualsae's layout (``image.npy``,
+        ``text.npy``, ``meta.jsonl``) or clip-retrieval's (``img_emb/``, ``text_emb/``, ``metadata/``).
+        ``same_width=False`` accepts image and text arrays of different widths (an external encoder's
+        store: one encoder per modality; dualsae layout only)."""
         root = Path(folder)
+        if (root / "img_emb").is_dir() or (root / "text_emb").is_dir():
+            from dualsae.readers import open_clip_retrieval
+
+            return open_clip_retrieval(root, check_values=check_values)
         if not root.is_dir():
             raise DataError(f"{root}: not a folder; expected a store folder with image.npy and/or text.npy")
         arrays = {}
@@ -265,6 +271,11 @@ class PairedEmbeddings:
         rng = np.random.default_rng(seed)
         pos = np.sort(rng.choice(self.n, size=min(n, self.n), replace=False))
         return self.read(modality, pos)
+
+
+def open_store(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:
+    """Open a store folder of any layout the CLI opens (see :meth:`PairedEmbeddings.open`)."""
+    return PairedEmbeddings.open(path, check_values=check_values, same_width=same_width)
 
 
 def _madvise(arr: Any, option: int) -> None:

@@ -236,7 +236,7 @@ def evaluate_model(
 
     ``test_fraction`` / ``split_seed`` (seeded split of a store without a ``split`` field) default to
     the ones the model was trained with (:func:`dualsae.run.training_rows`)."""
-    from dualsae.commands.common import open_data
+    from dualsae.data import open_store as open_data
     from dualsae.metrics.zeroshot import load_zero_shot_store
     from dualsae.run import load_model, training_rows
 
@@ -320,7 +320,8 @@ def format_table(doc: dict) -> str:
     if "zeroshot" in t:
         r = t["zeroshot"]
         ref = r.get("embedding_reference", {})
-        lines.append(f"{'zeroshot':<16}top-1 {f(r['top1'], '.3f')} (embedding {f(ref.get('top1'), '.3f')}), "
+        lines.append(f"{'zeroshot':<16}top-1 {f(r['top1'], '.3f')} (embedding {f(ref.get('top1'), '.3f')}, "
+                     f"majority class {f(r.get('majority_baseline'), '.3f')}), "
                      f"{r['n_images']:,} images, {r['n_classes']:,} classes" +
                      (f", image mse {f(r['image_reconstruction']['mse'])}" if "image_reconstruction" in r else ""))
     if "steering" in t:

@@ -473,7 +473,7 @@ def extract(
     byte-identical to a one-process extraction, and returns the summary; the other ranks return
     ``{"rank": r, "shards": [indices they embedded]}`` once every rank's shards are written.
     """
-    from tqdm import tqdm
+    from dualsae.progress import tqdm
 
     out = Path(out)
     if isinstance(model, DualEncoder):

@@ -34,7 +34,7 @@ from dualsae.codes import SparseCodes
 from dualsae.distributed import all_min, all_sum, batch_topk
 from dualsae.errors import CheckpointError, ConfigError
 from dualsae.jsonfiles import config_from_dict, read_json_object
-from dualsae.sparse_ops import gather_pre, gather_pre_values, sort_rows, sparse_decode
+from dualsae.sparse_ops import Pattern, gather_pre, gather_pre_values, sort_rows, sparse_decode
 
 ACTIVATIONS = ("topk", "batchtopk", "relu")
 DEC_BIAS_INITS = ("geometric_median", "mean", "zero")
@@ -194,18 +194,20 @@ class SAE(nn.Module):
         """pre = W_enc (x - b_dec) + b_enc.  x: [batch, d] -> [batch, m]."""
         return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
 
-    def gather_pre(self, x: torch.Tensor, idx: torch.Tensor, pre_all: torch.Tensor) -> torch.Tensor:
+    def gather_pre(self, x: torch.Tensor, idx: torch.Tensor, pre_all: torch.Tensor,
+                   pattern: Pattern | None = None) -> torch.Tensor:
         """Pre-activations at selected latents with autograd.
 
         x: [batch, d]; idx: [batch, w] sorted per row; pre_all: [batch, m] computed without autograd.
         Returns [batch, w]. Only the w selected encoder rows take part in the backward pass, so it
-        costs O(batch * w * d) instead of O(batch * m * d).
+        costs O(batch * w * d) instead of O(batch * m * d). ``pattern``: ``Pattern(idx, m)``, to
+        share with the decoder of the same selection.
         """
         if self.selection_dtype != torch.float32:  # pre_all is approximate: recompute the w values
             with torch.no_grad():
                 exact = torch.einsum("bd,bwd->bw", x - self.b_dec, self.W_enc[idx]) + self.b_enc[idx]
-            return gather_pre_values(x, self.W_enc, self.b_enc, self.b_dec, idx, exact)
-        return gather_pre(x, self.W_enc, self.b_enc, self.b_dec, idx, pre_all)
+            return gather_pre_values(x, self.W_enc, self.b_enc, self.b_dec, idx, exact, pattern)
+        return gather_pre(x, self.W_enc, self.b_enc, self.b_dec, idx, pre_all, pattern)
 
     def selection_pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """pre [batch, m] for choosing latents, in ``selection_dtype`` (returned as float32)."""
@@ -224,13 +226,17 @@ class SAE(nn.Module):
             return self.decode_sparse(codes.values, codes.indices) + self.b_dec
         return codes @ self.W_dec + self.b_dec
 
-    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """sum_j z_j w_j without the bias: an embedding_bag over the selected decoder rows. -> [batch, d]"""
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
+        """sum_j z_j w_j without the bias: an embedding_bag over the selected decoder rows. -> [batch, d]
+
+        ``pattern``: ``Pattern(indices, m)`` of indices already sorted per row (shared with the encoder).
+        """
         if values.shape[1] == 0:
             return torch.zeros(values.shape[0], self.d, dtype=self.W_dec.dtype, device=self.W_dec.device)
         if torch.is_grad_enabled() and (values.requires_grad or self.W_dec.requires_grad):
-            indices, values = sort_rows(indices, values)
-            return sparse_decode(values.to(self.W_dec.dtype), indices, self.W_dec)
+            if pattern is None:
+                indices, values = sort_rows(indices, values)
+            return sparse_decode(values.to(self.W_dec.dtype), indices, self.W_dec, pattern)
         return F.embedding_bag(indices, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum")
 
     # ------------------------------------------------------------------ inference
@@ -278,13 +284,15 @@ class SAE(nn.Module):
             pre_all = self.selection_pre_activations(x) if act != "relu" else self.pre_activations(x)
         if act == "topk":
             idx = pre_all.topk(self.config.k, dim=1).indices.sort(dim=1).values
-            vals = F.relu(self.gather_pre(x, idx, pre_all))
+            pattern = Pattern(idx, self.m)
+            vals = F.relu(self.gather_pre(x, idx, pre_all, pattern))
         elif act == "batchtopk":
             batch = x.shape[0]
             # Under torchrun the k * batch selection is over the global batch (dualsae.distributed).
             flat = batch_topk(F.relu(pre_all).flatten(), self.config.k * batch)
             idx, mask = sort_rows(*flat_topk_to_padded(flat, batch, self.m))
-            vals = F.relu(self.gather_pre(x, idx, pre_all)) * mask
+            pattern = Pattern(idx, self.m)
+            vals = F.relu(self.gather_pre(x, idx, pre_all, pattern)) * mask
             if self.training:
                 self._update_threshold(vals.detach(), mask)
         else:
@@ -292,7 +300,7 @@ class SAE(nn.Module):
             codes = SparseCodes.from_dense(dense)
             return SAEOutput(codes, dense @ self.W_dec + self.b_dec, pre_all)
         codes = SparseCodes(vals, idx, self.m)
-        return SAEOutput(codes, self.decode(codes), pre_all)
+        return SAEOutput(codes, self.decode_sparse(vals, idx, pattern) + self.b_dec, pre_all)
 
     @torch.no_grad()
     def _update_threshold(self, vals: torch.Tensor, mask: torch.Tensor) -> None:
@@ -340,7 +348,9 @@ class SAE(nn.Module):
         if g is None:
             return
         w = self.W_dec.data
-        # In place: g -= <g, w> w, without a [m, d] temporary for the product.
+        # In place: g -= <g, w> w, without a [m, d] temporary for the product. (Row blocks that stay
+        # in cache halve the memory traffic on one thread, but each block is a parallel region of its
+        # own, and on a loaded 2-core machine those cost more than they save: measured, not kept.)
         g.addcmul_(w, torch.linalg.vecdot(g, w).unsqueeze(1), value=-1.0)
 
     @torch.no_grad()

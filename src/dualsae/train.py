@@ -180,6 +180,9 @@ class TrainConfig:
         m = self.latents_per_sae
         if self.method == "specific" and self.latents < 4:
             raise ConfigError(f"training field 'latents' must be >= 4 for method specific (m/2 per modality), found {self.latents}")
+        if self.method == "specific" and self.latents % 2:
+            raise ConfigError(f"training field 'latents' must be even for method specific (m/2 per modality SAE), "
+                              f"found {self.latents}; use {self.latents - 1} or {self.latents + 1}")
         if self.activation != "relu" and not 1 <= self.k < m:
             raise ConfigError(
                 f"training field 'k' must satisfy 1 <= k < m, found k={self.k} with m={m} latents per SAE"
@@ -537,7 +540,7 @@ def train(
     completion the SAE folder(s) ``image/`` + ``text/`` or ``shared/`` and ``summary.json``.
     Returns the trained model as an :class:`SAEPair`.
     """
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     dist = dist if dist is not None else Distributed()
     device = dist.device(device)
@@ -547,6 +550,10 @@ def train(
         store.require_pairs(f"method {config.method}")
     if store.n < 1:
         raise DataError(f"{store.root}: the training split has no rows")
+    if config.batch_size > store.n:
+        raise ConfigError(f"{store.root}: training field 'batch_size' is {config.batch_size:,}, larger than the "
+                          f"{store.n:,} rows of the training split (the last partial batch is dropped, so no step "
+                          f"would run); use --batch-size {store.n} or less")
     run_dir = Path(out_dir) if out_dir is not None else None
     members = _make_members(config, store, device)
     total = steps_per_epoch(store.n, config.batch_size) * config.epochs

@@ -153,7 +153,7 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
     as they are, so several calls can share one folder); the table is built from every unit present.
     Each unit also records its training curve and the model diagnostics of
     :mod:`dualsae.experiments.table1_diagnostics`."""
-    from dualsae.commands.common import open_data
+    from dualsae.data import open_store as open_data
     from dualsae.experiments.table1_diagnostics import CurveRecorder, model_diagnostics
     from dualsae.evaluate import EvalOptions, aligned_view, evaluate
     from dualsae.metrics.zeroshot import load_zero_shot_store
