@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dualsae.faults import fault_point
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -33,6 +35,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fault_point("before-replace", str(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -8,6 +8,7 @@ from typing import Any
 
 from dualsae.errors import CheckpointError
 from dualsae.jsonfiles import read_json_object
+from dualsae.outdir import check_finished, verify_files
 from dualsae.pair import SAEPair
 from dualsae.sae import SAE
 
@@ -43,6 +44,16 @@ def training_rows(path: str | Path | None) -> dict[str, Any]:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
+    """Load a model as an :class:`SAEPair` (see :func:`_load_model`), refusing a folder whose writer
+    did not finish and checking its files against the folder's manifest (:mod:`dualsae.outdir`)."""
+    root = Path(path)
+    manifest = check_finished(root) if root.is_dir() else None
+    pair = _load_model(root, device)
+    verify_files(root, manifest)
+    return pair
+
+
+def _load_model(path: str | Path, device: str = "cpu") -> SAEPair:
     """Load a model as an :class:`SAEPair`.
 
     * aligned folder (has ``alignment.json``): :class:`dualsae.align.AlignedPair`;

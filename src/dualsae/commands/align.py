@@ -4,10 +4,15 @@ shared-SAE run (App. F.2)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data, resolve_split
+from dualsae.devices import resolve_device
 from dualsae.errors import ConfigError
+from dualsae.fingerprint import recorded_fingerprint, store_warnings
+from dualsae.outdir import check_output, claim_output, commit_output
+from dualsae.runlock import output_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-correlation", action="store_true",
                    help="do not write correlation.safetensors (the live block of C; 'dualsae analyze heterogeneity' then needs --data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.set_defaults(func=run)
 
 
@@ -42,15 +48,26 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is the run folder itself; choose a new folder so the trained SAEs are kept unpermuted")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
+    resolve_device(args.device)
     pair = load_model(run_dir, device=args.device)
     store = open_data(args.data)
     store.require_pairs("alignment (the coactivation correlation of eq. 5)")
     split, test_fraction, split_seed = resolve_split(args, run_dir)
     rows = store.split(split, test_fraction=test_fraction, seed=split_seed)
-    result = align(pair, rows, batch_size=args.batch_size, solver=args.solver, device=args.device,
-                   source=str(run_dir), progress=not args.no_progress)
-    result.report.update({"data": str(args.data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed})
-    result.save(out, save_correlation=not args.no_correlation)
+    for line in store_warnings(run_dir, rows, "align"):
+        print(line, file=sys.stderr)
+    job = {"run": str(run_dir.resolve()), "data": str(Path(args.data).resolve()), "split": split,
+           "test_fraction": test_fraction, "split_seed": split_seed}
+    check_output(out, "align", job, overwrite=args.overwrite)  # before the lock file is created in someone's folder
+    with output_lock(out, "this aligned model"):
+        check_output(out, "align", job, overwrite=args.overwrite)  # again, holding the lock, before the work
+        result = align(pair, rows, batch_size=args.batch_size, solver=args.solver, device=args.device,
+                       source=str(run_dir), progress=not args.no_progress)
+        result.report.update({"data": str(args.data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
+                              "fingerprint": recorded_fingerprint(run_dir)})
+        claim_output(out, "align", job, overwrite=args.overwrite)  # unfinished until commit_output
+        result.save(out, save_correlation=not args.no_correlation)
+        commit_output(out)
     rep = result.report
     t = rep["timing"]
     if result.kind == "collapse":

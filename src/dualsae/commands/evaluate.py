@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dualsae.commands.common import add_split_args, resolve_split
+from dualsae.devices import resolve_device
 from dualsae.errors import ConfigError
+from dualsae.outdir import check_writable, make_folder
+from dualsae.runlock import file_lock_name, output_lock
 
 DESCRIPTION = """\
 Evaluate a trained or aligned model on the rows of --data (default: the test split):
@@ -54,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=4096)
     g.add_argument("--device", default="cpu")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--overwrite", action="store_true", help="replace an --out file that is not this evaluation's metrics.json")
     p.set_defaults(func=run)
 
 
@@ -62,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_concepts < 0:
         raise ConfigError(f"--max-concepts must be >= 0, found {args.max_concepts}")
+    resolve_device(args.device)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
+    out = Path(args.out)
+    _check_out(out, args)  # before computing anything
     split, test_fraction, split_seed = resolve_split(args, args.model)
     options = EvalOptions(
         tasks=parse_tasks(args.tasks), positives=args.positives, group_field=args.group_field,
@@ -70,10 +80,32 @@ def run(args: argparse.Namespace) -> int:
         max_concepts=args.max_concepts or None, seed=args.seed, batch_size=args.batch_size, device=args.device,
         progress=not args.no_progress,
     )
-    doc = evaluate_model(args.model, args.data, args.out, split=split, options=options, zeroshot=args.zeroshot,
-                         external=args.external, test_fraction=test_fraction, split_seed=split_seed,
-                         log=lambda s: print(s, file=sys.stderr))
+    with output_lock(out.parent, "this metrics file", name=file_lock_name(out)):
+        doc = evaluate_model(args.model, args.data, args.out, split=split, options=options, zeroshot=args.zeroshot,
+                             external=args.external, test_fraction=test_fraction, split_seed=split_seed,
+                             log=lambda s: print(s, file=sys.stderr))
     print(f"{args.model} ({doc['method']}, m={doc['m']:,}) on {args.data} [{split}: {doc['n_rows']:,} rows]")
     print(format_table(doc))
     print(f"-> {args.out}")
     return 0
+
+
+def _check_out(out: Path, args: argparse.Namespace) -> None:
+    """--out must be a writable file path; an existing file must be this evaluation's own metrics.json
+    (same model and store) unless --overwrite."""
+    import json
+
+    from dualsae.evaluate import METRICS_FORMAT
+
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; expected the path of a metrics .json file")
+    check_writable(make_folder(out.parent))
+    if out.exists() and not args.overwrite:
+        try:
+            old = json.loads(out.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            old = None
+        if not (isinstance(old, dict) and old.get("format") == METRICS_FORMAT and old.get("model") == str(args.model)
+                and old.get("data") == str(args.data)):
+            raise ConfigError(f"--out {out}: exists and is not the metrics.json of this model on this store; "
+                              "choose another --out, or pass --overwrite to replace it")

@@ -33,7 +33,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from dualsae.atomic import write_json, write_text
-from dualsae.errors import ConfigError
+from dualsae.errors import ConfigError, DataError
+from dualsae.jsonfiles import read_json_object
+from dualsae.outdir import finished_json_files
 
 FIG5_METHODS = ("shared", "specific")
 FIG6_BASELINES = ("group-sparse", "iso-energy")
@@ -228,7 +230,7 @@ def run_plan(plan: SyntheticPlan, out: str | Path, keep_data: bool = False, prog
     (out / "units").mkdir(parents=True, exist_ok=True)
     plan_path = out / "plan.json"
     if plan_path.is_file():
-        saved = json.loads(plan_path.read_text())
+        saved = read_json_object(plan_path, "delete it to start the job afresh", ConfigError)
         if saved != json.loads(json.dumps(asdict(plan))):
             diff = sorted(k for k in saved if saved.get(k) != json.loads(json.dumps(asdict(plan))).get(k))
             raise ConfigError(f"{plan_path}: this folder holds a job with different settings ({', '.join(diff)}); use another --out")
@@ -261,10 +263,13 @@ def run_plan(plan: SyntheticPlan, out: str | Path, keep_data: bool = False, prog
 # ---------------------------------------------------------------------- aggregation
 
 
-def load_rows(out: Path) -> list[dict]:
+def load_rows(out: Path, plan: SyntheticPlan | None = None) -> list[dict]:
+    """Rows of the finished unit files (of ``plan``'s units when given); temporaries never count."""
+    units = finished_json_files(out / "units", DataError)
+    keys = sorted(units) if plan is None else [u.key for u in plan_units(plan) if u.key in units]
     rows: list[dict] = []
-    for path in sorted((out / "units").glob("*.json")):
-        rows.extend(json.loads(path.read_text()))
+    for key in keys:
+        rows.extend(units[key])
     return rows
 
 
@@ -375,10 +380,11 @@ def _spearman(x: list[float], y: list[float]) -> float:
 
 
 def build_report(plan: SyntheticPlan, out: Path) -> dict:
-    rows = load_rows(out)
+    rows = load_rows(out, plan)
     agg = aggregate(plan, rows)
     total = len(plan_units(plan))
-    done = len(list((out / "units").glob("*.json")))
+    finished = finished_json_files(out / "units", DataError)
+    done = sum(u.key in finished for u in plan_units(plan))
     return {"plan": asdict(plan), "units_done": done, "units_total": total, "rows": rows, **agg,
             "claims": check_claims(plan, agg)}
 
