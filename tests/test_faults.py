@@ -109,6 +109,15 @@ def test_train_killed_between_saes_is_unfinished_and_resume_checks_the_store(bas
     assert (run / "image").is_dir() and not (run / "text").exists()
     code, _, err = cli(["info", run], capsys)
     assert one_line_error(code, err, "unfinished", "dualsae train --resume")
+    # Without its manifest (a run written by the library's train()), the half-saved run is still refused.
+    from dualsae.errors import CheckpointError
+    from dualsae.run import load_model
+
+    manifest = (run / "manifest.json").read_bytes()
+    (run / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match=r"unfinished: holds only \['image'\] of the SAEs"):
+        load_model(run)
+    (run / "manifest.json").write_bytes(manifest)
     # --resume on another store of the same shape is refused (its fingerprint differs) ...
     make_store(tmp_path / "other", n=200, d=8, seed=7)
     code, _, err = cli(["train", "--data", tmp_path / "other", "--out", run, "--resume", "--no-progress"], capsys)

@@ -154,6 +154,17 @@ def claim_output(folder: str | os.PathLike[str], command: str, job: dict[str, An
     return folder
 
 
+def remove_if_unused(folder: str | os.PathLike[str]) -> bool:
+    """Delete ``folder`` if it holds nothing but an unfinished manifest, locks and temporaries (a
+    command that failed before writing anything); returns whether it did."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if not folder.is_dir() or (manifest is not None and manifest.get("complete")) or any(n != MANIFEST for n in _entries(folder)):
+        return False
+    shutil.rmtree(folder)
+    return True
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

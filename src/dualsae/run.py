@@ -19,6 +19,8 @@ def read_run_config(run_dir: Path) -> dict:
     raw = read_json_object(path, "expected a run folder written by 'dualsae train' or 'dualsae align'", CheckpointError)
     if "train" not in raw:
         raise CheckpointError(f"{path}: expected a run config with field 'train'; found fields {sorted(raw)}")
+    if not isinstance(raw["train"], dict):
+        raise CheckpointError(f"{path}: field 'train' must be a JSON object, found {json.dumps(raw['train'])}")
     return raw
 
 
@@ -73,7 +75,8 @@ def _load_model(path: str | Path, device: str = "cpu") -> SAEPair:
         if "sae" in raw:
             sae = SAE.load(root, device)
             return SAEPair("sae", sae, sae)
-    method = read_run_config(root)["train"].get("method", "?")
+    run_cfg = read_run_config(root)
+    method = run_cfg["train"].get("method", "?")
     if (root / "shared").is_dir():
         sae = SAE.load(root / "shared", device)
         return SAEPair(method, sae, sae)
@@ -82,4 +85,9 @@ def _load_model(path: str | Path, device: str = "cpu") -> SAEPair:
         state = root / "checkpoint"
         hint = " (training did not finish: resume it with 'dualsae train --resume')" if state.is_dir() else ""
         raise CheckpointError(f"{root}: holds no trained SAE folder (shared/, image/ or text/){hint}")
+    trained_on = run_cfg.get("data", {}).get("modalities") if isinstance(run_cfg.get("data"), dict) else None
+    if isinstance(trained_on, list) and set(trained_on) - set(parts) and not (root / "summary.json").is_file():
+        # A run stopped between saving its image/ and text/ SAEs (a library run without a manifest).
+        raise CheckpointError(f"{root}: unfinished: holds only {sorted(parts)} of the SAEs of modalities {trained_on} and no "
+                              "summary.json; resume it with 'dualsae train --resume'")
     return SAEPair(method, parts.get("image"), parts.get("text"))

@@ -93,6 +93,9 @@ def run_metrics(args: argparse.Namespace) -> int:
     from dualsae.metrics.synthetic import evaluate_synthetic
     from dualsae.run import load_model
 
+    from dualsae.devices import resolve_device
+
+    resolve_device(args.device)
     pair = load_model(args.model, device=args.device)
     metrics = evaluate_synthetic(pair, args.data, split=args.split, batch_size=args.batch_size)
     width = max(len(k) for k in metrics)
