@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -32,10 +33,11 @@ def test_group_sparse_matches_dense():
     di, dt = zi.to_dense(), zt.to_dense()
     ref = torch.sqrt(di**2 + dt**2).sum(1).mean()
     assert torch.allclose(group_sparse_penalty(zi, zt), ref, atol=1e-5)
-    assert torch.allclose(group_sparse_loss(zi, zt, 0.7, scale_free=False), 0.7 * ref, atol=1e-5)
+    assert torch.allclose(group_sparse_loss(zi, zt, 0.7), 0.7 * ref, atol=1e-5)
+    assert torch.allclose(group_sparse_loss(zi, zt, 0.7, scale=2.5), 1.75 * ref, atol=1e-5)
     v = torch.cat([zi.values.flatten(), zt.values.flatten()]).detach()
     v = v[v > 0]
-    assert torch.allclose(activation_scale(zi, zt), v.pow(2).mean() / v.mean())
+    assert float(activation_scale(zi, zt)) == pytest.approx(float(v.pow(2).mean() / v.mean()), rel=1e-6)
 
 
 def test_iso_energy_matches_dense_masked_cosine():

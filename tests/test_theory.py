@@ -202,7 +202,7 @@ def test_closed_forms(rho, lam):
         rec_t = float(reconstruction_loss(y, sae.decode(zt)))
         assert rec_i / m2 == pytest.approx(expect_rec[name], abs=1e-12)
         assert rec_t / m2 == pytest.approx(expect_rec[name], abs=1e-12)
-        gs = rec_i + rec_t + float(group_sparse_loss(zi, zt, lam, scale_free=False))
+        gs = rec_i + rec_t + float(group_sparse_loss(zi, zt, lam))
         assert gs / m2 == pytest.approx(expect_gs[name], abs=PEN_TOL), name
         iso = rec_i + rec_t + lam * float(iso_energy_dot(zi, zt))
         assert iso / m2 == pytest.approx(expect_iso[name], abs=1e-12), name
@@ -291,67 +291,72 @@ def test_iso_energy_minimiser(rho, factor):
     assert float((tr["rec_image"] + tr["rec_text"] + lam * tr["iso"]).min()) >= best - 1e-12
 
 
-def test_thresholds_values():
-    """Hand-computed thresholds (rho = 0.6): group-sparse 0.8/(2 - sqrt 1.6) and 2 sqrt 1.6; Iso 0.5."""
-    lo, hi = gs_thresholds(0.6)
-    assert lo == pytest.approx(1.088304, abs=1e-6)
-    assert hi == pytest.approx(2.529822, abs=1e-6)
-    assert iso_threshold(0.6) == pytest.approx(0.5)
-
-
 # ---------------------------------------------------------------------- the scale-free form
+# The trainer multiplies lambda-tilde by a scale measured once before training (dualsae.calibration):
+# E[v^2]/E[v] over the active codes of an SAE that reconstructs the data. On the separate solution
+# the codes are z itself, so the scale is lambda-dagger = E[z^2]/E[z] and, held fixed, Prop. 3's
+# thresholds in lambda-tilde units are (1-rho)/(2-sqrt(1+rho)) and sqrt(1+rho).
+LT_THRESHOLDS = {"lo": lambda rho: (1 - rho) / (2 - math.sqrt(1 + rho)), "hi": lambda rho: math.sqrt(1 + rho)}
+
+
+def measured_scale(rho: float, z: torch.Tensor) -> float:
+    """The library's scale on the codes of the separate solution for inputs z * phi, z * psi."""
+    sae = tied_sae(candidates(rho)["separate"])
+    phi, psi = directions(rho, 3)
+    return float(activation_scale(sae.encode(z[:, None] * phi), sae.encode(z[:, None] * psi)))
+
+
 @torch.no_grad()
-def test_scale_free_coefficient_is_lambda_dagger_on_separate():
-    """group_sparse_loss(scale_free=True) multiplies lambda by E[v^2]/E[v] over the active code
-    values; on the separate solution v = z, so the factor is the sample's E[z^2]/E[z] = lambda-dagger."""
+def test_scale_on_separate_solution_is_lambda_dagger():
+    """activation_scale on the separate solution's codes is the sample's E[z^2]/E[z] (lambda-dagger),
+    and group_sparse_loss multiplies lambda-tilde by the scale it is given."""
     z = torch.from_numpy(np.random.default_rng(1).exponential(1.0, size=20_000))
+    dagger = float(z.pow(2).mean() / z.mean())
+    assert measured_scale(0.5, z) == pytest.approx(dagger, rel=1e-12)
+    assert dagger == pytest.approx(2.0, abs=0.1)  # Exp(1): E[z^2]/E[z] = 2; 20k samples, sd ~0.03
+    assert measured_scale(0.5, Z2) == pytest.approx(LAM_DAGGER, rel=1e-12)  # the two-point batch: 2
     sae = tied_sae(candidates(0.5)["separate"])
     phi, psi = directions(0.5, 3)
     zi, zt = sae.encode(z[:, None] * phi), sae.encode(z[:, None] * psi)
-    dagger = float(z.pow(2).mean() / z.mean())
-    assert float(activation_scale(zi, zt)) == pytest.approx(dagger, rel=1e-12)
-    assert dagger == pytest.approx(2.0, abs=0.1)  # Exp(1): E[z^2]/E[z] = 2; 20k samples, sd ~0.03
-    lt = 0.8
-    assert float(group_sparse_loss(zi, zt, lt, scale_free=True)) == pytest.approx(
-        lt * dagger * float(group_sparse_penalty(zi, zt)), rel=1e-12
-    )
-
-
-@pytest.mark.parametrize("rho", np.linspace(0.02, 0.98, 13).tolist())
-def test_lambda_tilde_one_is_merged_regime(rho):
-    """In lambda-tilde units Prop. 3's thresholds are (1-rho)/(2-sqrt(1+rho)) and sqrt(1+rho):
-    lambda-tilde = 1 lies strictly between them for every rho in (0, 1)."""
-    lo, hi = gs_thresholds(rho)
-    assert lo / LAM_DAGGER < 1.0 < hi / LAM_DAGGER
+    assert float(group_sparse_loss(zi, zt, 0.8, scale=dagger)) == pytest.approx(0.8 * dagger * float(group_sparse_penalty(zi, zt)), rel=1e-12)
 
 
 @pytest.mark.parametrize("rho", [0.3, 0.6])
-def test_scale_free_loss_at_one_minimised_by_merged(rho):
-    """With the library's scale-free loss at lambda-tilde = 1 the merged column is the grid minimiser.
+@pytest.mark.parametrize("which", ["below_lo", "above_lo", "below_hi", "above_hi"])
+def test_lambda_tilde_thresholds_with_fixed_scale(rho, which):
+    """Prop. 3 in lambda-tilde units, as the trainer computes it: the library's group_sparse_loss at
+    lambda-tilde with the scale measured once (above) has its grid minimiser separate below
+    (1-rho)/(2-sqrt(1+rho)), merged between that and sqrt(1+rho), dead above."""
+    scale = measured_scale(rho, Z2)
+    lt = {"below_lo": 0.7 * LT_THRESHOLDS["lo"](rho), "above_lo": 1.3 * LT_THRESHOLDS["lo"](rho),
+          "below_hi": 0.7 * LT_THRESHOLDS["hi"](rho), "above_hi": 1.3 * LT_THRESHOLDS["hi"](rho)}[which]
+    lo, hi = LT_THRESHOLDS["lo"](rho), LT_THRESHOLDS["hi"](rho)
+    regime = "separate" if lt < lo else ("merged" if lt < hi else "dead")  # 0.7 hi < lo at rho = 0.3
+    W = angle_grid(GRID)
+    t = expected_terms(W, rho)
+    phi, psi = directions(rho, W.shape[-1])
+    ci, _, _ = top1(W, phi, Z2)
+    ct, _, _ = top1(W, psi, Z2)
 
-    The factor is re-estimated from the codes of each W (for a merged column w-hat it is
-    lambda-dagger * sqrt((1+rho)/2), not lambda-dagger), so this checks the loss as the library
-    computes it, not only Prop. 3's fixed-lambda objective. activation_scale uses boolean
-    indexing (not vmappable), so this is a coarse loop sweep: 5-degree grid plus w-hat itself.
-    """
-    n = 72
-    W = angle_grid(n)
-    phi, psi = directions(rho, 2)
-    w = merged(phi, psi)
-    W = torch.cat([W, torch.stack([w, -w])[None]])
-    ci, x, xr = top1(W, phi, Z2)
-    ct, y, yr = top1(W, psi, Z2)
-    totals = torch.empty(len(W), dtype=DT)
-    for g in range(len(W)):
-        zi = SparseCodes(ci.values[g], ci.indices[g], 2)
-        zt = SparseCodes(ct.values[g], ct.indices[g], 2)
-        totals[g] = reconstruction_loss(x[g], xr[g]) + reconstruction_loss(y[g], yr[g]) + group_sparse_loss(zi, zt, 1.0, scale_free=True)
-    g = int(totals.argmin())
-    assert g == len(W) - 1  # w-hat beats every grid configuration
-    a2 = (1 + rho) / 2
-    # E-loss at w-hat: E[z^2](1 - rho) + lambda-dagger sqrt(a2) * E[z] sqrt(2 a2)
-    expect = EZ2 * (1 - rho) + LAM_DAGGER * math.sqrt(a2) * EZ * math.sqrt(2 * a2)
-    assert float(totals[g]) == pytest.approx(expect, abs=PEN_TOL)
-    # separate and dead solutions cost 2 E[z^2] at lambda-tilde = 1 (rec 0 + lambda-dagger E[z] 2 = 4)
-    assert float(totals.max()) >= 2 * EZ2 - PEN_TOL
-    assert expect < 2 * EZ2
+    def gs(a, b, c, d):
+        return group_sparse_loss(SparseCodes(a, b, 2), SparseCodes(c, d, 2), lt, scale=scale)
+
+    total = t["rec_image"] + t["rec_text"] + vmap(gs)(ci.values, ci.indices, ct.values, ct.indices)
+    check_minimiser(t, total, regime, rho, W)
+
+
+@pytest.mark.parametrize("rho", np.linspace(0.02, 0.98, 13).tolist())
+@torch.no_grad()
+def test_lambda_tilde_one_prefers_merged(rho):
+    """At lambda-tilde = 1 (the default) with the fixed scale, the library's loss on App. D's three
+    candidate solutions is lowest for the merged column, for every rho in (0, 1)."""
+    scale = measured_scale(rho, Z2)
+    totals = {}
+    for name, W in candidates(rho).items():
+        sae = tied_sae(W)
+        phi, psi = directions(rho, 3)
+        x, y = Z2[:, None] * phi, Z2[:, None] * psi
+        zi, zt = sae.encode(x), sae.encode(y)
+        totals[name] = float(reconstruction_loss(x, sae.decode(zi)) + reconstruction_loss(y, sae.decode(zt))
+                             + group_sparse_loss(zi, zt, 1.0, scale=scale))
+    assert min(totals, key=totals.get) == "merged", totals

@@ -62,34 +62,35 @@ def group_sparse_penalty(zi: SparseCodes, zt: SparseCodes) -> torch.Tensor:
 
 
 def activation_scale(zi: SparseCodes, zt: SparseCodes) -> torch.Tensor:
-    """E[z^2] / E[z] over the active entries of both batches (detached); the lambda-dagger of Prop. 3.
+    """E[v^2] / E[v] over the active entries v of both code batches (detached, float64): an
+    estimate of Prop. 3's lambda-dagger = E[z^2]/E[z].
 
-    Multiplying the group-sparse coefficient by it makes that coefficient the scale-free
-    lambda-tilde of Prop. 3, whose regime thresholds do not depend on the data's scale.
+    The trainer evaluates it *once*, before training (``dualsae.calibration``), and holds the result
+    fixed; it is not re-estimated from each step's codes, which would make the coefficient depend
+    on the current solution and move the regime thresholds of Prop. 3. The ratio of moments is the
+    same whether or not the zero entries of a sparse coefficient are counted.
     """
-    v = torch.cat([zi.values.detach().flatten(), zt.values.detach().flatten()])
+    v = torch.cat([zi.values.detach().flatten(), zt.values.detach().flatten()]).double()
     v = v[v > 0]
     if v.numel() == 0:
-        return torch.tensor(1.0, device=zi.values.device)
+        return torch.tensor(1.0, dtype=torch.float64, device=zi.values.device)
     return v.pow(2).mean() / v.mean()
 
 
-def group_sparse_loss(zi: SparseCodes, zt: SparseCodes, lam: float, scale_free: bool = True) -> torch.Tensor:
-    """lambda * group_sparse_penalty; with ``scale_free`` the coefficient is ``lam * activation_scale``.
+def group_sparse_loss(zi: SparseCodes, zt: SparseCodes, lam: float, scale: float = 1.0) -> torch.Tensor:
+    """(lam * scale) * group_sparse_penalty, with ``scale`` a constant fixed before training.
 
-    In Prop. 3, with lambda-tilde = lambda E[z]/E[z^2] for a *fixed* lambda, the separate columns
-    win below (1-rho)/(2-sqrt(1+rho)), the merged column between that and sqrt(1+rho), and the dead
-    solution above; lambda-tilde = 1 lies in the merged regime for every rho in (0, 1).
+    Kaushik et al. write the loss per pair as ||x - x_hat||^2 + ||y - y_hat||^2 + lambda L_gs(z_x, z_y)
+    with L_gs = sum_j sqrt(z_x,j^2 + z_y,j^2): the same per-pair sums as our reconstruction term
+    (eq. 4 per modality), so a raw lambda (``scale = 1``) means exactly their lambda.
 
-    ``scale_free=True`` multiplies ``lam`` by the detached batch estimate of E[z^2]/E[z] so that the
-    same value means the same thing on unit-norm CLIP embeddings and on the synthetic data. The
-    estimate depends on the current codes: on the merged solution it is lambda-dagger *
-    sqrt((1+rho)/2), so this loss's own thresholds are (1-rho)/(2-(1+rho)/sqrt(2)) and sqrt(2)
-    (e.g. 0.46 / 1.41 at rho = 0.6 instead of 0.54 / 1.26). ``lam = 1`` is in the merged regime
-    under both readings (tested in tests/test_theory.py).
+    The trainer's default passes ``scale`` = lambda-dagger = E[z^2]/E[z] measured once before
+    training (:func:`activation_scale`), which makes ``lam`` the scale-free lambda-tilde of Prop. 3:
+    the separate columns win below lambda-tilde = (1-rho)/(2-sqrt(1+rho)), the merged column between
+    that and sqrt(1+rho), the dead solution above (reproduced in tests/test_theory.py);
+    lambda-tilde = 1 lies in the merged regime for every rho in (0, 1).
     """
-    coef = lam * activation_scale(zi, zt) if scale_free else lam
-    return coef * group_sparse_penalty(zi, zt)
+    return (lam * float(scale)) * group_sparse_penalty(zi, zt)
 
 
 def _mask_argmax(z: SparseCodes, a_idx: torch.Tensor, b_idx: torch.Tensor) -> torch.Tensor:
@@ -105,9 +106,12 @@ def _argmax_latent(z: SparseCodes) -> torch.Tensor:
 def iso_energy_alignment(zi: SparseCodes, zt: SparseCodes) -> torch.Tensor:
     """L_align = -mean_i cos(masked z_I,i, masked z_T,i)  (Dhimoila et al., official code).
 
-    For each pair the argmax latent of z_I,i and the argmax latent of z_T,i are removed from both
-    codes before the cosine, so the loss aligns the *rest* of the code rather than rewarding one
-    dominant shared latent.
+    As ``alignment_penalty(..., alignment_metric='cosim')`` in Parabrele/MultimodalGeometry
+    ``src/losses.py``: for each pair the argmax latent of z_I,i and the argmax latent of z_T,i are
+    removed from *both* codes before the cosine, so the loss aligns the *rest* of the code rather
+    than rewarding one dominant shared latent; the result is a mean over the B pairs. The official
+    code multiplies it by beta and adds it to an MSE averaged over the concatenated [2B, d] batch;
+    the trainer converts that beta to our per-pair sums (``dualsae.train``).
     """
     ai, at = _argmax_latent(zi), _argmax_latent(zt)
     vi = _mask_argmax(zi, ai, at)

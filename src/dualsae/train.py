@@ -6,10 +6,12 @@ Methods (``TrainConfig.method``):
   latents so the pair has the parameters of one shared SAE with ``latents`` (Sec. 6.1).
 * ``shared``: one SAE with ``latents`` latents on image and text rows together.
 * ``group-sparse``: shared, on paired batches, plus lambda * mean_i sum_j sqrt(z_I,ij^2 + z_T,ij^2)
-  (Kaushik et al.; the form of Prop. 3). See :func:`dualsae.losses.group_sparse_loss` for the
-  scale-free lambda used by default.
+  (Kaushik et al.; the form of Prop. 3). By default lambda is the scale-free lambda-tilde of Prop. 3
+  times a scale measured once before training (:mod:`dualsae.calibration`).
 * ``iso-energy``: shared, on paired batches, plus beta * L_align (Dhimoila et al.): the cosine form
   of their official code, or the simplified dot form of Prop. 4.
+
+Every method's loss is a mean over the B pairs of a per-pair sum (see ``_member_loss``).
 
 Each step reads ``batch_size`` *pairs*: a shared SAE's step sees both embeddings of its pairs; each
 specific SAE's step sees its own modality's rows of the same pairs. The row order of an epoch is a
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from dualsae.atomic import append_jsonl, save_tensors, write_json, write_text
+from dualsae.calibration import calibrate, needs_calibration
 from dualsae.codes import SparseCodes
 from dualsae.data import PairedEmbeddings, epoch_order
 from dualsae.errors import CheckpointError, ConfigError, DataError
@@ -79,12 +82,19 @@ class TrainConfig:
 
     latents: m of the shared SAE; each specific SAE gets ``latents // 2`` (parameter-matched).
     group_sparse_lambda: lambda-tilde of Prop. 3 when ``group_sparse_scale_free`` (default 1.0,
-        which is in the merged-but-alive regime for every rho in (0, 1)); a raw lambda otherwise.
-    iso_energy_beta: beta for the cosine form (4e-4: Dhimoila et al.'s value for CLIP ViT-B/32,
-        relative to a per-element MSE; the trainer multiplies the cosine term by d because our
-        reconstruction term is the per-sample sum of eq. 4);
-        with ``iso_energy_form='dot'`` (Prop. 4) it is the lambda of Prop. 4 and the default
-        becomes 1.0 (merged for rho > 1/3) unless set.
+        which is in the merged-but-alive regime for every rho in (0, 1)); otherwise the raw lambda
+        of Kaushik et al.'s loss ||x - x_hat||^2 + ||y - y_hat||^2 + lambda L_gs, whose per-pair
+        sums are ours.
+    group_sparse_scale_warmup: share of the run's steps spent by the reconstruction-only warm-up
+        (on a discarded copy of the SAE) that measures lambda-dagger = E[z^2]/E[z] once before
+        training (:mod:`dualsae.calibration`); 0 measures the initial SAE. Only with
+        ``group_sparse_scale_free``.
+    iso_energy_beta: beta for the cosine form (4e-4: Dhimoila et al.'s value for CLIP ViT-B/32).
+        The official code adds beta * L_align to the MSE averaged over the concatenated [2B, d]
+        image+text batch; our reconstruction term is the per-pair sum over both modalities and d
+        (eq. 4 per modality), 2 d times that MSE, so the trainer scales the cosine term by 2 d.
+        With ``iso_energy_form='dot'`` (Prop. 4) it is the lambda of Prop. 4 (no scaling: both
+        terms are per-pair sums quadratic in z) and the default becomes 1.0 (merged for rho > 1/3).
     grad_clip: max global gradient norm per SAE; 0 disables clipping.
     """
 
@@ -111,6 +121,7 @@ class TrainConfig:
     l1_coef: float = _SAE_DEFAULTS["l1_coef"]
     group_sparse_lambda: float = 1.0
     group_sparse_scale_free: bool = True
+    group_sparse_scale_warmup: float = 0.1
     iso_energy_beta: float | None = None
     iso_energy_form: str = "cosine"
     split: str = "train"
@@ -164,6 +175,8 @@ class TrainConfig:
                 raise ConfigError(f"training field {name!r} must be a finite number >= 0, found {getattr(self, name)}")
         if not 0 <= self.warmup_frac < 1:
             raise ConfigError(f"training field 'warmup_frac' must be in [0, 1), found {self.warmup_frac}")
+        if not 0 <= self.group_sparse_scale_warmup <= 1:
+            raise ConfigError(f"training field 'group_sparse_scale_warmup' must be in [0, 1], found {self.group_sparse_scale_warmup}")
         if self.group_sparse_lambda < 0 or (self.iso_energy_beta is not None and self.iso_energy_beta < 0):
             raise ConfigError("training fields 'group_sparse_lambda' and 'iso_energy_beta' must be >= 0")
         m = self.latents_per_sae
@@ -224,6 +237,8 @@ class _Member:
     sae: SAE
     modalities: tuple[str, ...]
     opt: torch.optim.Optimizer = field(init=False)
+    # Constant the group-sparse lambda is multiplied by (dualsae.calibration); None = raw lambda.
+    gs_scale: float | None = None
 
 
 def make_adamw(params, config: "TrainConfig") -> torch.optim.Optimizer:
@@ -274,8 +289,8 @@ def _load_opt(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.
 # ---------------------------------------------------------------------- run folder
 
 
-def _run_config_dict(config: TrainConfig, store: PairedEmbeddings) -> dict:
-    return {
+def _run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: dict | None = None) -> dict:
+    out = {
         "format": RUN_FORMAT,
         "train": config.to_dict(),
         "data": {
@@ -286,6 +301,42 @@ def _run_config_dict(config: TrainConfig, store: PairedEmbeddings) -> dict:
             "fingerprint": store_fingerprint(store),
         },
     }
+    if calibration is not None:
+        out["calibration"] = calibration
+    return out
+
+
+def _use_calibration(
+    members: list["_Member"], config: TrainConfig, store: PairedEmbeddings, device: torch.device, run_dir: Path | None, resume: bool
+) -> dict | None:
+    """Fix the group-sparse scale of this run before its first step and record it in config.json.
+
+    A resumed run reads the value config.json recorded (the checkpoint records it too, and must
+    agree); a new run measures it (dualsae.calibration). Returns the calibration record, or None
+    when the run's loss has no measured scale.
+    """
+    if not needs_calibration(config):
+        return None
+    saved = None
+    cfg_path = run_dir / "config.json" if run_dir is not None else None
+    if resume and cfg_path is not None and cfg_path.is_file():
+        saved = read_json_object(cfg_path, error=CheckpointError).get("calibration")
+    if isinstance(saved, dict) and isinstance(saved.get("group_sparse_scale"), float):
+        record = saved
+        for mem in members:  # set from the checkpoint's metadata when one was loaded
+            if mem.gs_scale is not None and mem.gs_scale != record["group_sparse_scale"]:
+                raise CheckpointError(
+                    f"{run_dir}/checkpoint/state.safetensors: group_sparse_scale is {mem.gs_scale!r}, "
+                    f"{cfg_path} records {record['group_sparse_scale']!r}; the run folder was altered"
+                )
+    else:
+        # Deterministic in (config, rows): a resumed run whose config.json lacks it measures the same value.
+        record = calibrate(store, config, device)
+        if cfg_path is not None:
+            write_json(cfg_path, _run_config_dict(config, store, record))
+    for mem in members:
+        mem.gs_scale = record["group_sparse_scale"]
+    return record
 
 
 def _check_resume_config(run_dir: Path, config: TrainConfig, store: PairedEmbeddings) -> None:
@@ -321,7 +372,11 @@ def _save_checkpoint(run_dir: Path, members: list[_Member], step: int) -> None:
         for key, val in mem.sae.state_dict().items():
             tensors[f"{mem.name}.sae.{key}"] = val
         tensors.update(_opt_tensors(mem.name, mem.opt))
-    save_tensors(run_dir / "checkpoint" / "state.safetensors", tensors, metadata={"step": str(step), "format": RUN_FORMAT})
+    # repr() of a float reads back as the identical float.
+    meta = {"step": str(step), "format": RUN_FORMAT}
+    if members[0].gs_scale is not None:
+        meta["group_sparse_scale"] = repr(members[0].gs_scale)
+    save_tensors(run_dir / "checkpoint" / "state.safetensors", tensors, metadata=meta)
 
 
 def _load_checkpoint(run_dir: Path, members: list[_Member]) -> int:
@@ -353,6 +408,8 @@ def _load_checkpoint(run_dir: Path, members: list[_Member]) -> int:
                 raise CheckpointError(f"{path}: tensor '{prefix + key}' has shape {list(sd[key].shape)}, expected {list(ref.shape)}")
         mem.sae.load_state_dict(sd)
         _load_opt(mem.name, mem.opt, tensors)
+        if "group_sparse_scale" in meta:
+            mem.gs_scale = float(meta["group_sparse_scale"])
     return int(meta["step"])
 
 
@@ -378,7 +435,21 @@ def _logged_step(line: str) -> float:
 
 
 def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one SAE on one batch of pairs, and scalar logs. batch[mod]: [B, d]."""
+    """Loss of one SAE on one batch of B pairs, and scalar logs. batch[mod]: [B, d].
+
+    The loss is the mean over the B pairs of a per-pair sum over the modalities M this SAE sees
+    (eq. 4 per modality, the form of Props. 3-4 and of Kaushik et al.):
+
+        sum_{mod in M} ||x - x_hat||^2                                   reconstruction (eq. 4)
+      + aux_coef * sum_{mod in M} ||e - e_hat||^2                        AuxK (TopK / BatchTopK)
+      + l1_coef * sum_{mod in M} ||z||_1                                 (ReLU)
+      + group_sparse_lambda * gs_scale * sum_j sqrt(z_I,j^2 + z_T,j^2)   group-sparse
+      + 2 d beta * L_align (cosine form) or beta * (-z_I . z_T) (dot)    iso-energy
+
+    The 2 d turns the official Iso-Energy code's beta, which weighs L_align against an MSE averaged
+    over the concatenated [2B, d] image+text batch, into the same balance against our per-pair sum
+    (2 d times that MSE). ``gs_scale`` is fixed before training (dualsae.calibration).
+    """
     sae = mem.sae
     mods = mem.modalities
     x = torch.cat([batch[m] for m in mods]) if len(mods) > 1 else batch[mods[0]]
@@ -386,27 +457,25 @@ def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tenso
     B = batch[mods[0]].shape[0]
     logs: dict[str, float] = {}
     loss = x.new_zeros(())
-    # Reconstruction: L_rec(image) + L_rec(text) (eq. 4 per modality, as in Props. 3-4).
     for i, mod in enumerate(mods):
         rec = reconstruction_loss(x[i * B:(i + 1) * B], out.recon[i * B:(i + 1) * B])
         loss = loss + rec
         logs[f"mse_{mod}"] = rec.item()
+    # aux_k_loss and l1_penalty average over the len(mods) * B rows; times len(mods) = per-pair sum.
     if config.aux_coef > 0 and sae.config.activation != "relu":
         aux = aux_k_loss(sae, x, x - out.recon, out.pre_acts)
-        loss = loss + config.aux_coef * aux
+        loss = loss + config.aux_coef * len(mods) * aux
         logs["aux"] = aux.item()
     if sae.config.activation == "relu":
-        loss = loss + sae.config.l1_coef * l1_penalty(out.codes) * len(mods)
+        loss = loss + sae.config.l1_coef * len(mods) * l1_penalty(out.codes)
     if config.method in PAIRED_METHODS:
         zi = SparseCodes(out.codes.values[:B], out.codes.indices[:B], sae.m)
         zt = SparseCodes(out.codes.values[B:], out.codes.indices[B:], sae.m)
         if config.method == "group-sparse":
-            align = group_sparse_loss(zi, zt, config.group_sparse_lambda, scale_free=config.group_sparse_scale_free)
+            scale = 1.0 if mem.gs_scale is None else mem.gs_scale
+            align = group_sparse_loss(zi, zt, config.group_sparse_lambda, scale=scale)
         elif config.iso_energy_form == "cosine":
-            # beta is on the scale of the official code, whose reconstruction term is the
-            # per-element mean squared error; ours sums over d (eq. 4), so the same balance
-            # needs the cosine term scaled by d.
-            align = config.beta_iso * sae.d * iso_energy_alignment(zi, zt)
+            align = config.beta_iso * 2 * sae.d * iso_energy_alignment(zi, zt)
         else:
             align = config.beta_iso * iso_energy_dot(zi, zt)
         loss = loss + align
@@ -504,6 +573,7 @@ def train(
                 raise CheckpointError(f"{run_dir}: already holds a run (config.json); pass --resume to continue it or choose a new --out")
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / "config.json", _run_config_dict(config, store))
+    calibration = _use_calibration(members, config, store, device, run_dir, resume)
     if start == 0:
         for mem in members:
             sample = torch.cat([store.sample(m, 10_000, seed=config.seed) for m in mem.modalities])
@@ -543,7 +613,10 @@ def train(
             if i:
                 fault_point("train-between-saes", str(run_dir))
             mem.sae.save(run_dir / mem.name)
-        write_json(run_dir / "summary.json", {"steps": total, "seconds": round(time.time() - t0, 2), "final": logs})
+        summary = {"steps": total, "seconds": round(time.time() - t0, 2), "final": logs}
+        if calibration is not None:
+            summary["calibration"] = calibration
+        write_json(run_dir / "summary.json", summary)
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     for mem in members:
         mem.sae.eval()

@@ -40,6 +40,8 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "dec_bias_init": ("--dec-bias-init", str, "geometric_median | mean | zero (default geometric_median)"),
     "l1_coef": ("--l1-coef", float, "L1 coefficient for --activation relu (default 1e-3)"),
     "group_sparse_lambda": ("--group-sparse-lambda", float, "group-sparse lambda (scale-free lambda-tilde of Prop. 3 by default; default 1.0)"),
+    "group_sparse_scale_warmup": ("--group-sparse-scale-warmup", float,
+                                  "share of the steps the warm-up that measures the group-sparse scale runs, once before training (default 0.1)"),
     "iso_energy_beta": ("--iso-energy-beta", float, "Iso-Energy beta (default 4e-4 cosine form, 1.0 dot form)"),
     "iso_energy_form": ("--iso-energy-form", str, "cosine (official code) | dot (Prop. 4) (default cosine)"),
     "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints (default 500)"),
