@@ -11,4 +11,5 @@ COMMAND_MODULES = (
     "extract",
     "evaluate",
     "reproduce",
+    "report",
 )
