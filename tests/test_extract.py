@@ -355,12 +355,12 @@ def test_extraction_errors_leave_nothing_and_say_one_line(models, tmp_path):
         p.unlink()  # every image unreadable
     out = tmp_path / "store"
     with pytest.raises(DataError, match="no record could be embedded"):
-        _cli(["--model", str(models["clip"]), "--format", "jsonl", "--table", str(table), "--out", str(out), "--device", "cpu", "--quiet"])
+        _cli(["extract", "--model", str(models["clip"]), "--format", "jsonl", "--table", str(table), "--out", str(out), "--device", "cpu", "--quiet"])
     assert not (out / ".shards").exists() and not out.exists()
     bad_csv = tmp_path / "t.csv"
     bad_csv.write_bytes(b"image,caption\nimgs/0.png,caf\xe9 au lait\n")
     with pytest.raises(DataError, match=r"t.csv: not UTF-8 text"):
-        _cli(["--model", str(models["clip"]), "--format", "csv", "--table", str(bad_csv), "--out", str(out), "--quiet"])
+        _cli(["extract", "--model", str(models["clip"]), "--format", "csv", "--table", str(bad_csv), "--out", str(out), "--quiet"])
     with pytest.raises(DataError, match="no such model folder"):
         DualEncoder.load(str(tmp_path / "models" / "clip-b32"), device="cpu")
     torn = tmp_path / "torn"
