@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
 import numpy as np
 
 from dualsae.data import write_store
@@ -19,3 +27,75 @@ def make_store(folder, n=600, d=16, seed=0, dtype=np.float32, split=True, image=
     y = z @ psi + 0.01 * rng.normal(size=(n, d))
     meta = [{"caption": f"row {i}", "split": "test" if i % 5 == 0 else "train"} for i in range(n)] if split else None
     return write_store(folder, x.astype(dtype) if image else None, y.astype(dtype) if text else None, meta, dtype=dtype)
+
+
+def tied_sae(w, k: int = 1):
+    """An SAE whose encoder rows and decoder columns are both the rows of ``w`` [m, d], biases zero:
+    a planted dictionary whose codes are known in closed form."""
+    import torch
+
+    from dualsae.sae import SAE, SAEConfig
+
+    w = torch.as_tensor(np.asarray(w, dtype=np.float32))
+    sae = SAE(SAEConfig(d=w.shape[1], m=w.shape[0], k=k, dec_bias_init="zero"))
+    with torch.no_grad():
+        sae.W_enc.copy_(w)
+        sae.W_dec.copy_(w)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
+    """``world`` processes with the variables torchrun sets (RANK, WORLD_SIZE, MASTER_*)."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+        # Output goes to files, not pipes: a rank never blocks on a full pipe nobody reads yet.
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=err, text=True)
+        proc.logs = (out, err)  # type: ignore[attr-defined]
+        procs.append(proc)
+    return procs
+
+
+def _read(f) -> str:
+    f.seek(0)
+    text = f.read()
+    f.close()
+    return text
+
+
+def finish_ranks(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
+    """Wait for every rank; stdout of each. A rank that fails (or a timeout) ends the others, which
+    would otherwise wait in a collective for ever, and fails the test with that rank's stderr."""
+    deadline = time.time() + timeout
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.05)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    results = [(_read(p.logs[0]), _read(p.logs[1])) for p in procs]
+    for rank, (p, (_, err)) in enumerate(zip(procs, results)):
+        assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{err[-3000:]}"
+    return [out for out, _ in results]
+
+
+def launch_ranks(args: list[str], world: int = 2) -> list[str]:
+    """Run ``python ARGS`` as ``world`` ranks to the end; their stdout."""
+    return finish_ranks(start_ranks(args, world))

@@ -48,3 +48,20 @@ def dense_codes(pair: SAEPair, modality: str, x: np.ndarray) -> np.ndarray:
 def unit_rows(a: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(a, axis=1, keepdims=True)
     return np.where(n > 0, a / np.where(n > 0, n, 1), 0.0)
+
+
+def brute_force_monosemanticity(acts: np.ndarray, ext: np.ndarray) -> np.ndarray:
+    """MS_j = sum_{n<m} a~_n a~_m s_nm / sum_{n<m} a~_n a~_m, every pair explicitly."""
+    e = ext / np.linalg.norm(ext, axis=1, keepdims=True)
+    s = e @ e.T
+    out = np.full(acts.shape[1], np.nan)
+    iu = np.triu_indices(acts.shape[0], k=1)
+    for j in range(acts.shape[1]):
+        a = acts[:, j]
+        if (a > 0).sum() < 2 or a.max() == a.min():
+            continue
+        t = (a - a.min()) / (a.max() - a.min())
+        w = np.outer(t, t)[iu]
+        if w.sum() > 0:
+            out[j] = (w * s[iu]).sum() / w.sum()
+    return out

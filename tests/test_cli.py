@@ -151,5 +151,5 @@ def test_seeded_split_of_training_is_reused_by_align_eval_info_and_resume(tmp_pa
     code, out, _ = _run(["info", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--json"], capsys)
     assert json.loads(out)["data"]["image"]["n_rows"] == held_out
     code, out, _ = _run(["eval", str(tmp_path / "al"), "--data", str(tmp_path / "data"), "--tasks", "recon",
-                         "--out", str(tmp_path / "m.json"), "--no-progress"], capsys)
-    assert code == 0 and json.loads((tmp_path / "m.json").read_text())["n_rows"] == held_out
+                         "--out", str(tmp_path / "m"), "--no-progress"], capsys)
+    assert code == 0 and json.loads((tmp_path / "m" / "metrics.json").read_text())["n_rows"] == held_out

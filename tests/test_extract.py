@@ -18,10 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
+from dualsae.distributed import Distributed
 from dualsae.data import PairedEmbeddings
 from dualsae.errors import ConfigError, DataError
 from dualsae.extract import DualEncoder, ExtractConfig, extract
 from dualsae.readers import CocoSource, ImageFolderSource, TableSource, WebDatasetSource
+from tests.helpers import launch_ranks
 
 CLIP_MAX_LEN = 16
 SIGLIP_MAX_LEN = 12
@@ -202,9 +204,9 @@ def test_interrupted_extraction_resumes_identically(clip_encoder, tmp_path, monk
 
     with pytest.raises(_Stop):
         extract(WebDatasetSource(shards), clip_encoder, tmp_path / "resumed", cfg, on_shard=stop_after_1, progress=False)
-    progress = json.loads((tmp_path / "resumed" / ".shards" / "progress.json").read_text())
-    assert [s["index"] for s in progress["shards"]] == [0, 1] and not (tmp_path / "resumed" / "image.npy").exists()
-    # a shard file left behind by a crash before progress.json listed it is simply overwritten
+    finished = sorted(p.name for p in (tmp_path / "resumed" / ".shards").glob("*.done.json"))
+    assert finished == ["00000.done.json", "00001.done.json"] and not (tmp_path / "resumed" / "image.npy").exists()
+    # a shard file left behind by a crash before its done.json was written is simply overwritten
     (tmp_path / "resumed" / ".shards" / "00002.image.npy").write_bytes(b"garbage")
 
     embedded = []
@@ -325,6 +327,45 @@ def test_imagefolder_zero_shot_store(clip_encoder, tmp_path):
     assert class_text.shape == (2, 2, 24) and class_text.dtype == np.float32
     np.testing.assert_allclose(class_text[1, 1], clip_encoder.embed_texts(["a picture of the blue dog"])[0], atol=1e-6)
     np.testing.assert_allclose(store.image[4], clip_encoder.embed_images([Image.open(tmp_path / "inet" / "n1" / "1.png").convert("RGB")])[0], atol=1e-6)
+
+
+# ---------------------------------------------------------------------- torchrun
+
+
+class _SecondOfTwoRanks(Distributed):
+    """Rank 1 of 2 without a process group (its barriers have nobody to wait for)."""
+
+    def __init__(self):
+        super().__init__(rank=1, world=2)
+
+    def barrier(self) -> None:
+        pass
+
+
+def test_rank_shards_leave_holes_that_a_single_process_resume_fills(clip_encoder, tmp_path):
+    table, _, _ = _table(tmp_path, 11)
+    cfg = ExtractConfig(batch_size=2, shard_size=2, workers=0)
+    full = extract(TableSource(table, "jsonl"), clip_encoder, tmp_path / "full", cfg, progress=False)
+    part = extract(TableSource(table, "jsonl"), clip_encoder, tmp_path / "out", cfg, progress=False, dist=_SecondOfTwoRanks())
+    assert part == {"rank": 1, "shards": [1, 3, 5]} and not (tmp_path / "out" / "image.npy").exists()
+    seen = []
+    resumed = extract(TableSource(table, "jsonl"), clip_encoder, tmp_path / "out", cfg,
+                      on_shard=lambda i, e: seen.append(i), progress=False)
+    assert seen == [0, 2, 4] and resumed["counts"] == full["counts"]
+    for name in ("image.npy", "text.npy", "meta.jsonl", "extract.json"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
+
+
+def test_two_rank_extraction_is_byte_identical(models, tmp_path):
+    table, _, _ = _table(tmp_path, 9)
+    args = ["extract", "--model", str(models["clip"]), "--format", "jsonl", "--table", str(table),
+            "--batch-size", "2", "--shard-size", "2", "--workers", "0", "--device", "cpu", "--quiet"]
+    assert _cli(args + ["--out", str(tmp_path / "one")]) == 0
+    outs = launch_ranks(["-m", "dualsae", *args, "--out", str(tmp_path / "two")])
+    assert "extracted 9 rows" in outs[0] and outs[1] == ""  # rank 0 alone reports
+    for name in ("image.npy", "text.npy", "meta.jsonl", "extract.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert not (tmp_path / "two" / ".shards").exists()
 
 
 # ---------------------------------------------------------------------- faults (issue 9)

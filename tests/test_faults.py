@@ -68,8 +68,8 @@ def test_writers_refuse_a_folder_they_did_not_write(base, tmp_path, capsys):
     assert one_line_error(code, err, "already holds files written by something else (mine.txt)")
     code, _, err = cli(["analyze", "heterogeneity", out, "--out", notes, "--no-progress"], capsys)
     assert one_line_error(code, err, "already holds files")
-    code, _, err = cli(["eval", out, "--data", base / "data", "--out", notes / "mine.txt", "--tasks", "recon", "--no-progress"], capsys)
-    assert one_line_error(code, err, "is not the metrics.json of this model")
+    code, _, err = cli(["eval", out, "--data", base / "data", "--out", notes, "--tasks", "recon", "--no-progress"], capsys)
+    assert one_line_error(code, err, "already holds files")
     assert sorted(p.name for p in notes.iterdir()) == ["mine.txt"] and (notes / "mine.txt").read_text() == "mine"
     code, _, err = cli(["train", "--data", base / "data", "--out", notes, "--overwrite", *TRAIN], capsys)
     assert code == 0 and not (notes / "mine.txt").exists()
@@ -86,7 +86,7 @@ def test_align_killed_mid_rewrite_is_unfinished_never_mixed(base, tmp_path, caps
     # image/ is run B's alignment, text/ still run A's: both readers refuse instead of loading the mix.
     code, _, err = cli(["info", out], capsys)
     assert one_line_error(code, err, "unfinished", "'dualsae align'")
-    code, _, err = cli(["eval", out, "--data", base / "data", "--out", tmp_path / "m.json", "--tasks", "recon", "--no-progress"], capsys)
+    code, _, err = cli(["eval", out, "--data", base / "data", "--out", tmp_path / "ev", "--tasks", "recon", "--no-progress"], capsys)
     assert one_line_error(code, err, "unfinished")
     assert cli(_align(base, "runB", out, "--overwrite"), capsys)[0] == 0  # the rerun finishes it
     assert cli(["info", out], capsys)[0] == 0
@@ -282,9 +282,9 @@ def test_store_mismatches_are_said_loudly(base, tmp_path, capsys):
     # a model trained on every row, evaluated on the store's "test" rows: those were training rows
     run = tmp_path / "all"
     assert cli(["train", "--data", base / "data", "--out", run, "--split", "all", *TRAIN], capsys)[0] == 0
-    code, _, err = cli(["eval", run, "--data", base / "data", "--out", tmp_path / "m.json", "--tasks", "recon", "--no-progress"], capsys)
+    code, _, err = cli(["eval", run, "--data", base / "data", "--out", tmp_path / "ev", "--tasks", "recon", "--no-progress"], capsys)
     assert code == 0 and "40 of the 40 rows used here were training rows" in err
-    code, _, err = cli(["eval", base / "runA", "--data", base / "data", "--out", tmp_path / "m2.json", "--tasks", "recon", "--no-progress"], capsys)
+    code, _, err = cli(["eval", base / "runA", "--data", base / "data", "--out", tmp_path / "ev2", "--tasks", "recon", "--no-progress"], capsys)
     assert code == 0 and "training rows" not in err
 
 
@@ -357,7 +357,7 @@ def test_bad_values_and_flags_are_one_line(base, tmp_path, capsys):
         (["train", "--data", data, "--out", tmp_path / "t1", "--grad-clip", "-1", *TRAIN], "'grad_clip'"),
         (["train", "--data", data, "--out", tmp_path / "t1", "--device", "tpu", *TRAIN], "--device must be"),
         (["align", base / "runA", "--data", data, "--out", tmp_path / "t2", "--device", "cuda:x"], "--device must be"),
-        (["eval", base / "runA", "--data", data, "--out", tmp_path / "m.json", "--device", "gpu"], "--device must be"),
+        (["eval", base / "runA", "--data", data, "--out", tmp_path / "ev", "--device", "gpu"], "--device must be"),
         (["analyze", "top", base / "runA", "--data", data, "--latent", "0", "--device", "gpu"], "--device must be"),
     ]
     import torch
@@ -365,11 +365,11 @@ def test_bad_values_and_flags_are_one_line(base, tmp_path, capsys):
     if not torch.cuda.is_available():
         cases += [(["train", "--data", data, "--out", tmp_path / "t1", "--device", "cuda", *TRAIN], "no CUDA device"),
                   (["align", base / "runA", "--data", data, "--out", tmp_path / "t2", "--device", "cuda"], "no CUDA device"),
-                  (["eval", base / "runA", "--data", data, "--out", tmp_path / "m.json", "--device", "cuda"], "no CUDA device")]
+                  (["eval", base / "runA", "--data", data, "--out", tmp_path / "ev", "--device", "cuda"], "no CUDA device")]
     for args, needle in cases:
         code, _, err = cli(args, capsys)
         assert one_line_error(code, err, needle), (args, err)
-    assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists() and not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists() and not (tmp_path / "ev").exists()
 
 
 def test_bad_out_paths_fail_before_any_work(base, tmp_path, capsys, monkeypatch):
@@ -381,8 +381,8 @@ def test_bad_out_paths_fail_before_any_work(base, tmp_path, capsys, monkeypatch)
         (["train", "--data", base / "data", "--out", tmp_path / "file", *TRAIN], "is an existing file"),
         (["train", "--data", base / "data", "--out", tmp_path / "file" / "run", *TRAIN], "is a file, not a folder"),
         (_align(base, "runA", tmp_path / "file"), "is an existing file"),
-        (["eval", base / "runA", "--data", base / "data", "--out", tmp_path, "--tasks", "recon"], "is a folder"),
-        (["eval", base / "runA", "--data", base / "data", "--out", tmp_path / "file" / "m.json", "--tasks", "recon"], "is an existing file"),
+        (["eval", base / "runA", "--data", base / "data", "--out", tmp_path, "--tasks", "recon"], "already holds files"),
+        (["eval", base / "runA", "--data", base / "data", "--out", tmp_path / "file" / "ev", "--tasks", "recon"], "is a file, not a folder"),
     ]
     for args, needle in cases:
         code, _, err = cli(args, capsys)
@@ -394,10 +394,10 @@ def test_read_only_and_full_file_systems(base, tmp_path):
     before it computes anything, the others before they write anything."""
     mnt = tmp_path / "mnt"
     evaluate = ["eval", base / "runA", "--data", base / "data", "--tasks", "recon", "--no-progress"]
-    ro = run_cli_on_tmpfs(mnt, "ro,size=64k", [[*evaluate, "--out", mnt / "m.json"], _align(base, "runA", mnt / "al")])
+    ro = run_cli_on_tmpfs(mnt, "ro,size=64k", [[*evaluate, "--out", mnt / "ev"], _align(base, "runA", mnt / "al")])
     assert ro.stdout.splitlines() == ["rc=2", "rc=2"], ro.stdout + ro.stderr
     assert ro.stderr.count("(read-only file system)") == 2 and "Traceback" not in ro.stderr
-    full = run_cli_on_tmpfs(mnt, "size=64k", [[*evaluate, "--out", mnt / "m.json"], ["train", "--data", base / "data", "--out", mnt / "run", *TRAIN]],
+    full = run_cli_on_tmpfs(mnt, "size=64k", [[*evaluate, "--out", mnt / "ev"], ["train", "--data", base / "data", "--out", mnt / "run", *TRAIN]],
                             fill=True)
     assert full.stdout.splitlines() == ["rc=2", "rc=2"], full.stdout + full.stderr
     assert full.stderr.count("(no space left on the device)") == 2 and "Traceback" not in full.stderr

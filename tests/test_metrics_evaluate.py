@@ -10,7 +10,7 @@ import pytest
 from dualsae.cli import main
 from dualsae.data import PairedEmbeddings, write_store
 from dualsae.evaluate import EvalOptions, evaluate, parse_tasks
-from dualsae.errors import ConfigError
+from dualsae.errors import ConfigError, DataError
 from dualsae.metrics.retrieval import cross_modal_retrieval
 
 from dualsae.atomic import write_json
@@ -48,7 +48,7 @@ def _zs_store(folder, d=8, seed=1):
 def test_eval_skips_tasks_without_inputs(tmp_path, capsys):
     data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
     out = tmp_path / "m" / "metrics.json"
-    rc = main(["eval", str(model), "--data", str(data), "--out", str(out), "--no-progress"])
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(out.parent), "--no-progress"])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["format"] == "dualsae.metrics/1" and doc["method"] == "specific" and doc["split"] == "test"
@@ -66,7 +66,7 @@ def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
     ext = _store(tmp_path / "ext", d=5, seed=9)  # another "encoder" of the same 120 rows
     zs = _zs_store(tmp_path / "zs")
     out = tmp_path / "metrics.json"
-    rc = main(["eval", str(model), "--data", str(data), "--out", str(out), "--tasks", "all", "--positives", "row",
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path), "--tasks", "all", "--positives", "row",
                "--zeroshot", str(zs), "--external", str(ext), "--concept-field", "tags", "--no-progress"])
     assert rc == 0
     doc = json.loads(out.read_text())
@@ -91,15 +91,49 @@ def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
     assert res["tasks"]["zeroshot"]["n_images"] == 40
 
 
+def test_eval_external_encoder_of_other_widths(tmp_path):
+    """An external store with image [N, 7] and text [N, 3] (float16, one encoder per modality) is
+    accepted, and each modality's scores equal the O(N^2) definition against its own encoder."""
+    from dualsae.run import load_model
+    from tests.metrics_helpers import brute_force_monosemanticity, dense_codes
+
+    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
+    rng = np.random.default_rng(4)
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    widths = {"image": 7, "text": 3}
+    for mod, w in widths.items():
+        e = rng.normal(size=(120, w)) + 0.3
+        np.save(ext / f"{mod}.npy", (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16))
+    out = tmp_path / "metrics.json"
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path), "--tasks", "monosemanticity",
+               "--external", str(ext), "--no-progress"])
+    assert rc == 0
+    doc = json.loads(out.read_text())["tasks"]["monosemanticity"]
+    pair = load_model(model)
+    test = PairedEmbeddings.open(data).split("test")
+    for mod in widths:
+        x = test.read(mod).numpy()
+        ref = brute_force_monosemanticity(dense_codes(pair, mod, x), np.load(ext / f"{mod}.npy")[test.index].astype(np.float64))
+        ref = np.sort(ref[~np.isnan(ref)])[::-1]
+        curve = np.load(tmp_path / doc[mod]["curve_file"])
+        assert len(curve) == len(ref) > 5
+        np.testing.assert_allclose(curve, ref, rtol=1e-5, atol=1e-6)
+        assert doc[mod]["mean"] == pytest.approx(ref.mean(), rel=1e-5)
+    # a training store must still have one width
+    with pytest.raises(DataError, match="text.npy has dimension 3, image.npy has 7"):
+        PairedEmbeddings.open(ext)
+
+
 def test_eval_errors(tmp_path, capsys):
     data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
     bad_ext = _store(tmp_path / "ext", n=50)
-    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m.json"), "--tasks", "recon,nope"])
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "recon,nope"])
     assert rc == 2 and "unknown task(s) ['nope']" in capsys.readouterr().err
-    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m.json"), "--tasks", "monosemanticity",
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "monosemanticity",
                "--external", str(bad_ext), "--no-progress"])
     assert rc == 2 and "has 50 rows, the data store 120" in capsys.readouterr().err
-    assert not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "m" / "metrics.json").exists()
     assert parse_tasks("steering,recon") == ("recon", "steering")
     with pytest.raises(ConfigError):
         EvalOptions(positives="maybe")
@@ -107,5 +141,5 @@ def test_eval_errors(tmp_path, capsys):
 
 def test_eval_rejects_wrong_dimension(tmp_path, capsys):
     data, model = _store(tmp_path / "data", d=6), _model(tmp_path / "run", d=8)
-    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m.json"), "--tasks", "recon", "--no-progress"])
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "recon", "--no-progress"])
     assert rc == 2 and "data store embeddings have d=6, the model's image SAE expects d=8" in capsys.readouterr().err

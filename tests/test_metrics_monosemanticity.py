@@ -10,24 +10,7 @@ from dualsae.codes import SparseCodes
 from dualsae.data import PairedEmbeddings
 from dualsae.metrics.monosemanticity import monosemanticity, monosemanticity_from_codes, plot_curves, sorted_curve, summarize
 from dualsae.pair import SAEPair
-from tests.metrics_helpers import dense_codes, random_sae
-
-
-def _brute_force(acts: np.ndarray, ext: np.ndarray) -> np.ndarray:
-    """MS_j = sum_{n<m} a~_n a~_m s_nm / sum_{n<m} a~_n a~_m, every pair explicitly."""
-    e = ext / np.linalg.norm(ext, axis=1, keepdims=True)
-    s = e @ e.T
-    out = np.full(acts.shape[1], np.nan)
-    iu = np.triu_indices(acts.shape[0], k=1)
-    for j in range(acts.shape[1]):
-        a = acts[:, j]
-        if (a > 0).sum() < 2 or a.max() == a.min():
-            continue
-        t = (a - a.min()) / (a.max() - a.min())
-        w = np.outer(t, t)[iu]
-        if w.sum() > 0:
-            out[j] = (w * s[iu]).sum() / w.sum()
-    return out
+from tests.metrics_helpers import brute_force_monosemanticity as _brute_force, dense_codes, random_sae
 
 
 def test_matches_quadratic_definition():

@@ -181,3 +181,46 @@ def test_sparse_codes_cat_and_permute():
     assert torch.equal(c.to_dense(), torch.tensor([[1.0, 0, 0, 2.0], [0, 5.0, 0, 0]]))
     p = a.permute(torch.tensor([3, 2, 1, 0]))
     assert torch.equal(p.to_dense(), torch.tensor([[2.0, 0, 0, 1.0]]))
+
+
+def test_pattern_transposed_products_equal_dense_with_repeated_entries():
+    """The latent-grouped kernels (weight gradients) equal a dense scatter, padding repeats included."""
+    from dualsae.sparse_ops import Pattern
+
+    g = torch.Generator().manual_seed(0)
+    B, m, w, d = 13, 40, 6, 7
+    idx = torch.randint(0, m, (B, w), generator=g).sort(dim=1).values
+    idx[:3, -2:] = 0  # BatchTopK-style padding: repeated latent 0 inside a row
+    vals = torch.randn(B, w, generator=g)
+    dense_rows = torch.randn(B, d, generator=g)
+    pattern = Pattern(idx, m)
+    Z = torch.zeros(B, m).index_put_((torch.arange(B).repeat_interleave(w), idx.reshape(-1)), vals.reshape(-1), accumulate=True)
+    assert torch.allclose(pattern.by_latent(vals, dense_rows), Z.t() @ dense_rows, atol=1e-6)
+    assert torch.allclose(pattern.per_latent_sum(vals), Z.sum(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_gather_pre_and_sparse_decode_gradients_equal_dense(input_grad):
+    """Each sparse kernel alone (as AuxK uses them), with and without a gradient for the input."""
+    from dualsae.sparse_ops import gather_pre, sparse_decode
+
+    g = torch.Generator().manual_seed(1)
+    B, m, d, k = 9, 30, 8, 4
+    x = torch.randn(B, d, generator=g).requires_grad_(input_grad)
+    W_enc, W_dec = (torch.randn(m, d, generator=g).requires_grad_() for _ in range(2))
+    b_enc, b_dec = torch.randn(m, generator=g).requires_grad_(), torch.randn(d, generator=g).requires_grad_()
+    params = [W_enc, b_enc, b_dec, W_dec] + ([x] if input_grad else [])
+    with torch.no_grad():
+        pre_all = F.linear(x - b_dec, W_enc, b_enc)
+    idx = pre_all.topk(k, dim=1).indices.sort(dim=1).values
+    target = torch.randn(B, d, generator=g)
+    vals = F.relu(gather_pre(x, W_enc, b_enc, b_dec, idx, pre_all))
+    loss = (target - sparse_decode(vals, idx, W_dec)).pow(2).sum() + vals.pow(3).sum()
+    grads = torch.autograd.grad(loss, params)
+    pre = F.linear(x - b_dec, W_enc, b_enc)
+    z = torch.zeros(B, m).scatter(1, idx, F.relu(pre.gather(1, idx)))
+    loss_ref = (target - z @ W_dec).pow(2).sum() + z.pow(3).sum()
+    grads_ref = torch.autograd.grad(loss_ref, params)
+    assert abs(loss.item() - loss_ref.item()) <= 1e-5 * loss_ref.item()
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)

@@ -274,12 +274,12 @@ def test_evaluate_folder_and_cli(tmp_path, capsys):
 
     p = argparse.ArgumentParser(prog="dualsae")
     synth.register(p.add_subparsers(dest="command"))
-    args = p.parse_args(["synth", "metrics", str(tmp_path / "model"), "--data", str(data_dir), "--json", str(tmp_path / "m.json")])
+    args = p.parse_args(["synth", "metrics", str(tmp_path / "model"), "--data", str(data_dir), "--out", str(tmp_path / "m")])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     printed = {line.split()[0]: float(line.split()[1]) for line in out.strip().splitlines()}
     assert list(printed) == list(METRIC_KEYS)
     for key in METRIC_KEYS:
         assert printed[key] == pytest.approx(direct[key], abs=1e-6)
-    saved = json.loads((tmp_path / "m.json").read_text())
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert saved["collapse_rate"] == 1.0 and saved["split"] == "test"

@@ -37,6 +37,7 @@ from dualsae.atomic import save_tensors, write_json
 from dualsae.faults import fault_point
 from dualsae.codes import SparseCodes
 from dualsae.data import PairedEmbeddings
+from dualsae.distributed import Distributed
 from dualsae.jsonfiles import read_json_object
 from dualsae.errors import CheckpointError, ConfigError, DataError
 from dualsae.pair import SAEPair
@@ -210,14 +211,18 @@ def coactivation_correlation(
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    dist: Distributed | None = None,
 ) -> CoactivationStats:
     """Stream the store's paired rows through each modality's SAE and accumulate eq. 5's statistics.
+
+    Under torchrun (``dist``) rank r encodes batches r, r + world, ... and the statistics are
+    summed over ranks (they are additive), so every rank returns those of all N rows.
 
     pair_or_saes: an :class:`SAEPair` (its ``sae_for('image')`` / ``sae_for('text')``; the same SAE
     twice for a shared model) or a tuple ``(image_sae, text_sae)``.
     store: paired rows ([N, d] image and text). Returns the :class:`CoactivationStats` of all N rows.
     """
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     if isinstance(pair_or_saes, SAEPair):
         sae_i, sae_t = pair_or_saes.sae_for("image"), pair_or_saes.sae_for("text")
@@ -233,13 +238,19 @@ def coactivation_correlation(
     sae_i, sae_t = sae_i.to(device).eval(), sae_t.to(device).eval()
     stats = CoactivationStats(sae_i.m, sae_t.m, device=device)
     n = store.n
-    with tqdm(total=n, desc="coactivation", unit="pair", disable=not progress, leave=False) as bar:
-        for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    if dist is not None:
+        starts = [starts[i] for i in dist.shards(len(starts))]
+    mine = sum(min(batch_size, n - s) for s in starts)
+    with tqdm(total=mine, desc="coactivation", unit="pair", disable=not progress, leave=False) as bar:
+        for start in starts:
             pos = np.arange(start, min(start + batch_size, n))
             ci = sae_i.encode(store.read("image", pos).to(device))
             ct = sae_t.encode(store.read("text", pos).to(device))
             stats.update(ci, ct)
             bar.update(len(pos))
+    if dist is not None and dist.enabled:
+        stats.all_reduce()
     return stats
 
 
@@ -496,15 +507,20 @@ def load_correlation(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, to
     return c, li, lt
 
 
-def _matching_json(mt: Matching) -> dict:
-    return {
+def _matching_json(mt: Matching, confidence: Any = None) -> dict:
+    out = {
         "image": mt.image.tolist(),
         "text": mt.text.tolist(),
         "correlation": [round(float(x), 6) for x in mt.corr],
     }
+    if confidence is not None:
+        from dualsae.match_confidence import arrays_json
+
+        out.update(arrays_json(confidence))
+    return out
 
 
-def collapse_report(matching: Matching, m: int) -> dict:
+def collapse_report(matching: Matching, m: int, confidence: Any = None) -> dict:
     """App. F.2: for a shared SAE, the share of live latents the Hungarian matching sends to themselves.
 
     The rate's denominator m~ is the number of *live* latents, a latent being dead when it never
@@ -529,7 +545,7 @@ def collapse_report(matching: Matching, m: int) -> dict:
         "mean_matched_correlation": matching.mean_corr,
         "mean_collapsed_correlation": float(corr_self.mean()) if len(corr_self) else None,
         "solver": matching.solver,
-        "matching": _matching_json(matching),
+        "matching": _matching_json(matching, confidence),
     }
 
 
@@ -543,12 +559,17 @@ def align(
     device: str | torch.device = "cpu",
     source: str | None = None,
     progress: bool = True,
+    confidence: Any = None,
 ) -> AlignmentResult:
     """Align a trained pair post hoc (eqs. 5-7), or, for a shared SAE, measure its collapse (App. F.2).
 
     pair: specific SAEs (-> :class:`AlignedPair`) or a shared SAE (``pair.shared`` -> collapse report).
     store: paired rows to compute C on (the training split in the paper), unless ``stats`` is given.
     source: path of the run, recorded in the report.
+    confidence: :class:`dualsae.match_confidence.ConfidenceOptions` (support, permutation-null
+    threshold and the thresholds that leave weak matches unmatched; needs ``store``), or None (the
+    report then has no support / null_threshold; experiments that align many runs skip the cost).
+    ``dualsae align`` always passes one.
     """
     t0 = time.perf_counter()
     if stats is None:
@@ -561,8 +582,17 @@ def align(
     t_assign = time.perf_counter()
     timing = {"correlation_s": round(t_corr - t0, 3), "assignment_s": round(t_assign - t_corr, 3)}
     common = {"source_run": source, "source_method": pair.method, "rows": stats.n}
+    conf, conf_section = None, {}
+    if confidence is not None:
+        if store is None:
+            raise ConfigError("match confidence needs the store of paired rows, not only CoactivationStats")
+        from dualsae.match_confidence import assess_matching
+
+        matching, conf, section = assess_matching(pair, store, matching, confidence, batch_size=batch_size, device=device)
+        conf_section = {"confidence": section}
+        timing["confidence_s"] = round(time.perf_counter() - t_assign, 3)
     if pair.shared:
-        report = {**collapse_report(matching, stats.m_image), **common, "timing": timing}
+        report = {**collapse_report(matching, stats.m_image, conf), **conf_section, **common, "timing": timing}
         return AlignmentResult("collapse", report, matching, c.cpu())
     sae_i, sae_t = pair.sae_for("image"), pair.sae_for("text")
     perm = build_permutation(matching, sae_i.m, sae_t.m)
@@ -579,7 +609,8 @@ def align(
         "matched_count": len(matching.image),
         "mean_matched_correlation": matching.mean_corr,
         "total_matched_correlation": matching.total,
-        "matched": _matching_json(matching),
+        "matched": _matching_json(matching, conf),
+        **conf_section,
         "unmatched": {
             "image_only": matching.image_only.tolist(),
             "text_only": matching.text_only.tolist(),

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from dualsae.data import PairedEmbeddings
-from dualsae.errors import ConfigError, DataError
-from dualsae.pair import MODALITIES, SAEPair
+from dualsae.errors import ConfigError
+from dualsae.pair import SAEPair
 
 BIN_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BIN_LABELS = ("[0.0, 0.2)", "[0.2, 0.4)", "[0.4, 0.6)", "[0.6, 0.8)", "[0.8, 1.0]")
@@ -267,34 +267,10 @@ def top_activating(
     absolute row number in the store, ``caption`` the meta ``caption`` field (None without meta).
     Rows where the latent is inactive are never returned. Streams the store; memory O(n + batch).
     """
-    from tqdm.auto import tqdm
+    from dualsae.examples import top_examples_many
 
-    if modality not in MODALITIES:
-        raise ConfigError(f"modality must be one of {MODALITIES}, found {modality!r}")
-    sae = pair.sae_for(modality)
-    store.require(modality, "top-activating examples")
-    if not 0 <= latent < sae.m:
-        raise ConfigError(f"latent must be in [0, {sae.m}) for the {modality} SAE, found {latent}")
-    if sae.d != store.d:
-        raise DataError(f"{store.root}: embeddings have dimension d={store.d}, but the {modality} SAE expects d={sae.d}")
-    best_v = torch.empty(0)
-    best_p = torch.empty(0, dtype=torch.long)
-    sae = sae.to(device)
-    for start in tqdm(range(0, store.n, batch_size), desc=f"top {modality}", disable=not progress, leave=False):
-        pos = torch.arange(start, min(start + batch_size, store.n))
-        codes = pair.encode(modality, store.read(modality, pos.numpy()).to(device))
-        act = (codes.values * (codes.indices == latent)).sum(1).cpu()
-        keep = act > 0
-        v = torch.cat([best_v, act[keep]])
-        p = torch.cat([best_p, pos[keep]])
-        top = v.topk(min(n, len(v))).indices
-        best_v, best_p = v[top], p[top]
-    rows = store.rows_of(best_p.numpy())
-    out = []
-    for r, v in zip(rows.tolist(), best_v.tolist()):
-        meta = store.meta[r] if store.meta is not None else {}
-        out.append({"row": r, "activation": v, "caption": meta.get("caption"), "meta": meta})
-    return out
+    ex = top_examples_many(pair, store, [latent], modality, n=n, collapse=False, batch_size=batch_size, device=device)[0]
+    return [{k: r[k] for k in ("row", "activation", "caption", "meta")} for r in ex.rows]
 
 
 __all__ = [

@@ -17,6 +17,13 @@ import numpy as np
 from dualsae.faults import fault_point
 
 
+def _plain_mode(path: str | os.PathLike[str]) -> None:
+    """chmod ``path`` to what a plain open() creates: 0666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -29,9 +36,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     # mkstemp creates 0600; give the file the permissions a plain open() would (0666 minus umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    _plain_mode(tmp)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -67,6 +72,8 @@ def save_tensors(path: str | os.PathLike[str], tensors: dict, metadata: dict[str
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        # safetensors re-creates the file with mode 0600; give it the mode of the JSON files beside it.
+        _plain_mode(tmp)
 
 
 def append_jsonl(path: str | os.PathLike[str], row: dict) -> None:

@@ -136,9 +136,16 @@ class PairedEmbeddings:
 
     # -------------------------------------------------------------- construction
     @classmethod
-    def open(cls, folder: str | Path, check_values: bool = True) -> "PairedEmbeddings":
-        """Open and validate a store folder (see module docstring)."""
+    def open(cls, folder: str | Path, check_values: bool = True, same_width: bool = True) -> "PairedEmbeddings":
+        """Open and validate a store folder (see module docstring): dualsae's layout (``image.npy``,
+        ``text.npy``, ``meta.jsonl``) or clip-retrieval's (``img_emb/``, ``text_emb/``, ``metadata/``).
+        ``same_width=False`` accepts image and text arrays of different widths (an external encoder's
+        store: one encoder per modality; dualsae layout only)."""
         root = Path(folder)
+        if (root / "img_emb").is_dir() or (root / "text_emb").is_dir():
+            from dualsae.readers import open_clip_retrieval
+
+            return open_clip_retrieval(root, check_values=check_values)
         if not root.is_dir():
             raise DataError(f"{root}: not a folder; expected a store folder with image.npy and/or text.npy")
         check_store_finished(root)
@@ -150,18 +157,18 @@ class PairedEmbeddings:
             raise DataError(f"{root}: holds neither image.npy nor text.npy")
         meta_path = root / "meta.jsonl"
         store = cls(arrays["image"], arrays["text"], None, root)
-        store.validate(check_values=check_values)
+        store.validate(check_values=check_values, same_width=same_width)
         if meta_path.exists():
             store.meta = read_meta(meta_path, store.n_total)
         return store
 
-    def validate(self, check_values: bool = True) -> None:
+    def validate(self, check_values: bool = True, same_width: bool = True) -> None:
         img, txt = self.image, self.text
         base = self.root if self.root is not None else Path("<memory>")
         if img is not None and txt is not None:
             if len(img) != len(txt):
                 raise DataError(f"{base}: text.npy has {len(txt):,} rows, image.npy has {len(img):,}; row i of each must be one pair")
-            if img.shape[1] != txt.shape[1]:
+            if same_width and img.shape[1] != txt.shape[1]:
                 raise DataError(f"{base}: text.npy has dimension {txt.shape[1]}, image.npy has {img.shape[1]}; both must be [N, d] with the same d")
         if check_values:
             for mod in MODALITIES:
@@ -271,8 +278,8 @@ class PairedEmbeddings:
         for arr in (self.image, self.text):
             if arr is None:
                 continue
-            # Sharded arrays (clip-retrieval layout) expose their memory maps as ``parts``.
-            for part in getattr(arr, "parts", [arr]):
+            # Sharded arrays (clip-retrieval layout, readers.ShardedRows) expose their memory maps as ``shards``.
+            for part in getattr(arr, "shards", [arr]):
                 _madvise(part, mmap.MADV_DONTNEED)
 
     def sample(self, modality: str, n: int, seed: int = 0) -> torch.Tensor:
@@ -280,6 +287,11 @@ class PairedEmbeddings:
         rng = np.random.default_rng(seed)
         pos = np.sort(rng.choice(self.n, size=min(n, self.n), replace=False))
         return self.read(modality, pos)
+
+
+def open_store(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:
+    """Open a store folder of any layout the CLI opens (see :meth:`PairedEmbeddings.open`)."""
+    return PairedEmbeddings.open(path, check_values=check_values, same_width=same_width)
 
 
 def _madvise(arr: Any, option: int) -> None:

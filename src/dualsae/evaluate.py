@@ -236,7 +236,7 @@ def evaluate_model(
 
     ``test_fraction`` / ``split_seed`` (seeded split of a store without a ``split`` field) default to
     the ones the model was trained with (:func:`dualsae.run.training_rows`)."""
-    from dualsae.commands.common import open_data
+    from dualsae.data import open_store as open_data
     from dualsae.fingerprint import store_warnings
     from dualsae.metrics.zeroshot import load_zero_shot_store
     from dualsae.run import load_model, training_rows
@@ -259,7 +259,8 @@ def evaluate_model(
     zs = load_zero_shot_store(zeroshot) if zeroshot is not None and "zeroshot" in options.tasks else None
     ext = None
     if external is not None and "monosemanticity" in options.tasks:
-        ext = aligned_view(open_data(external), store)
+        # An external encoder may embed each modality at its own width (e.g. 1280-d image, 384-d text).
+        ext = aligned_view(open_data(external, same_width=False), store)
     out = Path(out)
     prefix = out.with_suffix("") if out.suffix else out
     result = evaluate(pair, store, options, train_store=train_store, zeroshot=zs, external=ext,
@@ -322,7 +323,8 @@ def format_table(doc: dict) -> str:
     if "zeroshot" in t:
         r = t["zeroshot"]
         ref = r.get("embedding_reference", {})
-        lines.append(f"{'zeroshot':<16}top-1 {f(r['top1'], '.3f')} (embedding {f(ref.get('top1'), '.3f')}), "
+        lines.append(f"{'zeroshot':<16}top-1 {f(r['top1'], '.3f')} (embedding {f(ref.get('top1'), '.3f')}, "
+                     f"majority class {f(r.get('majority_baseline'), '.3f')}), "
                      f"{r['n_images']:,} images, {r['n_classes']:,} classes" +
                      (f", image mse {f(r['image_reconstruction']['mse'])}" if "image_reconstruction" in r else ""))
     if "steering" in t:

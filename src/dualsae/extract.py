@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from dualsae.atomic import atomic_path, write_json, write_npy, write_text
-from dualsae.devices import resolve_device
+from dualsae.distributed import Distributed, resolve_device
 from dualsae.errors import ConfigError, DataError
 from dualsae.faults import fault_point
 from dualsae.readers import ImageLoadError, Record, Source, describe_ref, load_image
@@ -356,10 +356,12 @@ def embed_shard(encoder: DualEncoder, records: list[Record], first_index: int, k
 
 
 class ShardDir:
-    """``OUT/.shards``: finished shards and ``progress.json`` (the list of finished shards).
+    """``OUT/.shards``: ``progress.json`` (the settings) and the finished shards.
 
-    A shard's files are written (each atomically) before ``progress.json`` names it, so a shard
-    listed there is complete; files of a shard not listed are overwritten on resume.
+    A shard's files are written (each atomically) before its ``NNNNN.done.json`` (its entry), so
+    a shard with an entry is complete; files of a shard without one are overwritten on resume.
+    One entry file per shard (rather than one list) lets torchrun ranks finish shards in any
+    order without sharing a file; a resume may use another number of ranks.
     """
 
     def __init__(self, out: Path, settings: dict):
@@ -374,7 +376,23 @@ class ShardDir:
                               if settings.get(k) != state.get("settings", {}).get(k))
                 raise DataError(f"{self.progress_path}: an unfinished extraction with other settings ({', '.join(diff)}) "
                                 f"is in this folder; rerun with the same settings to resume, or delete {self.dir}")
-            self.shards = state["shards"]
+        if self.dir.is_dir():
+            self.reload()
+
+    def start(self) -> None:
+        """Record the settings (before any shard is written)."""
+        if not self.progress_path.is_file():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.progress_path, {"settings": self.settings})
+
+    def reload(self) -> None:
+        """Read the entries of every finished shard (those of other ranks too), in shard order."""
+        entries = [json.loads(p.read_text()) for p in self.dir.glob("[0-9]*.done.json")]
+        self.shards = sorted(entries, key=lambda e: e["index"])
+
+    @property
+    def done(self) -> set[int]:
+        return {s["index"] for s in self.shards}
 
     def path(self, index: int, part: str) -> Path:
         return self.dir / f"{index:05d}.{part}"
@@ -388,8 +406,8 @@ class ShardDir:
         entry = {"index": index, "records": n_records, "rows": len(res.meta),
                  "images_embedded": res.images_embedded, "texts_embedded": res.texts_embedded,
                  "has_image": res.image is not None, "has_text": res.text is not None, "failures": res.failures}
+        write_json(self.path(index, "done.json"), entry)
         self.shards.append(entry)
-        write_json(self.progress_path, {"settings": self.settings, "shards": self.shards})
         return entry
 
     @property
@@ -448,16 +466,22 @@ def extract(
     config: ExtractConfig = ExtractConfig(),
     on_shard: Callable[[int, dict], None] | None = None,
     progress: bool = True,
+    dist: Distributed | None = None,
 ) -> dict:
     """Embed every record of ``source`` with ``model`` into the store folder ``out``; returns the
     summary also written to ``out/extract.json``.
 
     ``model`` is a hub id / local folder, or an already loaded :class:`DualEncoder`.
     ``on_shard(index, entry)`` is called after each shard is committed (tests use it to interrupt).
-    A rerun after an interruption resumes at the first unfinished shard; a rerun of a finished
+    A rerun after an interruption embeds only the unfinished shards; a rerun of a finished
     extraction with the same settings returns its summary without work.
+
+    Under torchrun (``dist``) rank r embeds shards r, r + world, ... (each rank reads the source
+    and skips the others' records without decoding them); rank 0 assembles the store, which is
+    byte-identical to a one-process extraction, and returns the summary; the other ranks return
+    ``{"rank": r, "shards": [indices they embedded]}`` once every rank's shards are written.
     """
-    from tqdm import tqdm
+    from dualsae.progress import tqdm
 
     out = Path(out)
     if isinstance(model, DualEncoder):
@@ -476,31 +500,45 @@ def extract(
     if not (out / SHARDS_DIR).is_dir() and any((out / f).exists() for f in ("image.npy", "text.npy", "meta.jsonl")):
         raise DataError(f"{out}: already holds a store not written by extract (no extract.json); choose another --out")
 
-    shards = ShardDir(out, settings)
-    skip = shards.records_done
+    dist = dist if dist is not None else Distributed()
+    shards = ShardDir(out, settings)  # every rank checks the settings ...
+    dist.barrier()
+    shards.start()  # ... before any records them (the same bytes, each write atomic)
+    dist.barrier()
+    done = shards.done
     total = source.count()
     if total is not None and config.limit is not None:
         total = min(total, config.limit)
     records: Iterable[Record] = iter(source)
     if config.limit is not None:
         records = islice(records, config.limit)
-    for _ in islice(records, skip):  # finished shards: consume their records without decoding images
-        pass
     pool = ThreadPoolExecutor(config.workers, thread_name_prefix="dualsae-img") if config.workers > 0 else None
-    bar = tqdm(total=total, initial=skip, unit="img", desc="extract", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=shards.records_done, unit="img", desc="extract", file=sys.stderr,
+               disable=not (progress and dist.is_main), dynamic_ncols=True)
+    n_shards, mine = 0, []
     try:
-        index = len(shards.shards)
-        for chunk in _chunks(records, config.shard_size):
+        for index, chunk in enumerate(_chunks(records, config.shard_size)):
+            n_shards = index + 1
+            # Finished shards and other ranks' shards: their records are read but never decoded.
+            if index in done or index % dist.world != dist.rank:
+                continue
             res = embed_shard(encoder, chunk, index * config.shard_size, source.kind, config.batch_size, pool, bar.update)
             entry = shards.add(index, len(chunk), res, config.store_dtype)
+            mine.append(index)
             bar.set_postfix(failed=sum(len(s["failures"]) for s in shards.shards))
             if on_shard is not None:
                 on_shard(index, entry)
-            index += 1
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    dist.barrier()  # every rank's shards are written
+    if not dist.is_main:  # rank 0 assembles; the others are done (no collective follows)
+        return {"rank": dist.rank, "shards": mine}
+    shards.reload()
+    missing = sorted(set(range(n_shards)) - shards.done)
+    if missing:
+        raise DataError(f"{shards.dir}: shard(s) {missing[:5]} of {n_shards} were not written; rerun the same command to finish them")
     return _finish(out, shards, source, encoder, config, settings)
 
 

@@ -73,6 +73,31 @@ class SAEPair:
     def decode_text(self, codes: SparseCodes) -> torch.Tensor:
         return self.decode("text", codes)
 
+    # ---- use (dualsae.translate): translation, steering, latents, top examples
+    def translate(self, x, source: str = "text", target: str = "image") -> torch.Tensor:
+        """x: [batch, d] -> [batch, d]: encode with the source SAE, decode with the target SAE."""
+        from dualsae.translate import translate
+
+        return translate(self, x, source, target)
+
+    def steer(self, x, latent: int, alpha: float, modality: str = "image") -> torch.Tensor:
+        """x: [batch, d] -> x + alpha ||x|| (unit decoder direction of ``latent`` in ``modality``)."""
+        from dualsae.translate import steer
+
+        return steer(self, x, latent, alpha, modality)
+
+    def latents_for(self, source, modality: str = "image", rows=None) -> SparseCodes:
+        """Codes of a store's rows (``rows``: positions, default all) or of embeddings [batch, d]."""
+        from dualsae.translate import latents_for
+
+        return latents_for(self, source, modality, rows)
+
+    def top_examples(self, latent: int, store, n: int = 10, modality: str = "both") -> dict:
+        """{modality: the n rows of ``store`` on which ``latent`` is most active}."""
+        from dualsae.translate import top_examples
+
+        return top_examples(self, latent, store, n, modality)
+
     def decoder_columns(self, modality: str) -> torch.Tensor:
         """[m_modality, d]: row j is the decoder direction of latent j in the shared index space."""
         return self.sae_for(modality).W_dec.detach()

@@ -39,7 +39,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from dualsae.data import PairedEmbeddings, open_npy
+from dualsae.data import PairedEmbeddings, open_npy, open_store, read_rows  # noqa: F401  (open_store re-exported)
 from dualsae.jsonfiles import iter_jsonl_objects, text_lines
 from dualsae.errors import ConfigError, DataError
 
@@ -573,7 +573,9 @@ class ShardedRows:
         for s in range(len(self.shards)):
             a, b = bounds[s], bounds[s + 1]
             if a < b:
-                out[order[a:b]] = self.shards[s][sidx[a:b] - self.offsets[s]]
+                # preadv per run of consecutive rows, as for a one-file store: only these rows are
+                # read (never the whole shard), and nothing is mapped into this process.
+                out[order[a:b]] = read_rows(self.shards[s], sidx[a:b] - self.offsets[s])
         return out
 
 
@@ -584,7 +586,6 @@ def _numbered(folder: Path, prefix: str, suffix: str) -> list[Path]:
     return [p for _, p in sorted(hits)]
 
 
-CLIP_RETRIEVAL_META_COLUMNS = ("caption", "url", "key", "image_path", "split")
 
 
 def _shard_number(p: Path) -> str:
@@ -594,8 +595,8 @@ def _shard_number(p: Path) -> str:
 def open_clip_retrieval(folder: str | Path, check_values: bool = True) -> PairedEmbeddings:
     """Open clip-retrieval output (``img_emb/``, ``text_emb/``, ``metadata/``) as a store, no copy.
 
-    image/text become :class:`ShardedRows` over the memory-mapped shards; meta rows carry the
-    parquet columns among :data:`CLIP_RETRIEVAL_META_COLUMNS` that are present. Shard i of each
+    image/text become :class:`ShardedRows` over the memory-mapped shards; meta rows carry every
+    parquet column (caption, url, key, image_path, split, and any label such as category). Shard i of each
     modality (and of metadata) must have the same number of rows.
     """
     root = Path(folder)
@@ -646,8 +647,7 @@ def _read_parquet_meta(paths: list[Path], emb: ShardedRows) -> list[dict]:
         if _shard_number(p) != _shard_number(ep):
             raise DataError(f"{p}: shard number differs from {ep.name}; expected the same shard numbers")
         pf = pq.ParquetFile(p)
-        names = pf.schema_arrow.names
-        cols = [c for c in CLIP_RETRIEVAL_META_COLUMNS if c in names]
+        cols = pf.schema_arrow.names
         if pf.metadata.num_rows != n:
             raise DataError(f"{p}: has {pf.metadata.num_rows:,} rows, {ep.name} has {n:,}; expected one metadata row per embedding")
         if not cols:
@@ -657,11 +657,3 @@ def _read_parquet_meta(paths: list[Path], emb: ShardedRows) -> list[dict]:
         rows += table.to_pylist()
     return rows
 
-
-def open_store(path: str | Path, check_values: bool = True) -> PairedEmbeddings:
-    """Open a store folder of either layout: dualsae's (``image.npy``/``text.npy``) or
-    clip-retrieval's (``img_emb/``, ``text_emb/``, ``metadata/``)."""
-    root = Path(path)
-    if (root / "img_emb").is_dir() or (root / "text_emb").is_dir():
-        return open_clip_retrieval(root, check_values=check_values)
-    return PairedEmbeddings.open(root, check_values=check_values)

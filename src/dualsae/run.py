@@ -45,6 +45,42 @@ def training_rows(path: str | Path | None) -> dict[str, Any]:
     return spec
 
 
+def recorded_data(path: str | Path) -> Path:
+    """The store a model folder was aligned on (``alignment.json`` / ``collapse.json`` field ``data``)
+    or trained on (``config.json`` field ``data.path``), following an aligned folder's ``source_run``.
+    Raises ConfigError when no recorded store exists on disk."""
+    from dualsae.errors import ConfigError
+
+    root = Path(path)
+    seen: list[str] = []
+    for _ in range(3):  # aligned folder -> its run folder
+        found, nxt = None, None
+        for name in ("alignment.json", "collapse.json"):
+            try:
+                raw = json.loads((root / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(raw, dict):
+                found, nxt = raw.get("data"), raw.get("source_run")
+                break
+        if found is None:
+            try:
+                raw = json.loads((root / "config.json").read_text())
+                found = (raw.get("data") or {}).get("path") if isinstance(raw, dict) else None
+            except (OSError, ValueError, AttributeError):
+                found = None
+        if isinstance(found, str) and found:
+            seen.append(found)
+            if Path(found).is_dir():
+                return Path(found)
+        if not nxt:
+            break
+        root = Path(nxt)
+    if seen:
+        raise ConfigError(f"{path}: the recorded store {seen[0]} is not a folder from here; pass --data")
+    raise ConfigError(f"{path}: records no store (field 'data'); pass --data")
+
+
 def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
     """Load a model as an :class:`SAEPair` (see :func:`_load_model`), refusing a folder whose writer
     did not finish and checking its files against the folder's manifest (:mod:`dualsae.outdir`)."""

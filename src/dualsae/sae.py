@@ -31,9 +31,10 @@ from torch import nn
 
 from dualsae.atomic import save_tensors, write_json
 from dualsae.codes import SparseCodes
+from dualsae.distributed import all_min, all_sum, batch_topk
 from dualsae.errors import CheckpointError, ConfigError
 from dualsae.jsonfiles import config_from_dict, read_json_object
-from dualsae.sparse_ops import gather_pre, sort_rows, sparse_decode
+from dualsae.sparse_ops import Pattern, gather_pre, gather_pre_values, sort_rows, sparse_decode
 
 ACTIVATIONS = ("topk", "batchtopk", "relu")
 DEC_BIAS_INITS = ("geometric_median", "mean", "zero")
@@ -175,6 +176,10 @@ class SAE(nn.Module):
         self.register_buffer("threshold", torch.tensor(-1.0))
         # Training samples since each latent last fired (for AuxK's dead-latent mask).
         self.register_buffer("samples_since_fired", torch.zeros(m, dtype=torch.long))
+        # dtype of the training forward's selection product only (TrainConfig.selection_dtype):
+        # with bfloat16 the [batch, m] product that *chooses* the latents runs in bfloat16 and the
+        # chosen pre-activations are recomputed in float32, so values and gradients stay float32.
+        self.selection_dtype = torch.float32
 
     # ------------------------------------------------------------------ basic maps
     @property
@@ -189,14 +194,27 @@ class SAE(nn.Module):
         """pre = W_enc (x - b_dec) + b_enc.  x: [batch, d] -> [batch, m]."""
         return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
 
-    def gather_pre(self, x: torch.Tensor, idx: torch.Tensor, pre_all: torch.Tensor) -> torch.Tensor:
+    def gather_pre(self, x: torch.Tensor, idx: torch.Tensor, pre_all: torch.Tensor,
+                   pattern: Pattern | None = None) -> torch.Tensor:
         """Pre-activations at selected latents with autograd.
 
         x: [batch, d]; idx: [batch, w] sorted per row; pre_all: [batch, m] computed without autograd.
         Returns [batch, w]. Only the w selected encoder rows take part in the backward pass, so it
-        costs O(batch * w * d) instead of O(batch * m * d).
+        costs O(batch * w * d) instead of O(batch * m * d). ``pattern``: ``Pattern(idx, m)``, to
+        share with the decoder of the same selection.
         """
-        return gather_pre(x, self.W_enc, self.b_enc, self.b_dec, idx, pre_all)
+        if self.selection_dtype != torch.float32:  # pre_all is approximate: recompute the w values
+            with torch.no_grad():
+                exact = torch.einsum("bd,bwd->bw", x - self.b_dec, self.W_enc[idx]) + self.b_enc[idx]
+            return gather_pre_values(x, self.W_enc, self.b_enc, self.b_dec, idx, exact, pattern)
+        return gather_pre(x, self.W_enc, self.b_enc, self.b_dec, idx, pre_all, pattern)
+
+    def selection_pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """pre [batch, m] for choosing latents, in ``selection_dtype`` (returned as float32)."""
+        if self.selection_dtype == torch.float32:
+            return self.pre_activations(x)
+        dt = self.selection_dtype
+        return F.linear((x - self.b_dec).to(dt), self.W_enc.to(dt), self.b_enc.to(dt)).float()
 
     def decode(self, codes: SparseCodes | torch.Tensor) -> torch.Tensor:
         """x_hat = sum_j z_j w_j + b_dec (eq. 3).
@@ -208,13 +226,17 @@ class SAE(nn.Module):
             return self.decode_sparse(codes.values, codes.indices) + self.b_dec
         return codes @ self.W_dec + self.b_dec
 
-    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """sum_j z_j w_j without the bias: an embedding_bag over the selected decoder rows. -> [batch, d]"""
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
+        """sum_j z_j w_j without the bias: an embedding_bag over the selected decoder rows. -> [batch, d]
+
+        ``pattern``: ``Pattern(indices, m)`` of indices already sorted per row (shared with the encoder).
+        """
         if values.shape[1] == 0:
             return torch.zeros(values.shape[0], self.d, dtype=self.W_dec.dtype, device=self.W_dec.device)
         if torch.is_grad_enabled() and (values.requires_grad or self.W_dec.requires_grad):
-            indices, values = sort_rows(indices, values)
-            return sparse_decode(values.to(self.W_dec.dtype), indices, self.W_dec)
+            if pattern is None:
+                indices, values = sort_rows(indices, values)
+            return sparse_decode(values.to(self.W_dec.dtype), indices, self.W_dec, pattern)
         return F.embedding_bag(indices, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum")
 
     # ------------------------------------------------------------------ inference
@@ -259,15 +281,18 @@ class SAE(nn.Module):
         """
         act = self.config.activation
         with torch.no_grad():
-            pre_all = self.pre_activations(x)
+            pre_all = self.selection_pre_activations(x) if act != "relu" else self.pre_activations(x)
         if act == "topk":
             idx = pre_all.topk(self.config.k, dim=1).indices.sort(dim=1).values
-            vals = F.relu(self.gather_pre(x, idx, pre_all))
+            pattern = Pattern(idx, self.m)
+            vals = F.relu(self.gather_pre(x, idx, pre_all, pattern))
         elif act == "batchtopk":
             batch = x.shape[0]
-            flat = F.relu(pre_all).flatten().topk(self.config.k * batch).indices
+            # Under torchrun the k * batch selection is over the global batch (dualsae.distributed).
+            flat = batch_topk(F.relu(pre_all).flatten(), self.config.k * batch)
             idx, mask = sort_rows(*flat_topk_to_padded(flat, batch, self.m))
-            vals = F.relu(self.gather_pre(x, idx, pre_all)) * mask
+            pattern = Pattern(idx, self.m)
+            vals = F.relu(self.gather_pre(x, idx, pre_all, pattern)) * mask
             if self.training:
                 self._update_threshold(vals.detach(), mask)
         else:
@@ -275,14 +300,15 @@ class SAE(nn.Module):
             codes = SparseCodes.from_dense(dense)
             return SAEOutput(codes, dense @ self.W_dec + self.b_dec, pre_all)
         codes = SparseCodes(vals, idx, self.m)
-        return SAEOutput(codes, self.decode(codes), pre_all)
+        return SAEOutput(codes, self.decode_sparse(vals, idx, pattern) + self.b_dec, pre_all)
 
     @torch.no_grad()
     def _update_threshold(self, vals: torch.Tensor, mask: torch.Tensor) -> None:
         positive = vals[mask & (vals > 0)]
-        if positive.numel() == 0:
+        # The minimum over the global batch (every rank's share under torchrun); +inf: none fired.
+        batch_min = all_min(positive.min() if positive.numel() else vals.new_tensor(float("inf")))
+        if not torch.isfinite(batch_min):
             return
-        batch_min = positive.min()
         if self.threshold.item() < 0:
             self.threshold.copy_(batch_min)
         else:
@@ -294,7 +320,10 @@ class SAE(nn.Module):
         """Advance the dead-latent counters by one batch. codes: [batch, width]."""
         fired = torch.zeros(self.m, dtype=torch.bool, device=codes.indices.device)
         fired[codes.indices[codes.values > 0]] = True
-        self.samples_since_fired.add_(codes.batch)
+        # Under torchrun: fired anywhere in the global batch, which has the ranks' rows together.
+        fired = all_sum(fired.to(torch.int32)) > 0
+        rows = int(all_sum(torch.tensor(codes.batch, device=fired.device)).item())
+        self.samples_since_fired.add_(rows)
         self.samples_since_fired[fired] = 0
 
     def dead_mask(self) -> torch.Tensor:
@@ -319,7 +348,9 @@ class SAE(nn.Module):
         if g is None:
             return
         w = self.W_dec.data
-        # In place: g -= <g, w> w, without a [m, d] temporary for the product.
+        # In place: g -= <g, w> w, without a [m, d] temporary for the product. (Row blocks that stay
+        # in cache halve the memory traffic on one thread, but each block is a parallel region of its
+        # own, and on a loaded 2-core machine those cost more than they save: measured, not kept.)
         g.addcmul_(w, torch.linalg.vecdot(g, w).unsqueeze(1), value=-1.0)
 
     @torch.no_grad()

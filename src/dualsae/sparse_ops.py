@@ -2,15 +2,18 @@
 
 A TopK SAE touches only k of its m latents per row, yet autograd through ``F.embedding`` /
 ``embedding_bag`` materialises ``[batch, k, d]`` gathers in the backward pass, which on a CPU costs
-more than the dense product it replaces. These functions compute the same gradients with sparse
-matrix kernels instead (CSR @ dense, sampled dense-dense products, ``embedding_bag`` forward):
+more than the dense product it replaces. These functions compute the same gradients with
+``embedding_bag`` kernels over the selected entries, grouped by row (decode, input gradient) or by
+latent (weight gradients, via ``Pattern``), and one sampled dense-dense product (code gradients):
 
     gather_pre:    pre[b, j] for the selected (b, j), with gradients for x, W_enc, b_enc, b_dec
     sparse_decode: sum_j z_bj W_dec[j], with gradients for the values z and W_dec
 
-Index lists must be sorted within each row (``sort_rows``) so the CSR patterns are valid. Entries
-repeated inside a row (padding) are allowed; they carry value 0 and get the gradient a dense
-computation would give them. Equivalence with dense autograd is tested in ``tests/test_sae.py``.
+Index lists must be sorted within each row (``sort_rows``) so the sampled product's CSR pattern is
+valid. Entries repeated inside a row (padding) are allowed; they carry value 0 and get the gradient a
+dense computation would give them. Equivalence with dense autograd is tested in ``tests/test_sae.py``.
+The latent-grouped ``embedding_bag`` replaced CSR products (``CSR [m, batch] @ [batch, d]``), which
+were 4-6x slower for the two weight gradients on this CPU (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -42,69 +45,112 @@ def _rows_csr(idx: torch.Tensor, vals: torch.Tensor, m: int) -> torch.Tensor:
     return _csr(crow, idx.reshape(-1), vals.reshape(-1), (batch, m))
 
 
-def _cols_csr(idx: torch.Tensor, vals: torch.Tensor, m: int) -> torch.Tensor:
-    """CSR [m, batch]: the transpose of the row pattern (entries grouped by latent)."""
-    batch, w = idx.shape
-    flat = idx.reshape(-1)
-    order = flat.argsort(stable=True)
-    rows = flat[order]
-    cols = torch.arange(batch, device=idx.device).repeat_interleave(w)[order]
-    crow = torch.zeros(m + 1, dtype=torch.long, device=idx.device)
-    crow[1:] = torch.bincount(rows, minlength=m).cumsum(0)
-    return _csr(crow, cols, vals.reshape(-1)[order], (m, batch))
+class Pattern:
+    """The selected (row, latent) pairs of one forward pass, in both groupings.
+
+    idx: [batch, w], sorted per row (the row grouping, for ``embedding_bag`` over weight rows).
+    The latent grouping (the transpose) is what the weight gradients need: ``order`` sorts the
+    flattened entries by latent (stable, so by row within a latent), ``rows`` holds each sorted
+    entry's batch row and ``offsets`` [m] where each latent's entries start. Built once and shared
+    by the encoder and decoder backward passes of the same selection.
+    """
+
+    def __init__(self, idx: torch.Tensor, m: int) -> None:
+        batch, w = idx.shape
+        self.idx = idx
+        self.m = m
+        flat = idx.reshape(-1)
+        self.order = flat.argsort(stable=True)
+        self.rows = self.order // w  # entry e of the flattened [batch, w] lies in row e // w
+        counts = torch.bincount(flat, minlength=m)
+        self.offsets = counts.cumsum(0) - counts
+
+    def by_latent(self, vals: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """sum over the selected (b, j) of vals[b, j] * dense[b], grouped by latent j -> [m, d].
+
+        vals: [batch, w]; dense: [batch, d]. The transposed sparse-dense product as one
+        ``embedding_bag`` (bags = latents, rows = batch rows), which on a CPU runs several times
+        faster than the CSR product and needs no [batch * w, d] temporary.
+        """
+        return F.embedding_bag(self.rows, dense, offsets=self.offsets,
+                               per_sample_weights=vals.reshape(-1)[self.order], mode="sum")
+
+    def per_latent_sum(self, vals: torch.Tensor) -> torch.Tensor:
+        """sum of vals[b, j] over the rows b that selected latent j -> [m]."""
+        return torch.zeros(self.m, dtype=vals.dtype, device=vals.device).index_add_(0, self.idx.reshape(-1), vals.reshape(-1))
 
 
 class _GatherPre(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, b_dec, idx, pre_sel):  # type: ignore[override]
-        ctx.save_for_backward(x, W_enc, b_dec, idx)
+    def forward(ctx, x, W_enc, b_enc, b_dec, pattern, pre_sel):  # type: ignore[override]
+        ctx.save_for_backward(x, W_enc, b_dec)
+        ctx.pattern = pattern
         return pre_sel.clone()
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        x, W_enc, b_dec, idx = ctx.saved_tensors
-        m = W_enc.shape[0]
+        x, W_enc, b_dec = ctx.saved_tensors
+        pattern: Pattern = ctx.pattern
         g = g.contiguous()
-        grad_W = _cols_csr(idx, g, m) @ (x - b_dec)
-        grad_b_enc = torch.zeros(m, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
-        grad_xc = F.embedding_bag(idx, W_enc, per_sample_weights=g, mode="sum")
-        grad_x = grad_xc if ctx.needs_input_grad[0] else None
-        return grad_x, grad_W, grad_b_enc, -grad_xc.sum(0), None, None
+        grad_W = pattern.by_latent(g, x - b_dec)
+        grad_b_enc = pattern.per_latent_sum(g)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(pattern.idx, W_enc, per_sample_weights=g, mode="sum")
+            grad_b_dec = -grad_x.sum(0)
+        else:
+            # d pre[b, j] / d b_dec = -W_enc[j]: summed over the selections this is the per-latent
+            # gradient sum times W_enc, an [m] x [m, d] product instead of a [batch, w, d] gather.
+            grad_b_dec = -(grad_b_enc @ W_enc)
+        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals, idx, W_dec):  # type: ignore[override]
-        ctx.save_for_backward(vals, idx, W_dec)
-        return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+    def forward(ctx, vals, W_dec, pattern):  # type: ignore[override]
+        ctx.save_for_backward(vals, W_dec)
+        ctx.pattern = pattern
+        return F.embedding_bag(pattern.idx, W_dec, per_sample_weights=vals, mode="sum")
 
     @staticmethod
     def backward(ctx, G):  # type: ignore[override]
-        vals, idx, W_dec = ctx.saved_tensors
+        vals, W_dec = ctx.saved_tensors
+        pattern: Pattern = ctx.pattern
         m = W_dec.shape[0]
         G = G.contiguous()
         grad_vals = None
         if ctx.needs_input_grad[0]:
-            pattern = _rows_csr(idx, torch.ones_like(vals), m)
+            mask = _rows_csr(pattern.idx, torch.ones_like(vals), m)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                grad_vals = torch.sparse.sampled_addmm(pattern, G, W_dec.t(), beta=0.0).values().view_as(vals)
-        grad_W = _cols_csr(idx, vals, m) @ G if ctx.needs_input_grad[2] else None
-        return grad_vals, None, grad_W
+                grad_vals = torch.sparse.sampled_addmm(mask, G, W_dec.t(), beta=0.0).values().view_as(vals)
+        grad_W = pattern.by_latent(vals, G) if ctx.needs_input_grad[1] else None
+        return grad_vals, grad_W, None
 
 
 def gather_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor,
-               idx: torch.Tensor, pre_all: torch.Tensor) -> torch.Tensor:
+               idx: torch.Tensor, pre_all: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
     """Pre-activations W_enc[j] . (x_b - b_dec) + b_enc[j] at idx ([batch, w], sorted per row).
 
     The values are read from ``pre_all`` ([batch, m], computed without autograd); only the
-    backward pass is new, costing O(batch * w * d).
+    backward pass is new, costing O(batch * w * d). ``pattern``: ``Pattern(idx, m)`` when the
+    caller shares it with ``sparse_decode``.
     """
-    return _GatherPre.apply(x, W_enc, b_enc, b_dec, idx, pre_all.gather(1, idx))
+    pattern = pattern if pattern is not None else Pattern(idx, W_enc.shape[0])
+    return _GatherPre.apply(x, W_enc, b_enc, b_dec, pattern, pre_all.gather(1, idx))
 
 
-def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+def gather_pre_values(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor,
+                      idx: torch.Tensor, values: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
+    """As :func:`gather_pre`, with the forward values given directly ([batch, w], e.g. recomputed in
+    float32 when the selection product ran in bfloat16)."""
+    pattern = pattern if pattern is not None else Pattern(idx, W_enc.shape[0])
+    return _GatherPre.apply(x, W_enc, b_enc, b_dec, pattern, values)
+
+
+def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
     """sum_j vals[b, j] * W_dec[idx[b, j]] -> [batch, d] (idx sorted per row)."""
-    if vals.device.type != "cpu" and not vals.requires_grad and not W_dec.requires_grad:
+    if not vals.requires_grad and not W_dec.requires_grad:
         return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
-    return _SparseDecode.apply(vals, idx, W_dec)
+    pattern = pattern if pattern is not None else Pattern(idx, W_dec.shape[0])
+    return _SparseDecode.apply(vals, W_dec, pattern)

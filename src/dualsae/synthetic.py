@@ -31,7 +31,7 @@ from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
+from dualsae.progress import tqdm
 
 from dualsae.atomic import atomic_path, write_json
 from dualsae.data import write_store

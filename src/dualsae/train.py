@@ -36,7 +36,9 @@ import torch
 from dualsae.atomic import append_jsonl, save_tensors, write_json, write_text
 from dualsae.calibration import calibrate, needs_calibration
 from dualsae.codes import SparseCodes
+from dualsae.batches import BatchReader
 from dualsae.data import PairedEmbeddings, epoch_order
+from dualsae.distributed import Distributed
 from dualsae.errors import CheckpointError, ConfigError, DataError
 from dualsae.faults import fault_point
 from dualsae.fingerprint import resume_mismatch, store_fingerprint
@@ -57,6 +59,7 @@ METHODS = ("specific", "shared", "group-sparse", "iso-energy")
 PAIRED_METHODS = ("group-sparse", "iso-energy")
 SCHEDULES = ("cosine", "constant")
 ISO_FORMS = ("cosine", "dot")
+SELECTION_DTYPES = ("float32", "bfloat16")
 RUN_FORMAT = "dualsae.run/1"
 
 #: Paper presets. ``real``: App. E.4 (and E.1: 30 epochs); ``synthetic``: App. E.2.
@@ -131,6 +134,10 @@ class TrainConfig:
     split_seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 10
+    # dtype of the selection product alone (the [batch, m] encoder product that picks the active
+    # latents); the picked values, the loss and the gradients stay float32. bfloat16 is faster on
+    # GPUs and recent CPUs; it can pick another latent where two pre-activations nearly tie.
+    selection_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -156,6 +163,8 @@ class TrainConfig:
             raise ConfigError(f"training field 'preset' must be one of {', '.join(PRESETS)}, found {self.preset!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"training field 'schedule' must be one of {', '.join(SCHEDULES)}, found {self.schedule!r}")
+        if self.selection_dtype not in SELECTION_DTYPES:
+            raise ConfigError(f"training field 'selection_dtype' must be one of {', '.join(SELECTION_DTYPES)}, found {self.selection_dtype!r}")
         if self.iso_energy_form not in ISO_FORMS:
             raise ConfigError(f"training field 'iso_energy_form' must be one of {', '.join(ISO_FORMS)}, found {self.iso_energy_form!r}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -182,6 +191,9 @@ class TrainConfig:
         m = self.latents_per_sae
         if self.method == "specific" and self.latents < 4:
             raise ConfigError(f"training field 'latents' must be >= 4 for method specific (m/2 per modality), found {self.latents}")
+        if self.method == "specific" and self.latents % 2:
+            raise ConfigError(f"training field 'latents' must be even for method specific (m/2 per modality SAE), "
+                              f"found {self.latents}; use {self.latents - 1} or {self.latents + 1}")
         if self.activation != "relu" and not 1 <= self.k < m:
             raise ConfigError(
                 f"training field 'k' must satisfy 1 <= k < m, found k={self.k} with m={m} latents per SAE"
@@ -263,6 +275,7 @@ def _make_members(config: TrainConfig, store: PairedEmbeddings, device: torch.de
         members = [_Member("shared", SAE(sae_cfg, generator=gen), mods)]
     for mem in members:
         mem.sae.to(device)
+        mem.sae.selection_dtype = getattr(torch, config.selection_dtype)
         mem.opt = make_adamw(mem.sae.parameters(), config)
     return members
 
@@ -488,7 +501,9 @@ def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tenso
     return loss, logs
 
 
-def _step(members: list[_Member], config: TrainConfig, batch: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+def _step(members: list[_Member], config: TrainConfig, batch: dict[str, torch.Tensor], lr: float,
+          reduce_grads: Callable[[torch.nn.Module], None] | None = None) -> dict[str, float]:
+    """One optimizer step of every member; ``reduce_grads`` combines the ranks' gradients under torchrun."""
     logs: dict[str, float] = {}
     for mem in members:
         for group in mem.opt.param_groups:
@@ -496,6 +511,8 @@ def _step(members: list[_Member], config: TrainConfig, batch: dict[str, torch.Te
         mem.opt.zero_grad(set_to_none=True)
         loss, mlogs = _member_loss(mem, config, batch)
         loss.backward()
+        if reduce_grads is not None:
+            reduce_grads(mem.sae)
         mem.sae.remove_parallel_grad()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(mem.sae.parameters(), config.grad_clip)
@@ -542,21 +559,35 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    dist: Distributed | None = None,
+    prefetch: bool | None = None,
 ) -> SAEPair:
     """Train ``config.method`` on ``store`` (already restricted to the training rows).
+
+    ``dist``: under torchrun (:meth:`Distributed.from_env`) each rank reads its slice of every
+    global batch of ``batch_size`` pairs and the step is that of the whole batch (DDP semantics,
+    see :mod:`dualsae.distributed`); rank 0 alone writes files and shows progress. ``prefetch``:
+    read the next batch in a background thread (pinned memory on CUDA); default on for CUDA.
 
     Writes into ``out_dir`` (if given): ``config.json``, ``metrics.jsonl`` (one row per
     ``log_every`` steps), ``checkpoint/state.safetensors`` every ``checkpoint_every`` steps, and on
     completion the SAE folder(s) ``image/`` + ``text/`` or ``shared/`` and ``summary.json``.
     Returns the trained model as an :class:`SAEPair`.
     """
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
-    device = torch.device(device)
+    dist = dist if dist is not None else Distributed()
+    device = dist.device(device)
+    if dist.world > min(config.batch_size, store.n):
+        raise ConfigError(f"training field 'batch_size' is {config.batch_size} pairs over {store.n:,} rows; each of the {dist.world} ranks needs at least one row per step")
     if config.method in PAIRED_METHODS:
         store.require_pairs(f"method {config.method}")
     if store.n < 1:
         raise DataError(f"{store.root}: the training split has no rows")
+    if config.batch_size > store.n:
+        raise ConfigError(f"{store.root}: training field 'batch_size' is {config.batch_size:,}, larger than the "
+                          f"{store.n:,} rows of the training split (the last partial batch is dropped, so no step "
+                          f"would run); use --batch-size {store.n} or less")
     run_dir = Path(out_dir) if out_dir is not None else None
     members = _make_members(config, store, device)
     total = steps_per_epoch(store.n, config.batch_size) * config.epochs
@@ -567,48 +598,64 @@ def train(
             if (run_dir / "summary.json").is_file():
                 raise CheckpointError(f"{run_dir}/summary.json: this run already finished; nothing to resume")
             start = _load_checkpoint(run_dir, members)
-            _truncate_metrics(run_dir / "metrics.jsonl", start)
+            dist.barrier()  # every rank has read the checkpoint before rank 0 touches the folder
+            if dist.is_main:
+                _truncate_metrics(run_dir / "metrics.jsonl", start)
         else:
             if (run_dir / "config.json").exists():
                 raise CheckpointError(f"{run_dir}: already holds a run (config.json); pass --resume to continue it or choose a new --out")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / "config.json", _run_config_dict(config, store))
-    calibration = _use_calibration(members, config, store, device, run_dir, resume)
+            dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+            if dist.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / "config.json", _run_config_dict(config, store))
+    # Every rank measures the same scale (a pure function of config and rows); rank 0 records it.
+    calibration = _use_calibration(members, config, store, device, run_dir if dist.is_main or resume else None, resume)
     if start == 0:
         for mem in members:
             sample = torch.cat([store.sample(m, 10_000, seed=config.seed) for m in mem.modalities])
             mem.sae.init_decoder_bias(sample.to(device))
+    for mem in members:
+        dist.broadcast_module(mem.sae)  # identical already (same seed / checkpoint); as DDP does
+    writes = run_dir is not None and dist.is_main
+    progress = progress and dist.is_main
     t0 = time.time()
     bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}", unit="step", dynamic_ncols=True)
     logs: dict[str, float] = {}
     batch_positions = _BatchOrder(store.n, config)
-    for step in range(start, total):
-        pos = batch_positions(step)
-        batch = {m: store.read(m, pos).to(device) for m in ("image", "text") if store.has(m)}
-        logs = _step(members, config, batch, lr_at(step, total, config))
-        done = step + 1
-        check_loss(done, logs, lambda: _last_good(run_dir))
-        if run_dir is not None and (done % config.log_every == 0 or done == total):
-            row = {"step": done, "epoch": step // steps_per_epoch(store.n, config.batch_size), "lr": lr_at(step, total, config)}
-            # Significant digits, not fixed decimals: losses of inputs scaled by 1e-4 are ~1e-9.
-            row.update({k: float(f"{v:.7g}") for k, v in logs.items()})
-            row["time_s"] = round(time.time() - t0, 2)
-            append_jsonl(run_dir / "metrics.jsonl", row)
-        if run_dir is not None and done % config.checkpoint_every == 0 and done < total:
-            check_weights(done, ((mem.name, mem.sae) for mem in members), lambda: _last_good(run_dir))
-            _save_checkpoint(run_dir, members, done)
-        if on_step is not None:
-            on_step(done, logs)
-        if progress:
-            bar.set_postfix(loss=f"{logs['loss']:.4g}", mse=f"{np.mean([v for k, v in logs.items() if k.startswith('mse_')]):.4g}",
-                            L0=f"{logs['l0']:.1f}", dead=f"{logs['dead_frac']:.3f}", refresh=False)
-        bar.update(1)
-        if step % 8 == 0:
-            store.release_pages()
+    global_rows = min(config.batch_size, store.n)
+    batches = BatchReader(store, lambda s: dist.slice(batch_positions(s)), total, device, prefetch)
+    with dist.active():
+        for step in range(start, total):
+            batch = batches(step)
+            rows = next(iter(batch.values())).shape[0]
+            reduce = (lambda sae: dist.reduce_grads(sae, rows, global_rows)) if dist.enabled else None
+            logs = _step(members, config, batch, lr_at(step, total, config), reduce)
+            done = step + 1
+            check_loss(done, logs, lambda: _last_good(run_dir))
+            if run_dir is not None and (done % config.log_every == 0 or done == total):
+                logs = dist.mean_logs(logs, rows, global_rows)  # the global batch's values (all ranks take part)
+            if writes and (done % config.log_every == 0 or done == total):
+                row = {"step": done, "epoch": step // steps_per_epoch(store.n, config.batch_size), "lr": lr_at(step, total, config)}
+                # Significant digits, not fixed decimals: losses of inputs scaled by 1e-4 are ~1e-9.
+                row.update({k: float(f"{v:.7g}") for k, v in logs.items()})
+                row["time_s"] = round(time.time() - t0, 2)
+                append_jsonl(run_dir / "metrics.jsonl", row)
+            if writes and done % config.checkpoint_every == 0 and done < total:
+                check_weights(done, ((mem.name, mem.sae) for mem in members), lambda: _last_good(run_dir))
+                _save_checkpoint(run_dir, members, done)
+            if on_step is not None:
+                on_step(done, logs)
+            if progress:
+                bar.set_postfix(loss=f"{logs['loss']:.4g}", mse=f"{np.mean([v for k, v in logs.items() if k.startswith('mse_')]):.4g}",
+                                L0=f"{logs['l0']:.1f}", dead=f"{logs['dead_frac']:.3f}", refresh=False)
+            bar.update(1)
+            if step % 8 == 0:
+                store.release_pages()
     bar.close()
+    batches.close()
     pair = _as_pair(config.method, {mem.name: mem.sae for mem in members})
     check_weights(total, ((mem.name, mem.sae) for mem in members), lambda: _last_good(run_dir))
-    if run_dir is not None:
+    if writes:
         for i, mem in enumerate(members):
             if i:
                 fault_point("train-between-saes", str(run_dir))
@@ -618,6 +665,7 @@ def train(
             summary["calibration"] = calibration
         write_json(run_dir / "summary.json", summary)
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    dist.barrier()  # every rank returns once the run folder is complete
     for mem in members:
         mem.sae.eval()
     return pair

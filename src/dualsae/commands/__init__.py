@@ -11,5 +11,7 @@ COMMAND_MODULES = (
     "extract",
     "evaluate",
     "reproduce",
+    "translate",
+    "diagnose",
     "report",
 )

@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, open_data, resolve_split
-from dualsae.devices import resolve_device
+from dualsae.commands.common import add_split_args, data_arg, open_data, resolve_data, resolve_split
+from dualsae.distributed import Distributed, resolve_device
 from dualsae.errors import ConfigError
 from dualsae.fingerprint import recorded_fingerprint, store_warnings
 from dualsae.outdir import check_output, claim_output, commit_output
@@ -25,22 +25,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "share of live latents matched to themselves (App. F.2).",
     )
     p.add_argument("run", help="run folder written by 'dualsae train'")
-    p.add_argument("--data", required=True, help="store folder with paired image.npy and text.npy")
+    data_arg(p, "store folder with paired image.npy and text.npy")
     p.add_argument("--out", required=True, help="folder to write the aligned model or collapse report to")
     add_split_args(p, None)
     p.add_argument("--batch-size", type=int, default=4096, help="rows encoded per step (default: 4096)")
     p.add_argument("--solver", default="auto", choices=("auto", "scipy", "lapjv"),
                    help="assignment solver: lapjv (lapx), scipy, or auto = lapjv when lapx is installed (default: auto)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu; under torchrun cuda is each rank's own GPU)")
     p.add_argument("--no-correlation", action="store_true",
                    help="do not write correlation.safetensors (the live block of C; 'dualsae analyze heterogeneity' then needs --data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_confidence_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dualsae.align import align
+    from dualsae.align import align, coactivation_correlation
     from dualsae.run import load_model
 
     run_dir, out = Path(args.run), Path(args.out)
@@ -48,23 +49,36 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is the run folder itself; choose a new folder so the trained SAEs are kept unpermuted")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
-    resolve_device(args.device)
-    pair = load_model(run_dir, device=args.device)
-    store = open_data(args.data)
+    device = resolve_device(args.device)
+    dist = Distributed.from_env(device)  # a torchrun rank, or one process
+    device = dist.device(device)
+    pair = load_model(run_dir, device=device)
+    confidence = confidence_options(args)
+    data = resolve_data(args, run_dir)
+    store = open_data(data)
     store.require_pairs("alignment (the coactivation correlation of eq. 5)")
     split, test_fraction, split_seed = resolve_split(args, run_dir)
     rows = store.split(split, test_fraction=test_fraction, seed=split_seed)
-    for line in store_warnings(run_dir, rows, "align"):
-        print(line, file=sys.stderr)
-    job = {"run": str(run_dir.resolve()), "data": str(Path(args.data).resolve()), "split": split,
+    job = {"run": str(run_dir.resolve()), "data": str(Path(data).resolve()), "split": split,
            "test_fraction": test_fraction, "split_seed": split_seed}
-    check_output(out, "align", job, overwrite=args.overwrite)  # before the lock file is created in someone's folder
+    if dist.is_main:
+        for line in store_warnings(run_dir, rows, "align"):
+            print(line, file=sys.stderr)
+        check_output(out, "align", job, overwrite=args.overwrite)  # refuse someone else's folder before the work
+    stats = None
+    if dist.enabled:  # each rank streams its batches; the eq. 5 sums are all-reduced; rank 0 goes on
+        try:
+            stats = coactivation_correlation(pair, rows, batch_size=args.batch_size, device=device,
+                                             progress=not args.no_progress and dist.is_main, dist=dist)
+        finally:
+            dist.close()
+        if not dist.is_main:
+            return 0
+    result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
+                   source=str(run_dir), progress=not args.no_progress, confidence=confidence)
+    result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
+                          "fingerprint": recorded_fingerprint(run_dir)})
     with output_lock(out, "this aligned model"):
-        check_output(out, "align", job, overwrite=args.overwrite)  # again, holding the lock, before the work
-        result = align(pair, rows, batch_size=args.batch_size, solver=args.solver, device=args.device,
-                       source=str(run_dir), progress=not args.no_progress)
-        result.report.update({"data": str(args.data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
-                              "fingerprint": recorded_fingerprint(run_dir)})
         claim_output(out, "align", job, overwrite=args.overwrite)  # unfinished until commit_output
         result.save(out, save_correlation=not args.no_correlation)
         commit_output(out)
@@ -75,10 +89,14 @@ def run(args: argparse.Namespace) -> int:
         rate = rep["collapse_rate"]
         print(f"{run_dir} ({rep['source_method']}, shared SAE, m={rep['m']}) on {rep['rows']:,} rows [{split}]")
         print(f"  live latents: image {live['image']:,}, text {live['text']:,}, either {live['either']:,}, both {live['both']:,}")
-        print(f"  matched {rep['matched']:,}; collapsed (P(i) = i) {rep['collapsed']:,}")
+        print(f"  matched {rep['matched']:,}; collapsed (P(i) = i) {rep['collapsed']:,}; modality-only: "
+              f"image {len(result.matching.image_only):,}, text {len(result.matching.text_only):,}")
         print(f"  collapse rate {100 * rate:.2f}% of live latents" if rate is not None else "  collapse rate: undefined (no live latents)")
-        if rep["mean_matched_correlation"] is not None:
-            print(f"  mean matched correlation {rep['mean_matched_correlation']:.4f}")
+        of_matched = rep["collapse_rate_of_matched"]
+        if of_matched is not None:
+            print(f"  collapse rate {100 * of_matched:.2f}% of matched pairs")
+        for line in match_summary_lines(result.matching.corr, rep["matching"], rep.get("confidence")):
+            print(line)
         print(f"  -> {out / 'collapse.json'}  (correlation {t['correlation_s']:.1f}s, assignment {t['assignment_s']:.1f}s)")
         return 0
     live, dead = rep["live"], rep["dead"]
@@ -89,5 +107,58 @@ def run(args: argparse.Namespace) -> int:
     print(f"  matched {rep['matched_count']:,}; image-only {len(rep['unmatched']['image_only']):,}, "
           f"text-only {len(rep['unmatched']['text_only']):,}")
     print(f"  mean matched correlation {mean:.4f}" if mean is not None else "  mean matched correlation: none matched")
+    for line in match_summary_lines(result.matching.corr, rep["matched"], rep.get("confidence")):
+        print(line)
     print(f"  -> {out}  (correlation {t['correlation_s']:.1f}s, assignment {t['assignment_s']:.1f}s)")
     return 0
+
+
+def add_confidence_args(p: argparse.ArgumentParser) -> None:
+    """Match-confidence flags (dualsae.match_confidence)."""
+    g = p.add_argument_group("match confidence")
+    g.add_argument("--min-correlation", default=None,
+                   help="leave matched pairs with a lower coactivation correlation unmatched (modality-only); "
+                        "a number, or 'null' for each pair's own permutation-null threshold (default: keep all)")
+    g.add_argument("--min-support", type=int, default=0,
+                   help="leave matched pairs that co-fire on fewer rows unmatched (default: 0 = keep all)")
+    g.add_argument("--shuffles", type=int, default=200,
+                   help="random re-pairings of the rows for each pair's null threshold; 0 = support only (default: 200)")
+    g.add_argument("--null-quantile", type=float, default=0.99,
+                   help="quantile of the shuffled correlations taken as the null threshold (default: 0.99)")
+
+
+def confidence_options(args: argparse.Namespace):
+    from dualsae.match_confidence import ConfidenceOptions
+
+    mc = args.min_correlation
+    if mc is not None and mc != "null":
+        try:
+            mc = float(mc)
+        except ValueError:
+            raise ConfigError(f"--min-correlation must be a number or 'null', found {mc!r}") from None
+    return ConfidenceOptions(shuffles=args.shuffles, quantile=args.null_quantile, min_correlation=mc,
+                             min_support=args.min_support)
+
+
+def match_summary_lines(corr, matched: dict, confidence: dict | None) -> list[str]:
+    """Console lines: quartiles of the matched correlations, support, how many beat the null."""
+    import numpy as np
+
+    if len(corr) == 0:
+        return []
+    q = np.quantile(corr, [0.1, 0.25, 0.5, 0.75, 0.9])
+    bins = np.histogram(corr, bins=[-1, 0, 0.2, 0.4, 0.6, 0.8, 1.0001])[0]
+    lines = [f"  matched correlation: p10 {q[0]:.3f}  q1 {q[1]:.3f}  median {q[2]:.3f}  q3 {q[3]:.3f}  p90 {q[4]:.3f}",
+             "    c <0 / 0-.2 / .2-.4 / .4-.6 / .6-.8 / .8-1: " + " / ".join(f"{b:,}" for b in bins)]
+    if confidence is not None and "support" in matched:
+        sup = np.asarray(matched["support"])
+        sq = np.quantile(sup, [0.25, 0.5, 0.75])
+        lines.append(f"  co-firing support (rows): q1 {sq[0]:,.0f}  median {sq[1]:,.0f}  q3 {sq[2]:,.0f};  "
+                     f"below 5 rows: {int((sup < 5).sum()):,}")
+        if confidence.get("above_null") is not None:
+            lines.append(f"  above their permutation-null threshold (q{confidence['quantile']:g}, {confidence['shuffles']} shuffles): "
+                         f"{confidence['above_null']:,} of {len(sup):,}")
+        if confidence.get("dropped_by_threshold"):
+            lines.append(f"  left unmatched by --min-correlation {confidence['min_correlation']} / --min-support "
+                         f"{confidence['min_support']}: {confidence['dropped_by_threshold']:,} pairs (now modality-only)")
+    return lines

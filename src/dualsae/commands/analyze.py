@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from dualsae.commands.common import check_batch_size, check_width, open_data
-from dualsae.devices import resolve_device
+from dualsae.distributed import resolve_device
 from dualsae.errors import ConfigError
 from dualsae.outdir import check_output, claim_output, commit_output
 from dualsae.runlock import output_lock
@@ -42,13 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.set_defaults(func=run_heterogeneity)
 
     t = what.add_parser(
-        "top", help="captions of the rows that activate one latent most",
-        description="Print the rows of --data on which latent J (shared index of an aligned model) is "
-        "most active, with their captions from meta.jsonl, for one or both modalities.",
+        "top", help="captions of the rows that activate latents most",
+        description="Print the rows of --data on which each latent J (shared index of an aligned model) is "
+        "most active, with their captions from meta.jsonl, for one or both modalities: the share of rows "
+        "on which the latent fires, then the top rows with identical captions merged (xN = N rows share "
+        "the caption; the strongest is shown). One pass over the store serves every latent given.",
     )
     t.add_argument("model", help="aligned folder or run folder")
-    t.add_argument("--data", required=True, help="store folder (meta.jsonl gives the captions)")
-    t.add_argument("--latent", type=int, required=True, help="latent index J")
+    t.add_argument("--data", default=None, help="store folder (meta.jsonl gives the captions; default: the store recorded in the model's folder)")
+    t.add_argument("--latent", type=int, nargs="+", required=True, help="latent index J (several allowed)")
+    t.add_argument("--no-collapse", action="store_true", help="list every row, identical captions included")
     t.add_argument("--modality", choices=("image", "text", "both"), default="both", help="encoder to use (default: both)")
     t.add_argument("-n", type=int, default=10, help="examples per modality (default: 10)")
     t.add_argument("--split", default="all", help="rows of --data to search (default: all)")
@@ -96,7 +99,8 @@ def run_heterogeneity(args: argparse.Namespace) -> int:
 
 
 def run_top(args: argparse.Namespace) -> int:
-    from dualsae.analysis import top_activating
+    from dualsae.commands.common import resolve_data
+    from dualsae.examples import top_examples_many
     from dualsae.run import load_model
 
     if args.n < 1:
@@ -104,30 +108,40 @@ def run_top(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size)
     resolve_device(args.device)
     pair = load_model(args.model, device=args.device)
-    store = open_data(args.data).split(args.split)
+    data = resolve_data(args, args.model)
+    store = open_data(data).split(args.split)
     check_width(pair, store, args.model)
-    corr = _matched_corr(pair, args.latent)
-    head = f"latent {args.latent} of {args.model}" + (f" (matched c = {corr:.3f})" if corr is not None else "")
-    print(head)
-    mods = ("image", "text") if args.modality == "both" else (args.modality,)
-    for mod in mods:
-        if not store.has(mod):
-            continue
-        rows = top_activating(pair, store, args.latent, mod, n=args.n, batch_size=args.batch_size, device=args.device)
-        print(f"  {mod}: {len(rows)} row(s) with the latent active" + (":" if rows else ""))
-        for r in rows:
-            rid = r["meta"].get("id", "")
-            print(f"    {r['activation']:8.4f}  row {r['row']:>7}  {rid!s:<14} {r['caption'] if r['caption'] is not None else ''}")
+    mods = [m for m in (("image", "text") if args.modality == "both" else (args.modality,)) if store.has(m)]
+    found = {mod: top_examples_many(pair, store, args.latent, mod, n=args.n, collapse=not args.no_collapse,
+                                    batch_size=args.batch_size, device=args.device) for mod in mods}
+    for a, latent in enumerate(args.latent):
+        match = _matched_info(pair, latent)
+        print(f"latent {latent} of {args.model}" + (f" ({match})" if match else ""))
+        for mod in mods:
+            ex = found[mod][a]
+            print(f"  {mod}: fires on {ex.fired:,} of {ex.n_rows:,} rows ({100 * ex.frequency:.2f}%)" + (":" if ex.rows else ""))
+            for r in ex.rows:
+                rid = str(r["meta"].get("id", r["meta"].get("key", r["meta"].get("image_path", ""))))
+                rid = rid if len(rid) <= 20 else rid[:19] + "…"
+                count = f"x{r['count']}" if r["count"] > 1 else ""
+                print(f"    {r['activation']:8.4f}  row {r['row']:>7}  {rid!s:<14} {count:>5} {r['caption'] if r['caption'] is not None else ''}")
     return 0
 
 
-def _matched_corr(pair, latent: int) -> float | None:
-    """c of the matched pair at this shared index, if the model is aligned and the latent matched."""
+def _matched_info(pair, latent: int) -> str | None:
+    """'matched c = ..., support ...' of the matched pair at this shared index, if the model is aligned."""
     alignment = getattr(pair, "alignment", None)
     if not alignment or "matched" not in alignment:
         return None
+    matched = alignment["matched"]
     try:
-        pos = alignment["matched"]["image"].index(latent)
+        pos = matched["image"].index(latent)
     except ValueError:
-        return None
-    return float(alignment["matched"]["correlation"][pos])
+        return "not matched: modality-only or dead"
+    text = f"matched c = {float(matched['correlation'][pos]):.3f}"
+    if "support" in matched:
+        text += f", co-fires on {matched['support'][pos]:,} rows"
+    null = matched.get("null_threshold", [None] * (pos + 1))[pos]
+    if null is not None:
+        text += f", null threshold {null:.3f}"
+    return text

@@ -5,17 +5,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.data import PairedEmbeddings
+from dualsae.data import PairedEmbeddings, open_store
 from dualsae.errors import ConfigError
 
 
-def open_data(path: str | Path, check_values: bool = True) -> PairedEmbeddings:
-    """Open a store folder in any supported layout (dualsae store or clip-retrieval folders)."""
-    try:
-        from dualsae.readers import open_store
-    except ImportError:
-        return PairedEmbeddings.open(path, check_values=check_values)
-    return open_store(path)
+def open_data(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:
+    """Open a store folder in any supported layout (dualsae store or clip-retrieval folders).
+    ``same_width=False``: image and text may differ in width (an external encoder's store)."""
+    return open_store(path, check_values=check_values, same_width=same_width)
+
+
+def data_arg(p: argparse.ArgumentParser, what: str = "store folder (image.npy, text.npy, meta.jsonl; or clip-retrieval output)") -> None:
+    """--data, defaulting to the store the model was trained / aligned on (see :func:`resolve_data`)."""
+    p.add_argument("--data", default=None, help=f"{what} (default: the store recorded in the model's folder)")
+
+
+def resolve_data(args: argparse.Namespace, model: str | Path) -> str:
+    """``--data`` if given, else the store ``model``'s folder records (:func:`dualsae.run.recorded_data`)."""
+    from dualsae.run import recorded_data
+
+    if getattr(args, "data", None):
+        return args.data
+    return str(recorded_data(model))
 
 
 def add_split_args(p: argparse.ArgumentParser, default: str | None, model_default: bool = True) -> None:

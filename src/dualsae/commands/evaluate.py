@@ -6,11 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, resolve_split
-from dualsae.devices import resolve_device
+from dualsae.commands.common import add_split_args, data_arg, resolve_data, resolve_split
 from dualsae.errors import ConfigError
-from dualsae.outdir import check_writable, make_folder
-from dualsae.runlock import file_lock_name, output_lock
+from dualsae.outdir import check_output, claim_output, commit_output
+from dualsae.runlock import output_lock
 
 DESCRIPTION = """\
 Evaluate a trained or aligned model on the rows of --data (default: the test split):
@@ -23,18 +22,22 @@ Evaluate a trained or aligned model on the rows of --data (default: the test spl
   steering         concept steering mAP/MRR over the values of --concept-field FIELD
   monosemanticity  monosemanticity score per latent against --external STORE (same rows, another
                    encoder); sorted curves (.npy) and a plot (.png) beside --out
-A task whose inputs are missing is skipped with a message. metrics.json is written atomically."""
+Without --tasks, a task whose inputs are missing is skipped with a message. A task named in --tasks
+that is skipped makes the command exit with status 1 (after writing metrics.json, which lists it
+under "skipped"). --out is a folder: metrics.json (written atomically), and monosemanticity curves
+and plot beside it."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="reconstruction, retrieval, zero-shot, steering, monosemanticity -> metrics.json",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run folder (dualsae train), aligned folder (dualsae align) or SAE folder")
-    p.add_argument("--data", required=True, help="paired-embedding store to evaluate on")
+    data_arg(p, "paired-embedding store to evaluate on")
     add_split_args(p, "test")
-    p.add_argument("--tasks", default="recon,retrieval,zeroshot,steering,monosemanticity",
-                   help="comma-separated subset of recon,retrieval,zeroshot,steering,monosemanticity, or 'all' (default: all)")
-    p.add_argument("--out", required=True, help="metrics.json to write (monosemanticity curves and plot go beside it)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated subset of recon,retrieval,zeroshot,steering,monosemanticity, or 'all'; a task "
+                        "named here that cannot run is an error (default: every task whose inputs are given)")
+    p.add_argument("--out", required=True, help="folder for metrics.json (monosemanticity curves and plot go beside it)")
     g = p.add_argument_group("retrieval")
     g.add_argument("--positives", choices=("auto", "group", "caption", "row"), default="auto",
                    help="hits: 'group' = rows sharing meta --group-field are one image (COCO); 'caption' = any row with the "
@@ -56,56 +59,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     g.add_argument("--batch-size", type=int, default=4096)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("--overwrite", action="store_true", help="replace an --out file that is not this evaluation's metrics.json")
+    g.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dualsae.distributed import resolve_device
     from dualsae.evaluate import EvalOptions, evaluate_model, format_table, parse_tasks
 
     if args.max_concepts < 0:
         raise ConfigError(f"--max-concepts must be >= 0, found {args.max_concepts}")
-    resolve_device(args.device)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
-    out = Path(args.out)
-    _check_out(out, args)  # before computing anything
+    from pathlib import Path
+
     split, test_fraction, split_seed = resolve_split(args, args.model)
+    data = resolve_data(args, args.model)
+    out = Path(args.out)
+    if out.suffix == ".json" or out.is_file():
+        raise ConfigError(f"--out {out}: expected a folder (metrics.json is written inside it), found a file name")
     options = EvalOptions(
-        tasks=parse_tasks(args.tasks), positives=args.positives, group_field=args.group_field,
+        tasks=parse_tasks(args.tasks or "all"), positives=args.positives, group_field=args.group_field,
         caption_field=args.caption_field, label_field=args.label_field, concept_field=args.concept_field,
         steering_alpha=args.alpha, steering_sources=args.sources, steering_negatives=args.negatives,
-        max_concepts=args.max_concepts or None, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        max_concepts=args.max_concepts or None, seed=args.seed, batch_size=args.batch_size, device=str(resolve_device(args.device)),
         progress=not args.no_progress,
     )
-    with output_lock(out.parent, "this metrics file", name=file_lock_name(out)):
-        doc = evaluate_model(args.model, args.data, args.out, split=split, options=options, zeroshot=args.zeroshot,
+    job = {"model": str(Path(args.model).resolve()), "data": str(Path(data).resolve()), "split": split,
+           "test_fraction": test_fraction, "split_seed": split_seed}
+    check_output(out, "eval", job, overwrite=args.overwrite)  # before the lock file is created in someone's folder
+    with output_lock(out, "this evaluation"):
+        claim_output(out, "eval", job, overwrite=args.overwrite)  # also checks the folder is writable, before any work
+        doc = evaluate_model(args.model, data, out / "metrics.json", split=split, options=options, zeroshot=args.zeroshot,
                              external=args.external, test_fraction=test_fraction, split_seed=split_seed,
                              log=lambda s: print(s, file=sys.stderr))
-    print(f"{args.model} ({doc['method']}, m={doc['m']:,}) on {args.data} [{split}: {doc['n_rows']:,} rows]")
+        commit_output(out)
+    print(f"{args.model} ({doc['method']}, m={doc['m']:,}) on {data} [{split}: {doc['n_rows']:,} rows]")
     print(format_table(doc))
-    print(f"-> {args.out}")
+    print(f"-> {out / 'metrics.json'}")
+    asked = args.tasks is not None and doc.get("skipped")
+    if asked:
+        print(f"dualsae: {len(doc['skipped'])} requested task(s) skipped: {', '.join(doc['skipped'])}", file=sys.stderr)
+        return 1
     return 0
 
-
-def _check_out(out: Path, args: argparse.Namespace) -> None:
-    """--out must be a writable file path; an existing file must be this evaluation's own metrics.json
-    (same model and store) unless --overwrite."""
-    import json
-
-    from dualsae.evaluate import METRICS_FORMAT
-
-    if out.is_dir():
-        raise ConfigError(f"--out {out}: is a folder; expected the path of a metrics .json file")
-    check_writable(make_folder(out.parent))
-    if out.exists() and not args.overwrite:
-        try:
-            old = json.loads(out.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            old = None
-        if not (isinstance(old, dict) and old.get("format") == METRICS_FORMAT and old.get("model") == str(args.model)
-                and old.get("data") == str(args.data)):
-            raise ConfigError(f"--out {out}: exists and is not the metrics.json of this model on this store; "
-                              "choose another --out, or pass --overwrite to replace it")

@@ -22,7 +22,8 @@ Sources (--format):
 
 Embeddings are L2-normalised unless --no-normalize. Work is written in shards (--shard-size
 images each) under OUT/.shards; an interrupted run resumes when rerun with the same flags.
-Unreadable images are skipped and listed in extract.json.
+Unreadable images are skipped and listed in extract.json. Under torchrun rank r embeds shards
+r, r+N, ... and rank 0 assembles the same store a single process writes.
 """
 
 
@@ -58,13 +59,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    from dualsae.distributed import Distributed, resolve_device
     from dualsae.extract import ExtractConfig, extract, format_summary
     from dualsae.errors import DualSAEError
     from dualsae.outdir import check_output, claim_output, commit_output, remove_if_unused
     from dualsae.runlock import output_lock
     from dualsae.readers import make_source
 
-    config = ExtractConfig(batch_size=args.batch_size, device=args.device, dtype=args.dtype, store_dtype=args.store_dtype,
+    resolved = resolve_device(args.device)
+    dist = Distributed.from_env(resolved)  # a torchrun rank, or one process
+    device = str(dist.device(resolved)) if dist.enabled and resolved.type == "cuda" else args.device  # each rank its own GPU
+    config = ExtractConfig(batch_size=args.batch_size, device=device, dtype=args.dtype, store_dtype=args.store_dtype,
                            shard_size=args.shard_size, limit=args.limit, normalize=not args.no_normalize, workers=args.workers)
     source = make_source(args.format, annotations=args.annotations, images=args.images, split_file=args.split_file,
                          shards=args.shards, classnames=args.classnames, templates=args.templates, table=args.table,
@@ -72,14 +77,24 @@ def run_extract(args: argparse.Namespace) -> int:
     # The folder is this extraction's (same flags: a resume) or refused; locked while it runs; its
     # manifest says complete only after extract.json (the store's last file) is written.
     job = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "overwrite", "workers", "batch_size", "device")}
-    check_output(args.out, "extract", job, overwrite=args.overwrite)
-    with output_lock(args.out, "this store"):
-        claim_output(args.out, "extract", job, overwrite=args.overwrite)
+    if dist.is_main:
+        check_output(args.out, "extract", job, overwrite=args.overwrite)
+    if not dist.enabled:
+        with output_lock(args.out, "this store"):
+            claim_output(args.out, "extract", job, overwrite=args.overwrite)
+            try:
+                summary = extract(source, args.model, args.out, config, progress=not args.quiet, dist=dist)
+            except DualSAEError:
+                remove_if_unused(args.out)  # e.g. every image unreadable: leave no empty store folder behind
+                raise
+            finally:
+                dist.close()
+            commit_output(args.out)
+    else:  # torchrun ranks share the folder: extract's own shard protocol coordinates them
         try:
-            summary = extract(source, args.model, args.out, config, progress=not args.quiet)
-        except DualSAEError:
-            remove_if_unused(args.out)  # e.g. every image unreadable: leave no empty store folder behind
-            raise
-        commit_output(args.out)
-    print(format_summary(summary, args.out))
+            summary = extract(source, args.model, args.out, config, progress=not args.quiet, dist=dist)
+        finally:
+            dist.close()
+    if dist.is_main:
+        print(format_summary(summary, args.out))
     return 0

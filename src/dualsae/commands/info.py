@@ -33,9 +33,7 @@ def run(args: argparse.Namespace) -> int:
     pair = load_model(args.run)
     root = Path(args.run)
     info: dict = {"path": str(root), "method": pair.method}
-    cfg = root / "config.json"
-    if cfg.is_file():
-        info["config"] = json.loads(cfg.read_text()).get("train")
+    info.update(model_summary(root))
     saes = {"shared": pair.image} if pair.shared else {m: getattr(pair, m) for m in ("image", "text") if getattr(pair, m) is not None}
     info["saes"] = {
         name: {
@@ -62,9 +60,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{root}  method={pair.method}  parameters={info['parameters']:,}")
-    if "config" in info and info["config"]:
+    if info.get("config"):
         c = info["config"]
-        print("  config: " + ", ".join(f"{k}={c[k]}" for k in ("latents", "k", "activation", "preset", "lr", "batch_size", "epochs", "seed") if k in c))
+        src = f" (training run {info['source_run']})" if info.get("source_run") else ""
+        print(f"  config{src}: " + ", ".join(f"{k}={c[k]}" for k in ("method", "latents", "k", "activation", "preset", "lr", "batch_size", "epochs", "seed", "split") if k in c))
+    if info.get("alignment"):
+        for line in alignment_lines(info["alignment"]):
+            print(line)
     for name, s in info["saes"].items():
         print(f"  {name} SAE: d={s['d']} m={s['m']} k={s['k']} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
     for mod, st in info.get("data", {}).items():
@@ -72,3 +74,54 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {mod:5s} on {args.data} [{args.split}, {st['n_rows']:,} rows]: MSE={st['mse']:.5f}  explained variance={st['explained_variance']:.4f}  "
                   f"L0={st['mean_l0']:.1f}  live latents={st['live_latents']:,} (dead fraction {st['dead_fraction']:.3f})")
     return 0
+
+
+def model_summary(root: Path) -> dict:
+    """Training config (a run's config.json, or the source run's for an aligned folder) and, for an
+    aligned / collapse folder, the alignment summary."""
+    out: dict = {}
+    aligned = None
+    for name in ("alignment.json", "collapse.json"):
+        if (root / name).is_file():
+            aligned = json.loads((root / name).read_text())
+            break
+    run = root
+    if aligned is not None and aligned.get("source_run"):
+        run = Path(aligned["source_run"])
+        out["source_run"] = str(run)
+    cfg = run / "config.json"
+    if cfg.is_file():
+        try:
+            out["config"] = json.loads(cfg.read_text()).get("train")
+        except ValueError:
+            pass
+    if aligned is not None:
+        keys = ("rows", "data", "split", "live", "dead", "matched_count", "matched", "mean_matched_correlation", "solver",
+                "collapse_rate", "collapse_rate_of_matched", "collapsed", "confidence")
+        summary = {k: aligned[k] for k in keys if k in aligned and k != "matched"}
+        if isinstance(aligned.get("matched"), int):
+            summary["matched_count"] = aligned["matched"]
+        if "unmatched" in aligned:
+            summary["modality_only"] = {"image": len(aligned["unmatched"]["image_only"]), "text": len(aligned["unmatched"]["text_only"])}
+        out["alignment"] = summary
+    return out
+
+
+def alignment_lines(a: dict) -> list[str]:
+    lines = [f"  alignment on {a.get('rows', 0):,} rows of {a.get('data')} [{a.get('split')}]: "
+             f"{a.get('matched_count', 0):,} matched pairs, mean correlation "
+             + (f"{a['mean_matched_correlation']:.4f}" if a.get("mean_matched_correlation") is not None else "-")]
+    if "live" in a:
+        live = a["live"]
+        lines.append("    live latents: " + ", ".join(f"{k} {v:,}" for k, v in live.items())
+                     + ("; modality-only: " + ", ".join(f"{k} {v:,}" for k, v in a["modality_only"].items()) if "modality_only" in a else ""))
+    if a.get("collapse_rate") is not None:
+        lines.append(f"    collapse rate {100 * a['collapse_rate']:.2f}% of live latents, "
+                     f"{100 * (a.get('collapse_rate_of_matched') or 0):.2f}% of matched pairs")
+    conf = a.get("confidence")
+    if conf:
+        above = conf.get("above_null")
+        lines.append(f"    support quartiles {conf.get('support_quartiles')}; above permutation null: "
+                     f"{above if above is not None else '-'}; thresholds min_correlation={conf.get('min_correlation')} "
+                     f"min_support={conf.get('min_support')} (dropped {conf.get('dropped_by_threshold', 0)})")
+    return lines

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     m.add_argument("--split", default=EVAL_SPLIT, help=f"split for the embedding metrics (default {EVAL_SPLIT})")
     m.add_argument("--batch-size", type=int, default=4096, help="rows per encoding batch (default 4096)")
     m.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    m.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    m.add_argument("--out", type=Path, default=None, help="folder to also write the metrics into (metrics.json)")
     m.set_defaults(func=run_metrics)
 
 
@@ -93,7 +93,7 @@ def run_metrics(args: argparse.Namespace) -> int:
     from dualsae.metrics.synthetic import evaluate_synthetic
     from dualsae.run import load_model
 
-    from dualsae.devices import resolve_device
+    from dualsae.distributed import resolve_device
 
     resolve_device(args.device)
     pair = load_model(args.model, device=args.device)
@@ -101,7 +101,7 @@ def run_metrics(args: argparse.Namespace) -> int:
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.6f}")
-    if args.json is not None:
-        write_json(args.json, {"model": str(args.model), "data": str(args.data), "split": args.split, **metrics})
+    if args.out is not None:
+        write_json(args.out / "metrics.json", {"model": str(args.model), "data": str(args.data), "split": args.split, **metrics})
     sys.stdout.flush()
     return 0

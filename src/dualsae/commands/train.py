@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data
-from dualsae.devices import resolve_device
+from dualsae.distributed import Distributed, resolve_device
 from dualsae.errors import CheckpointError, ConfigError
 from dualsae.guards import row_norm_check
 from dualsae.jsonfiles import config_from_dict
@@ -20,32 +20,33 @@ from dualsae.train import METHODS, PRESETS, TrainConfig, train
 
 # CLI flag -> TrainConfig field, for every field a user may override.
 _FLAGS: dict[str, tuple[str, type, str]] = {
-    "latents": ("--latents", int, "latents m of the shared SAE; each specific SAE gets m/2 (default 8192)"),
-    "k": ("--k", int, "active latents per input, TopK's K (default 32)"),
-    "activation": ("--activation", str, "topk | batchtopk | relu (default topk)"),
-    "lr": ("--lr", float, "learning rate (preset)"),
-    "beta1": ("--beta1", float, "AdamW beta1 (preset)"),
-    "beta2": ("--beta2", float, "AdamW beta2 (preset)"),
-    "eps": ("--eps", float, "AdamW epsilon (preset)"),
-    "weight_decay": ("--weight-decay", float, "AdamW weight decay (preset)"),
-    "batch_size": ("--batch-size", int, "pairs per step (preset)"),
-    "epochs": ("--epochs", int, "passes over the training rows (preset)"),
-    "warmup_frac": ("--warmup-frac", float, "linear warm-up share of the steps (preset)"),
-    "schedule": ("--schedule", str, "cosine | constant (preset)"),
-    "grad_clip": ("--grad-clip", float, "max gradient norm per SAE, 0 = off (preset)"),
-    "seed": ("--seed", int, "random seed of initialisation and batch order (default 0)"),
-    "aux_k": ("--aux-k", int, "dead latents used by AuxK (default d/2)"),
-    "aux_coef": ("--aux-coef", float, "AuxK coefficient (default 1/32)"),
-    "dead_window": ("--dead-window", int, "samples without firing before a latent counts as dead (default 20000)"),
-    "dec_bias_init": ("--dec-bias-init", str, "geometric_median | mean | zero (default geometric_median)"),
-    "l1_coef": ("--l1-coef", float, "L1 coefficient for --activation relu (default 1e-3)"),
-    "group_sparse_lambda": ("--group-sparse-lambda", float, "group-sparse lambda (scale-free lambda-tilde of Prop. 3 by default; default 1.0)"),
+    "latents": ("--latents", int, "latents m of the shared SAE; each specific SAE gets m/2"),
+    "k": ("--k", int, "active latents per input, TopK's K"),
+    "activation": ("--activation", str, "topk | batchtopk | relu"),
+    "lr": ("--lr", float, "learning rate"),
+    "beta1": ("--beta1", float, "AdamW beta1"),
+    "beta2": ("--beta2", float, "AdamW beta2"),
+    "eps": ("--eps", float, "AdamW epsilon"),
+    "weight_decay": ("--weight-decay", float, "AdamW weight decay"),
+    "batch_size": ("--batch-size", int, "pairs per step"),
+    "epochs": ("--epochs", int, "passes over the training rows"),
+    "warmup_frac": ("--warmup-frac", float, "linear warm-up share of the steps"),
+    "schedule": ("--schedule", str, "cosine | constant"),
+    "grad_clip": ("--grad-clip", float, "max gradient norm per SAE, 0 = off"),
+    "seed": ("--seed", int, "random seed of initialisation and batch order"),
+    "aux_k": ("--aux-k", int, "dead latents used by AuxK"),
+    "aux_coef": ("--aux-coef", float, "AuxK coefficient"),
+    "dead_window": ("--dead-window", int, "samples without firing before a latent counts as dead"),
+    "dec_bias_init": ("--dec-bias-init", str, "geometric_median | mean | zero"),
+    "l1_coef": ("--l1-coef", float, "L1 coefficient for --activation relu"),
+    "group_sparse_lambda": ("--group-sparse-lambda", float, "group-sparse lambda (scale-free lambda-tilde of Prop. 3 by default)"),
     "group_sparse_scale_warmup": ("--group-sparse-scale-warmup", float,
-                                  "share of the steps the warm-up that measures the group-sparse scale runs, once before training (default 0.1)"),
-    "iso_energy_beta": ("--iso-energy-beta", float, "Iso-Energy beta (default 4e-4 cosine form, 1.0 dot form)"),
-    "iso_energy_form": ("--iso-energy-form", str, "cosine (official code) | dot (Prop. 4) (default cosine)"),
-    "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints (default 500)"),
-    "log_every": ("--log-every", int, "steps between metrics.jsonl rows (default 10)"),
+                                  "share of the steps the warm-up that measures the group-sparse scale runs, once before training"),
+    "iso_energy_beta": ("--iso-energy-beta", float, "Iso-Energy beta"),
+    "iso_energy_form": ("--iso-energy-form", str, "cosine (official code) | dot (Prop. 4)"),
+    "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints"),
+    "log_every": ("--log-every", int, "steps between metrics.jsonl rows"),
+    "selection_dtype": ("--selection-dtype", str, "float32 | bfloat16: dtype of the product that picks the active latents only; values and gradients stay float32"),
 }
 
 
@@ -55,14 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train modality-specific SAEs (the paper's method) or a shared-SAE baseline on a "
         "paired-embedding store. Writes config.json, metrics.jsonl, checkpoints, and the trained SAE "
         "folder(s) into --out. Interrupted runs continue with --resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True, help="store folder (image.npy, text.npy, optional meta.jsonl)")
-    p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default specific)")
+    p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default: specific)")
     p.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
-    p.add_argument("--preset", default=None, help=f"hyper-parameter preset: {', '.join(PRESETS)} (default real)")
+    p.add_argument("--preset", default=None, help=f"hyper-parameter preset: {', '.join(PRESETS)} (default: real)")
     for field_name, (flag, typ, text) in _FLAGS.items():
-        p.add_argument(flag, dest=field_name, type=typ, default=None, help=text)
+        p.add_argument(flag, dest=field_name, type=typ, default=None, help=f"{text} ({default_text(field_name)})")
     p.add_argument("--no-scale-free-lambda", dest="group_sparse_scale_free", action="store_const", const=False, default=None,
                    help="use --group-sparse-lambda as a raw coefficient instead of Prop. 3's scale-free lambda-tilde")
     add_split_args(p, None, model_default=False)
@@ -70,9 +70,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.add_argument("--allow-outliers", action="store_true",
                    help="train even on rows whose norm is over 1000x the median row norm (refused by default)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (under torchrun, cuda means each rank's own GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def default_text(name: str) -> str:
+    """The real default of TrainConfig field ``name`` as help text: one value, or one per preset."""
+    per_preset = {p: TrainConfig.from_preset(p, method="shared") for p in PRESETS}
+    values = {p: getattr(c, name) for p, c in per_preset.items()}
+    extra = {"aux_k": "min(d/2, m)", "iso_energy_beta": "4e-4 for the cosine form, 1.0 for the dot form"}
+    if name in extra:
+        return f"default: {extra[name]}"
+    if len(set(map(repr, values.values()))) == 1:
+        return f"default: {values['real']}"
+    return "default: " + ", ".join(f"{v} with --preset {p}" for p, v in values.items())
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -101,13 +113,26 @@ def run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     # The config's split (the saved one on --resume) picks the rows, so a resumed run sees the same rows.
     store = open_data(args.data).split(config.split, test_fraction=config.test_fraction, seed=config.split_seed)
-    for line in _data_notes(store, config, args.allow_outliers):
-        print(line, file=sys.stderr)
-    _claim_run(out, config, args, check_only=True)  # refuse before the lock file is created in someone's folder
-    with output_lock(out, "this run"):
-        _claim_run(out, config, args)
-        train(store, config, out, resume=args.resume, device=device, progress=not args.no_progress)
-        commit_output(out)
+    dist = Distributed.from_env(device)  # a torchrun rank, or one process (torch.distributed untouched)
+    if dist.is_main:
+        for line in _data_notes(store, config, args.allow_outliers):
+            print(line, file=sys.stderr)
+    if not dist.enabled:
+        _claim_run(out, config, args, check_only=True)  # refuse before the lock file is created in someone's folder
+        with output_lock(out, "this run"):
+            _claim_run(out, config, args)
+            try:
+                train(store, config, out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
+            finally:
+                dist.close()
+            commit_output(out)
+    else:  # torchrun: rank 0 writes the folder (train() coordinates the ranks)
+        try:
+            train(store, config, args.out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
+        finally:
+            dist.close()
+    if not dist.is_main:
+        return 0
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("final", {})
     parts = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("mse_") or k in ("l0", "dead_frac"))

@@ -219,7 +219,7 @@ def run_plan(plan: SyntheticPlan, out: str | Path, keep_data: bool = False, prog
     Results do not depend on the schedule; each unit is seeded by itself (float sums may differ in the
     last bits with the thread count).
     """
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     plan.validate()
     if workers < 1:

@@ -61,6 +61,41 @@ COLUMNS = (
 )
 
 
+def _get(*path: str):
+    def get(row: dict) -> float | None:
+        v: Any = row
+        for key in path:
+            if not isinstance(v, dict) or v.get(key) is None:
+                return None
+            v = v[key]
+        return float(v)
+    return get
+
+
+def _top_bin(key: str):
+    def get(row: dict) -> float | None:
+        bins = (row.get("diagnostics") or {}).get("heterogeneity", {}).get("bins") or []
+        return float(bins[-1][key]) if bins and bins[-1].get(key) is not None else None
+    return get
+
+
+#: Second table: what each Table 1 model is (key, header, value of a unit row, printed as percent).
+DIAG_COLUMNS = (
+    ("last10_change", "MSE change, last 10% of steps", _get("curve", "last10_change"), "pct"),
+    ("dead_image", "dead (image)", _get("diagnostics", "dead_fraction", "image"), "pct"),
+    ("dead_text", "dead (text)", _get("diagnostics", "dead_fraction", "text"), "pct"),
+    ("dead_either", "dead (fires on neither)", _get("diagnostics", "dead_fraction", "either"), "pct"),
+    ("firings", "median firings / live latent (image, train)", _get("diagnostics", "median_firings_per_live_latent", "image"), "int"),
+    ("collapse_rate", "collapse rate (F.2)", _get("diagnostics", "collapse_rate"), "pct"),
+    ("matched", "matched pairs", _get("diagnostics", "matched"), "int"),
+    ("mean_matched_correlation", "mean matched correlation", _get("diagnostics", "mean_matched_correlation"), "num"),
+    ("matched_distance", "matched pairs: median cos. distance", _get("diagnostics", "heterogeneity", "matched", "median"), "num"),
+    ("high_c_pairs", "pairs with c ≥ 0.8", _top_bin("count"), "int"),
+    ("high_c_distance", "c ≥ 0.8: median cos. distance", _top_bin("median"), "num"),
+    ("train_seconds", "train s", _get("train_seconds"), "int"),
+)
+
+
 @dataclass(frozen=True)
 class Table1Plan:
     """Settings of the job (defaults: the paper's real-data protocol, 3 seeds)."""
@@ -112,14 +147,23 @@ def _flatten(doc: dict) -> dict[str, float | None]:
     return out
 
 
-def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=print) -> dict:
-    """Train, align and evaluate every (row, seed) not yet in ``out/units``, then write the table."""
-    from dualsae.align import align
-    from dualsae.commands.common import open_data
+def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=print,
+               methods: tuple[str, ...] = TRAINED) -> dict:
+    """Train, align and evaluate every (row, seed) not yet in ``out/units``, then write the table.
+
+    methods: the trained rows this call works on (a subset of :data:`TRAINED`; the others are left
+    as they are, so several calls can share one folder); the table is built from every unit present.
+    Each unit also records its training curve and the model diagnostics of
+    :mod:`dualsae.experiments.table1_diagnostics`."""
+    from dualsae.data import open_store as open_data
+    from dualsae.experiments.table1_diagnostics import CurveRecorder, model_diagnostics
     from dualsae.evaluate import EvalOptions, aligned_view, evaluate
     from dualsae.metrics.zeroshot import load_zero_shot_store
-    from dualsae.train import train
+    from dualsae.train import steps_per_epoch, train
 
+    bad = [m for m in methods if m not in TRAINED]
+    if bad:
+        raise ConfigError(f"--methods: unknown method(s) {bad}; expected a subset of {', '.join(TRAINED)}")
     out = Path(out)
     (out / "units").mkdir(parents=True, exist_ok=True)
     plan_path = out / "plan.json"
@@ -139,7 +183,8 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
     except Exception:  # noqa: BLE001 - a store without a train split: prototypes come from the training store
         eval_train = train_rows
     zs = load_zero_shot_store(plan.zeroshot) if plan.zeroshot else None
-    ext = aligned_view(open_data(plan.external), eval_rows) if plan.external else None
+    # An external encoder may embed each modality at its own width (e.g. 1280-d image, 384-d text).
+    ext = aligned_view(open_data(plan.external, same_width=False), eval_rows) if plan.external else None
     tasks = ["recon", "retrieval"]
     if zs is not None or plan.label_field:
         tasks.append("zeroshot")
@@ -150,19 +195,24 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
     options = EvalOptions(tasks=tuple(tasks), positives=plan.positives, label_field=plan.label_field,
                           concept_field=plan.concept_field, steering_alpha=plan.steering_alpha, progress=False)
     for seed in plan.seeds:
-        for method in TRAINED:
+        for method in (m for m in TRAINED if m in methods):
             keys = [f"{method}_seed{seed}"] + ([f"specific+posthoc_seed{seed}"] if method == "specific" else [])
             if all((out / "units" / f"{k}.json").is_file() for k in keys):
                 continue
             t0 = time.time()
             log(f"[table1] training {method} seed {seed} on {train_rows.n:,} rows")
-            pair = train(train_rows, _train_config(plan, method, seed), None, progress=progress)
+            cfg = _train_config(plan, method, seed)
+            curve = CurveRecorder(steps_per_epoch(train_rows.n, cfg.batch_size))
+            pair = train(train_rows, cfg, None, progress=progress, on_step=curve)
             secs = time.time() - t0
-            models = [(method, pair, {})]
+            # Dead latents, collapse, matching and heterogeneity of this very model (for specific SAEs
+            # the same C gives the post-hoc aligned pair of the next row).
+            diag, res = model_diagnostics(pair, train_rows)
+            common = {"train_config": asdict(cfg), "curve": curve.summary(), "diagnostics": diag,
+                      "matched": diag["matched"], "mean_matched_correlation": diag["mean_matched_correlation"]}
+            models = [(method, pair, common)]
             if method == "specific":
-                res = align(pair, train_rows, progress=False)
-                models.append(("specific+posthoc", res.pair, {"matched": res.report["matched_count"],
-                                                             "mean_matched_correlation": res.report["mean_matched_correlation"]}))
+                models.append(("specific+posthoc", res.pair, common))
             for name, model, extra in models:
                 doc = evaluate(model, eval_rows, options, train_store=eval_train, zeroshot=zs, external=ext)
                 row = {"method": name, "seed": seed, "train_seconds": round(secs, 1), **extra, **_flatten(doc),
@@ -194,6 +244,12 @@ def build_table(plan: Table1Plan, out: Path) -> dict:
             vals = [r[col] for r in sel if r.get(col) is not None]
             entry[col] = float(np.mean(vals)) if vals else None
             entry[f"{col}_std"] = float(np.std(vals)) if vals else None
+        for key, _, get, _ in DIAG_COLUMNS:
+            vals = [v for v in (get(r) for r in sel) if v is not None]
+            entry[f"diag_{key}"] = float(np.mean(vals)) if vals else None
+            entry[f"diag_{key}_std"] = float(np.std(vals)) if vals else None
+            if key == "last10_change":
+                entry["diag_last10_change_max"] = float(np.max(vals)) if vals else None
         table.append(entry)
     ranks: dict[str, dict[str, int]] = {}
     for col, _, higher in COLUMNS:
@@ -235,11 +291,41 @@ def markdown(report: dict) -> str:
     for e in table:
         cells = [_cell(e, c, ranks[c].get(e["method"]), 100.0 if c in pct else 1.0) for c, _ in cols]
         lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {e['seeds']} |")
-    return "\n".join(lines) + "\n\nBest in **bold**, second best <u>underlined</u> (ties at the printed precision share a rank).\n"
+    text = "\n".join(lines) + "\n\nBest in **bold**, second best <u>underlined</u> (ties at the printed precision share a rank).\n"
+    return text + "\n" + diagnostics_markdown(report)
+
+
+def diagnostics_markdown(report: dict) -> str:
+    """The second table: each model's plateau, dead latents, collapse, matching and heterogeneity, mean ± std."""
+    table = report["table"]
+    cols = [(k, h, fmt) for k, h, _, fmt in DIAG_COLUMNS if any(e.get(f"diag_{k}") is not None for e in table)]
+    if not cols:
+        return ""
+    lines = ["| Model | " + " | ".join(h + (" (%)" if fmt == "pct" else "") for _, h, fmt in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for e in table:
+        cells = []
+        for k, _, fmt in cols:
+            v, sd = e.get(f"diag_{k}"), e.get(f"diag_{k}_std")
+            if v is None:
+                cells.append("-")
+            elif fmt == "pct":
+                cells.append(f"{100 * v:.2f} (± {100 * sd:.2f})")
+            elif fmt == "int":
+                cells.append(f"{v:,.0f} (± {sd:,.0f})")
+            else:  # round first so that a distance of -1e-8 prints as 0.000, not -0.000
+                cells.append(f"{round(v, 3) + 0.0:.3f} (± {sd:.3f})")
+        lines.append(f"| {e['label']} | " + " | ".join(cells) + " |")
+    return ("Model diagnostics, measured on the Table 1 models themselves (training rows; mean ± std over seeds). "
+            "The post-hoc row is the specific pair re-indexed, so it shares the specific row's values.\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def write_report(report: dict, out: Path) -> None:
+    from dualsae.experiments.table1_diagnostics import plot_curves
+
     write_json(out / "table1.json", report)
+    plot_curves(report["rows"], out / "curves.png", TRAINED)
     write_text(out / "table1.md", markdown(report))
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -274,6 +360,8 @@ def register(rsub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--steering-alpha", type=float, default=1.0)
+    p.add_argument("--methods", nargs="+", default=list(TRAINED), choices=TRAINED,
+                   help="trained rows this call works on (the others are left as they are; post-hoc comes with specific)")
     p.add_argument("--out", default="runs/table1")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_cli)
@@ -291,10 +379,10 @@ def _run_cli(args: argparse.Namespace) -> int:
     )
     with resumable_output(args.out, "reproduce table1", {"experiment": "table1"},
                           keep=("plan.json", "units", "table1.md", "table1.csv", "table1.json")):
-        report = run_table1(plan, args.out, progress=not args.no_progress)
+        report = run_table1(plan, args.out, progress=not args.no_progress, methods=tuple(args.methods))
     print(markdown(report))
     print(f"written: {args.out}/table1.md, table1.csv, table1.json")
     return 0
 
 
-__all__ = ["Table1Plan", "run_table1", "build_table", "markdown", "ROWS", "COLUMNS", "register"]
+__all__ = ["Table1Plan", "run_table1", "build_table", "markdown", "diagnostics_markdown", "ROWS", "COLUMNS", "DIAG_COLUMNS", "register"]

@@ -55,7 +55,7 @@ def _external_reader(external: Any, modality: str) -> tuple[int, Any]:
 def monosemanticity_from_codes(codes: SparseCodes, external: Any, modality: str = "image",
                                batch_size: int = 8192, progress: bool = False) -> np.ndarray:
     """MS_j for every latent j from codes [N, w] and external embeddings [N, e] (same rows). -> [m] float64, NaN where undefined."""
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     n_ext, read = _external_reader(external, modality)
     n, m = codes.batch, codes.m

@@ -37,7 +37,7 @@ def modality_reconstruction(
     progress: bool = False,
 ) -> dict:
     """Reconstruction metrics of one modality (see module docstring) -> dict."""
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     store.require(modality, "reconstruction")
     sae = pair.sae_for(modality)

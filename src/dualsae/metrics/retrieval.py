@@ -73,7 +73,7 @@ def encode_rows(
     source: a PairedEmbeddings view (its ``modality`` array) or an array/tensor [N, d].
     Codes are in the pair's shared index space (``m = pair.m``).
     """
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     n, read = _as_rows(source, modality)
     parts = []
@@ -129,7 +129,7 @@ def first_positive_ranks(
     query_keys: [Q] ints; gallery_keys: [G] ints; positive <=> equal keys.
     Returns [Q] int64 ranks; 0 for a query with no positive in the gallery.
     """
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     gk = torch.as_tensor(np.asarray(gallery_keys, dtype=np.int64))
     qk_all = torch.as_tensor(np.asarray(query_keys, dtype=np.int64))

@@ -177,7 +177,7 @@ def concept_steering(
     Returns {"map", "mrr", "map_unsteered", "mrr_unsteered", "n_concepts", "alpha", "scale",
     "per_concept": {concept: {...}}, "skipped": {concept: reason}}.
     """
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     store.require("image", "concept steering")
     select_store = store if select_store is None else select_store

@@ -136,7 +136,7 @@ def class_codes(pair: SAEPair, class_text: Sequence[torch.Tensor] | torch.Tensor
 
 def _accuracy(scores_fn, n: int, labels: np.ndarray, n_classes: int, batch_size: int, progress: bool, desc: str) -> dict:
     """Top-1 accuracy (strict: the true class must beat every other class) and per-class accuracy."""
-    from tqdm.auto import tqdm
+    from dualsae.progress import tqdm
 
     lab = torch.as_tensor(labels, dtype=torch.long)
     correct = torch.zeros(n, dtype=torch.bool)
@@ -152,6 +152,8 @@ def _accuracy(scores_fn, n: int, labels: np.ndarray, n_classes: int, batch_size:
     per_class[counts > 0] = hits[counts > 0] / counts[counts > 0]
     return {
         "top1": float(correct.float().mean()) if n else float("nan"),
+        # Always answering the most frequent class: the floor top-1 must beat to mean anything.
+        "majority_baseline": float(counts.max() / n) if n else float("nan"),
         "mean_per_class": float(np.nanmean(per_class)) if (counts > 0).any() else float("nan"),
         "per_class": [None if np.isnan(v) else float(v) for v in per_class],
         "n_images": int(n),
