@@ -38,8 +38,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
     # Two distances x two methods x two seeds = 8 trainings (shared and specific alternate).
-    plan = SyntheticPlan(distances=(0.3, 0.5), multipliers=(), seeds=(0, 1), n_train=args.n_train,
-                         n_eval=2_048, epochs=args.epochs)
+    plan = SyntheticPlan(distances=(0.3, 0.5), group_sparse_multipliers=(), iso_energy_multipliers=(), seeds=(0, 1), n_train=args.n_train,
+                         n_eval=2_048, epochs=(args.epochs,))
     print(f"torch {torch.__version__}, {_usable_cores()} usable cores; 8 trainings of {args.n_train // 256 * args.epochs} steps")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

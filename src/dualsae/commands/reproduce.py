@@ -27,17 +27,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--out", default="runs/synthetic", help="output folder")
     s.add_argument("--quick", action="store_true",
-                   help=f"demo size: {QUICK.n_train} training pairs, distances {list(QUICK.distances)}, "
-                        f"multipliers {list(QUICK.multipliers)}, one seed (about 5 minutes on 2 CPU cores)")
+                   help=f"demo: a reduced App. E.2 problem with the paper's ratios (d {QUICK.d}, {QUICK.n_train} training "
+                        f"pairs, {QUICK.latents} shared latents), distances {list(QUICK.distances)}, "
+                        f"{QUICK.epochs[0]} epochs (converged), one seed; about 4 minutes on 2 CPU cores with --workers 2")
     s.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (paper: 0 1 2)")
     s.add_argument("--distances", type=float, nargs="+", default=None, help="cosine distances 1-alpha for Fig. 5")
-    s.add_argument("--multipliers", type=float, nargs="+", default=None, help="auxiliary-loss multipliers for Fig. 6")
+    s.add_argument("--multipliers", type=float, nargs="+", default=None,
+                   help="auxiliary-loss multipliers of both baselines for Fig. 6 (default: --gs-multipliers / --iso-multipliers)")
+    s.add_argument("--gs-multipliers", type=float, nargs="+", default=None,
+                   help=f"group-sparse multipliers (default {list(SyntheticPlan().group_sparse_multipliers)})")
+    s.add_argument("--iso-multipliers", type=float, nargs="+", default=None,
+                   help=f"Iso-Energy multipliers (default {list(SyntheticPlan().iso_energy_multipliers)})")
     s.add_argument("--fig6-distance", type=float, default=None, help="distance of Fig. 6 (paper: 0.5)")
     s.add_argument("--n-train", type=int, default=None, help="training pairs (paper: 50000)")
     s.add_argument("--n-eval", type=int, default=None, help="evaluation pairs (paper: 10000)")
     s.add_argument("--latents", type=int, default=None, help="shared SAE latents m; specific gets m/2 each (paper: 8192)")
     s.add_argument("--k", type=int, default=None, help="TopK K (paper: 16)")
-    s.add_argument("--epochs", type=int, default=None, help="epochs (paper: 10)")
+    s.add_argument("--epochs", type=int, nargs="+", default=None,
+                   help="training budgets in epochs; Fig. 5 is trained at each, Fig. 6 at the first (paper: 10)")
     s.add_argument("--keep-data", action="store_true", help="keep the generated data sets under OUT/data")
     s.add_argument("--max-units", type=int, default=None, help="stop after this many trainings (resume later)")
     s.add_argument("--workers", type=int, default=1,
@@ -59,9 +66,10 @@ def run_synthetic(args: argparse.Namespace) -> int:
     over = {
         "seeds": tuple(args.seeds) if args.seeds else None,
         "distances": tuple(args.distances) if args.distances else None,
-        "multipliers": tuple(args.multipliers) if args.multipliers else None,
+        "group_sparse_multipliers": tuple(args.gs_multipliers or args.multipliers or ()) or None,
+        "iso_energy_multipliers": tuple(args.iso_multipliers or args.multipliers or ()) or None,
         "fig6_distance": args.fig6_distance, "n_train": args.n_train, "n_eval": args.n_eval,
-        "latents": args.latents, "k": args.k, "epochs": args.epochs,
+        "latents": args.latents, "k": args.k, "epochs": tuple(args.epochs) if args.epochs else None,
     }
     plan = replace(plan, **{k: v for k, v in over.items() if v is not None})
     t0 = time.time()
@@ -71,5 +79,5 @@ def run_synthetic(args: argparse.Namespace) -> int:
                           workers=args.workers, threads_per_worker=args.threads_per_worker)
     print(markdown_table(report))
     print(f"{report['units_done']}/{report['units_total']} trainings done; this call took {time.time() - t0:.0f} s; "
-          f"results in {args.out}/ (results.csv, results.json, results.md, fig5.png, fig6.png)")
+          f"results in {args.out}/ (results.csv, results.json, results.md, fig5.png, fig6.png, curves.png)")
     return 0
