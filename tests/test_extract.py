@@ -366,3 +366,49 @@ def test_two_rank_extraction_is_byte_identical(models, tmp_path):
     for name in ("image.npy", "text.npy", "meta.jsonl", "extract.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert not (tmp_path / "two" / ".shards").exists()
+
+
+# ---------------------------------------------------------------------- faults (issue 9)
+
+
+def test_extraction_killed_while_assembling_is_not_a_store(models, tmp_path, capsys):
+    """SIGKILL after the arrays are assembled, before meta.jsonl/extract.json: the folder must not
+    pass for a store (train refuses it in one line) until the same extract is rerun."""
+    from dualsae.cli import main
+    from tests.fault_helpers import KILLED, one_line_error, run_cli
+
+    table, _, _ = _table(tmp_path, 5)
+    out = tmp_path / "store"
+    args = ["extract", "--model", models["clip"], "--format", "jsonl", "--table", table, "--out", out, "--device", "cpu",
+            "--workers", "0", "--quiet"]
+    killed = run_cli(args, fault="extract-assembly")
+    assert killed.returncode == KILLED, killed.stderr
+    assert (out / "image.npy").is_file() and not (out / "extract.json").exists()
+    code = main(["train", "--data", str(out), "--out", str(tmp_path / "run"), "--latents", "8", "--k", "2", "--no-progress"])
+    assert one_line_error(code, capsys.readouterr().err, "unfinished extraction", "rerun the same 'dualsae extract'")
+    assert main([str(a) for a in args]) == 0
+    assert PairedEmbeddings.open(out).n == 5 and not (out / ".shards").exists()
+
+
+def test_extraction_errors_leave_nothing_and_say_one_line(models, tmp_path):
+    table, paths, _ = _table(tmp_path, 3)
+    for p in paths:
+        p.unlink()  # every image unreadable
+    out = tmp_path / "store"
+    with pytest.raises(DataError, match="no record could be embedded"):
+        _cli(["extract", "--model", str(models["clip"]), "--format", "jsonl", "--table", str(table), "--out", str(out), "--device", "cpu", "--quiet"])
+    assert not (out / ".shards").exists() and not out.exists()
+    bad_csv = tmp_path / "t.csv"
+    bad_csv.write_bytes(b"image,caption\nimgs/0.png,caf\xe9 au lait\n")
+    with pytest.raises(DataError, match=r"t.csv: not UTF-8 text"):
+        _cli(["extract", "--model", str(models["clip"]), "--format", "csv", "--table", str(bad_csv), "--out", str(out), "--quiet"])
+    with pytest.raises(DataError, match="no such model folder"):
+        DualEncoder.load(str(tmp_path / "models" / "clip-b32"), device="cpu")
+    torn = tmp_path / "torn"
+    import shutil
+
+    shutil.copytree(models["clip"], torn)
+    weights = next(torn.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="cannot load model"):
+        DualEncoder.load(str(torn), device="cpu")

@@ -65,8 +65,8 @@ def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
     data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
     ext = _store(tmp_path / "ext", d=5, seed=9)  # another "encoder" of the same 120 rows
     zs = _zs_store(tmp_path / "zs")
-    out = tmp_path / "metrics.json"
-    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path), "--tasks", "all", "--positives", "row",
+    out = tmp_path / "ev" / "metrics.json"
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "ev"), "--tasks", "all", "--positives", "row",
                "--zeroshot", str(zs), "--external", str(ext), "--concept-field", "tags", "--no-progress"])
     assert rc == 0
     doc = json.loads(out.read_text())
@@ -81,8 +81,8 @@ def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
     assert st["selection_rows"] == "train split" and set(st["per_concept"]) <= {"red", "green", "blue", "x", "y"}
     assert doc["tasks"]["zeroshot"]["n_classes"] == 3 and "image_reconstruction" in doc["tasks"]["zeroshot"]
     ms = doc["tasks"]["monosemanticity"]
-    assert (tmp_path / ms["plot_file"]).is_file()
-    curve = np.load(tmp_path / ms["image"]["curve_file"])
+    assert (out.parent / ms["plot_file"]).is_file()
+    curve = np.load(out.parent / ms["image"]["curve_file"])
     assert len(curve) == ms["image"]["n_scored"] and np.all(np.diff(curve) <= 0)
     # caption-prototype zero-shot from the training split, through the library
     res = evaluate(pair, test, EvalOptions(tasks=("zeroshot",), label_field="category", progress=False),
@@ -105,8 +105,8 @@ def test_eval_external_encoder_of_other_widths(tmp_path):
     for mod, w in widths.items():
         e = rng.normal(size=(120, w)) + 0.3
         np.save(ext / f"{mod}.npy", (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16))
-    out = tmp_path / "metrics.json"
-    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path), "--tasks", "monosemanticity",
+    out = tmp_path / "ev" / "metrics.json"
+    rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "ev"), "--tasks", "monosemanticity",
                "--external", str(ext), "--no-progress"])
     assert rc == 0
     doc = json.loads(out.read_text())["tasks"]["monosemanticity"]
@@ -116,7 +116,7 @@ def test_eval_external_encoder_of_other_widths(tmp_path):
         x = test.read(mod).numpy()
         ref = brute_force_monosemanticity(dense_codes(pair, mod, x), np.load(ext / f"{mod}.npy")[test.index].astype(np.float64))
         ref = np.sort(ref[~np.isnan(ref)])[::-1]
-        curve = np.load(tmp_path / doc[mod]["curve_file"])
+        curve = np.load(out.parent / doc[mod]["curve_file"])
         assert len(curve) == len(ref) > 5
         np.testing.assert_allclose(curve, ref, rtol=1e-5, atol=1e-6)
         assert doc[mod]["mean"] == pytest.approx(ref.mean(), rel=1e-5)

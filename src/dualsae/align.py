@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from dualsae.atomic import save_tensors, write_json
+from dualsae.faults import fault_point
 from dualsae.codes import SparseCodes
 from dualsae.data import PairedEmbeddings
 from dualsae.distributed import Distributed
@@ -412,6 +413,7 @@ class AlignedPair(SAEPair):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.sae_for("image").save(folder / "image")
+        fault_point("align-between-saes", str(folder))
         self.sae_for("text").save(folder / "text")
         write_json(folder / "alignment.json", self.alignment)
         return folder

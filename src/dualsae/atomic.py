@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dualsae.faults import fault_point
+
 
 def _plain_mode(path: str | os.PathLike[str]) -> None:
     """chmod ``path`` to what a plain open() creates: 0666 minus the umask."""
@@ -38,6 +40,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fault_point("before-replace", str(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -38,6 +38,10 @@ def open_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes); expected a .npy array [N, d]")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":  # np.load would take any other bytes for a pickle and say "needs pickle"
+        raise DataError(f"{path}: not a .npy file (it does not start with the NumPy header); expected a float16/float32 array [N, d] saved with numpy.save")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
@@ -54,6 +58,17 @@ def open_npy(path: Path) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{path}: shape is {list(arr.shape)}, expected at least one row and one column")
     return arr
+
+
+def check_store_finished(root: Path) -> None:
+    """Refuse a store whose writer did not finish: an extraction killed while assembling (its
+    ``.shards/`` work folder is still there) or a folder whose manifest says unfinished."""
+    from dualsae.outdir import check_finished
+
+    if (root / ".shards").is_dir():  # dualsae.extract.SHARDS_DIR, removed as the extraction's last step
+        raise DataError(f"{root}: holds an unfinished extraction (.shards/ is still there); rerun the same "
+                        "'dualsae extract' command to finish it")
+    check_finished(root, DataError)
 
 
 def read_rows(arr: Any, rows: np.ndarray) -> np.ndarray:
@@ -133,6 +148,7 @@ class PairedEmbeddings:
             return open_clip_retrieval(root, check_values=check_values)
         if not root.is_dir():
             raise DataError(f"{root}: not a folder; expected a store folder with image.npy and/or text.npy")
+        check_store_finished(root)
         arrays = {}
         for mod in MODALITIES:
             p = root / f"{mod}.npy"

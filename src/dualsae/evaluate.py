@@ -237,6 +237,7 @@ def evaluate_model(
     ``test_fraction`` / ``split_seed`` (seeded split of a store without a ``split`` field) default to
     the ones the model was trained with (:func:`dualsae.run.training_rows`)."""
     from dualsae.data import open_store as open_data
+    from dualsae.fingerprint import store_warnings
     from dualsae.metrics.zeroshot import load_zero_shot_store
     from dualsae.run import load_model, training_rows
 
@@ -247,6 +248,8 @@ def evaluate_model(
     pair = load_model(model, device=options.device)
     full = open_data(data)
     store = full.split(split, test_fraction=test_fraction, seed=split_seed)
+    for line in store_warnings(model, store, "eval"):
+        log(line)
     train_store = None
     if split != "train":
         try:

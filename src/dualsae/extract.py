@@ -43,6 +43,7 @@ import torch
 from dualsae.atomic import atomic_path, write_json, write_npy, write_text
 from dualsae.distributed import Distributed, resolve_device
 from dualsae.errors import ConfigError, DataError
+from dualsae.faults import fault_point
 from dualsae.readers import ImageLoadError, Record, Source, describe_ref, load_image
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -88,6 +89,11 @@ class ExtractConfig:
             raise ConfigError(f"--store-dtype must be float32 or float16, got '{self.store_dtype}'")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+
+
+def _looks_local(model_id: str) -> bool:
+    """A path, not a hub id ('org/name'): starts with / . ~, ends with /, or has more than one /."""
+    return model_id.startswith(("/", ".", "~")) or model_id.endswith("/") or model_id.count("/") > 1
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:
@@ -147,11 +153,13 @@ class DualEncoder:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         path = Path(model_id)
+        if not path.exists() and _looks_local(model_id):
+            raise DataError(f"{path}: no such model folder; expected a local transformers model folder (save_pretrained) or a hub id 'org/name'")
         if path.exists() and not (path / "config.json").is_file():
             raise DataError(f"{path}: has no config.json; expected a transformers model folder (the output of save_pretrained)")
         try:
             model = AutoModel.from_pretrained(model_id, dtype=DTYPES[dt])
-        except (OSError, ValueError, KeyError, EnvironmentError) as e:
+        except Exception as e:  # noqa: BLE001 - truncated weights raise safetensors/torch errors of many types
             raise ConfigError(f"cannot load model '{model_id}' with AutoModel: {_first_line(e)}") from None
         for fn in ("get_image_features", "get_text_features"):
             if not callable(getattr(model, fn, None)):
@@ -407,7 +415,7 @@ class ShardDir:
         return sum(s["records"] for s in self.shards)
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _assemble_array(shards: ShardDir, part: str, out_path: Path, dtype: str) -> int:
@@ -540,12 +548,16 @@ def _finish(out: Path, shards: ShardDir, source: Source, encoder: DualEncoder, c
     rows = sum(s["rows"] for s in shards.shards)
     if rows == 0:
         first = failures[0]["error"] if failures else "the source is empty"
+        shards.remove()  # nothing to resume: leave no work folder behind
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         raise DataError(f"{out}: no record could be embedded ({len(failures):,} failures; first: {first})")
     files, dims = [], None
     for part in ("image", "text"):
         if any(s[f"has_{part}"] for s in shards.shards):
             dims = _assemble_array(shards, part, out / f"{part}.npy", config.store_dtype)
             files.append(f"{part}.npy")
+    fault_point("extract-assembly", str(out))
     _assemble_meta(shards, out / "meta.jsonl")
     files.append("meta.jsonl")
     if source.kind == "classes":

@@ -40,7 +40,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from dualsae.data import PairedEmbeddings, open_npy, open_store, read_rows  # noqa: F401  (open_store re-exported)
-from dualsae.jsonfiles import iter_jsonl_objects
+from dualsae.jsonfiles import iter_jsonl_objects, text_lines
 from dualsae.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -438,16 +438,14 @@ class TableSource(Source):
 
     def _rows(self) -> Iterator[tuple[int, dict]]:
         if self.format == "csv":
-            with open(self.path, newline="") as f:
-                for lineno, row in enumerate(csv.DictReader(f), 2):
-                    yield lineno, row
+            for lineno, row in enumerate(csv.DictReader(text_lines(self.path)), 2):
+                yield lineno, row
             return
         yield from iter_jsonl_objects(self.path)
 
     def _check_columns(self) -> None:
         if self.format == "csv":
-            with open(self.path, newline="") as f:
-                header = next(csv.reader(f), None)
+            header = next(csv.reader(text_lines(self.path)), None)
             if header is None:
                 raise DataError(f"{self.path}: empty; expected a header row with columns '{self.image_col}' and '{self.caption_col}'")
             for col, flag in ((self.image_col, "--image-col"), (self.caption_col, "--caption-col")):

@@ -8,6 +8,7 @@ from typing import Any
 
 from dualsae.errors import CheckpointError
 from dualsae.jsonfiles import read_json_object
+from dualsae.outdir import check_finished, verify_files
 from dualsae.pair import SAEPair
 from dualsae.sae import SAE
 
@@ -18,6 +19,8 @@ def read_run_config(run_dir: Path) -> dict:
     raw = read_json_object(path, "expected a run folder written by 'dualsae train' or 'dualsae align'", CheckpointError)
     if "train" not in raw:
         raise CheckpointError(f"{path}: expected a run config with field 'train'; found fields {sorted(raw)}")
+    if not isinstance(raw["train"], dict):
+        raise CheckpointError(f"{path}: field 'train' must be a JSON object, found {json.dumps(raw['train'])}")
     return raw
 
 
@@ -79,6 +82,16 @@ def recorded_data(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
+    """Load a model as an :class:`SAEPair` (see :func:`_load_model`), refusing a folder whose writer
+    did not finish and checking its files against the folder's manifest (:mod:`dualsae.outdir`)."""
+    root = Path(path)
+    manifest = check_finished(root) if root.is_dir() else None
+    pair = _load_model(root, device)
+    verify_files(root, manifest)
+    return pair
+
+
+def _load_model(path: str | Path, device: str = "cpu") -> SAEPair:
     """Load a model as an :class:`SAEPair`.
 
     * aligned folder (has ``alignment.json``): :class:`dualsae.align.AlignedPair`;
@@ -98,7 +111,8 @@ def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
         if "sae" in raw:
             sae = SAE.load(root, device)
             return SAEPair("sae", sae, sae)
-    method = read_run_config(root)["train"].get("method", "?")
+    run_cfg = read_run_config(root)
+    method = run_cfg["train"].get("method", "?")
     if (root / "shared").is_dir():
         sae = SAE.load(root / "shared", device)
         return SAEPair(method, sae, sae)
@@ -107,4 +121,9 @@ def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
         state = root / "checkpoint"
         hint = " (training did not finish: resume it with 'dualsae train --resume')" if state.is_dir() else ""
         raise CheckpointError(f"{root}: holds no trained SAE folder (shared/, image/ or text/){hint}")
+    trained_on = run_cfg.get("data", {}).get("modalities") if isinstance(run_cfg.get("data"), dict) else None
+    if isinstance(trained_on, list) and set(trained_on) - set(parts) and not (root / "summary.json").is_file():
+        # A run stopped between saving its image/ and text/ SAEs (a library run without a manifest).
+        raise CheckpointError(f"{root}: unfinished: holds only {sorted(parts)} of the SAEs of modalities {trained_on} and no "
+                              "summary.json; resume it with 'dualsae train --resume'")
     return SAEPair(method, parts.get("image"), parts.get("text"))

@@ -33,13 +33,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dualsae.atomic import append_jsonl, save_tensors, write_json
+from dualsae.atomic import append_jsonl, save_tensors, write_json, write_text
 from dualsae.calibration import calibrate, needs_calibration
 from dualsae.codes import SparseCodes
 from dualsae.batches import BatchReader
 from dualsae.data import PairedEmbeddings, epoch_order
 from dualsae.distributed import Distributed
 from dualsae.errors import CheckpointError, ConfigError, DataError
+from dualsae.faults import fault_point
+from dualsae.fingerprint import resume_mismatch, store_fingerprint
+from dualsae.guards import check_loss, check_weights
 from dualsae.jsonfiles import config_from_dict, read_json_object
 from dualsae.losses import (
     aux_k_loss,
@@ -169,8 +172,16 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"training field {name!r} must be >= 1, found {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"training field 'lr' must be > 0, found {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"training field 'lr' must be a finite number > 0, found {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"training field {name!r} must be in [0, 1), found {getattr(self, name)}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ConfigError(f"training field 'eps' must be a finite number > 0, found {self.eps}")
+        for name in ("weight_decay", "grad_clip", "aux_coef", "l1_coef", "group_sparse_lambda"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"training field {name!r} must be a finite number >= 0, found {getattr(self, name)}")
         if not 0 <= self.warmup_frac < 1:
             raise ConfigError(f"training field 'warmup_frac' must be in [0, 1), found {self.warmup_frac}")
         if not 0 <= self.group_sparse_scale_warmup <= 1:
@@ -300,6 +311,7 @@ def _run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: 
             "rows": store.n,
             "d": store.d,
             "modalities": [m for m in ("image", "text") if store.has(m)],
+            "fingerprint": store_fingerprint(store),
         },
     }
     if calibration is not None:
@@ -344,8 +356,10 @@ def _check_resume_config(run_dir: Path, config: TrainConfig, store: PairedEmbedd
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing; --resume needs a run folder started by 'dualsae train'")
-    saved = json.loads(cfg_path.read_text())
+    saved = read_json_object(cfg_path, error=CheckpointError)
     old, new = saved.get("train", {}), config.to_dict()
+    if not isinstance(old, dict) or not isinstance(saved.get("data", {}), dict):
+        raise CheckpointError(f"{cfg_path}: fields 'train' and 'data' must be JSON objects; not a config written by 'dualsae train'")
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise CheckpointError(
@@ -353,6 +367,10 @@ def _check_resume_config(run_dir: Path, config: TrainConfig, store: PairedEmbedd
                 "resume needs the same training config"
             )
     old_data = saved.get("data", {})
+    if isinstance(old_data.get("fingerprint"), dict):
+        why = resume_mismatch(old_data["fingerprint"], store)
+        if why:
+            raise CheckpointError(f"{cfg_path}: {why}; --resume needs the store and rows the run started on")
     for key in ("rows", "d", "modalities"):
         if key in old_data and old_data[key] != _run_config_dict(config, store)["data"][key]:
             raise CheckpointError(
@@ -378,11 +396,17 @@ def _load_checkpoint(run_dir: Path, members: list[_Member]) -> int:
     from safetensors import safe_open
 
     path = run_dir / "checkpoint" / "state.safetensors"
-    if not path.is_file():
+    if not path.exists():
         return 0
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is not a file; expected the checkpoint written by 'dualsae train'")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'damaged'}); "
+                              "delete it to restart the run from step 0") from None
     if "step" not in meta:
         raise CheckpointError(f"{path}: has no 'step' in its metadata; not a dualsae checkpoint")
     for mem in members:
@@ -406,8 +430,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from (they will be written again)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = [line for line in path.read_text(errors="replace").splitlines() if _logged_step(line) <= step]
+    write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _logged_step(line: str) -> float:
+    """Step of one metrics.jsonl line; inf for a torn or foreign line (what a full disk or a kill
+    mid-write leaves), so truncation drops it."""
+    try:
+        row = json.loads(line)
+        return float(row.get("step", 0)) if isinstance(row, dict) else math.inf
+    except (ValueError, TypeError):
+        return math.inf
 
 
 # ---------------------------------------------------------------------- the step
@@ -597,14 +631,17 @@ def train(
             reduce = (lambda sae: dist.reduce_grads(sae, rows, global_rows)) if dist.enabled else None
             logs = _step(members, config, batch, lr_at(step, total, config), reduce)
             done = step + 1
+            check_loss(done, logs, lambda: _last_good(run_dir))
             if run_dir is not None and (done % config.log_every == 0 or done == total):
                 logs = dist.mean_logs(logs, rows, global_rows)  # the global batch's values (all ranks take part)
             if writes and (done % config.log_every == 0 or done == total):
                 row = {"step": done, "epoch": step // steps_per_epoch(store.n, config.batch_size), "lr": lr_at(step, total, config)}
-                row.update({k: round(v, 6) for k, v in logs.items()})
+                # Significant digits, not fixed decimals: losses of inputs scaled by 1e-4 are ~1e-9.
+                row.update({k: float(f"{v:.7g}") for k, v in logs.items()})
                 row["time_s"] = round(time.time() - t0, 2)
                 append_jsonl(run_dir / "metrics.jsonl", row)
             if writes and done % config.checkpoint_every == 0 and done < total:
+                check_weights(done, ((mem.name, mem.sae) for mem in members), lambda: _last_good(run_dir))
                 _save_checkpoint(run_dir, members, done)
             if on_step is not None:
                 on_step(done, logs)
@@ -617,8 +654,11 @@ def train(
     bar.close()
     batches.close()
     pair = _as_pair(config.method, {mem.name: mem.sae for mem in members})
+    check_weights(total, ((mem.name, mem.sae) for mem in members), lambda: _last_good(run_dir))
     if writes:
-        for mem in members:
+        for i, mem in enumerate(members):
+            if i:
+                fault_point("train-between-saes", str(run_dir))
             mem.sae.save(run_dir / mem.name)
         summary = {"steps": total, "seconds": round(time.time() - t0, 2), "final": logs}
         if calibration is not None:
@@ -629,6 +669,20 @@ def train(
     for mem in members:
         mem.sae.eval()
     return pair
+
+
+def _last_good(run_dir: Path | None) -> str:
+    """Where the last good training state is, for a divergence message."""
+    if run_dir is None:
+        return "nothing was saved"
+    path = run_dir / "checkpoint" / "state.safetensors"
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            step = (f.metadata() or {}).get("step", "?")
+        return f"the last good checkpoint (step {step}) is kept in {path.parent}"
+    return f"no checkpoint was saved yet in {run_dir} (one is written every --checkpoint-every steps)"
 
 
 def _as_pair(method: str, saes: dict[str, SAE]) -> SAEPair:

@@ -4,11 +4,15 @@ shared-SAE run (App. F.2)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, data_arg, open_data, resolve_data, resolve_split
 from dualsae.distributed import Distributed, resolve_device
 from dualsae.errors import ConfigError
+from dualsae.fingerprint import recorded_fingerprint, store_warnings
+from dualsae.outdir import check_output, claim_output, commit_output
+from dualsae.runlock import output_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not write correlation.safetensors (the live block of C; 'dualsae analyze heterogeneity' then needs --data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_confidence_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.set_defaults(func=run)
 
 
@@ -54,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     store.require_pairs("alignment (the coactivation correlation of eq. 5)")
     split, test_fraction, split_seed = resolve_split(args, run_dir)
     rows = store.split(split, test_fraction=test_fraction, seed=split_seed)
+    job = {"run": str(run_dir.resolve()), "data": str(Path(data).resolve()), "split": split,
+           "test_fraction": test_fraction, "split_seed": split_seed}
+    if dist.is_main:
+        for line in store_warnings(run_dir, rows, "align"):
+            print(line, file=sys.stderr)
+        check_output(out, "align", job, overwrite=args.overwrite)  # refuse someone else's folder before the work
     stats = None
     if dist.enabled:  # each rank streams its batches; the eq. 5 sums are all-reduced; rank 0 goes on
         try:
@@ -65,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
     result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
                    source=str(run_dir), progress=not args.no_progress, confidence=confidence)
-    result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed})
-    result.save(out, save_correlation=not args.no_correlation)
+    result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
+                          "fingerprint": recorded_fingerprint(run_dir)})
+    with output_lock(out, "this aligned model"):
+        claim_output(out, "align", job, overwrite=args.overwrite)  # unfinished until commit_output
+        result.save(out, save_correlation=not args.no_correlation)
+        commit_output(out)
     rep = result.report
     t = rep["timing"]
     if result.kind == "collapse":

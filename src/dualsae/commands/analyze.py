@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.commands.common import open_data
+from dualsae.commands.common import check_batch_size, check_width, open_data
+from dualsae.distributed import resolve_device
 from dualsae.errors import ConfigError
+from dualsae.outdir import check_output, claim_output, commit_output
+from dualsae.runlock import output_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--device", default="cpu")
     h.add_argument("--title", default="", help="figure title")
     h.add_argument("--no-progress", action="store_true")
+    h.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     h.set_defaults(func=run_heterogeneity)
 
     t = what.add_parser(
@@ -65,14 +69,21 @@ def run_heterogeneity(args: argparse.Namespace) -> int:
     from dualsae.analysis import heterogeneity_from_folder, plot_heterogeneity
     from dualsae.atomic import write_json
 
-    store = open_data(args.data).split(args.split) if args.data else None
-    result, source = heterogeneity_from_folder(args.model, store, batch_size=args.batch_size, device=args.device,
-                                               progress=not args.no_progress)
+    check_batch_size(args.batch_size)
+    resolve_device(args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {**result.to_json(), "model": str(args.model), "correlation_source": source}
-    write_json(out / "heterogeneity.json", summary)
-    plot_heterogeneity(result, out / "heterogeneity.png", title=args.title or f"Heterogeneity: {Path(args.model).name}")
+    job = {"model": str(Path(args.model).resolve()), "data": str(Path(args.data).resolve()) if args.data else None, "split": args.split}
+    check_output(out, "analyze heterogeneity", job, overwrite=args.overwrite)
+    store = open_data(args.data).split(args.split) if args.data else None
+    with output_lock(out, "this analysis"):
+        check_output(out, "analyze heterogeneity", job, overwrite=args.overwrite)
+        result, source = heterogeneity_from_folder(args.model, store, batch_size=args.batch_size, device=args.device,
+                                                   progress=not args.no_progress)
+        claim_output(out, "analyze heterogeneity", job, overwrite=args.overwrite)
+        summary = {**result.to_json(), "model": str(args.model), "correlation_source": source}
+        write_json(out / "heterogeneity.json", summary)
+        plot_heterogeneity(result, out / "heterogeneity.png", title=args.title or f"Heterogeneity: {Path(args.model).name}")
+        commit_output(out)
     print(f"{args.model}: live image {result.live_image:,}, text {result.live_text:,}; {result.pairs:,} pairs; C from {source}")
     print(f"  {'c bin':<12} {'pairs':>12} {'mean':>7} {'q1':>7} {'median':>7} {'q3':>7}")
     fmt = lambda v: f"{v:7.4f}" if v is not None else f"{'-':>7}"  # noqa: E731
@@ -94,9 +105,12 @@ def run_top(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, found {args.n}")
+    check_batch_size(args.batch_size)
+    resolve_device(args.device)
     pair = load_model(args.model, device=args.device)
     data = resolve_data(args, args.model)
     store = open_data(data).split(args.split)
+    check_width(pair, store, args.model)
     mods = [m for m in (("image", "text") if args.modality == "both" else (args.modality,)) if store.has(m)]
     found = {mod: top_examples_many(pair, store, args.latent, mod, n=args.n, collapse=not args.no_collapse,
                                     batch_size=args.batch_size, device=args.device) for mod in mods}

@@ -59,3 +59,17 @@ def resolve_split(args: argparse.Namespace, model: str | Path | None = None) -> 
 def select_split(store: PairedEmbeddings, args: argparse.Namespace, model: str | Path | None = None) -> PairedEmbeddings:
     split, fraction, seed = resolve_split(args, model)
     return store.split(split, test_fraction=fraction, seed=seed)
+
+
+def check_batch_size(value: int, flag: str = "--batch-size") -> None:
+    if value < 1:
+        raise ConfigError(f"{flag} must be >= 1, found {value}")
+
+
+def check_width(pair, store: PairedEmbeddings, model: str | Path) -> None:
+    """The store's rows must have the width the model's SAEs embed (one line instead of a matmul error)."""
+    from dualsae.errors import DataError
+
+    d = next(s.d for s in (pair.image, pair.text) if s is not None)
+    if store.d != d:
+        raise DataError(f"{store.root}: rows have width d={store.d}, the model {model} expects d={d}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dualsae.commands.common import add_split_args, data_arg, resolve_data, resolve_split
 from dualsae.errors import ConfigError
+from dualsae.outdir import check_output, claim_output, commit_output
+from dualsae.runlock import output_lock
 
 DESCRIPTION = """\
 Evaluate a trained or aligned model on the rows of --data (default: the test split):
@@ -58,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=4096)
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.set_defaults(func=run)
 
 
@@ -81,9 +85,15 @@ def run(args: argparse.Namespace) -> int:
         max_concepts=args.max_concepts or None, seed=args.seed, batch_size=args.batch_size, device=str(resolve_device(args.device)),
         progress=not args.no_progress,
     )
-    doc = evaluate_model(args.model, data, out / "metrics.json", split=split, options=options, zeroshot=args.zeroshot,
-                         external=args.external, test_fraction=test_fraction, split_seed=split_seed,
-                         log=lambda s: print(s, file=sys.stderr))
+    job = {"model": str(Path(args.model).resolve()), "data": str(Path(data).resolve()), "split": split,
+           "test_fraction": test_fraction, "split_seed": split_seed}
+    check_output(out, "eval", job, overwrite=args.overwrite)  # before the lock file is created in someone's folder
+    with output_lock(out, "this evaluation"):
+        claim_output(out, "eval", job, overwrite=args.overwrite)  # also checks the folder is writable, before any work
+        doc = evaluate_model(args.model, data, out / "metrics.json", split=split, options=options, zeroshot=args.zeroshot,
+                             external=args.external, test_fraction=test_fraction, split_seed=split_seed,
+                             log=lambda s: print(s, file=sys.stderr))
+        commit_output(out)
     print(f"{args.model} ({doc['method']}, m={doc['m']:,}) on {data} [{split}: {doc['n_rows']:,} rows]")
     print(format_table(doc))
     print(f"-> {out / 'metrics.json'}")
@@ -92,3 +102,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"dualsae: {len(doc['skipped'])} requested task(s) skipped: {', '.join(doc['skipped'])}", file=sys.stderr)
         return 1
     return 0
+

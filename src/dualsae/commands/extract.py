@@ -54,12 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding images (default: min(8, CPUs))")
     run.add_argument("--no-normalize", action="store_true", help="keep raw projections instead of L2-normalising")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.set_defaults(func=run_extract)
 
 
 def run_extract(args: argparse.Namespace) -> int:
     from dualsae.distributed import Distributed, resolve_device
     from dualsae.extract import ExtractConfig, extract, format_summary
+    from dualsae.errors import DualSAEError
+    from dualsae.outdir import check_output, claim_output, commit_output, remove_if_unused
+    from dualsae.runlock import output_lock
     from dualsae.readers import make_source
 
     resolved = resolve_device(args.device)
@@ -70,10 +74,27 @@ def run_extract(args: argparse.Namespace) -> int:
     source = make_source(args.format, annotations=args.annotations, images=args.images, split_file=args.split_file,
                          shards=args.shards, classnames=args.classnames, templates=args.templates, table=args.table,
                          image_col=args.image_col, caption_col=args.caption_col, max_captions=args.captions_per_image)
-    try:
-        summary = extract(source, args.model, args.out, config, progress=not args.quiet, dist=dist)
-    finally:
-        dist.close()
+    # The folder is this extraction's (same flags: a resume) or refused; locked while it runs; its
+    # manifest says complete only after extract.json (the store's last file) is written.
+    job = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "overwrite", "workers", "batch_size", "device")}
+    if dist.is_main:
+        check_output(args.out, "extract", job, overwrite=args.overwrite)
+    if not dist.enabled:
+        with output_lock(args.out, "this store"):
+            claim_output(args.out, "extract", job, overwrite=args.overwrite)
+            try:
+                summary = extract(source, args.model, args.out, config, progress=not args.quiet, dist=dist)
+            except DualSAEError:
+                remove_if_unused(args.out)  # e.g. every image unreadable: leave no empty store folder behind
+                raise
+            finally:
+                dist.close()
+            commit_output(args.out)
+    else:  # torchrun ranks share the folder: extract's own shard protocol coordinates them
+        try:
+            summary = extract(source, args.model, args.out, config, progress=not args.quiet, dist=dist)
+        finally:
+            dist.close()
     if dist.is_main:
         print(format_summary(summary, args.out))
     return 0

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, open_data, select_split
+from dualsae.commands.common import add_split_args, check_batch_size, check_width, open_data, select_split
+from dualsae.fingerprint import store_warnings
+from dualsae.guards import non_finite_tensors
 from dualsae.metrics.reconstruction import reconstruction_metrics
 from dualsae.run import load_model
 
@@ -26,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_batch_size(args.batch_size)
     pair = load_model(args.run)
     root = Path(args.run)
     info: dict = {"path": str(root), "method": pair.method}
@@ -35,15 +39,23 @@ def run(args: argparse.Namespace) -> int:
         name: {
             "d": s.d, "m": s.m, "k": s.config.k, "activation": s.config.activation, "parameters": s.n_params(),
             "dead_in_training": int(s.dead_mask().sum()),
+            "non_finite_tensors": non_finite_tensors(s),
         }
         for name, s in saes.items()
     }
     info["parameters"] = sum(s.n_params() for s in saes.values())
     if args.data:
         store = select_split(open_data(args.data), args, args.run)
+        check_width(pair, store, args.run)
+        for line in store_warnings(args.run, store, "eval"):
+            print(line, file=sys.stderr)
         stats = reconstruction_metrics(pair, store, batch_size=args.batch_size)
         stats.pop("mean", None)
         info["data"] = {"path": args.data, "split": args.split, **stats}
+    for name, s in info["saes"].items():
+        if s["non_finite_tensors"]:
+            print(f"warning: {root}: the {name} SAE has NaN or inf in {', '.join(s['non_finite_tensors'])}; "
+                  "this model is unusable (training diverged)", file=sys.stderr)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

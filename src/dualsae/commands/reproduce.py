@@ -7,6 +7,10 @@ import time
 from dataclasses import replace
 
 from dualsae.experiments.synthetic import QUICK, SyntheticPlan, markdown_table, run_plan
+from dualsae.outdir import resumable_output
+
+#: What 'reproduce synthetic' writes, so a folder it wrote before manifests existed is adopted.
+SYNTHETIC_OUTPUTS = ("plan.json", "units", "data", "results.csv", "results.json", "results.md", "fig5.png", "fig6.png")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,8 +73,10 @@ def run_synthetic(args: argparse.Namespace) -> int:
     }
     plan = replace(plan, **{k: v for k, v in over.items() if v is not None})
     t0 = time.time()
-    report = run_plan(plan, args.out, keep_data=args.keep_data, progress=not args.no_progress, max_units=args.max_units,
-                      workers=args.workers, threads_per_worker=args.threads_per_worker)
+    # One job per folder at a time (lock), temporaries of a killed call swept, folder marked finished at the end.
+    with resumable_output(args.out, "reproduce synthetic", {"experiment": "synthetic"}, keep=SYNTHETIC_OUTPUTS):
+        report = run_plan(plan, args.out, keep_data=args.keep_data, progress=not args.no_progress, max_units=args.max_units,
+                          workers=args.workers, threads_per_worker=args.threads_per_worker)
     print(markdown_table(report))
     print(f"{report['units_done']}/{report['units_total']} trainings done; this call took {time.time() - t0:.0f} s; "
           f"results in {args.out}/ (results.csv, results.json, results.md, fig5.png, fig6.png, curves.png)")

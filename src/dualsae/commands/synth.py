@@ -43,6 +43,7 @@ def register(subparsers) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     g.add_argument("--max-rounds", type=int, default=d.max_rounds,
                    help=f"rejection-sampling proposal rounds before giving up (default {d.max_rounds})")
+    g.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     g.set_defaults(func=run_generate)
 
     m = sub.add_parser(
@@ -72,8 +73,16 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 def run_generate(args: argparse.Namespace) -> int:
     from dualsae.synthetic import write_synthetic
 
+    from dataclasses import asdict
+
+    from dualsae.outdir import claim_output, commit_output
+    from dualsae.runlock import output_lock
+
     config = config_from_args(args)
-    out = write_synthetic(config, args.out)
+    with output_lock(args.out, "this store"):
+        claim_output(args.out, "synth generate", asdict(config), overwrite=args.overwrite)
+        out = write_synthetic(config, args.out)
+        commit_output(args.out)
     print(f"wrote {config.n_rows:,} synthetic pairs (d={config.d}, alpha={config.alpha:g}, "
           f"{config.n_concepts:,} concepts) to {out}")
     return 0
@@ -84,6 +93,9 @@ def run_metrics(args: argparse.Namespace) -> int:
     from dualsae.metrics.synthetic import evaluate_synthetic
     from dualsae.run import load_model
 
+    from dualsae.distributed import resolve_device
+
+    resolve_device(args.device)
     pair = load_model(args.model, device=args.device)
     metrics = evaluate_synthetic(pair, args.data, split=args.split, batch_size=args.batch_size)
     width = max(len(k) for k in metrics)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data
 from dualsae.distributed import Distributed, resolve_device
-from dualsae.errors import ConfigError
+from dualsae.errors import CheckpointError, ConfigError
+from dualsae.guards import row_norm_check
+from dualsae.jsonfiles import config_from_dict
+from dualsae.outdir import check_output, claim_output, commit_output, read_manifest, sweep_temporaries
+from dualsae.run import read_run_config
+from dualsae.runlock import output_lock
 from dualsae.train import METHODS, PRESETS, TrainConfig, train
 
 # CLI flag -> TrainConfig field, for every field a user may override.
@@ -61,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use --group-sparse-lambda as a raw coefficient instead of Prop. 3's scale-free lambda-tilde")
     add_split_args(p, None, model_default=False)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (flags you give must match its config)")
+    p.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
+    p.add_argument("--allow-outliers", action="store_true",
+                   help="train even on rows whose norm is over 1000x the median row norm (refused by default)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (under torchrun, cuda means each rank's own GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -83,9 +92,10 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     explicit = {k: getattr(args, k) for k in known if getattr(args, k, None) is not None}
     cfg_path = Path(args.out) / "config.json"
     if args.resume and cfg_path.is_file():
-        saved = json.loads(cfg_path.read_text()).get("train", {})
-        merged = {**saved, **explicit}
-        return TrainConfig(**merged)
+        saved = read_run_config(Path(args.out))["train"]
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{cfg_path}: field 'train' must be a JSON object, found {json.dumps(saved)}")
+        return config_from_dict(TrainConfig, {**saved, **explicit}, str(cfg_path), "training", CheckpointError)
     explicit.setdefault("method", "specific")
     preset = explicit.pop("preset", "real")
     return TrainConfig.from_preset(preset, **explicit)
@@ -96,20 +106,68 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, found {args.method!r}")
     if args.preset is not None and args.preset not in PRESETS:
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, found {args.preset!r}")
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
     config = _config_from_args(args)
     # The config's split (the saved one on --resume) picks the rows, so a resumed run sees the same rows.
     store = open_data(args.data).split(config.split, test_fraction=config.test_fraction, seed=config.split_seed)
-    device = resolve_device(args.device)
     dist = Distributed.from_env(device)  # a torchrun rank, or one process (torch.distributed untouched)
-    try:
-        train(store, config, args.out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
-    finally:
-        dist.close()
+    if dist.is_main:
+        for line in _data_notes(store, config, args.allow_outliers):
+            print(line, file=sys.stderr)
+    if not dist.enabled:
+        _claim_run(out, config, args, check_only=True)  # refuse before the lock file is created in someone's folder
+        with output_lock(out, "this run"):
+            _claim_run(out, config, args)
+            try:
+                train(store, config, out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
+            finally:
+                dist.close()
+            commit_output(out)
+    else:  # torchrun: rank 0 writes the folder (train() coordinates the ranks)
+        try:
+            train(store, config, args.out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
+        finally:
+            dist.close()
     if not dist.is_main:
         return 0
-    summary = json.loads((Path(args.out) / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     final = summary.get("final", {})
     parts = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("mse_") or k in ("l0", "dead_frac"))
     print(f"trained {config.method} ({config.latents_per_sae} latents per SAE, k={config.k}) in {summary['seconds']:.1f}s, "
           f"{summary['steps']} steps -> {args.out}  [{parts}]")
     return 0
+
+
+def _data_notes(store, config: TrainConfig, allow_outliers: bool) -> list[str]:
+    """Refuse outlier rows; say once which modality is missing and when the input scale is far from 1."""
+    notes = row_norm_check(store, allow_outliers)
+    missing = [m for m in ("image", "text") if not store.has(m)]
+    if missing:
+        have = "image" if store.has("image") else "text"
+        what = f"the {have} SAE only" if config.method == "specific" else f"the shared SAE on {have} rows only"
+        notes.insert(0, f"note: {store.root} has no {missing[0]}.npy; training {what}")
+    return notes
+
+
+def _claim_run(out: Path, config: TrainConfig, args: argparse.Namespace, check_only: bool = False) -> None:
+    """Make ``out`` this run's folder (:mod:`dualsae.outdir`): a fresh run refuses a folder holding
+    anything (a run: pass --resume; else --overwrite); a resume keeps the folder's unfinished manifest
+    (a run folder without one, from before manifests, is adopted). ``check_only``: only refuse."""
+    job = {"config": config.to_dict()}
+    if args.resume:
+        if check_only or not out.is_dir():
+            return
+        sweep_temporaries(out)
+        if read_manifest(out) is None and (out / "config.json").is_file() and not (out / "summary.json").exists():
+            claim_output(out, "train", job, keep=[p.name for p in out.iterdir()])
+        return
+    if (out / "config.json").exists() and not args.overwrite:
+        raise CheckpointError(f"{out}: already holds a run (config.json); pass --resume to continue it, --overwrite to replace it, "
+                              "or choose a new --out")
+    if check_only:
+        check_output(out, "train", job, overwrite=args.overwrite)
+    else:
+        claim_output(out, "train", job, overwrite=args.overwrite)

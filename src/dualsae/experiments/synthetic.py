@@ -38,7 +38,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from dualsae.atomic import write_json, write_text
-from dualsae.errors import ConfigError
+from dualsae.errors import ConfigError, DataError
+from dualsae.jsonfiles import read_json_object
+from dualsae.outdir import finished_json_files
 
 FIG5_METHODS = ("shared", "specific")
 FIG6_BASELINES = ("group-sparse", "iso-energy")
@@ -355,7 +357,7 @@ def run_plan(plan: SyntheticPlan, out: str | Path, keep_data: bool = False, prog
 def _check_saved_plan(path: Path, plan: SyntheticPlan) -> None:
     """Refuse a folder holding a job with other settings; a plan that only adds values to an axis
     (distances, multipliers, seeds, epochs) extends the job, keeping every finished unit."""
-    saved = plan_from_dict(json.loads(path.read_text()))
+    saved = plan_from_dict(read_json_object(path, "delete it to start the job afresh", ConfigError))
     now = json.loads(json.dumps(asdict(plan)))
     diff = sorted(k for k in set(saved) | set(now)
                   if saved.get(k) != now.get(k) and not (k in AXES and set(saved.get(k) or []) <= set(now.get(k) or [])))
@@ -366,10 +368,13 @@ def _check_saved_plan(path: Path, plan: SyntheticPlan) -> None:
 # ---------------------------------------------------------------------- aggregation
 
 
-def load_rows(out: Path) -> list[dict]:
+def load_rows(out: Path, plan: SyntheticPlan | None = None) -> list[dict]:
+    """Rows of the finished unit files (of ``plan``'s units when given); temporaries never count."""
+    units = finished_json_files(out / "units", DataError)
+    keys = sorted(units) if plan is None else [u.key for u in plan_units(plan) if u.key in units]
     rows: list[dict] = []
-    for path in sorted((out / "units").glob("*.json")):
-        rows.extend(json.loads(path.read_text()))
+    for key in keys:
+        rows.extend(units[key])
     return rows
 
 
@@ -611,10 +616,11 @@ def _spearman(x: list[float], y: list[float]) -> float:
 
 
 def build_report(plan: SyntheticPlan, out: Path) -> dict:
-    rows = load_rows(out)
+    rows = load_rows(out, plan)
     agg = aggregate(plan, rows)
     units = plan_units(plan)
-    done = sum((out / "units" / f"{u.key}.json").is_file() for u in units)
+    finished = finished_json_files(out / "units", DataError)  # finished unit files only, once per unit
+    done = sum(u.key in finished for u in units)
     claims = check_claims(plan, agg)
     return {"plan": asdict(plan), "units_done": done, "units_total": len(units), "rows": rows, **agg,
             "claims": claims, "budget_changes": budget_changes(claims)}

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from dualsae.atomic import write_json, write_text
-from dualsae.errors import ConfigError
+from dualsae.errors import ConfigError, DataError
+from dualsae.jsonfiles import read_json_object
+from dualsae.outdir import finished_json_files, resumable_output
 
 ROWS = (
     ("shared", "Shared SAE"),
@@ -167,7 +169,7 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
     plan_path = out / "plan.json"
     current = json.loads(json.dumps(asdict(plan)))
     if plan_path.is_file():
-        saved = json.loads(plan_path.read_text())
+        saved = read_json_object(plan_path, "delete it to start the job afresh", ConfigError)
         if saved != current:
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise ConfigError(f"{plan_path}: this folder holds a table job with different settings ({', '.join(diff)}); use another --out")
@@ -229,7 +231,9 @@ def _json_safe(obj: Any) -> Any:
 
 
 def build_table(plan: Table1Plan, out: Path) -> dict:
-    rows = [json.loads(p.read_text()) for p in sorted((out / "units").glob("*.json"))]
+    # Finished unit files only (a temporary left by a kill is no unit), one per (method, seed) of the plan.
+    units = finished_json_files(out / "units", DataError)
+    rows = [units[f"{m}_seed{s}"] for s in plan.seeds for m, _ in ROWS if f"{m}_seed{s}" in units]
     table = []
     for method, label in ROWS:
         sel = [r for r in rows if r["method"] == method]
@@ -373,7 +377,9 @@ def _run_cli(args: argparse.Namespace) -> int:
         positives=args.positives, seeds=tuple(args.seeds), latents=args.latents, k=args.k, epochs=args.epochs,
         batch_size=args.batch_size, steering_alpha=args.steering_alpha,
     )
-    report = run_table1(plan, args.out, progress=not args.no_progress, methods=tuple(args.methods))
+    with resumable_output(args.out, "reproduce table1", {"experiment": "table1"},
+                          keep=("plan.json", "units", "table1.md", "table1.csv", "table1.json")):
+        report = run_table1(plan, args.out, progress=not args.no_progress, methods=tuple(args.methods))
     print(markdown(report))
     print(f"written: {args.out}/table1.md, table1.csv, table1.json")
     return 0
