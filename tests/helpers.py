@@ -96,6 +96,20 @@ def finish_ranks(procs: list[subprocess.Popen], timeout: float = 600) -> list[st
     return [out for out, _ in results]
 
 
+def wait_ranks(procs: list[subprocess.Popen], timeout: float = 120) -> list[str]:
+    """Wait for every rank, whatever its exit code; their stderr. A rank still running at the
+    timeout is killed (it was waiting for ever in a collective), which fails the caller's check of
+    the exit codes."""
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return [_read(p.logs[1]) for p in procs]
+
+
 def launch_ranks(args: list[str], world: int = 2) -> list[str]:
     """Run ``python ARGS`` as ``world`` ranks to the end; their stdout."""
     return finish_ranks(start_ranks(args, world))

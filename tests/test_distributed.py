@@ -4,6 +4,7 @@ train, align and extract exactly as one process does."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -17,10 +18,12 @@ from dualsae.align import align, load_correlation
 from dualsae.data import PairedEmbeddings
 from dualsae.distributed import Distributed
 from dualsae.errors import ConfigError
+from dualsae.outdir import check_finished, verify_files
+from dualsae.runlock import output_lock
 from dualsae.run import load_model
 from dualsae.sae import SAE
 from dualsae.train import TrainConfig, train
-from tests.helpers import launch_ranks, make_store, start_ranks
+from tests.helpers import launch_ranks, make_store, start_ranks, wait_ranks
 
 #: One config per method; AuxK fires (short dead window), BatchTopK is on for two of them.
 CONFIGS = {
@@ -132,6 +135,36 @@ def test_killed_two_rank_run_resumes_with_two_or_one_ranks(data, reference, tmp_
         assert _max_diff(ref, one.sae_for(mod).state_dict()) < TOL, f"{mod}: 1-process resume of a 2-rank run"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 30  # 320 training rows // 30 x 3 epochs  # rank 0 alone logs: no duplicated rows
+    manifest = check_finished(run)  # the torchrun command committed the folder as a unit
+    assert manifest["complete"] and "image/model.safetensors" in manifest["files"]
+    verify_files(run, manifest)
+
+
+def test_torchrun_commands_keep_the_folder_rules_and_stop_every_rank_on_a_refusal(data, tmp_path):
+    """Under torchrun, rank 0 locks and claims the output folder like one process does; when it
+    refuses (another job's folder, a folder in use) every rank exits 2 at once instead of waiting
+    for ever in the next collective."""
+    flags = ["--method", "shared", "--latents", "16", "--k", "2", "--epochs", "1", "--batch-size", "40", "--no-progress"]
+    train = ["-m", "dualsae", "train", "--data", str(data), *flags]
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    run = tmp_path / "run"
+    launch_ranks([*train, "--out", str(run)])
+    cases = [
+        ([*train, "--out", str(foreign)], "already holds files written by something else"),
+        (["-m", "dualsae", "align", str(run), "--data", str(data), "--out", str(foreign), "--no-progress"], "already holds files"),
+        ([*train[:-1], "--out", str(run), "--resume", "--no-progress"], f"in use by another dualsae process (pid {os.getpid()})"),
+    ]
+    with output_lock(run, "the test's hold"):
+        for args, needle in cases:
+            procs = start_ranks(args)
+            errs = wait_ranks(procs)
+            assert [p.returncode for p in procs] == [2, 2], (args, errs)
+            assert needle in errs[0] and errs[0].count("\n") == 1, errs[0]
+            assert "rank 0 stopped" in errs[1] and errs[1].count("\n") == 1, errs[1]
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    verify_files(run, check_finished(run))  # the held run is untouched
 
 
 def test_batch_slices_cover_the_global_batch():

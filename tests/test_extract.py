@@ -22,8 +22,10 @@ from dualsae.distributed import Distributed
 from dualsae.data import PairedEmbeddings
 from dualsae.errors import ConfigError, DataError
 from dualsae.extract import DualEncoder, ExtractConfig, extract
+from dualsae.outdir import check_finished, verify_files
+from dualsae.runlock import output_lock
 from dualsae.readers import CocoSource, ImageFolderSource, TableSource, WebDatasetSource
-from tests.helpers import launch_ranks
+from tests.helpers import launch_ranks, start_ranks, wait_ranks
 
 CLIP_MAX_LEN = 16
 SIGLIP_MAX_LEN = 12
@@ -366,6 +368,16 @@ def test_two_rank_extraction_is_byte_identical(models, tmp_path):
     for name in ("image.npy", "text.npy", "meta.jsonl", "extract.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert not (tmp_path / "two" / ".shards").exists()
+    manifest = check_finished(tmp_path / "two")  # rank 0 claimed the folder and committed it last
+    assert manifest["complete"] and {"image.npy", "text.npy", "extract.json"} <= set(manifest["files"])
+    verify_files(tmp_path / "two", manifest)
+    # rank 0 takes the folder's lock: with another process holding it, both ranks stop at once (exit 2)
+    with output_lock(tmp_path / "three"):
+        procs = start_ranks(["-m", "dualsae", *args, "--out", str(tmp_path / "three")])
+        errs = wait_ranks(procs)
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert f"in use by another dualsae process (pid {os.getpid()})" in errs[0] and "rank 0 stopped" in errs[1]
+    assert not (tmp_path / "three" / "image.npy").exists()
 
 
 # ---------------------------------------------------------------------- faults (issue 9)

@@ -346,8 +346,16 @@ def test_bad_values_and_flags_are_one_line(base, tmp_path, capsys):
     assert one_line_error(code, err, "image/config.json", "'m' must be int")
     make_store(tmp_path / "wide", n=50, d=12)
     data = base / "data"
+    assert cli(_align(base, "runA", tmp_path / "aligned"), capsys)[0] == 0
     cases = [
         (["info", base / "runA", "--data", tmp_path / "wide"], "expects d=8"),
+        # every command that reads rows through a model names the store and both widths
+        (["align", base / "runA", "--data", tmp_path / "wide", "--out", tmp_path / "t2"], "expects d=8"),
+        (["analyze", "heterogeneity", base / "runA", "--data", tmp_path / "wide", "--out", tmp_path / "het"], "expects d=8"),
+        (["analyze", "top", base / "runA", "--data", tmp_path / "wide", "--latent", "0"], "expects d=8"),
+        (["eval", base / "runA", "--data", tmp_path / "wide", "--out", tmp_path / "ev"], "expects d=8"),
+        (["report", base / "runA", "--data", tmp_path / "wide", "--out", tmp_path / "rep"], "expects d=8"),
+        (["translate", tmp_path / "aligned", "--data", tmp_path / "wide", "--rows", "0"], "expects d=8"),
         (["info", base / "runA", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["analyze", "top", base / "runA", "--data", data, "--latent", "0", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["train", "--data", data, "--out", tmp_path / "t1", "--lr", "nan", *TRAIN], "'lr' must be a finite number > 0"),
@@ -369,7 +377,8 @@ def test_bad_values_and_flags_are_one_line(base, tmp_path, capsys):
     for args, needle in cases:
         code, _, err = cli(args, capsys)
         assert one_line_error(code, err, needle), (args, err)
-    assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists() and not (tmp_path / "ev").exists()
+    for name in ("t1", "t2", "ev", "het", "rep"):
+        assert not (tmp_path / name).exists(), name
 
 
 def test_bad_out_paths_fail_before_any_work(base, tmp_path, capsys, monkeypatch):

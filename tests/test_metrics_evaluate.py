@@ -142,4 +142,4 @@ def test_eval_errors(tmp_path, capsys):
 def test_eval_rejects_wrong_dimension(tmp_path, capsys):
     data, model = _store(tmp_path / "data", d=6), _model(tmp_path / "run", d=8)
     rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "recon", "--no-progress"])
-    assert rc == 2 and "data store embeddings have d=6, the model's image SAE expects d=8" in capsys.readouterr().err
+    assert rc == 2 and "embeddings have dimension d=6, but the model's image SAE (data store) expects d=8" in capsys.readouterr().err

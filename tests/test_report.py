@@ -5,6 +5,7 @@ captions that must show as text and run nothing."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -175,8 +176,48 @@ def test_report_refuses_a_foreign_out_folder_and_writes_nothing(site, tmp_path, 
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     code, _, err = _cli(["report", str(site / "aligned"), "--data", str(site / "data"), "--out", str(out)], capsys)
-    assert code == 2 and err.count("\n") == 1 and "not an earlier report" in err
+    assert code == 2 and err.count("\n") == 1 and "already holds files written by something else (notes.txt)" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_report_folder_is_owned_locked_and_replaced_whole(site, tmp_path, capsys):
+    """The site is written as a unit (manifest with every file's hash, swapped in whole), under a lock
+    beside it; another model's report is refused unless --overwrite; a kill mid-swap leaves a complete
+    site (the old or the new one) and the next run cleans up."""
+    from dualsae.outdir import check_finished, verify_files
+    from dualsae.report.build import report_lock
+    from tests.fault_helpers import KILLED, run_cli
+
+    out = tmp_path / "site"
+    base = ["report", str(site / "aligned"), "--data", str(site / "data"), "--out", str(out), "--no-progress", "--probe-latents", "0"]
+    assert _cli(base, capsys)[0] == 0
+    first = check_finished(out)
+    assert first["command"] == "report" and "data/summary.js" in first["files"] and "index.html" in first["files"]
+    verify_files(out, first)
+    assert _cli(base, capsys)[0] == 0  # the same report again: replaced
+    other = ["report", str(site / "run"), "--data", str(site / "data"), "--out", str(out), "--no-progress", "--probe-latents", "0"]
+    code, _, err = _cli(other, capsys)
+    assert code == 2 and err.count("\n") == 1 and "'dualsae report' for another job" in err and "--overwrite" in err
+    with report_lock(out):
+        code, _, err = _cli(base, capsys)
+    assert code == 2 and f"in use by another dualsae process (pid {os.getpid()})" in err
+    # SIGKILL while the new site and the old one are being exchanged
+    killed = run_cli([*other, "--overwrite"], fault="report-swap")
+    assert killed.returncode == KILLED, killed.stderr
+    verify_files(out, check_finished(out))  # a complete site is in place
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".site.")]
+    assert leftovers, "the kill point should have left the other site beside --out"
+    assert _cli([*other, "--overwrite"], capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".site.") and not p.name.endswith(".lock")) == []
+    assert json.loads((out / "manifest.json").read_text())["job"]["model"] == str((site / "run").resolve())
+    # a kill between the two renames of the fallback swap (no RENAME_EXCHANGE): the next run puts the
+    # old site back before it refuses another job
+    os.replace(out, tmp_path / ".site.old-99")
+    (tmp_path / ".site.tmp-99").mkdir()
+    code, _, err = _cli(base, capsys)
+    assert code == 2 and "for another job" in err
+    verify_files(out, check_finished(out))
+    assert not (tmp_path / ".site.old-99").exists() and not (tmp_path / ".site.tmp-99").exists()
 
 
 def test_specific_run_warns_and_shared_sae_gets_collapse_rate(site, tmp_path, capsys):

@@ -229,10 +229,8 @@ def coactivation_correlation(
     else:
         sae_i, sae_t = pair_or_saes
     store.require_pairs("the coactivation correlation (eq. 5)")
-    where = store.root if store.root is not None else "the store"
     for name, sae in (("image", sae_i), ("text", sae_t)):
-        if sae.d != store.d:
-            raise DataError(f"{where}: embeddings have dimension d={store.d}, but the {name} SAE expects d={sae.d}")
+        store.require_width(sae.d, f"the {name} SAE")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, found {batch_size}")
     sae_i, sae_t = sae_i.to(device).eval(), sae_t.to(device).eval()

@@ -210,6 +210,20 @@ class PairedEmbeddings:
         for mod in MODALITIES:
             self.require(mod, why)
 
+    def require_width(self, d: int, what: str) -> None:
+        """Rows must be ``d`` wide for ``what`` (an SAE, named: "the image SAE"); one line naming the
+        store otherwise, instead of a matmul error deep inside."""
+        if self.d != d:
+            where = self.root if self.root is not None else "the store"
+            raise DataError(f"{where}: embeddings have dimension d={self.d}, but {what} expects d={d}")
+
+    def require_model_width(self, pair, what: str = "the model's") -> None:
+        """:meth:`require_width` for every SAE of ``pair`` (an SAEPair) on a modality this store has."""
+        for mod in MODALITIES:
+            sae = getattr(pair, mod, None)
+            if sae is not None:
+                self.require_width(sae.d, f"{what} {mod} SAE")
+
     # -------------------------------------------------------------- subsets and splits
     def rows_of(self, positions: np.ndarray) -> np.ndarray:
         """Absolute row numbers of positions in this view."""

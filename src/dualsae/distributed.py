@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 
-from dualsae.errors import ConfigError
+from dualsae.errors import ConfigError, DualSAEError
 
 _ENV = ("RANK", "WORLD_SIZE")
+T = TypeVar("T")
+
+
+class RankStopped(DualSAEError):
+    """Rank 0 failed in :meth:`Distributed.on_main`; this rank stops with it."""
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -114,6 +119,29 @@ class Distributed:
         return range(self.rank, n, self.world)
 
     # ------------------------------------------------------------------ collectives
+    def on_main(self, fn: Callable[[], T], where: str) -> T | None:
+        """``fn()`` on rank 0 alone (claiming and locking the output folder, checking the data), and
+        every rank learns whether it failed: the outcome is all-reduced, so a refusal on rank 0 (a
+        foreign ``--out``, a folder another process has locked) stops every rank with exit 2 instead
+        of leaving the others waiting for ever in the next collective. It is also a barrier: no rank
+        goes on before rank 0 has finished ``fn``. One process: ``fn()``. Returns ``fn``'s value on
+        rank 0, None on the others."""
+        if not self.enabled:
+            return fn()
+        error: BaseException | None = None
+        result = None
+        if self.is_main:
+            try:
+                result = fn()
+            except BaseException as e:  # noqa: BLE001  (re-raised below, after the others are told)
+                error = e
+        failed = int(self.sum(torch.tensor([0 if error is None else 1], dtype=torch.int64)).item())
+        if error is not None:
+            raise error
+        if failed:
+            raise RankStopped(f"{where}: rank 0 stopped before the work began (its message says why); rank {self.rank} stops with it")
+        return result
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
@@ -238,4 +266,4 @@ def batch_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep.nonzero().flatten()
 
 
-__all__ = ["Distributed", "resolve_device", "current", "all_sum", "all_min", "batch_topk"]
+__all__ = ["Distributed", "RankStopped", "resolve_device", "current", "all_sum", "all_min", "batch_topk"]

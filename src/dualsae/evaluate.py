@@ -214,9 +214,8 @@ def _check_dims(pair: SAEPair, store: PairedEmbeddings, name: str) -> None:
     """The store's embedding dimension must be the SAEs' input dimension d."""
     for mod in MODALITIES:
         sae = getattr(pair, mod)
-        if sae is not None and store.has(mod) and store.d != sae.d:
-            where = store.root if store.root is not None else name
-            raise DataError(f"{where}: {name} embeddings have d={store.d}, the model's {mod} SAE expects d={sae.d}")
+        if sae is not None and store.has(mod):
+            store.require_width(sae.d, f"the model's {mod} SAE ({name})")
 
 
 def evaluate_model(

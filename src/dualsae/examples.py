@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from dualsae.data import PairedEmbeddings
-from dualsae.errors import ConfigError, DataError
+from dualsae.errors import ConfigError
 from dualsae.pair import MODALITIES
 
 
@@ -70,8 +69,7 @@ def top_examples_many(pair, store: PairedEmbeddings, latents: list[int], modalit
         raise ConfigError(f"n must be >= 1, found {n}")
     sae = pair.sae_for(modality).to(device)
     store.require(modality, "top-activating examples")
-    if sae.d != store.d:
-        raise DataError(f"{store.root}: embeddings have dimension d={store.d}, but the {modality} SAE expects d={sae.d}")
+    store.require_width(sae.d, f"the {modality} SAE")
     bad = [j for j in latents if not 0 <= j < sae.m]
     if bad:
         raise ConfigError(f"latent must be in [0, {sae.m}) for the {modality} SAE, found {bad[0]}")

@@ -8,7 +8,8 @@ variable (every normal run) a fault point is one dictionary lookup.
 
 Points: ``before-replace`` (:func:`dualsae.atomic.atomic_path`, the temporary file is complete and
 not yet renamed; detail = the destination path), ``train-between-saes``, ``align-between-saes``,
-``extract-assembly`` (arrays assembled, ``meta.jsonl``/``extract.json`` not yet written).
+``extract-assembly`` (arrays assembled, ``meta.jsonl``/``extract.json`` not yet written),
+``report-swap`` (a report's new folder and its old one are mid-exchange).
 """
 
 from __future__ import annotations

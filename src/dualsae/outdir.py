@@ -229,6 +229,27 @@ def verify_files(folder: str | os.PathLike[str], manifest: dict | None, error: t
 
 
 @contextmanager
+def written_output(folder: str | os.PathLike[str], command: str, job: dict[str, Any], what: str,
+                   overwrite: bool = False) -> Iterator[Path]:
+    """The three steps of the module docstring around a ``with`` block: refuse a foreign folder
+    (before the lock file is created in it), hold its lock, claim it (which also checks it is
+    writable, before any work), and commit it when the block ends. A block that fails with a
+    one-line error leaves no folder that holds only an unfinished manifest (which a corrected rerun
+    would then refuse as another job's)."""
+    from dualsae.runlock import output_lock
+
+    check_output(folder, command, job, overwrite=overwrite)
+    with output_lock(folder, what):
+        path = claim_output(folder, command, job, overwrite=overwrite)
+        try:
+            yield path
+        except DualSAEError:
+            remove_if_unused(folder)
+            raise
+        commit_output(folder)
+
+
+@contextmanager
 def resumable_output(folder: str | os.PathLike[str], command: str, job: dict[str, Any], keep: Iterable[str] = (),
                      what: str = "this job") -> Iterator[Path]:
     """Hold the lock of a resumable job's folder (``reproduce``), claim it, and mark it complete when

@@ -61,19 +61,22 @@ def run(args: argparse.Namespace) -> int:
     rows = store.split(split, test_fraction=test_fraction, seed=split_seed)
     job = {"run": str(run_dir.resolve()), "data": str(Path(data).resolve()), "split": split,
            "test_fraction": test_fraction, "split_seed": split_seed}
-    if dist.is_main:
+    def check() -> None:  # rank 0 (or the one process); under torchrun every rank stops if it refuses
+        rows.require_model_width(pair, f"{run_dir}'s")
         for line in store_warnings(run_dir, rows, "align"):
             print(line, file=sys.stderr)
         check_output(out, "align", job, overwrite=args.overwrite)  # refuse someone else's folder before the work
+
     stats = None
-    if dist.enabled:  # each rank streams its batches; the eq. 5 sums are all-reduced; rank 0 goes on
-        try:
+    try:
+        dist.on_main(check, str(out))
+        if dist.enabled:  # each rank streams its batches; the eq. 5 sums are all-reduced; rank 0 goes on
             stats = coactivation_correlation(pair, rows, batch_size=args.batch_size, device=device,
                                              progress=not args.no_progress and dist.is_main, dist=dist)
-        finally:
-            dist.close()
-        if not dist.is_main:
-            return 0
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return 0
     result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
                    source=str(run_dir), progress=not args.no_progress, confidence=confidence)
     result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,

@@ -9,8 +9,7 @@ from pathlib import Path
 from dualsae.commands.common import check_batch_size, check_width, open_data
 from dualsae.distributed import resolve_device
 from dualsae.errors import ConfigError
-from dualsae.outdir import check_output, claim_output, commit_output
-from dualsae.runlock import output_lock
+from dualsae.outdir import written_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,17 +72,13 @@ def run_heterogeneity(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     out = Path(args.out)
     job = {"model": str(Path(args.model).resolve()), "data": str(Path(args.data).resolve()) if args.data else None, "split": args.split}
-    check_output(out, "analyze heterogeneity", job, overwrite=args.overwrite)
     store = open_data(args.data).split(args.split) if args.data else None
-    with output_lock(out, "this analysis"):
-        check_output(out, "analyze heterogeneity", job, overwrite=args.overwrite)
+    with written_output(out, "analyze heterogeneity", job, "this analysis", overwrite=args.overwrite):
         result, source = heterogeneity_from_folder(args.model, store, batch_size=args.batch_size, device=args.device,
                                                    progress=not args.no_progress)
-        claim_output(out, "analyze heterogeneity", job, overwrite=args.overwrite)
         summary = {**result.to_json(), "model": str(args.model), "correlation_source": source}
         write_json(out / "heterogeneity.json", summary)
         plot_heterogeneity(result, out / "heterogeneity.png", title=args.title or f"Heterogeneity: {Path(args.model).name}")
-        commit_output(out)
     print(f"{args.model}: live image {result.live_image:,}, text {result.live_text:,}; {result.pairs:,} pairs; C from {source}")
     print(f"  {'c bin':<12} {'pairs':>12} {'mean':>7} {'q1':>7} {'median':>7} {'q3':>7}")
     fmt = lambda v: f"{v:7.4f}" if v is not None else f"{'-':>7}"  # noqa: E731

@@ -68,8 +68,4 @@ def check_batch_size(value: int, flag: str = "--batch-size") -> None:
 
 def check_width(pair, store: PairedEmbeddings, model: str | Path) -> None:
     """The store's rows must have the width the model's SAEs embed (one line instead of a matmul error)."""
-    from dualsae.errors import DataError
-
-    d = next(s.d for s in (pair.image, pair.text) if s is not None)
-    if store.d != d:
-        raise DataError(f"{store.root}: rows have width d={store.d}, the model {model} expects d={d}")
+    store.require_model_width(pair, f"{model}'s")

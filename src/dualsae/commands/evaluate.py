@@ -8,8 +8,7 @@ from pathlib import Path
 
 from dualsae.commands.common import add_split_args, data_arg, resolve_data, resolve_split
 from dualsae.errors import ConfigError
-from dualsae.outdir import check_output, claim_output, commit_output
-from dualsae.runlock import output_lock
+from dualsae.outdir import written_output
 
 DESCRIPTION = """\
 Evaluate a trained or aligned model on the rows of --data (default: the test split):
@@ -71,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_concepts < 0:
         raise ConfigError(f"--max-concepts must be >= 0, found {args.max_concepts}")
-    from pathlib import Path
 
     split, test_fraction, split_seed = resolve_split(args, args.model)
     data = resolve_data(args, args.model)
@@ -87,13 +85,10 @@ def run(args: argparse.Namespace) -> int:
     )
     job = {"model": str(Path(args.model).resolve()), "data": str(Path(data).resolve()), "split": split,
            "test_fraction": test_fraction, "split_seed": split_seed}
-    check_output(out, "eval", job, overwrite=args.overwrite)  # before the lock file is created in someone's folder
-    with output_lock(out, "this evaluation"):
-        claim_output(out, "eval", job, overwrite=args.overwrite)  # also checks the folder is writable, before any work
+    with written_output(out, "eval", job, "this evaluation", overwrite=args.overwrite):
         doc = evaluate_model(args.model, data, out / "metrics.json", split=split, options=options, zeroshot=args.zeroshot,
                              external=args.external, test_fraction=test_fraction, split_seed=split_seed,
                              log=lambda s: print(s, file=sys.stderr))
-        commit_output(out)
     print(f"{args.model} ({doc['method']}, m={doc['m']:,}) on {data} [{split}: {doc['n_rows']:,} rows]")
     print(format_table(doc))
     print(f"-> {out / 'metrics.json'}")

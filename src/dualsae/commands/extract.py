@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    import contextlib
+
     from dualsae.distributed import Distributed, resolve_device
     from dualsae.extract import ExtractConfig, extract, format_summary
     from dualsae.errors import DualSAEError
@@ -76,25 +78,28 @@ def run_extract(args: argparse.Namespace) -> int:
                          image_col=args.image_col, caption_col=args.caption_col, max_captions=args.captions_per_image)
     # The folder is this extraction's (same flags: a resume) or refused; locked while it runs; its
     # manifest says complete only after extract.json (the store's last file) is written.
+    # Under torchrun rank 0 claims and locks the folder; the ranks then share it through extract's own
+    # shard protocol (rank r writes shards r, r+N, ...; rank 0 assembles and commits).
     job = {k: v for k, v in vars(args).items() if k not in ("func", "quiet", "overwrite", "workers", "batch_size", "device")}
-    if dist.is_main:
-        check_output(args.out, "extract", job, overwrite=args.overwrite)
-    if not dist.enabled:
-        with output_lock(args.out, "this store"):
+    claimed: list[bool] = []  # set once this process has made the folder this extraction's
+    with contextlib.ExitStack() as held:
+        def claim() -> None:
+            check_output(args.out, "extract", job, overwrite=args.overwrite)  # before the lock file is created
+            held.enter_context(output_lock(args.out, "this store"))
             claim_output(args.out, "extract", job, overwrite=args.overwrite)
-            try:
-                summary = extract(source, args.model, args.out, config, progress=not args.quiet, dist=dist)
-            except DualSAEError:
-                remove_if_unused(args.out)  # e.g. every image unreadable: leave no empty store folder behind
-                raise
-            finally:
-                dist.close()
-            commit_output(args.out)
-    else:  # torchrun ranks share the folder: extract's own shard protocol coordinates them
+            claimed.append(True)
+
         try:
+            dist.on_main(claim, str(args.out))
             summary = extract(source, args.model, args.out, config, progress=not args.quiet, dist=dist)
+        except DualSAEError:
+            if claimed:
+                remove_if_unused(args.out)  # e.g. every image unreadable: leave no empty store folder behind
+            raise
         finally:
             dist.close()
+        if dist.is_main:
+            commit_output(args.out)
     if dist.is_main:
         print(format_summary(summary, args.out))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, open_data, resolve_split
+from dualsae.commands.common import open_data, resolve_split
 from dualsae.errors import ConfigError, DataError
 
 
@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="aligned folder (dualsae align), run folder (dualsae train) or SAE folder")
     p.add_argument("--data", required=True, help="store folder whose rows the report shows")
-    p.add_argument("--out", required=True, help="folder for the site (new, empty, or an earlier report, which is replaced)")
+    p.add_argument("--out", required=True, help="folder for the site (new, empty, or this report's earlier folder, which is replaced)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds anything else (another model's report included)")
     p.add_argument("--images", default=None, help="folder of images: meta thumb/image/image_path relative to it, or <id>.png")
     p.add_argument("--split", default="all", help="rows to show: a meta 'split' value, train/test (seeded), or all")
     p.add_argument("--top", type=int, default=12, help="top-activating rows shown as thumbnails per latent and modality")
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                             eval_file=Path(args.eval_file) if args.eval_file else None, batch_size=args.batch_size,
                             device=args.device, progress=not args.no_progress)
     summary = build_report(args.model, store, args.out, rows=rows, test=test, options=options,
-                           data_label=str(args.data), split_label=args.split)
+                           data_label=str(args.data), split_label=args.split, overwrite=args.overwrite)
     for w in summary["warnings"]:
         print(f"warning: {w}")
     t = summary["timing"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import fields
@@ -114,23 +115,21 @@ def run(args: argparse.Namespace) -> int:
     # The config's split (the saved one on --resume) picks the rows, so a resumed run sees the same rows.
     store = open_data(args.data).split(config.split, test_fraction=config.test_fraction, seed=config.split_seed)
     dist = Distributed.from_env(device)  # a torchrun rank, or one process (torch.distributed untouched)
-    if dist.is_main:
-        for line in _data_notes(store, config, args.allow_outliers):
-            print(line, file=sys.stderr)
-    if not dist.enabled:
-        _claim_run(out, config, args, check_only=True)  # refuse before the lock file is created in someone's folder
-        with output_lock(out, "this run"):
+    with contextlib.ExitStack() as held:
+        def claim() -> None:  # rank 0 (or the one process) only; under torchrun rank 0 alone writes the folder
+            for line in _data_notes(store, config, args.allow_outliers):
+                print(line, file=sys.stderr)
+            _claim_run(out, config, args, check_only=True)  # refuse before the lock file is created in someone's folder
+            held.enter_context(output_lock(out, "this run"))  # held until the folder is committed
             _claim_run(out, config, args)
-            try:
-                train(store, config, out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
-            finally:
-                dist.close()
-            commit_output(out)
-    else:  # torchrun: rank 0 writes the folder (train() coordinates the ranks)
+
         try:
-            train(store, config, args.out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
+            dist.on_main(claim, str(out))  # every rank stops if rank 0 refuses the folder or the data
+            train(store, config, out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
         finally:
             dist.close()
+        if dist.is_main:
+            commit_output(out)
     if not dist.is_main:
         return 0
     summary = json.loads((out / "summary.json").read_text())

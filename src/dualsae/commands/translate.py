@@ -82,6 +82,7 @@ def run_translate(args: argparse.Namespace) -> int:
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
     store = open_data(data)
+    store.require_model_width(pair, f"{args.model}'s")
     gallery = store.split(args.split)
     if args.embeddings:
         path = Path(args.embeddings)
@@ -147,6 +148,7 @@ def run_steer(args: argparse.Namespace) -> int:
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
     store = open_data(data)
+    store.require_model_width(pair, f"{args.model}'s")
     gallery = store.split(args.split)
     mod = args.modality
     gallery.require(mod, "steer")

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from dualsae.data import PairedEmbeddings
-from dualsae.errors import ConfigError
+from dualsae.faults import fault_point
+from dualsae.outdir import check_output, claim_output, commit_output, read_manifest
+from dualsae.runlock import file_lock_name, output_lock
 from dualsae.pair import SAEPair
 from dualsae.report import latents as L
 from dualsae.report.probe import Prober
@@ -174,46 +176,94 @@ def _stats_from_codes(image: L.ModalityCodes, text: L.ModalityCodes, batch: int 
     return stats
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by the finished ``tmp`` folder (an old report is removed only after the new one is complete)."""
-    if out.exists():
+    """Replace ``out`` by the finished ``tmp`` folder. Where the kernel can exchange the two in one
+    step a reader never finds ``out`` missing; elsewhere the old report is moved aside first, and a
+    kill between the two renames is repaired by the next run (:func:`_recover`)."""
+    if not out.exists():
+        os.replace(tmp, out)
+    elif _exchange(tmp, out):
+        fault_point("report-swap", str(out))  # tmp now holds the old report
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
+        fault_point("report-swap", str(out))
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
-def check_out(out: Path) -> None:
-    """``out`` must be new, empty, or an earlier report (never silently replace other files)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "data" / "summary.js").is_file())):
-        raise ConfigError(f"--out {out}: exists and is not an earlier report (no data/summary.js); choose a new folder")
+def check_out(out: Path, job: dict, overwrite: bool = False) -> None:
+    """``out`` must be new, empty, or this report's own folder (same model, rows and split: a rerun
+    replaces it); anything else is refused unless ``overwrite`` (:func:`dualsae.outdir.check_output`).
+    A report from before manifests (``data/summary.js``, no manifest) counts as this report's."""
+    legacy = out.is_dir() and read_manifest(out) is None and (out / "data" / "summary.js").is_file()
+    check_output(out, "report", job, overwrite=overwrite, keep=[p.name for p in out.iterdir()] if legacy else ())
+
+
+def report_lock(out: Path):
+    """The report's lock: ``.NAME.lock`` beside ``out`` (not inside it: the folder is swapped whole)."""
+    return output_lock(out.parent, "this report", name=file_lock_name(out))
 
 
 def build_report(model: str | Path, store: PairedEmbeddings, out: str | Path, *, rows: PairedEmbeddings | None = None,
                  test: PairedEmbeddings | None = None, options: ReportOptions | None = None, data_label: str = "",
-                 split_label: str = "all") -> dict:
+                 split_label: str = "all", overwrite: bool = False) -> dict:
     """Write the report of ``model`` on ``rows`` (default: every row of ``store``) into ``out``.
 
     test: rows for the explained variance (the test split); None skips it. Returns a summary dict
     (counts, timings, warnings) that the CLI prints.
     """
-    from dualsae.run import load_model
-
     opt = options or ReportOptions()
     model, out = Path(model), Path(out)
-    check_out(out)
+    job = {"model": str(model.resolve()), "data": str(Path(store.root).resolve()) if store.root is not None else data_label,
+           "split": split_label}
+    check_out(out, job, overwrite)  # before the lock file is created beside someone's folder
+    with report_lock(out):  # a second report into the same --out fails at once, naming this pid
+        _recover(out)
+        check_out(out, job, overwrite)
+        return _build(model, store, out, rows, test, opt, data_label, split_label, job)
+
+
+def _recover(out: Path) -> None:
+    """Clean up after a report killed mid-way (call holding the lock): a kill inside :func:`_swap_in`,
+    between moving the old report aside and moving the new one in, leaves no ``out``; the old report
+    is put back. Unfinished sibling folders are deleted."""
+    old = sorted(out.parent.glob(f".{out.name}.old-*"))
+    if old and not out.exists():
+        os.replace(old.pop(), out)
+    for stale in old + sorted(out.parent.glob(f".{out.name}.tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _build(model: Path, store: PairedEmbeddings, out: Path, rows: PairedEmbeddings | None, test: PairedEmbeddings | None,
+           opt: ReportOptions, data_label: str, split_label: str, job: dict) -> dict:
+    """:func:`build_report`'s work, under the lock: compute, write a fresh sibling folder (manifest
+    unfinished first, complete with every file's hash last), then swap it in."""
+    from dualsae.run import load_model
+
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     pair = load_model(model, device=opt.device)
     kind = _kind(pair)
     rows = rows if rows is not None else store
     rows.require_pairs("the report (both modalities side by side)")
-    for mod in ("image", "text"):
-        sae = pair.sae_for(mod)
-        if sae.d != rows.d:
-            raise ConfigError(f"{rows.root}: embeddings have d={rows.d}, the model's {mod} SAE expects d={sae.d}")
+    rows.require_model_width(pair)
     m = pair.m
     warnings: list[str] = []
     if kind == "specific":
@@ -287,7 +337,7 @@ def build_report(model: str | Path, store: PairedEmbeddings, out: str | Path, *,
             collapse["matched_correlation"] = mcorr
     het_png = None
     if stats is not None or not need_c:
-        from dualsae.analysis import heterogeneity as het_fn, heterogeneity_from_folder, plot_heterogeneity
+        from dualsae.analysis import heterogeneity as het_fn, heterogeneity_from_folder
 
         if not need_c:
             result, source = heterogeneity_from_folder(model, None, progress=False)
@@ -306,11 +356,13 @@ def build_report(model: str | Path, store: PairedEmbeddings, out: str | Path, *,
     # --------------------------------------------------------------- write into a fresh folder
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "data").mkdir(parents=True)
+    claim_output(tmp, "report", job)
+    (tmp / "data").mkdir()
     try:
         summary = _write_site(tmp, model, pair, kind, store, rows, test, opt, codes, st, support, corr, same_corr,
                               null_thr, cos, status, modality_only, collapse, heterogeneity, het_png, het_note,
                               warnings, corr_source, support_source, alignment, data_label, split_label, timing)
+        commit_output(tmp)
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
