@@ -11,7 +11,7 @@ written here, copied from that library's trainer loop):
 
   dualsae      dualsae.train._step, the trainer's step: no-grad selection product + top-k, sparse
                decode, MSE + AuxK (coef 1/32), backward through the k selected latents, decoder-grad
-               projection, grad-norm clip 1.0, fused AdamW (weight decay 1e-5), decoder renorm,
+               projection, grad-norm clip 1.0 (the factor applied inside the fused AdamW), fused AdamW (weight decay 1e-5), decoder renorm,
                dead-latent counters, the scalar logs.
   sparsify     SparseCoder.forward (fused encoder with autograd + top-k, embedding_bag decode, FVU +
                AuxK) and the body of Trainer.fit: decoder renorm, backward, decoder-grad projection,
@@ -234,7 +234,7 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
     import torch.nn.functional as F
 
     from dualsae.sae import SAE, SAEConfig
-    from dualsae.train import TrainConfig, _Member, _member_loss, make_adamw
+    from dualsae.train import TrainConfig, _Member, _member_loss, clip_gradients, make_adamw
 
     config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
     sae = SAE(SAEConfig(d=d, m=m, k=k), generator=torch.Generator().manual_seed(0))
@@ -265,8 +265,8 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
         t = tick("step: backward", t)
         sae.remove_parallel_grad()
         t = tick("step: decoder-gradient projection", t)
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
-        t = tick("step: gradient clipping", t)
+        clip_gradients(mem.opt, config.grad_clip)
+        t = tick("step: gradient norm (AdamW divides by the clip factor)", t)
         mem.opt.step()
         t = tick("step: AdamW (fused)", t)
         sae.normalize_decoder()

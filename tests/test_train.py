@@ -155,3 +155,52 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, method):
     assert not (run / "checkpoint").exists()
     with pytest.raises(CheckpointError, match="already finished"):
         train(store, cfg, run, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("scale,activation", [(1e-3, "topk"), (30.0, "topk"), (30.0, "batchtopk"), (30.0, "relu")])
+def test_clip_inside_fused_adamw_equals_clip_grad_norm(scale, activation):
+    """The trainer's step divides the gradients by the clip factor inside the fused AdamW kernel
+    (train.clip_gradients) instead of rewriting them; its weights must equal those of the plain
+    step (clip_grad_norm_, then AdamW) over several steps, with gradients under the clip norm and
+    far over it, for each activation, with AuxK at work on dead latents."""
+    from dualsae.sae import SAE, SAEConfig
+    from dualsae.train import _Member, _step, make_adamw
+
+    config = TrainConfig.from_preset("real", method="specific", k=3, lr=1e-2, grad_clip=0.5, activation=activation)
+    gen = torch.Generator().manual_seed(0)
+    batches = [scale * torch.randn(8, 12, generator=gen) for _ in range(4)]
+    sae_cfg = SAEConfig(d=12, m=96, k=3, activation=activation, aux_k=4)
+    sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(1))
+    ref = SAE(sae_cfg, generator=torch.Generator().manual_seed(1))
+    mem = _Member("image", sae, ("image",))
+    mem.opt = make_adamw(sae.parameters(), config)
+    assert mem.opt.defaults.get("fused"), "this torch has the fused CPU AdamW; the test is about it"
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, betas=(config.beta1, config.beta2), eps=config.eps,
+                                weight_decay=config.weight_decay)
+    ref_mem = _Member("image", ref, ("image",))
+    from dualsae.train import _member_loss
+
+    norms = []
+    for x in batches:
+        for s in (sae, ref):  # a third of the latents dead every step: AuxK touches rows TopK did not pick
+            s.samples_since_fired[::3] = s.config.dead_window
+        if activation != "relu":
+            assert aux_rows_differ(sae, x), "AuxK should touch rows TopK does not"
+        _step([mem], config, {"image": x}, 1e-2)
+        ref_opt.zero_grad(set_to_none=True)
+        loss, _ = _member_loss(ref_mem, config, {"image": x})
+        loss.backward()
+        ref.remove_parallel_grad()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)))
+        ref_opt.step()
+        ref.normalize_decoder()
+    assert (min(norms) > 0.5) if scale > 1 else (max(norms) < 0.5), norms  # the case the parameter names
+    for name, p in sae.state_dict().items():
+        assert torch.allclose(p, ref.state_dict()[name], rtol=1e-5, atol=1e-6), name
+
+
+def aux_rows_differ(sae, x: torch.Tensor) -> bool:
+    """Whether some dead latent (AuxK's candidates) is never among the k selected for ``x``."""
+    with torch.no_grad():
+        picked = set(sae.pre_activations(x).topk(sae.config.k, dim=1).indices.flatten().tolist())
+    return bool(set(sae.dead_mask().nonzero().flatten().tolist()) - picked)
