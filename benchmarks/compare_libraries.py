@@ -11,7 +11,7 @@ written here, copied from that library's trainer loop):
 
   dualsae      dualsae.train._step, the trainer's step: no-grad selection product + top-k, sparse
                decode, MSE + AuxK (coef 1/32), backward through the k selected latents, decoder-grad
-               projection, grad-norm clip 1.0 (the factor applied inside the fused AdamW), fused AdamW (weight decay 1e-5), decoder renorm,
+               projection (its dots from the decode's sampled product), grad-norm clip 1.0 (the factor applied inside the fused AdamW), fused AdamW (weight decay 1e-5), decoder renorm,
                dead-latent counters, the scalar logs.
   sparsify     SparseCoder.forward (fused encoder with autograd + top-k, embedding_bag decode, FVU +
                AuxK) and the body of Trainer.fit: decoder renorm, backward, decoder-grad projection,
@@ -87,13 +87,12 @@ def version(lib: str) -> str:
 
 def dualsae_step(d: int, m: int, k: int, dead: float) -> Step:
     from dualsae.sae import SAE, SAEConfig
-    from dualsae.train import TrainConfig, _Member, _step, make_adamw
+    from dualsae.train import TrainConfig, _step, make_member
 
     config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
     sae = SAE(SAEConfig(d=d, m=m, k=k), generator=torch.Generator().manual_seed(0))
     sae.samples_since_fired[: int(dead * m)] = sae.config.dead_window
-    mem = _Member("image", sae, ("image",))
-    mem.opt = make_adamw(sae.parameters(), config)
+    mem = make_member("image", sae, ("image",), config)
 
     def step(x: torch.Tensor) -> None:
         _step([mem], config, {"image": x}, LR)
@@ -234,12 +233,12 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
     import torch.nn.functional as F
 
     from dualsae.sae import SAE, SAEConfig
-    from dualsae.train import TrainConfig, _Member, _member_loss, clip_gradients, make_adamw
+    from dualsae.sparse_ops import DecoderDots
+    from dualsae.train import TrainConfig, _member_loss, clip_gradients, make_member
 
     config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
     sae = SAE(SAEConfig(d=d, m=m, k=k), generator=torch.Generator().manual_seed(0))
-    mem = _Member("image", sae, ("image",))
-    mem.opt = make_adamw(sae.parameters(), config)
+    mem = make_member("image", sae, ("image",), config)
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn(B, d, generator=gen) for _ in range(3)]
     acc: dict[str, list[float]] = {}
@@ -259,11 +258,13 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
         t = tick("top-k of it alone (reference)", t)
         del pre
         mem.opt.zero_grad(set_to_none=True)
+        sae.decoder_dots = dots = DecoderDots(m)
         loss, _ = _member_loss(mem, config, {"image": x})
+        sae.decoder_dots = None
         t = tick("step: forward + losses + logs", t)
         loss.backward()
-        t = tick("step: backward", t)
-        sae.remove_parallel_grad()
+        t = tick("step: backward (+ the projection's dots)", t)
+        sae.remove_parallel_grad(dots.dots)
         t = tick("step: decoder-gradient projection", t)
         clip_gradients(mem.opt, config.grad_clip)
         t = tick("step: gradient norm (AdamW divides by the clip factor)", t)

@@ -164,7 +164,7 @@ def test_clip_inside_fused_adamw_equals_clip_grad_norm(scale, activation):
     step (clip_grad_norm_, then AdamW) over several steps, with gradients under the clip norm and
     far over it, for each activation, with AuxK at work on dead latents."""
     from dualsae.sae import SAE, SAEConfig
-    from dualsae.train import _Member, _step, make_adamw
+    from dualsae.train import _Member, _step, make_member
 
     config = TrainConfig.from_preset("real", method="specific", k=3, lr=1e-2, grad_clip=0.5, activation=activation)
     gen = torch.Generator().manual_seed(0)
@@ -172,8 +172,7 @@ def test_clip_inside_fused_adamw_equals_clip_grad_norm(scale, activation):
     sae_cfg = SAEConfig(d=12, m=96, k=3, activation=activation, aux_k=4)
     sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(1))
     ref = SAE(sae_cfg, generator=torch.Generator().manual_seed(1))
-    mem = _Member("image", sae, ("image",))
-    mem.opt = make_adamw(sae.parameters(), config)
+    mem = make_member("image", sae, ("image",), config)
     assert mem.opt.defaults.get("fused"), "this torch has the fused CPU AdamW; the test is about it"
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, betas=(config.beta1, config.beta2), eps=config.eps,
                                 weight_decay=config.weight_decay)

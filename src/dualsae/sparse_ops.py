@@ -105,27 +105,45 @@ class _GatherPre(torch.autograd.Function):
         return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None
 
 
+class DecoderDots:
+    """Per-latent ``<dL/dW_dec[j], W_dec[j]>``, the dot products of the decoder-gradient projection,
+    accumulated by the sparse decodes of one training step from the sampled product their backward
+    computes anyway: ``<sum_b v[b,j] G_b, w_j> = sum_b v[b,j] <G_b, w_j>``, O(batch * w) work
+    instead of a pass over the [m, d] gradient. ``valid`` turns False when a gradient reaches
+    W_dec another way (a dense ReLU decode); the projection then measures the dots itself."""
+
+    def __init__(self, m: int, device: torch.device | str = "cpu") -> None:
+        self.dots = torch.zeros(m, device=device)
+        self.valid = True
+
+
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals, W_dec, pattern):  # type: ignore[override]
+    def forward(ctx, vals, W_dec, pattern, dots):  # type: ignore[override]
         ctx.save_for_backward(vals, W_dec)
-        ctx.pattern = pattern
+        ctx.pattern, ctx.dots = pattern, dots
         return F.embedding_bag(pattern.idx, W_dec, per_sample_weights=vals, mode="sum")
 
     @staticmethod
     def backward(ctx, G):  # type: ignore[override]
         vals, W_dec = ctx.saved_tensors
         pattern: Pattern = ctx.pattern
+        dots: DecoderDots | None = ctx.dots
         m = W_dec.shape[0]
         G = G.contiguous()
         grad_vals = None
-        if ctx.needs_input_grad[0]:
+        # grad_vals[b, j] = <G_b, W_dec[j]>: the sampled product, also what the decoder dots need
+        if ctx.needs_input_grad[0] or (dots is not None and ctx.needs_input_grad[1]):
             mask = _rows_csr(pattern.idx, torch.ones_like(vals), m)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 grad_vals = torch.sparse.sampled_addmm(mask, G, W_dec.t(), beta=0.0).values().view_as(vals)
-        grad_W = pattern.by_latent(vals, G) if ctx.needs_input_grad[1] else None
-        return grad_vals, grad_W, None
+        grad_W = None
+        if ctx.needs_input_grad[1]:
+            grad_W = pattern.by_latent(vals, G)
+            if dots is not None:
+                dots.dots.index_add_(0, pattern.idx.reshape(-1), (vals.detach() * grad_vals).reshape(-1))
+        return grad_vals if ctx.needs_input_grad[0] else None, grad_W, None, None
 
 
 def gather_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor,
@@ -148,9 +166,11 @@ def gather_pre_values(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
     return _GatherPre.apply(x, W_enc, b_enc, b_dec, pattern, values)
 
 
-def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
-    """sum_j vals[b, j] * W_dec[idx[b, j]] -> [batch, d] (idx sorted per row)."""
+def sparse_decode(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor, pattern: Pattern | None = None,
+                  dots: DecoderDots | None = None) -> torch.Tensor:
+    """sum_j vals[b, j] * W_dec[idx[b, j]] -> [batch, d] (idx sorted per row). ``dots``: accumulate
+    this decode's share of the decoder-gradient projection's dot products in the backward pass."""
     if not vals.requires_grad and not W_dec.requires_grad:
         return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
     pattern = pattern if pattern is not None else Pattern(idx, W_dec.shape[0])
-    return _SparseDecode.apply(vals, W_dec, pattern)
+    return _SparseDecode.apply(vals, W_dec, pattern, dots)

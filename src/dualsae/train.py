@@ -43,6 +43,7 @@ from dualsae.errors import CheckpointError, ConfigError, DataError
 from dualsae.faults import fault_point
 from dualsae.fingerprint import resume_mismatch, store_fingerprint
 from dualsae.guards import check_loss, check_weights
+from dualsae.sparse_ops import DecoderDots
 from dualsae.jsonfiles import config_from_dict, read_json_object
 from dualsae.losses import (
     aux_k_loss,
@@ -286,15 +287,20 @@ def _make_members(config: TrainConfig, store: PairedEmbeddings, device: torch.de
     sae_cfg = config.sae_config(store.d)
     if config.method == "specific":
         mods = [m for m in ("image", "text") if store.has(m)]
-        members = [_Member(m, SAE(sae_cfg, generator=gen), (m,)) for m in mods]
-    else:
-        mods = tuple(m for m in ("image", "text") if store.has(m))
-        members = [_Member("shared", SAE(sae_cfg, generator=gen), mods)]
-    for mem in members:
-        mem.sae.to(device)
-        mem.sae.selection_dtype = getattr(torch, config.selection_dtype)
-        mem.opt = make_adamw(mem.sae.parameters(), config)
-    return members
+        return [make_member(m, SAE(sae_cfg, generator=gen), (m,), config, device) for m in mods]
+    mods = tuple(m for m in ("image", "text") if store.has(m))
+    return [make_member("shared", SAE(sae_cfg, generator=gen), mods, config, device)]
+
+
+def make_member(name: str, sae: SAE, modalities: tuple[str, ...], config: TrainConfig,
+                device: torch.device | str = "cpu") -> "_Member":
+    """One SAE ready for :func:`_step`: on ``device``, the config's selection dtype, the selection
+    product's buffer reused from step to step (one forward per step), and its AdamW."""
+    mem = _Member(name, sae.to(device), modalities)
+    sae.selection_dtype = getattr(torch, config.selection_dtype)
+    sae.reuse_selection_memory = True
+    mem.opt = make_adamw(sae.parameters(), config)
+    return mem
 
 
 def _opt_tensors(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -526,11 +532,17 @@ def _step(members: list[_Member], config: TrainConfig, batch: dict[str, torch.Te
         for group in mem.opt.param_groups:
             group["lr"] = lr
         mem.opt.zero_grad(set_to_none=True)
-        loss, mlogs = _member_loss(mem, config, batch)
+        # The sparse decodes' backward passes accumulate the projection's dot products (DecoderDots).
+        mem.sae.decoder_dots = dots = DecoderDots(mem.sae.m, mem.sae.W_dec.device)
+        try:
+            loss, mlogs = _member_loss(mem, config, batch)
+        finally:
+            mem.sae.decoder_dots = None
         loss.backward()
         if reduce_grads is not None:
             reduce_grads(mem.sae)
-        mem.sae.remove_parallel_grad()
+        # Under torchrun the gradient is the ranks' weighted sum: its dots are measured after it.
+        mem.sae.remove_parallel_grad(dots.dots if dots.valid and reduce_grads is None else None)
         if config.grad_clip > 0:
             clip_gradients(mem.opt, config.grad_clip)
         mem.opt.step()
@@ -670,6 +682,8 @@ def train(
                 store.release_pages()
     bar.close()
     batches.close()
+    for mem in members:  # the returned model's forward gives fresh tensors again
+        mem.sae.reuse_selection_memory, mem.sae._selection_buffer = False, None
     pair = _as_pair(config.method, {mem.name: mem.sae for mem in members})
     check_weights(total, ((mem.name, mem.sae) for mem in members), lambda: _last_good(run_dir))
     if writes:
