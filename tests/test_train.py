@@ -87,6 +87,10 @@ def test_each_method_trains_and_reduces_error(store, tmp_path, method):
     assert pair.shared == (method != "specific")
     assert pair.image.m == (32 if method == "specific" else 64)
     assert torch.allclose(pair.image.W_dec.norm(dim=1), torch.ones(pair.image.m), atol=1e-5)
+    # the trainer's reused selection buffer stays with the trainer: the returned model's outputs are fresh
+    x = torch.randn(5, pair.image.d)
+    first = pair.image(x).pre_acts
+    assert pair.image(2 * x).pre_acts.data_ptr() != first.data_ptr()
 
 
 def test_specific_on_image_only_store(tmp_path):
