@@ -8,7 +8,7 @@ import pytest
 
 from dualsae.errors import ConfigError
 from dualsae.experiments.synthetic import (
-    SyntheticPlan, budget_changes, check_claims, markdown_table, plan_units, plateau_change, run_plan,
+    SyntheticPlan, budget_changes, check_claims, claim_line, markdown_table, plan_units, plateau_change, run_plan,
 )
 
 TINY = SyntheticPlan(distances=(0.0, 0.5), group_sparse_multipliers=(1.0,), iso_energy_multipliers=(1.0,), seeds=(0,),
@@ -151,6 +151,33 @@ def test_claims_report_convergence_and_budget_changes():
               "budget_changes": changes, "units_done": 8, "units_total": 8}
     text = markdown_table(report)
     assert "(a, 40 epochs) HOLDS" in text and "(a, 10 epochs) DOES NOT HOLD" in text and "NOT every training reached" in text
+
+
+def test_a_claim_on_part_of_its_grid_is_partial_not_a_verdict():
+    """A budget run for some distances only (or a job still running) must not print HOLDS / DOES NOT
+    HOLD for a claim about every distance, nor count as a change between budgets."""
+    plan = SyntheticPlan(distances=(0.1, 0.3, 0.5), epochs=(10, 40), group_sparse_multipliers=(1.0, 10.0),
+                         iso_energy_multipliers=(1.0,))
+    fig5 = []
+    for epochs, dists in ((10, plan.distances), (40, (0.5,))):
+        for d in dists:
+            fig5.append({**_row(d, "shared", 1.3 if epochs == 10 else 1.0, 0.2, 0.9 - d), "epochs": epochs})
+            fig5.append({**_row(d, "specific", 1.1, 0.15), "epochs": epochs})
+    fig6 = [
+        {"method": "specific", "multiplier": None, "feature_recovery_error": 0.2, "feature_alignment_error": 0.99},
+        {"method": "specific+posthoc", "multiplier": None, "feature_recovery_error": 0.2, "feature_alignment_error": 0.4},
+        {"method": "group-sparse", "multiplier": 1.0, "feature_recovery_error": 0.5, "feature_alignment_error": 0.45},
+        {"method": "iso-energy", "multiplier": 1.0, "feature_recovery_error": 0.6, "feature_alignment_error": 0.8},
+    ]
+    claims = check_claims(plan, _agg(fig5, fig6))
+    a10, a40 = (next(c for c in claims if c["claim"] == "a" and c["epochs"] == e) for e in (10, 40))
+    assert a10["grid"]["complete"] and not a40["grid"]["complete"] and a40["grid"]["missing"] == ["0.1", "0.3"]
+    assert claim_line(a10).startswith("- (a, 10 epochs) HOLDS")
+    assert claim_line(a40).startswith("- (a, 40 epochs) PARTIAL, 1 of 3 distances done (so far it does not hold; missing: 0.1, 0.3)")
+    c = next(c for c in claims if c["claim"] == "c")
+    assert c["grid"] == {"what": "baseline multipliers", "planned": 3, "done": 2, "missing": ["group-sparse 10x"], "complete": False}
+    assert "PARTIAL, 2 of 3 baseline multipliers done" in claim_line(c)
+    assert budget_changes(claims) == []  # (a) differs between the budgets, but 40 epochs is partial
 
 
 def _unit_metrics(folder):

@@ -567,7 +567,9 @@ def check_claims(plan: SyntheticPlan, agg: dict) -> list[dict]:
 
     (a) and (b) are checked at every training budget of the plan (each claim row carries its
     ``epochs``); (c) at Fig. 6's budget. Each row also says whether every training it rests on had
-    reached its plateau (:data:`PLATEAU_TOLERANCE`).
+    reached its plateau (:data:`PLATEAU_TOLERANCE`), and, in ``grid``, how much of the plan's grid it
+    rests on: a claim checked on part of its distances or multipliers (a job still running, or one
+    budget run for a subset) is reported as partial, not as a verdict.
     """
     claims: list[dict] = []
     for epochs in plan.epochs:
@@ -575,13 +577,22 @@ def check_claims(plan: SyntheticPlan, agg: dict) -> list[dict]:
         dists = sorted({d for d, _ in f5 if (d, "shared") in f5 and (d, "specific") in f5})
         if not dists:
             continue
+        grid = _grid([f"{d:g}" for d in plan.distances], [f"{d:g}" for d in dists], "distances")
         for claim in (_claim_a(f5, dists), _claim_b(f5, dists)):
             if claim is not None:
-                claims.append({**claim, "epochs": epochs})
+                claims.append({**claim, "epochs": epochs, "grid": grid})
+    done = [f"{r['method']} {r['multiplier']:g}x" for r in agg["fig6"] if r.get("multiplier") is not None]
+    planned = [f"{b} {m:g}x" for b in FIG6_BASELINES for m in plan.multipliers(b)]
     for claim in (_claim_c(agg["fig6"]), _claim_d(agg["fig6"])):
         if claim is not None:
-            claims.append({**claim, "epochs": plan.epochs[0]})
+            claims.append({**claim, "epochs": plan.epochs[0], "grid": _grid(planned, done, "baseline multipliers")})
     return claims
+
+
+def _grid(planned: list[str], done: list[str], what: str) -> dict:
+    missing = [p for p in planned if p not in set(done)]
+    return {"what": what, "planned": len(planned), "done": len(planned) - len(missing), "missing": missing,
+            "complete": not missing}
 
 
 def budget_changes(claims: list[dict]) -> list[str]:
@@ -591,6 +602,7 @@ def budget_changes(claims: list[dict]) -> list[str]:
     for c in claims:
         by_claim.setdefault(c["claim"], []).append(c)
     for name, rows in sorted(by_claim.items()):
+        rows = [c for c in rows if c.get("grid", {}).get("complete", True)]  # partial checks are no verdict
         if len(rows) < 2:
             continue
         rows = sorted(rows, key=lambda c: c["epochs"])
@@ -687,6 +699,10 @@ def _convergence_note(c: dict) -> str:
 
 def claim_line(c: dict) -> str:
     verdict = "HOLDS" if c["holds"] else "DOES NOT HOLD"
+    grid = c.get("grid", {"complete": True})
+    if not grid["complete"]:
+        verdict = (f"PARTIAL, {grid['done']} of {grid['planned']} {grid['what']} done (so far "
+                   f"{'it holds' if c['holds'] else 'it does not hold'}; missing: {', '.join(grid['missing'])})")
     extra = ""
     if c["claim"] == "a":
         frm = c["holds_from_distance"]
