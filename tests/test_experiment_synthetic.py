@@ -230,7 +230,7 @@ def test_claim_d_reads_the_baselines_trade_offs():
 
 @pytest.mark.skipif(bool(__import__("os").environ.get("DUALSAE_SKIP_DEMO")), reason="DUALSAE_SKIP_DEMO is set")
 def test_the_demo_plan_converges_and_every_claim_holds(tmp_path):
-    """`make demo` (the quick plan, about 3 minutes on 2 idle cores): every training reaches its plateau and
+    """`make demo` (the quick plan, about 3.5 minutes on 2 idle cores): every training reaches its plateau and
     claims (a)-(d) hold. Set DUALSAE_SKIP_DEMO=1 to skip it while iterating on other tests."""
     from dualsae.experiments.synthetic import PLATEAU_TOLERANCE, QUICK
 

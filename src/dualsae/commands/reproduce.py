@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quick", action="store_true",
                    help=f"demo: a reduced App. E.2 problem with the paper's ratios (d {QUICK.d}, {QUICK.n_train} training "
                         f"pairs, {QUICK.latents} shared latents), distances {list(QUICK.distances)}, "
-                        f"{QUICK.epochs[0]} epochs (converged), one seed; about 3 minutes on 2 CPU cores with --workers 2")
+                        f"{QUICK.epochs[0]} epochs (converged), one seed; about 3.5 minutes on 2 CPU cores with --workers 2")
     s.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (paper: 0 1 2)")
     s.add_argument("--distances", type=float, nargs="+", default=None, help="cosine distances 1-alpha for Fig. 5")
     s.add_argument("--multipliers", type=float, nargs="+", default=None,
