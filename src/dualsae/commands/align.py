@@ -11,8 +11,7 @@ from dualsae.commands.common import add_split_args, data_arg, open_data, resolve
 from dualsae.distributed import Distributed, resolve_device
 from dualsae.errors import ConfigError
 from dualsae.fingerprint import recorded_fingerprint, store_warnings
-from dualsae.outdir import check_output, claim_output, commit_output
-from dualsae.runlock import output_lock
+from dualsae.outdir import check_output, written_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,10 +80,8 @@ def run(args: argparse.Namespace) -> int:
                    source=str(run_dir), progress=not args.no_progress, confidence=confidence)
     result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
                           "fingerprint": recorded_fingerprint(run_dir)})
-    with output_lock(out, "this aligned model"):
-        claim_output(out, "align", job, overwrite=args.overwrite)  # unfinished until commit_output
+    with written_output(out, "align", job, "this aligned model", overwrite=args.overwrite):  # unfinished until the block ends
         result.save(out, save_correlation=not args.no_correlation)
-        commit_output(out)
     rep = result.report
     t = rep["timing"]
     if result.kind == "collapse":
