@@ -35,6 +35,7 @@ from dualsae.distributed import all_min, all_sum, batch_topk
 from dualsae.errors import CheckpointError, ConfigError
 from dualsae.jsonfiles import config_from_dict, read_json_object
 from dualsae.sparse_ops import DecoderDots, Pattern, gather_pre, gather_pre_values, sort_rows, sparse_decode
+from dualsae.topk import topk, topk_indices
 
 ACTIVATIONS = ("topk", "batchtopk", "relu")
 DEC_BIAS_INITS = ("geometric_median", "mean", "zero")
@@ -269,13 +270,13 @@ class SAE(nn.Module):
         pre = self.pre_activations(x)
         act = self.config.activation
         if act == "topk":
-            vals, idx = pre.topk(self.config.k, dim=1)
+            vals, idx = topk(pre, self.config.k)
             codes = SparseCodes(vals.clamp_min(0), idx, self.m)
         elif act == "batchtopk":
             thr = float(self.threshold.item())
             if thr < 0:
                 # Never trained: fall back to per-sample TopK so an untrained model still works.
-                vals, idx = pre.topk(self.config.k, dim=1)
+                vals, idx = topk(pre, self.config.k)
                 codes = SparseCodes(vals.clamp_min(0), idx, self.m)
             else:
                 codes = SparseCodes.from_dense(pre * (pre > thr))
@@ -300,7 +301,7 @@ class SAE(nn.Module):
         with torch.no_grad():
             pre_all = self.selection_pre_activations(x) if act != "relu" else self.pre_activations(x)
         if act == "topk":
-            idx = pre_all.topk(self.config.k, dim=1).indices.sort(dim=1).values
+            idx = topk_indices(pre_all, self.config.k).sort(dim=1).values
             pattern = Pattern(idx, self.m)
             vals = F.relu(self.gather_pre(x, idx, pre_all, pattern))
         elif act == "batchtopk":

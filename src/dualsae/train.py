@@ -278,7 +278,8 @@ def clip_gradients(opt: torch.optim.Optimizer, max_norm: float) -> None:
     if not opt.defaults.get("fused"):
         torch.nn.utils.clip_grad_norm_(params, max_norm)
         return
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+    # Sums of squares as BLAS dot products: two threads share them, where vector_norm ran on one.
+    total = torch.stack([torch.dot(g, g) for g in (p.grad.reshape(-1) for p in params)]).sum().sqrt()
     opt.grad_scale = ((total + 1e-6) / max_norm).clamp_min(1.0)  # type: ignore[attr-defined]
 
 
