@@ -20,7 +20,7 @@ def assert_same_topk(pre: torch.Tensor, k: int) -> None:
     assert torch.equal(got, want)
 
 
-SHAPES = [(256, 8192, 16), (256, 8192, 32), (128, 2048, 32), (300, 4096, 64), (130, 4104, 64)]
+SHAPES = [(256, 8192, 16), (256, 8192, 32), (128, 8192, 32), (300, 4096, 64), (260, 4104, 64)]
 
 
 @pytest.mark.parametrize("batch,m,k", SHAPES)
@@ -53,7 +53,7 @@ def test_ties_keep_the_values():
     # Integer rows with many equal values: which of the tied indices is taken may differ from
     # torch.topk, the multiset of values may not.
     gen = torch.Generator().manual_seed(1)
-    for batch, m, k in [(256, 8192, 16), (128, 4096, 64)]:
+    for batch, m, k in [(256, 8192, 16), (256, 4096, 64)]:
         pre = torch.randint(0, 12, (batch, m), generator=gen).float()
         assert_same_topk(pre, k)
         pre = torch.zeros(batch, m)  # every entry tied
@@ -80,6 +80,7 @@ def test_values_and_order_as_torch_topk():
 def test_plain_path_where_blocks_do_not_pay():
     cpu = torch.device("cpu")
     assert block_size(64, 8192, 16, cpu) == 0  # few rows
+    assert block_size(128, 2048, 32, cpu) == 0  # few entries
     assert block_size(256, 1024, 16, cpu) == 0  # short rows
     assert block_size(256, 8195, 16, cpu) == 0  # m not a multiple of the block
     assert block_size(256, 8192, 16, torch.device("meta")) == 0  # not a CPU

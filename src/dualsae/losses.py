@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dualsae.codes import SparseCodes
+from dualsae.topk import topk_indices
 
 _EPS = 1e-12
 
@@ -140,7 +141,7 @@ def aux_k_loss(sae, x: torch.Tensor, residual: torch.Tensor, pre_acts: torch.Ten
         return x.new_zeros(())
     k_aux = min(sae.config.effective_aux_k, n_dead)
     masked = pre_acts.masked_fill(~dead.unsqueeze(0), float("-inf"))
-    idx = masked.topk(k_aux, dim=1).indices.sort(dim=1).values
+    idx = topk_indices(masked, k_aux).sort(dim=1).values
     vals = F.relu(sae.gather_pre(x, idx, pre_acts))
     e_hat = sae.decode_sparse(vals, idx)
     return (residual.detach() - e_hat).pow(2).sum(dim=1).mean()

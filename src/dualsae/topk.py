@@ -18,21 +18,23 @@ whose maximum is v, so their k largest values are the row's. If fewer than k blo
 largest; where values tie, the index chosen among equal values may differ from ``torch.topk``'s
 (which leaves that order unspecified too). NaN sorts above every number in both.
 
-It pays when rows are many and long (measured in ``benchmarks/topk.py``: 1.5-2.2x at batch >= 256,
-m >= 2,048); elsewhere, and on GPUs (whose ``topk`` is a radix select), ``torch.topk`` runs.
+It pays when rows are many and long (measured in ``benchmarks/topk.py``: 1.5-1.9x at the training steps'
+and AuxK's shapes); elsewhere, and on GPUs (whose ``topk`` is a radix select), ``torch.topk`` runs.
 """
 
 from __future__ import annotations
 
 import torch
 
+# Below these the extra kernels' fixed costs outweigh the saving (benchmarks/topk.py, 2 CPU threads).
 MIN_ROWS = 128
 MIN_WIDTH = 2048
+MIN_ENTRIES = 1 << 20
 
 
 def block_size(batch: int, m: int, k: int, device: torch.device) -> int:
     """Columns per block for :func:`topk_indices`, or 0 where ``torch.topk`` itself is faster."""
-    if device.type != "cpu" or batch < MIN_ROWS or m < MIN_WIDTH:
+    if device.type != "cpu" or batch < MIN_ROWS or m < MIN_WIDTH or batch * m < MIN_ENTRIES:
         return 0
     # Fewer, longer blocks when k is a larger share of m: stage 2 reads k * s entries per row.
     s = 8 if m // k <= 128 else 16
