@@ -219,6 +219,10 @@ def compare(d: int, m: int, k: int, B: int, libs: list[str], rounds: int, steps:
     for r in range(rounds):
         order = libs[r % len(libs):] + libs[: r % len(libs)]
         for lib in order:
+            # One untimed step first: the previous library's step has just evicted this one's weights
+            # and optimizer state from the caches (the first step after a switch costs ~25% more at
+            # the second setting), which a training loop never sees.
+            stepfns[lib](batches[0])
             t0 = time.perf_counter()
             for x in batches:
                 stepfns[lib](x)
@@ -275,6 +279,30 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
     return [(name, min(v[2:]), statistics.median(v[2:])) for name, v in acc.items()]
 
 
+def keep_freed_memory() -> None:
+    """Make glibc's malloc keep freed memory in the process instead of handing it back to the OS.
+
+    By default a large tensor is its own mmap, and whether freeing it returns the pages (so that the
+    next allocation of that size pays a page fault per 4 KB) depends on thresholds glibc adjusts from
+    the process's history, i.e. on which library ran before. That made one library's step (sparsify's:
+    0 or ~6,800 faults per step, 20 or 26 ms at the second setting) differ from run to run. With both
+    thresholds fixed high no library pays those faults, the comparison is the same every run, and it
+    is the one least favourable to dualsae, whose step already allocates its large tensors once.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):  # not glibc
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+
+
 def available(libs: list[str]) -> tuple[list[str], dict[str, str]]:
     ok, missing = [], {}
     for lib in libs:
@@ -296,8 +324,12 @@ def main() -> None:
     ap.add_argument("--overcomplete-auxk", action="store_true", help="overcomplete with its top_k_auxiliary_loss")
     ap.add_argument("--setting", type=int, default=None, help="run only setting 0 or 1")
     ap.add_argument("--breakdown", action="store_true", help="also time the phases of dualsae's step")
+    ap.add_argument("--os-malloc", action="store_true",
+                    help="leave glibc's malloc at its defaults (see keep_freed_memory)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.os_malloc:
+        keep_freed_memory()
     libs, missing = available([s for s in args.libs.split(",") if s])
     if "dualsae" not in libs:
         raise SystemExit(f"dualsae is not importable: {missing.get('dualsae')}")

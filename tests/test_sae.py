@@ -141,6 +141,17 @@ def test_dead_latents_tracked_and_auxk_revives():
     assert sae.W_enc.grad[~dead_rows].abs().sum() == 0
 
 
+def test_update_fired_resets_only_latents_with_a_positive_value():
+    sae = SAE(SAEConfig(d=4, m=6, k=2, dead_window=10))
+    sae.samples_since_fired.fill_(7)
+    # Latent 3 and 5 appear with value 0 (selected, not fired); 2 fires twice.
+    codes = SparseCodes(torch.tensor([[1.0, 0.0], [0.5, 0.0], [0.2, 0.3]]),
+                        torch.tensor([[0, 3], [2, 5], [2, 4]]), 6)
+    sae.update_fired(codes)
+    assert sae.samples_since_fired.tolist() == [0, 10, 0, 10, 0, 10]
+    assert sae.dead_mask().tolist() == [False, True, False, True, False, True]
+
+
 def test_save_load_roundtrip_and_errors(tmp_path):
     sae = SAE(SAEConfig(d=8, m=20, k=3), generator=torch.Generator().manual_seed(0))
     sae.save(tmp_path / "s")

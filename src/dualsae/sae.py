@@ -338,13 +338,13 @@ class SAE(nn.Module):
     @torch.no_grad()
     def update_fired(self, codes: SparseCodes) -> None:
         """Advance the dead-latent counters by one batch. codes: [batch, width]."""
-        fired = torch.zeros(self.m, dtype=torch.bool, device=codes.indices.device)
-        fired[codes.indices[codes.values > 0]] = True
+        # Entries that did not fire (value 0) point at a spare slot m, so no boolean indexing is needed.
+        fired = torch.zeros(self.m + 1, dtype=torch.int32, device=codes.indices.device)
+        fired.index_fill_(0, torch.where(codes.values > 0, codes.indices, self.m).reshape(-1), 1)
         # Under torchrun: fired anywhere in the global batch, which has the ranks' rows together.
-        fired = all_sum(fired.to(torch.int32)) > 0
+        fired = all_sum(fired[: self.m]) > 0
         rows = int(all_sum(torch.tensor(codes.batch, device=fired.device)).item())
-        self.samples_since_fired.add_(rows)
-        self.samples_since_fired[fired] = 0
+        self.samples_since_fired.add_(rows).masked_fill_(fired, 0)
 
     def dead_mask(self) -> torch.Tensor:
         """[m] bool: latents that have not fired for ``dead_window`` training samples."""

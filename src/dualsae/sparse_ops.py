@@ -4,13 +4,14 @@ A TopK SAE touches only k of its m latents per row, yet autograd through ``F.emb
 ``embedding_bag`` materialises ``[batch, k, d]`` gathers in the backward pass, which on a CPU costs
 more than the dense product it replaces. These functions compute the same gradients with
 ``embedding_bag`` kernels over the selected entries, grouped by row (decode, input gradient) or by
-latent (weight gradients, via ``Pattern``), and one sampled dense-dense product (code gradients):
+latent (weight gradients, via ``Pattern``), and one sampled dense-dense product over the latent
+grouping (code gradients):
 
     gather_pre:    pre[b, j] for the selected (b, j), with gradients for x, W_enc, b_enc, b_dec
     sparse_decode: sum_j z_bj W_dec[j], with gradients for the values z and W_dec
 
-Index lists must be sorted within each row (``sort_rows``) so the sampled product's CSR pattern is
-valid. Entries repeated inside a row (padding) are allowed; they carry value 0 and get the gradient a
+Index lists must be sorted within each row (``sort_rows``); the latent grouping then lists each
+latent's rows in ascending order, so the sampled product's CSR pattern is valid. Entries repeated inside a row (padding) are allowed; they carry value 0 and get the gradient a
 dense computation would give them. Equivalence with dense autograd is tested in ``tests/test_sae.py``.
 The latent-grouped ``embedding_bag`` replaced CSR products (``CSR [m, batch] @ [batch, d]``), which
 were 4-6x slower for the two weight gradients on this CPU (docs/benchmarks.md).
@@ -36,13 +37,6 @@ def sort_rows(idx: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, .
     """Sort each row of idx ([batch, w]) ascending and apply the same order to ``others``."""
     idx, order = idx.sort(dim=1)
     return (idx, *(o.gather(1, order) for o in others))
-
-
-def _rows_csr(idx: torch.Tensor, vals: torch.Tensor, m: int) -> torch.Tensor:
-    """CSR [batch, m] with the w entries of each row (idx sorted per row)."""
-    batch, w = idx.shape
-    crow = torch.arange(0, batch * w + 1, w, device=idx.device)
-    return _csr(crow, idx.reshape(-1), vals.reshape(-1), (batch, m))
 
 
 class Pattern:
@@ -74,6 +68,21 @@ class Pattern:
         """
         return F.embedding_bag(self.rows, dense, offsets=self.offsets,
                                per_sample_weights=vals.reshape(-1)[self.order], mode="sum")
+
+    def sampled_dots(self, dense: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """<dense[b], W[j]> for every selected (b, j) -> [batch, w] (dense: [batch, d], W: [m, d]).
+
+        The sampled product ``(W dense^T)[j, b]`` over the latent grouping: each row of W is read
+        once and meets its few batch rows, which stay in cache, instead of every selection reading
+        its W row again (at batch 1,024, k 32: 32,768 row reads of an [8,192, 512] W; 1.9 -> 1.0 ms).
+        """
+        n = self.order.numel()
+        crow = torch.cat([self.offsets, self.offsets.new_tensor([n])])
+        mask = _csr(crow, self.rows, torch.ones(n, dtype=W.dtype, device=W.device), (self.m, dense.shape[0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            by_latent = torch.sparse.sampled_addmm(mask, W, dense.t(), beta=0.0).values()
+        return torch.empty_like(by_latent).index_copy_(0, self.order, by_latent).view(self.idx.shape)
 
     def per_latent_sum(self, vals: torch.Tensor) -> torch.Tensor:
         """sum of vals[b, j] over the rows b that selected latent j -> [m]."""
@@ -134,10 +143,7 @@ class _SparseDecode(torch.autograd.Function):
         grad_vals = None
         # grad_vals[b, j] = <G_b, W_dec[j]>: the sampled product, also what the decoder dots need
         if ctx.needs_input_grad[0] or (dots is not None and ctx.needs_input_grad[1]):
-            mask = _rows_csr(pattern.idx, torch.ones_like(vals), m)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                grad_vals = torch.sparse.sampled_addmm(mask, G, W_dec.t(), beta=0.0).values().view_as(vals)
+            grad_vals = pattern.sampled_dots(G, W_dec)
         grad_W = None
         if ctx.needs_input_grad[1]:
             grad_W = pattern.by_latent(vals, G)

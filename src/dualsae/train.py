@@ -517,8 +517,7 @@ def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tenso
             align = config.beta_iso * iso_energy_dot(zi, zt)
         loss = loss + align
         logs["align"] = align.item()
-    with torch.no_grad():
-        logs["l0"] = (out.codes.values > 0).sum(dim=1).float().mean().item()
+    logs["l0"] = int((out.codes.values > 0).sum().item()) / out.codes.batch  # mean active per row
     sae.update_fired(out.codes.detach())
     logs["dead_frac"] = sae.dead_mask().float().mean().item()
     logs[f"loss_{mem.name}"] = loss.item()
