@@ -23,6 +23,14 @@ written here, copied from that library's trainer loop):
                MSE criterion (``--overcomplete-auxk`` for its top_k_auxiliary_loss, which uses m/2
                non-selected codes and so costs far more), grad-norm clip 1.0, Adam, dead-code tracker.
 
+Two things are fixed for every library alike, so that a run measures the step and not the harness
+(both measured in docs/benchmarks.md, with the numbers without them):
+  - each library's timed steps in a round follow one untimed step of its own (``--cold`` drops it):
+    the library that ran before has just pushed this one's weights and optimizer state out of the
+    caches, which costs the first step after a switch 25% (dualsae, second setting) and never
+    happens in a training loop;
+  - glibc's malloc keeps freed memory in the process (``--os-malloc`` drops it; ``keep_freed_memory``).
+
 No latent is dead at the start, so AuxK adds only its dead-mask check in every library (as in the first
 20,000 samples of a dualsae training); ``--dead F`` marks a fraction F of the latents dead in every library
 so that AuxK runs.
@@ -205,7 +213,7 @@ FACTORIES = {"dualsae": dualsae_step, "sparsify": sparsify_step, "saelens": sael
 
 
 def compare(d: int, m: int, k: int, B: int, libs: list[str], rounds: int, steps: int, dead: float,
-            overcomplete_auxk: bool) -> dict[str, list[float]]:
+            overcomplete_auxk: bool, warm: bool = True) -> dict[str, list[float]]:
     """Per-step seconds of each library, one entry per round. Libraries run interleaved."""
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn(B, d, generator=gen) for _ in range(steps)]
@@ -220,9 +228,10 @@ def compare(d: int, m: int, k: int, B: int, libs: list[str], rounds: int, steps:
         order = libs[r % len(libs):] + libs[: r % len(libs)]
         for lib in order:
             # One untimed step first: the previous library's step has just evicted this one's weights
-            # and optimizer state from the caches (the first step after a switch costs ~25% more at
-            # the second setting), which a training loop never sees.
-            stepfns[lib](batches[0])
+            # and optimizer state from the caches (dualsae's first step after a switch costs ~25% more
+            # at the second setting), which a training loop never sees. --cold leaves it out.
+            if warm:
+                stepfns[lib](batches[0])
             t0 = time.perf_counter()
             for x in batches:
                 stepfns[lib](x)
@@ -238,6 +247,7 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
 
     from dualsae.sae import SAE, SAEConfig
     from dualsae.sparse_ops import DecoderDots
+    from dualsae.topk import topk_indices
     from dualsae.train import TrainConfig, _member_loss, clip_gradients, make_member
 
     config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
@@ -258,8 +268,10 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
         with torch.no_grad():
             pre = F.linear(x - sae.b_dec, sae.W_enc, sae.b_enc)
         t = tick("selection product alone (reference)", t)
-        pre.topk(k, dim=1)
-        t = tick("top-k of it alone (reference)", t)
+        topk_indices(pre, k)
+        t = tick("its top-k alone (dualsae.topk; ref.)", t)
+        pre.topk(k, dim=1, sorted=False)
+        t = tick("torch.topk of it (reference)", t)
         del pre
         mem.opt.zero_grad(set_to_none=True)
         sae.decoder_dots = dots = DecoderDots(m)
@@ -324,6 +336,8 @@ def main() -> None:
     ap.add_argument("--overcomplete-auxk", action="store_true", help="overcomplete with its top_k_auxiliary_loss")
     ap.add_argument("--setting", type=int, default=None, help="run only setting 0 or 1")
     ap.add_argument("--breakdown", action="store_true", help="also time the phases of dualsae's step")
+    ap.add_argument("--cold", action="store_true",
+                    help="no untimed step before each library's timed steps in a round")
     ap.add_argument("--os-malloc", action="store_true",
                     help="leave glibc's malloc at its defaults (see keep_freed_memory)")
     args = ap.parse_args()
@@ -333,15 +347,16 @@ def main() -> None:
     libs, missing = available([s for s in args.libs.split(",") if s])
     if "dualsae" not in libs:
         raise SystemExit(f"dualsae is not importable: {missing.get('dualsae')}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} interleaved rounds x {args.steps} steps; "
-          f"dead fraction {args.dead}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} interleaved rounds x {args.steps} steps"
+          f"{' (cold: no untimed step first)' if args.cold else ' after one untimed step'}; dead fraction {args.dead}; "
+          f"malloc {'glibc defaults' if args.os_malloc else 'keeps freed memory'}")
     print("versions: " + ", ".join(f"{lib} {version(lib)}" for lib in libs))
     for lib, why in missing.items():
         print(f"skipped {lib}: {why}")
     settings = SETTINGS if args.setting is None else [SETTINGS[args.setting]]
     for s in settings:
         times = compare(**s, libs=libs, rounds=args.rounds, steps=args.steps, dead=args.dead,
-                        overcomplete_auxk=args.overcomplete_auxk)
+                        overcomplete_auxk=args.overcomplete_auxk, warm=not args.cold)
         base_min, base_med = min(times["dualsae"]), statistics.median(times["dualsae"])
         print(f"\nd {s['d']}, m {s['m']}, k {s['k']}, B {s['B']}")
         print(f"  {'library':<13} {'min ms':>8} {'median ms':>10} | {'/dualsae min':>12} {'median':>7}")
