@@ -23,6 +23,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/topk.py
 	$(BIN)/python benchmarks/correlation.py
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/parallel_units.py
