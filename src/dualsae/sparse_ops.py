@@ -11,8 +11,9 @@ grouping (code gradients):
     sparse_decode: sum_j z_bj W_dec[j], with gradients for the values z and W_dec
 
 Index lists must be sorted within each row (``sort_rows``); the latent grouping then lists each
-latent's rows in ascending order, so the sampled product's CSR pattern is valid. Entries repeated inside a row (padding) are allowed; they carry value 0 and get the gradient a
-dense computation would give them. Equivalence with dense autograd is tested in ``tests/test_sae.py``.
+latent's rows in ascending order, so the sampled product's CSR pattern is valid. Entries repeated
+inside a row (padding) are allowed; they carry value 0 and get the gradient a dense computation
+would give them. Equivalence with dense autograd is tested in ``tests/test_sae.py``.
 The latent-grouped ``embedding_bag`` replaced CSR products (``CSR [m, batch] @ [batch, d]``), which
 were 4-6x slower for the two weight gradients on this CPU (docs/benchmarks.md).
 """
@@ -139,7 +140,6 @@ class _SparseDecode(torch.autograd.Function):
         vals, W_dec = ctx.saved_tensors
         pattern: Pattern = ctx.pattern
         dots: DecoderDots | None = ctx.dots
-        m = W_dec.shape[0]
         G = G.contiguous()
         grad_vals = None
         # grad_vals[b, j] = <G_b, W_dec[j]>: the sampled product, also what the decoder dots need

@@ -65,8 +65,7 @@ def topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     pre: [batch, m] -> two [batch, k] tensors.
     """
     if block_size(*pre.shape, k, pre.device) == 0:
-        vals, idx = pre.topk(k, dim=1)
-        return vals, idx
+        return pre.topk(k, dim=1)
     idx = topk_indices(pre, k)
     vals, order = pre.gather(1, idx).sort(dim=1, descending=True)
     return vals, idx.gather(1, order)
