@@ -104,3 +104,20 @@ def test_sae_training_forward_selects_the_dense_top_k():
     torch.testing.assert_close(out.recon, dense @ sae.W_dec + sae.b_dec, rtol=1e-5, atol=1e-5)
     codes = sae.encode(x)
     assert torch.equal(codes.indices.sort(dim=1).values, ref)
+
+
+def test_auxk_style_rows_masked_to_minus_infinity():
+    # AuxK picks among dead latents only, the rest set to -inf: with exactly k finite entries per row,
+    # packed into fewer than k blocks, every finite entry must still be chosen.
+    batch, m, k = 256, 8192, 128
+    s = block_size(batch, m, k, torch.device("cpu"))
+    assert s > 0
+    nb = m // s
+    pre = torch.full((batch, m), float("-inf"))
+    finite = torch.randn(batch, m, generator=torch.Generator().manual_seed(6))
+    dead = (torch.arange(k) % s) * nb + torch.arange(k) // s  # k columns in ceil(k / s) blocks
+    pre[:, dead] = finite[:, dead]
+    assert set(range(k // s)) == {int(c) % nb for c in dead}
+    idx = topk_indices(pre, k)
+    assert all(set(row) == set(dead.tolist()) for row in idx.tolist())
+    assert_same_topk(pre, k)
