@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,8 +92,10 @@ def finish_ranks(procs: list[subprocess.Popen], timeout: float = 600) -> list[st
             p.kill()
         p.wait()
     results = [(_read(p.logs[0]), _read(p.logs[1])) for p in procs]
-    for rank, (p, (_, err)) in enumerate(zip(procs, results)):
-        assert p.returncode == 0, f"rank {rank} exited with {p.returncode}:\n{err[-3000:]}"
+    failed = [(rank, p.returncode, err) for rank, (p, (_, err)) in enumerate(zip(procs, results)) if p.returncode != 0]
+    # Report the rank that failed on its own first, not one this function killed afterwards.
+    failed.sort(key=lambda f: f[1] == -signal.SIGKILL)
+    assert not failed, "\n".join(f"rank {rank} exited with {code}:\n{err[-3000:]}" for rank, code, err in failed)
     return [out for out, _ in results]
 
 

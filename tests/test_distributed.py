@@ -167,6 +167,32 @@ def test_torchrun_commands_keep_the_folder_rules_and_stop_every_rank_on_a_refusa
     verify_files(run, check_finished(run))  # the held run is untouched
 
 
+_CLOSE_WORKER = r"""
+import os, torch
+from dualsae.distributed import Distributed
+from dualsae.train import TrainConfig, make_adamw
+dist = Distributed.from_env()
+dist.sum(torch.ones(3))
+lin = torch.nn.Linear(3, 3)
+opt = make_adamw(lin.parameters(), TrainConfig(method="specific", latents=4, k=1))
+lin(torch.randn(2, 3)).sum().backward()
+opt.step()  # imports torch._dynamo, as every training does
+dist.close()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(sum("gloo" in n for n in names))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc")
+def test_close_ends_the_group_threads_after_an_optimizer_step(tmp_path):
+    # A group that outlives close() keeps gloo threads that may free a collective's tensors while the
+    # interpreter shuts down, aborting the rank at exit (a flaky SIGABRT of the 2-rank tests).
+    script = tmp_path / "worker.py"
+    script.write_text(_CLOSE_WORKER)
+    outs = launch_ranks([str(script)])
+    assert [out.strip() for out in outs] == ["0", "0"], outs
+
+
 def test_batch_slices_cover_the_global_batch():
     pos = np.arange(31)
     parts = [Distributed(r, 3).slice(pos) for r in range(3)]

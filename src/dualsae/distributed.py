@@ -77,6 +77,12 @@ class Distributed:
         import torch.distributed as dist
 
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        # torch._dynamo imported after the group exists (the optimizer's step imports it lazily) keeps
+        # a reference to the group past destroy_process_group: its gloo threads then outlive close()
+        # and can release a collective's tensors while the interpreter shuts down, which aborts the
+        # process ("terminate called without an active exception"; seen in tests/test_distributed.py).
+        import torch._dynamo as _dynamo  # noqa: F401  (binds no local name "torch")
+
         if not dist.is_initialized():
             if backend == "nccl":
                 torch.cuda.set_device(local)
