@@ -9,7 +9,7 @@ per-step time's min and median over the rounds, and the other library's time div
 What each step contains (each library's own code; only the few lines of trainer glue that call it are
 written here, copied from that library's trainer loop):
 
-  dualsae      dualsae.train._step, the trainer's step: no-grad selection product + top-k, sparse
+  dualsae      dualsae.training.step._step, the trainer's step: no-grad selection product + top-k, sparse
                decode, MSE + AuxK (coef 1/32), backward through the k selected latents, decoder-grad
                projection (its dots from the decode's sampled product), grad-norm clip 1.0 (the factor applied inside the fused AdamW), fused AdamW (weight decay 1e-5), decoder renorm,
                dead-latent counters, the scalar logs.
@@ -94,8 +94,9 @@ def version(lib: str) -> str:
 
 
 def dualsae_step(d: int, m: int, k: int, dead: float) -> Step:
-    from dualsae.sae import SAE, SAEConfig
-    from dualsae.train import TrainConfig, _step, make_member
+    from dualsae.models.sae import SAE, SAEConfig
+    from dualsae.training.config import TrainConfig
+    from dualsae.training.step import _step, make_member
 
     config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
     sae = SAE(SAEConfig(d=d, m=m, k=k), generator=torch.Generator().manual_seed(0))
@@ -240,15 +241,16 @@ def compare(d: int, m: int, k: int, B: int, libs: list[str], rounds: int, steps:
 
 
 def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, float, float]]:
-    """Where dualsae's step spends its time: the phases of dualsae.train._step timed one by one
+    """Where dualsae's step spends its time: the phases of dualsae.training.step._step timed one by one
     (min and median ms over ``rounds`` steps), and, for scale, the selection product alone
     (x [B, d] @ W_enc^T, 2 B d m FLOPs) and the top-k over its [B, m] result."""
     import torch.nn.functional as F
 
-    from dualsae.sae import SAE, SAEConfig
-    from dualsae.sparse_ops import DecoderDots
-    from dualsae.topk import topk_indices
-    from dualsae.train import TrainConfig, _member_loss, clip_gradients, make_member
+    from dualsae.models.sae import SAE, SAEConfig
+    from dualsae.core.sparse_ops import DecoderDots
+    from dualsae.core.topk import topk_indices
+    from dualsae.training.config import TrainConfig
+    from dualsae.training.step import _member_loss, clip_gradients, make_member
 
     config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
     sae = SAE(SAEConfig(d=d, m=m, k=k), generator=torch.Generator().manual_seed(0))
@@ -269,7 +271,7 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
             pre = F.linear(x - sae.b_dec, sae.W_enc, sae.b_enc)
         t = tick("selection product alone (reference)", t)
         topk_indices(pre, k)
-        t = tick("its top-k alone (dualsae.topk; ref.)", t)
+        t = tick("its top-k alone (dualsae.core.topk; ref.)", t)
         pre.topk(k, dim=1, sorted=False)
         t = tick("torch.topk of it (reference)", t)
         del pre

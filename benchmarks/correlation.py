@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from dualsae.align import CoactivationStats
-from dualsae.codes import SparseCodes
+from dualsae.alignment.post_hoc import CoactivationStats
+from dualsae.core.codes import SparseCodes
 
 
 def make_codes(n: int, m: int, k: int, batch: int, seed: int) -> list[tuple[SparseCodes, SparseCodes]]:

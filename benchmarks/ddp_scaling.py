@@ -24,7 +24,7 @@ import numpy as np
 
 
 def make_store(folder: Path, n: int, d: int) -> Path:
-    from dualsae.data import write_store
+    from dualsae.store.paired import write_store
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d)).astype(np.float32)

@@ -32,8 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import dense_step, sparse_step  # noqa: E402
 
-from dualsae.sae import SAE, SAEConfig  # noqa: E402
-from dualsae.train import TrainConfig, make_adamw, train  # noqa: E402
+from dualsae.models.sae import SAE, SAEConfig  # noqa: E402
+from dualsae.training.config import TrainConfig
+from dualsae.training.step import make_adamw
+from dualsae.training.trainer import train  # noqa: E402
 
 # Dense peaks in TFLOP/s (vendor data sheets, SXM parts): (float32 CUDA cores, TF32 tensor, bfloat16 tensor).
 PEAKS = {
@@ -119,7 +121,7 @@ def synthetic_store(folder: Path, n: int, d: int, chunk: int = 262_144) -> Path:
 
 
 def epoch_bench(args: argparse.Namespace, device: torch.device) -> None:
-    from dualsae.data import PairedEmbeddings
+    from dualsae.store.paired import PairedEmbeddings
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         t = time.perf_counter()

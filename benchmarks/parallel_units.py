@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dualsae.experiments.synthetic import SyntheticPlan, _usable_cores, run_plan
+from dualsae.experiments.synthetic.plan_run import SyntheticPlan, _usable_cores, run_plan
 
 
 def unit_metrics(folder: Path) -> dict[str, dict[str, float]]:

@@ -33,8 +33,8 @@ WORDS = "red blue green cat dog star moon tree car boat fish bird face hand flag
 
 
 def make_model(folder: Path, m: int, d: int, k: int) -> Path:
-    from dualsae.align import ALIGNMENT_FORMAT, AlignedPair
-    from dualsae.sae import SAE, SAEConfig
+    from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
+    from dualsae.models.sae import SAE, SAEConfig
 
     torch.manual_seed(0)
     image, text = SAE(SAEConfig(d=d, m=m, k=k)), SAE(SAEConfig(d=d, m=m, k=k))
@@ -45,7 +45,7 @@ def make_model(folder: Path, m: int, d: int, k: int) -> Path:
 
 
 def make_store(folder: Path, n: int, d: int) -> Path:
-    from dualsae.data import write_store
+    from dualsae.store.paired import write_store
 
     rng = np.random.default_rng(0)
     meta = [{"id": f"r{i}", "caption": " ".join(rng.choice(WORDS, size=3, replace=False))} for i in range(n)]
@@ -63,7 +63,7 @@ def open_table(binary: str, site: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    from dualsae.data import PairedEmbeddings
+    from dualsae.store.paired import PairedEmbeddings
     from dualsae.report import ReportOptions, build_report
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -5,7 +5,7 @@ are its positives (the ``group`` protocol). Codes are random TopK codes (m laten
 law latent frequencies as real SAE latents have); each caption shares ``--shared`` (default 4) of its
 latents with its image's code so the ranks have structure without being trivial.
 
-* sparse (``dualsae.metrics.retrieval``): L2-normalised sparse codes; per chunk of queries the query
+* sparse (``dualsae.evaluation.metrics.retrieval``): L2-normalised sparse codes; per chunk of queries the query
   codes are densified to [b, m] and the gallery's k active latents gather them
   (``embedding_bag``), O(G k) per query; the gallery stays [G, k].
 * dense reference: the [Q, m] and [G, m] code matrices, scores = Q_chunk @ G^T, O(G m) per query.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualsae.codes import SparseCodes
-from dualsae.metrics.retrieval import first_positive_ranks, normalize_codes, recall_summary, sparse_scores
+from dualsae.core.codes import SparseCodes
+from dualsae.evaluation.metrics.retrieval import first_positive_ranks, normalize_codes, recall_summary, sparse_scores
 
 
 def make_codes(q: int, g: int, m: int, k: int, seed: int, shared_latents: int) -> tuple[SparseCodes, SparseCodes]:

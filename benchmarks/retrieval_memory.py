@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dualsae.data import write_store
+from dualsae.store.paired import write_store
 
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from dualsae.codes import SparseCodes
-from dualsae.data import PairedEmbeddings
-from dualsae.metrics.retrieval import build_protocol, encode_rows, first_positive_ranks, normalize_codes, sparse_scores
-from dualsae.pair import SAEPair
-from dualsae.sae import SAE, SAEConfig
+from dualsae.core.codes import SparseCodes
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.evaluation.metrics.retrieval import build_protocol, encode_rows, first_positive_ranks, normalize_codes, sparse_scores
+from dualsae.models.pair import SAEPair
+from dualsae.models.sae import SAE, SAEConfig
 n, d, m, k, queries = (int(a) for a in sys.argv[1:6])
 folder = sys.argv[6]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -56,8 +56,9 @@ def main() -> None:
 
     import torch
 
-    from dualsae.data import PairedEmbeddings
-    from dualsae.train import TrainConfig, train
+    from dualsae.store.paired import PairedEmbeddings
+    from dualsae.training.config import TrainConfig
+    from dualsae.training.trainer import train
 
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="dualsae-mem-"))
     try:

@@ -15,8 +15,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dualsae.sae import SAE, SAEConfig
-from dualsae.train import TrainConfig, make_adamw
+from dualsae.models.sae import SAE, SAEConfig
+from dualsae.training.config import TrainConfig
+from dualsae.training.step import make_adamw
 
 SETTINGS = [dict(d=512, m=8192, k=32, B=1024), dict(d=256, m=8192, k=16, B=256)]
 

@@ -1,5 +1,5 @@
 """Fault injection for the CLI tests: run ``dualsae`` in a subprocess that SIGKILLs itself at a named
-point (``DUALSAE_FAULT``, see :mod:`dualsae.faults`), on a read-only or full file system (a private
+point (``DUALSAE_FAULT``, see :mod:`dualsae.files.faults`), on a read-only or full file system (a private
 mount namespace with a small tmpfs: ``unshare --mount``, so nothing leaks into the machine's mounts),
 and the in-process CLI with its stderr."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dualsae.data import write_store
+from dualsae.store.paired import write_store
 
 
 def make_store(folder, n=600, d=16, seed=0, dtype=np.float32, split=True, image=True, text=True, n_features=24):
@@ -35,7 +35,7 @@ def tied_sae(w, k: int = 1):
     a planted dictionary whose codes are known in closed form."""
     import torch
 
-    from dualsae.sae import SAE, SAEConfig
+    from dualsae.models.sae import SAE, SAEConfig
 
     w = torch.as_tensor(np.asarray(w, dtype=np.float32))
     sae = SAE(SAEConfig(d=w.shape[1], m=w.shape[0], k=k, dec_bias_init="zero"))

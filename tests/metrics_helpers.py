@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dualsae.codes import SparseCodes
-from dualsae.pair import SAEPair
-from dualsae.sae import SAE, SAEConfig
+from dualsae.core.codes import SparseCodes
+from dualsae.models.pair import SAEPair
+from dualsae.models.sae import SAE, SAEConfig
 
 
 def identity_sae(d: int) -> SAE:

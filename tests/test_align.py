@@ -10,22 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.align import (
-    AlignedPair,
-    CoactivationStats,
-    align,
-    build_permutation,
-    coactivation_correlation,
-    load_correlation,
-    match_latents,
-    permute_sae,
-    solve_assignment,
-)
-from dualsae.codes import SparseCodes
-from dualsae.data import PairedEmbeddings, write_store
-from dualsae.errors import CheckpointError, DataError
-from dualsae.pair import SAEPair
-from dualsae.sae import SAE, SAEConfig
+from dualsae.models.aligned import AlignedPair
+from dualsae.alignment.post_hoc import CoactivationStats, align, build_permutation, coactivation_correlation, load_correlation, match_latents, permute_sae, solve_assignment
+from dualsae.core.codes import SparseCodes
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.core.errors import CheckpointError, DataError
+from dualsae.models.pair import SAEPair
+from dualsae.models.sae import SAE, SAEConfig
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -326,7 +317,7 @@ def _write_run(folder, pair: SAEPair, method: str = "specific"):
 
 def test_align_command(tmp_path, capsys):
     from dualsae.cli import main
-    from dualsae.run import load_model
+    from dualsae.models.load import load_model
 
     pair, sigma, x, y = _planted_pair(seed=6, m=32)
     n = len(x)

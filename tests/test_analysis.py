@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.align import align
-from dualsae.analysis import BIN_EDGES, bin_index, heterogeneity, heterogeneity_from_folder, top_activating
-from dualsae.data import PairedEmbeddings, write_store
-from dualsae.pair import SAEPair
-from dualsae.sae import SAE, SAEConfig
+from dualsae.alignment.post_hoc import align
+from dualsae.evaluation.heterogeneity import BIN_EDGES, bin_index, heterogeneity, heterogeneity_from_folder, top_activating
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.models.pair import SAEPair
+from dualsae.models.sae import SAE, SAEConfig
 
 
 def _brute_force(img: np.ndarray, txt: np.ndarray, c: np.ndarray, li: np.ndarray, lt: np.ndarray):

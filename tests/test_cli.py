@@ -52,8 +52,8 @@ def test_train_info_roundtrip(tmp_path, capsys):
     ev = info["data"]["image"]["explained_variance"]
     assert 0 < ev < 1
     # MSE and explained variance agree with a direct computation.
-    from dualsae.data import PairedEmbeddings
-    from dualsae.run import load_model
+    from dualsae.store.paired import PairedEmbeddings
+    from dualsae.models.load import load_model
 
     pair = load_model(tmp_path / "run")
     x = PairedEmbeddings.open(tmp_path / "data").split("test").read("image")
@@ -126,7 +126,7 @@ def test_console_script_entry_point(tmp_path):
 def test_seeded_split_of_training_is_reused_by_align_eval_info_and_resume(tmp_path, capsys):
     """A store without a meta 'split': train with a non-default seeded split; align, eval and info
     without split flags must use those same rows (and their complement), and --resume keeps them."""
-    from dualsae.data import PairedEmbeddings
+    from dualsae.store.paired import PairedEmbeddings
 
     make_store(tmp_path / "data", n=200, d=8, split=False)
     store = PairedEmbeddings.open(tmp_path / "data")

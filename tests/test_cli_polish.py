@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from dualsae.cli import build_parser, main
-from dualsae.data import PairedEmbeddings, write_store
-from dualsae.errors import ConfigError
-from dualsae.train import TrainConfig
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.core.errors import ConfigError
+from dualsae.training.config import TrainConfig
 from tests.helpers import make_store
 from tests.test_readers import _clip_retrieval
 
@@ -80,8 +80,8 @@ def test_analyze_top_collapses_captions_and_takes_several_latents(trained, tmp_p
     store, _, aligned = trained
     meta = [{"caption": "same" if i % 2 else f"row {i}"} for i in range(300)]
     s2 = write_store(tmp_path / "s2", np.load(store / "image.npy"), np.load(store / "text.npy"), meta)
-    from dualsae.examples import top_examples_many
-    from dualsae.run import load_model
+    from dualsae.evaluation.top_rows import top_examples_many
+    from dualsae.models.load import load_model
 
     pair = load_model(aligned)
     st = PairedEmbeddings.open(s2)
@@ -103,7 +103,7 @@ def test_analyze_top_collapses_captions_and_takes_several_latents(trained, tmp_p
 
 
 def test_progress_prints_plain_lines_when_not_a_terminal(monkeypatch):
-    from dualsae.progress import tqdm
+    from dualsae.core.progress import tqdm
 
     monkeypatch.setenv("DUALSAE_PROGRESS_SECONDS", "0")
     buf = io.StringIO()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dualsae.data import PairedEmbeddings, epoch_order, write_store
-from dualsae.errors import DataError
+from dualsae.store.paired import PairedEmbeddings, epoch_order, write_store
+from dualsae.core.errors import DataError
 from tests.helpers import make_store
 
 
@@ -117,7 +117,7 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     import os
     import stat
 
-    from dualsae.atomic import write_json
+    from dualsae.files.atomic import write_json
 
     write_json(tmp_path / "a.json", {"x": 1})
     umask = os.umask(0)

@@ -10,21 +10,10 @@ import pytest
 import torch
 
 from dualsae.cli import main
-from dualsae.data import PairedEmbeddings
-from dualsae.diagnose import (
-    CALIBRATION_SYNTH,
-    CROSSING_FEATURE_RECOVERY,
-    CROSSING_RECONSTRUCTION,
-    Calibration,
-    QuickConfig,
-    diagnose,
-    invert_curve,
-    modality_gap,
-    place,
-    regime_of,
-)
-from dualsae.errors import DataError
-from dualsae.synthetic import SynthConfig, write_synthetic
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.diagnose.advice import CALIBRATION_SYNTH, CROSSING_FEATURE_RECOVERY, CROSSING_RECONSTRUCTION, Calibration, QuickConfig, diagnose, invert_curve, modality_gap, place, regime_of
+from dualsae.core.errors import DataError
+from dualsae.store.generator import SynthConfig, write_synthetic
 from tests.helpers import make_store
 
 

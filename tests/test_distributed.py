@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.align import align, load_correlation
-from dualsae.data import PairedEmbeddings
-from dualsae.distributed import Distributed
-from dualsae.errors import ConfigError
-from dualsae.outdir import check_finished, verify_files
-from dualsae.runlock import output_lock
-from dualsae.run import load_model
-from dualsae.sae import SAE
-from dualsae.train import TrainConfig, train
+from dualsae.alignment.post_hoc import align, load_correlation
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.core.distributed import Distributed
+from dualsae.core.errors import ConfigError
+from dualsae.files.outdir import check_finished, verify_files
+from dualsae.files.lock import output_lock
+from dualsae.models.load import load_model
+from dualsae.models.sae import SAE
+from dualsae.training.config import TrainConfig
+from dualsae.training.trainer import train
 from tests.helpers import launch_ranks, make_store, start_ranks, wait_ranks
 
 #: One config per method; AuxK fires (short dead window), BatchTopK is on for two of them.
@@ -38,9 +39,10 @@ TOL = 1e-5  # max abs weight difference allowed between 2 ranks and 1 process (f
 _WORKER = r"""
 import sys, time
 from pathlib import Path
-from dualsae.data import PairedEmbeddings
-from dualsae.distributed import Distributed
-from dualsae.train import TrainConfig, train
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.core.distributed import Distributed
+from dualsae.training.config import TrainConfig
+from dualsae.training.trainer import train
 configs, common = {configs}, {common}
 data, out, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 store = PairedEmbeddings.open(data).split("train")
@@ -169,8 +171,9 @@ def test_torchrun_commands_keep_the_folder_rules_and_stop_every_rank_on_a_refusa
 
 _CLOSE_WORKER = r"""
 import os, torch
-from dualsae.distributed import Distributed
-from dualsae.train import TrainConfig, make_adamw
+from dualsae.core.distributed import Distributed
+from dualsae.training.config import TrainConfig
+from dualsae.training.step import make_adamw
 dist = Distributed.from_env()
 dist.sum(torch.ones(3))
 lin = torch.nn.Linear(3, 3)

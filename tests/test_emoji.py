@@ -13,15 +13,16 @@ pytestmark = pytest.mark.skipif(not (EMOJI / "image.npy").is_file(), reason=f"{E
 
 @pytest.fixture(scope="module")
 def emoji():
-    from dualsae.data import PairedEmbeddings
+    from dualsae.store.paired import PairedEmbeddings
 
     return PairedEmbeddings.open(EMOJI)
 
 
 @pytest.fixture(scope="module")
 def trained(emoji):
-    from dualsae.align import align
-    from dualsae.train import TrainConfig, train
+    from dualsae.alignment.post_hoc import align
+    from dualsae.training.config import TrainConfig
+    from dualsae.training.trainer import train
 
     cfg = TrainConfig.from_preset("real", method="specific", latents=512, k=16, batch_size=256, epochs=6, lr=2e-3)
     pair = train(emoji.split("train"), cfg, None, progress=False)
@@ -36,7 +37,7 @@ def test_store_as_documented(emoji):
 
 
 def test_specific_sae_reconstructs_held_out_rows(emoji, trained):
-    from dualsae.metrics.reconstruction import reconstruction_metrics
+    from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
 
     pair, _ = trained
     stats = reconstruction_metrics(pair, emoji.split("test"), progress=False)
@@ -47,7 +48,7 @@ def test_specific_sae_reconstructs_held_out_rows(emoji, trained):
 
 
 def test_posthoc_alignment_enables_retrieval(emoji, trained):
-    from dualsae.metrics.retrieval import cross_modal_retrieval
+    from dualsae.evaluation.metrics.retrieval import cross_modal_retrieval
 
     pair, result = trained
     test = emoji.split("test")

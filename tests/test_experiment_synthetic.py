@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from dualsae.errors import ConfigError
-from dualsae.experiments.synthetic import (
-    SyntheticPlan, budget_changes, check_claims, claim_line, markdown_table, plan_units, plateau_change, run_plan,
-)
+from dualsae.core.errors import ConfigError
+from dualsae.experiments.synthetic.plan_run import SyntheticPlan, budget_changes, check_claims, claim_line, markdown_table, plan_units, run_plan
+from dualsae.training.curves import plateau_change
 
 TINY = SyntheticPlan(distances=(0.0, 0.5), group_sparse_multipliers=(1.0,), iso_energy_multipliers=(1.0,), seeds=(0,),
                      latents=96, k=4, epochs=(2,), batch_size=64, n_train=512, n_eval=128, d=64, n_shared=32, n_image=16,
@@ -232,7 +231,7 @@ def test_claim_d_reads_the_baselines_trade_offs():
 def test_the_demo_plan_converges_and_every_claim_holds(tmp_path):
     """`make demo` (the quick plan, about 3.5 minutes on 2 idle cores): every training reaches its plateau and
     claims (a)-(d) hold. Set DUALSAE_SKIP_DEMO=1 to skip it while iterating on other tests."""
-    from dualsae.experiments.synthetic import PLATEAU_TOLERANCE, QUICK
+    from dualsae.experiments.synthetic.plan_run import PLATEAU_TOLERANCE, QUICK
 
     report = run_plan(QUICK, tmp_path / "demo", progress=False, workers=2, threads_per_worker=1)
     assert report["units_done"] == report["units_total"] == 10

@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from dualsae.data import write_store
-from dualsae.experiments.table1 import Table1Plan, run_table1
-from dualsae.experiments.table1_diagnostics import CurveRecorder, plateau
+from dualsae.store.paired import write_store
+from dualsae.experiments.table1.table import Table1Plan, run_table1
+from dualsae.training.curves import plateau
+from dualsae.training.curves import CurveRecorder
 
 
 def _store(folder, n=160, d=8, seed=0):

@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dualsae.distributed import Distributed
-from dualsae.data import PairedEmbeddings
-from dualsae.errors import ConfigError, DataError
-from dualsae.extract import DualEncoder, ExtractConfig, extract
-from dualsae.outdir import check_finished, verify_files
-from dualsae.runlock import output_lock
-from dualsae.readers import CocoSource, ImageFolderSource, TableSource, WebDatasetSource
+from dualsae.core.distributed import Distributed
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.extract.extraction import DualEncoder, ExtractConfig, extract
+from dualsae.files.outdir import check_finished, verify_files
+from dualsae.files.lock import output_lock
+from dualsae.extract.sources import CocoSource, ImageFolderSource, TableSource, WebDatasetSource
 from tests.helpers import launch_ranks, start_ranks, wait_ranks
 
 CLIP_MAX_LEN = 16

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from dualsae.cli import main
-from dualsae.data import epoch_order, write_store
+from dualsae.store.paired import epoch_order, write_store
 from tests.fault_helpers import KILLED, cli, cli_env, one_line_error, run_cli, run_cli_on_tmpfs
 from tests.helpers import make_store
 
@@ -110,8 +110,8 @@ def test_train_killed_between_saes_is_unfinished_and_resume_checks_the_store(bas
     code, _, err = cli(["info", run], capsys)
     assert one_line_error(code, err, "unfinished", "dualsae train --resume")
     # Without its manifest (a run written by the library's train()), the half-saved run is still refused.
-    from dualsae.errors import CheckpointError
-    from dualsae.run import load_model
+    from dualsae.core.errors import CheckpointError
+    from dualsae.models.load import load_model
 
     manifest = (run / "manifest.json").read_bytes()
     (run / "manifest.json").unlink()
@@ -135,7 +135,7 @@ def _leave_temporary(path: Path, obj) -> None:
     """A real kill between write and rename: a process writes ``path`` atomically and is SIGKILLed
     at the rename; it leaves the complete hidden temporary beside ``path``."""
     before = set(path.parent.iterdir())
-    code = "import json, sys; from dualsae.atomic import write_json; write_json(sys.argv[1], json.loads(sys.argv[2]))"
+    code = "import json, sys; from dualsae.files.atomic import write_json; write_json(sys.argv[1], json.loads(sys.argv[2]))"
     r = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(obj)], env=cli_env(f"before-replace:*{path.name}"))
     (temp,) = set(path.parent.iterdir()) - before
     assert r.returncode == KILLED and temp.name.startswith(f".{path.name}.") and json.loads(temp.read_text()) == obj
@@ -146,7 +146,7 @@ SYNTH = ["--seeds", "0", "--distances", "0.0", "0.5", "--multipliers", "1.0", "-
 
 
 def test_synthetic_report_counts_finished_units_only(tmp_path, capsys):
-    from dualsae.experiments.synthetic import SyntheticPlan, build_report
+    from dualsae.experiments.synthetic.plan_run import SyntheticPlan, build_report
 
     out = tmp_path / "job"
     assert cli(["reproduce", "synthetic", "--out", out, *SYNTH, "--max-units", "1"], capsys)[0] == 0
@@ -174,7 +174,7 @@ def test_synthetic_report_counts_finished_units_only(tmp_path, capsys):
 
 
 def test_table1_counts_each_method_seed_once(tmp_path):
-    from dualsae.experiments.table1 import Table1Plan, build_table
+    from dualsae.experiments.table1.table import Table1Plan, build_table
 
     plan = Table1Plan(train="t", eval="e", seeds=(0,), latents=16, k=2, epochs=1, batch_size=8)
     units = tmp_path / "units"
@@ -223,7 +223,7 @@ def test_huge_value_is_refused_or_stops_training_with_the_last_good_checkpoint(t
 def test_info_flags_non_finite_weights(tmp_path, capsys):
     import torch
 
-    from dualsae.sae import SAE, SAEConfig
+    from dualsae.models.sae import SAE, SAEConfig
 
     sae = SAE(SAEConfig(d=8, m=16, k=2))
     with torch.no_grad():
@@ -237,7 +237,7 @@ def test_info_flags_non_finite_weights(tmp_path, capsys):
 @pytest.mark.parametrize("scale", [1e-4, 1e4])
 def test_far_from_unit_scale_warns_and_logs_significant_digits(tmp_path, capsys, scale):
     make_store(tmp_path / "unit", n=200, d=8)
-    from dualsae.data import PairedEmbeddings
+    from dualsae.store.paired import PairedEmbeddings
 
     s = PairedEmbeddings.open(tmp_path / "unit")
     write_store(tmp_path / "scaled", s.read("image").numpy() * scale, s.read("text").numpy() * scale)
@@ -254,7 +254,7 @@ def test_far_from_unit_scale_warns_and_logs_significant_digits(tmp_path, capsys,
 
 
 def test_second_writer_fails_naming_the_holder(base, tmp_path, capsys):
-    from dualsae.runlock import output_lock
+    from dualsae.files.lock import output_lock
 
     run = tmp_path / "run"
     with output_lock(run):  # a real flock held by "another" writer (another open file description)
@@ -382,9 +382,9 @@ def test_bad_values_and_flags_are_one_line(base, tmp_path, capsys):
 
 
 def test_bad_out_paths_fail_before_any_work(base, tmp_path, capsys, monkeypatch):
-    import dualsae.evaluate
+    import dualsae.evaluation.tasks
 
-    monkeypatch.setattr(dualsae.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    monkeypatch.setattr(dualsae.evaluation.tasks, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
     (tmp_path / "file").write_text("x")
     cases = [
         (["train", "--data", base / "data", "--out", tmp_path / "file", *TRAIN], "is an existing file"),

@@ -6,15 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dualsae.codes import SparseCodes
-from dualsae.losses import (
-    activation_scale,
-    group_sparse_loss,
-    group_sparse_penalty,
-    iso_energy_alignment,
-    iso_energy_dot,
-    reconstruction_loss,
-)
+from dualsae.core.codes import SparseCodes
+from dualsae.core.losses import activation_scale, group_sparse_loss, group_sparse_penalty, iso_energy_alignment, iso_energy_dot, reconstruction_loss
 
 
 def random_codes(batch, m, k, seed, overlap_with=None):

@@ -1,4 +1,4 @@
-"""Match confidence (dualsae.match_confidence): co-firing support and the permutation-null threshold
+"""Match confidence (dualsae.alignment.confidence): co-firing support and the permutation-null threshold
 against a dense brute-force reference, and thresholds that leave weak matches unmatched."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.align import align
+from dualsae.alignment.post_hoc import align
 from dualsae.cli import main
-from dualsae.codes import SparseCodes
-from dualsae.data import PairedEmbeddings, write_store
-from dualsae.errors import ConfigError
-from dualsae.match_confidence import ConfidenceOptions, match_confidence
-from dualsae.pair import SAEPair
-from dualsae.sae import SAE
+from dualsae.core.codes import SparseCodes
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.core.errors import ConfigError
+from dualsae.alignment.confidence import ConfidenceOptions, match_confidence
+from dualsae.models.pair import SAEPair
+from dualsae.models.sae import SAE
 from tests.helpers import tied_sae
 
 

@@ -1,4 +1,4 @@
-"""``dualsae eval`` and dualsae.evaluate: tasks, skips, files, agreement with the metric functions."""
+"""``dualsae eval`` and dualsae.evaluation.tasks: tasks, skips, files, agreement with the metric functions."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from dualsae.cli import main
-from dualsae.data import PairedEmbeddings, write_store
-from dualsae.evaluate import EvalOptions, evaluate, parse_tasks
-from dualsae.errors import ConfigError, DataError
-from dualsae.metrics.retrieval import cross_modal_retrieval
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.evaluation.tasks import EvalOptions, evaluate, parse_tasks
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.evaluation.metrics.retrieval import cross_modal_retrieval
 
-from dualsae.atomic import write_json
+from dualsae.files.atomic import write_json
 from tests.metrics_helpers import random_sae
 
 
@@ -71,7 +71,7 @@ def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["skipped"] == {} and set(doc["tasks"]) == {"recon", "retrieval", "zeroshot", "steering", "monosemanticity"}
-    from dualsae.run import load_model
+    from dualsae.models.load import load_model
 
     pair = load_model(model)
     test = PairedEmbeddings.open(data).split("test")
@@ -94,7 +94,7 @@ def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
 def test_eval_external_encoder_of_other_widths(tmp_path):
     """An external store with image [N, 7] and text [N, 3] (float16, one encoder per modality) is
     accepted, and each modality's scores equal the O(N^2) definition against its own encoder."""
-    from dualsae.run import load_model
+    from dualsae.models.load import load_model
     from tests.metrics_helpers import brute_force_monosemanticity, dense_codes
 
     data, model = _store(tmp_path / "data"), _model(tmp_path / "run")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.codes import SparseCodes
-from dualsae.data import PairedEmbeddings
-from dualsae.metrics.monosemanticity import monosemanticity, monosemanticity_from_codes, plot_curves, sorted_curve, summarize
-from dualsae.pair import SAEPair
+from dualsae.core.codes import SparseCodes
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.evaluation.metrics.monosemanticity import monosemanticity, monosemanticity_from_codes, plot_curves, sorted_curve, summarize
+from dualsae.models.pair import SAEPair
 from tests.metrics_helpers import brute_force_monosemanticity as _brute_force, dense_codes, random_sae
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.align import permute_sae
-from dualsae.data import PairedEmbeddings
-from dualsae.metrics.steering import concept_masks, concept_steering, ranked_ap_rr
-from dualsae.pair import SAEPair
+from dualsae.alignment.post_hoc import permute_sae
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.evaluation.metrics.steering import concept_masks, concept_steering, ranked_ap_rr
+from dualsae.models.pair import SAEPair
 from tests.metrics_helpers import dense_codes, identity_sae, random_specific_pair
 
 

@@ -11,22 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualsae.data import PairedEmbeddings, write_store
-from dualsae.errors import ConfigError, DataError
-from dualsae.readers import (
-    DEFAULT_TEMPLATES,
-    CocoSource,
-    ImageFolderSource,
-    ImageLoadError,
-    ShardedRows,
-    TableSource,
-    WebDatasetSource,
-    load_image,
-    make_source,
-    open_clip_retrieval,
-    open_store,
-    read_templates,
-)
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.extract.sources import DEFAULT_TEMPLATES, CocoSource, ImageFolderSource, ImageLoadError, TableSource, WebDatasetSource, load_image, make_source, read_templates
+from dualsae.store.clip_retrieval import ShardedRows
+from dualsae.store.paired import open_store
 
 
 def _png(path: Path, color: tuple[int, int, int], size=(12, 10)) -> Path:
@@ -305,7 +294,7 @@ def test_clip_retrieval_reads_without_copy(tmp_path):
 
 def test_clip_retrieval_numeric_shard_order(tmp_path):
     img, _ = _clip_retrieval(tmp_path / "cr", sizes=tuple([1] * 11))
-    store = open_clip_retrieval(tmp_path / "cr")
+    store = open_store(tmp_path / "cr")
     assert [p.name for p in store.image.paths][-2:] == ["img_emb_9.npy", "img_emb_10.npy"]
     np.testing.assert_array_equal(store.image[:], img)
 
@@ -341,7 +330,8 @@ def test_sharded_store_splits_batches_and_trains_like_the_concatenated_store(tmp
     the same batches and the same trained weights as one store holding the concatenated arrays."""
     import torch
 
-    from dualsae.train import TrainConfig, train
+    from dualsae.training.config import TrainConfig
+    from dualsae.training.trainer import train
 
     img, txt = _clip_retrieval(tmp_path / "cr", sizes=(37, 101, 5, 62), d=8, dtype=np.float32)
     sharded = open_store(tmp_path / "cr").split("train", test_fraction=0.25, seed=3)

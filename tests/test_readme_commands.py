@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from dualsae.cli import build_parser, main
-from dualsae.data import write_store
+from dualsae.store.paired import write_store
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dualsae.cli import main
-from dualsae.data import write_store
+from dualsae.store.paired import write_store
 from dualsae.report import latents as L
 from tests.browser import dump_dom, find_chromium, page_url, screenshot
 
@@ -184,7 +184,7 @@ def test_report_folder_is_owned_locked_and_replaced_whole(site, tmp_path, capsys
     """The site is written as a unit (manifest with every file's hash, swapped in whole), under a lock
     beside it; another model's report is refused unless --overwrite; a kill mid-swap leaves a complete
     site (the old or the new one) and the next run cleans up."""
-    from dualsae.outdir import check_finished, verify_files
+    from dualsae.files.outdir import check_finished, verify_files
     from dualsae.report.build import report_lock
     from tests.fault_helpers import KILLED, run_cli
 
@@ -227,10 +227,10 @@ def test_specific_run_warns_and_shared_sae_gets_collapse_rate(site, tmp_path, ca
     s = _global(tmp_path / "spec", "summary")
     assert s["kind"] == "specific" and s["probes"] == [] and "unrelated" in s["warnings"][0]
     # A shared SAE: the collapse rate is computed from the report's codes and equals align's.
-    from dualsae.align import align
-    from dualsae.data import PairedEmbeddings
-    from dualsae.pair import SAEPair
-    from dualsae.sae import SAE, SAEConfig
+    from dualsae.alignment.post_hoc import align
+    from dualsae.store.paired import PairedEmbeddings
+    from dualsae.models.pair import SAEPair
+    from dualsae.models.sae import SAE, SAEConfig
 
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d=D, m=16, k=4))

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dualsae.codes import SparseCodes
-from dualsae.errors import CheckpointError, ConfigError
-from dualsae.sae import SAE, SAEConfig, geometric_median
+from dualsae.core.codes import SparseCodes
+from dualsae.core.errors import CheckpointError, ConfigError
+from dualsae.models.sae import SAE, SAEConfig, geometric_median
 
 
 def dense_reference(sae: SAE, x: torch.Tensor, activation: str, k: int):
@@ -120,7 +120,7 @@ def test_geometric_median_first_order_condition():
 
 
 def test_dead_latents_tracked_and_auxk_revives():
-    from dualsae.losses import aux_k_loss
+    from dualsae.core.losses import aux_k_loss
 
     cfg = SAEConfig(d=16, m=64, k=2, dead_window=100, aux_k=8)
     sae = SAE(cfg, generator=torch.Generator().manual_seed(0))
@@ -196,7 +196,7 @@ def test_sparse_codes_cat_and_permute():
 
 def test_pattern_transposed_products_equal_dense_with_repeated_entries():
     """The latent-grouped kernels (weight gradients) equal a dense scatter, padding repeats included."""
-    from dualsae.sparse_ops import Pattern
+    from dualsae.core.sparse_ops import Pattern
 
     g = torch.Generator().manual_seed(0)
     B, m, w, d = 13, 40, 6, 7
@@ -213,7 +213,7 @@ def test_pattern_transposed_products_equal_dense_with_repeated_entries():
 @pytest.mark.parametrize("input_grad", [False, True])
 def test_gather_pre_and_sparse_decode_gradients_equal_dense(input_grad):
     """Each sparse kernel alone (as AuxK uses them), with and without a gradient for the input."""
-    from dualsae.sparse_ops import gather_pre, sparse_decode
+    from dualsae.core.sparse_ops import gather_pre, sparse_decode
 
     g = torch.Generator().manual_seed(1)
     B, m, d, k = 9, 30, 8, 4

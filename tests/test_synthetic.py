@@ -1,4 +1,4 @@
-"""The App. E.2 generator (dualsae.synthetic) and the `dualsae synth generate` command."""
+"""The App. E.2 generator (dualsae.store.generator) and the `dualsae synth generate` command."""
 
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from dualsae.data import PairedEmbeddings
-from dualsae.errors import ConfigError, DataError
-from dualsae.synthetic import (
-    SynthConfig,
-    feature_directions,
-    generate,
-    load_ground_truth,
-    sample_directions,
-    write_synthetic,
-)
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.store.generator import SynthConfig, feature_directions, generate, load_ground_truth, sample_directions, write_synthetic
 
 SMALL = dict(d=64, n_shared=64, n_image=32, n_text=32, n_train=5000, n_eval=1000)
 
@@ -134,7 +127,7 @@ def test_same_seed_same_files(tmp_path):
 
 def test_chunks_span_rows():
     """More rows than one chunk: chunks are stitched in order, the split boundary is exact."""
-    from dualsae import synthetic
+    from dualsae.store import generator as synthetic
 
     cfg = small(n_train=synthetic.CHUNK_ROWS + 7, n_eval=5, n_shared=8, n_image=4, n_text=4, d=16)
     d = generate(cfg)

@@ -1,4 +1,4 @@
-"""The five synthetic metrics of App. E.3 (dualsae.metrics.synthetic) and `dualsae synth metrics`."""
+"""The five synthetic metrics of App. E.3 (dualsae.evaluation.metrics.ground_truth) and `dualsae synth metrics`."""
 
 from __future__ import annotations
 
@@ -10,21 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.codes import SparseCodes
-from dualsae.data import PairedEmbeddings, write_store
-from dualsae.errors import DataError
-from dualsae.metrics.synthetic import (
-    METRIC_KEYS,
-    best_matching_column,
-    evaluate_synthetic,
-    feature_metrics,
-    pair_metrics,
-    sparse_cosine,
-    synthetic_metrics,
-)
-from dualsae.pair import SAEPair
-from dualsae.sae import SAE, SAEConfig
-from dualsae.synthetic import GroundTruth, SynthConfig, generate, write_synthetic
+from dualsae.core.codes import SparseCodes
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.core.errors import DataError
+from dualsae.evaluation.metrics.ground_truth import METRIC_KEYS, best_matching_column, evaluate_synthetic, feature_metrics, pair_metrics, sparse_cosine, synthetic_metrics
+from dualsae.models.pair import SAEPair
+from dualsae.models.sae import SAE, SAEConfig
+from dualsae.store.generator import GroundTruth, SynthConfig, generate, write_synthetic
 
 
 def make_sae(W_dec: np.ndarray, k: int, W_enc: np.ndarray | None = None,
@@ -259,7 +251,7 @@ def test_dimension_mismatch_is_clear(tmp_path, synth):
 def test_evaluate_folder_and_cli(tmp_path, capsys):
     cfg = SynthConfig(alpha=0.6, d=32, n_shared=16, n_image=8, n_text=8, n_train=100, n_eval=50, seed=1)
     data_dir = write_synthetic(cfg, tmp_path / "data", progress=False)
-    from dualsae.synthetic import load_ground_truth
+    from dualsae.store.generator import load_ground_truth
 
     gt = load_ground_truth(data_dir)
     merged = gt.phi[:16] + gt.psi[:16]
@@ -269,7 +261,7 @@ def test_evaluate_folder_and_cli(tmp_path, capsys):
     assert direct["collapse_rate"] == 1.0
     assert direct["feature_recovery_error"] == pytest.approx(0.2, abs=1e-5)
 
-    sae.save(tmp_path / "model")  # a bare SAE folder: dualsae.run.load_model uses it for both modalities
+    sae.save(tmp_path / "model")  # a bare SAE folder: dualsae.models.load.load_model uses it for both modalities
     from dualsae.commands import synth
 
     p = argparse.ArgumentParser(prog="dualsae")

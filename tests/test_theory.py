@@ -4,7 +4,7 @@ Setting of the propositions: n = 1 concept with unit directions phi, psi, rho = 
 z ~ Exp(1) (E[z] = 1, E[z^2] = 2), an SAE with m = 2 unit decoder columns, tied encoder, no biases
 and Top-1 activation (footnote 1): u = sigma(W^T phi) keeps the largest pre-activation, ReLU'd.
 
-Every loss value below is computed by the library (``dualsae.losses``); only the Top-1 codes of the
+Every loss value below is computed by the library (``dualsae.core.losses``); only the Top-1 codes of the
 sweep are computed here, and a test checks them against ``SAE.encode`` / ``SAE.decode``.
 
 Expectation over z. For Top-1 with ReLU, codes scale linearly in z >= 0, so every per-sample term
@@ -23,15 +23,9 @@ import pytest
 import torch
 from torch.func import vmap
 
-from dualsae.codes import SparseCodes
-from dualsae.losses import (
-    activation_scale,
-    group_sparse_loss,
-    group_sparse_penalty,
-    iso_energy_dot,
-    reconstruction_loss,
-)
-from dualsae.sae import SAE, SAEConfig
+from dualsae.core.codes import SparseCodes
+from dualsae.core.losses import activation_scale, group_sparse_loss, group_sparse_penalty, iso_energy_dot, reconstruction_loss
+from dualsae.models.sae import SAE, SAEConfig
 
 DT = torch.float64
 Z2 = torch.tensor([0.0, 2.0], dtype=DT)  # E[z] = 1, E[z^2] = 2: the Exp(1) moments
@@ -292,7 +286,7 @@ def test_iso_energy_minimiser(rho, factor):
 
 
 # ---------------------------------------------------------------------- the scale-free form
-# The trainer multiplies lambda-tilde by a scale measured once before training (dualsae.calibration):
+# The trainer multiplies lambda-tilde by a scale measured once before training (dualsae.training.group_sparse_scale):
 # E[v^2]/E[v] over the active codes of an SAE that reconstructs the data. On the separate solution
 # the codes are z itself, so the scale is lambda-dagger = E[z^2]/E[z] and, held fixed, Prop. 3's
 # thresholds in lambda-tilde units are (1-rho)/(2-sqrt(1+rho)) and sqrt(1+rho).

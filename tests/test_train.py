@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.data import PairedEmbeddings
-from dualsae.errors import CheckpointError, ConfigError, DataError
-from dualsae.sae import n_params_for
-from dualsae.train import TrainConfig, lr_at, steps_per_epoch, train
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.core.errors import CheckpointError, ConfigError, DataError
+from dualsae.models.sae import n_params_for
+from dualsae.training.config import TrainConfig, lr_at, steps_per_epoch
+from dualsae.training.trainer import train
 from tests.helpers import make_store
 
 SMALL = dict(latents=64, k=4, batch_size=32, epochs=2, checkpoint_every=5, log_every=2)
@@ -121,8 +122,9 @@ def test_run_refuses_to_overwrite_and_resume_checks_config(store, tmp_path):
 
 _KILL_SCRIPT = """
 import sys, time
-from dualsae.data import PairedEmbeddings
-from dualsae.train import TrainConfig, train
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.training.config import TrainConfig
+from dualsae.training.trainer import train
 store = PairedEmbeddings.open(sys.argv[1]).split("train")
 cfg = TrainConfig(method=sys.argv[3], latents=64, k=4, batch_size=32, epochs=4, checkpoint_every=5, log_every=2)
 slow = (lambda step, logs: time.sleep(0.05)) if sys.argv[4] == "slow" else None
@@ -167,8 +169,8 @@ def test_clip_inside_fused_adamw_equals_clip_grad_norm(scale, activation):
     (train.clip_gradients) instead of rewriting them; its weights must equal those of the plain
     step (clip_grad_norm_, then AdamW) over several steps, with gradients under the clip norm and
     far over it, for each activation, with AuxK at work on dead latents."""
-    from dualsae.sae import SAE, SAEConfig
-    from dualsae.train import _Member, _step, make_member
+    from dualsae.models.sae import SAE, SAEConfig
+    from dualsae.training.step import _Member, _step, make_member
 
     config = TrainConfig.from_preset("real", method="specific", k=3, lr=1e-2, grad_clip=0.5, activation=activation)
     gen = torch.Generator().manual_seed(0)
@@ -181,7 +183,7 @@ def test_clip_inside_fused_adamw_equals_clip_grad_norm(scale, activation):
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, betas=(config.beta1, config.beta2), eps=config.eps,
                                 weight_decay=config.weight_decay)
     ref_mem = _Member("image", ref, ("image",))
-    from dualsae.train import _member_loss
+    from dualsae.training.step import _member_loss
 
     norms = []
     for x in batches:

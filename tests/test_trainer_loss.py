@@ -1,6 +1,6 @@
 """The trainer's loss, method by method, against hand-built dense loss terms.
 
-For every method and activation, ``dualsae.train._member_loss`` (the loss the trainer's step
+For every method and activation, ``dualsae.training.step._member_loss`` (the loss the trainer's step
 back-propagates) is compared with a reference written here from the definitions, on dense
 ``[N, m]`` float64 codes: the value *and* the gradient of every SAE parameter. The reference is a
 mean over the B pairs of a per-pair sum over the modalities an SAE sees:
@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.calibration import CALIBRATION_ROWS, calibrate
-from dualsae.data import PairedEmbeddings
-from dualsae.train import TrainConfig, _BatchOrder, _make_members, _member_loss, train
+from dualsae.training.group_sparse_scale import CALIBRATION_ROWS, calibrate
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.training.config import TrainConfig
+from dualsae.training.step import _BatchOrder, _make_members, _member_loss
+from dualsae.training.trainer import train
 
 D, LATENTS, K, B = 6, 12, 3, 5
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")

@@ -1,4 +1,4 @@
-"""Translation and steering (dualsae.translate, ``dualsae translate`` / ``dualsae steer``) on a planted
+"""Translation and steering (dualsae.use.translation, ``dualsae translate`` / ``dualsae steer``) on a planted
 aligned pair whose right answers are known: feature f has image direction phi_f and a text direction
 psi_f that is nearer to the *wrong* image feature phi_{f+1} than to phi_f, so raw cross-modal
 neighbours are wrong and translated ones are right."""
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.align import ALIGNMENT_FORMAT, AlignedPair
+from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
 from dualsae.cli import main
-from dualsae.data import PairedEmbeddings, write_store
-from dualsae.errors import ConfigError
-from dualsae.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.core.errors import ConfigError
+from dualsae.models.pair import SAEPair
 from tests.helpers import tied_sae
 
 F_, D_ = 4, 8

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dualsae.align import AlignedPair, build_permutation, coactivation_correlation, match_latents, permute_sae
-from dualsae.atomic import write_json, write_text
-from dualsae.data import open_store
-from dualsae.evaluate import EvalOptions, evaluate
-from dualsae.match_confidence import ConfidenceOptions, encode_all, filter_matching, match_confidence
-from dualsae.run import load_model
+from dualsae.models.aligned import AlignedPair
+from dualsae.alignment.post_hoc import build_permutation, coactivation_correlation, match_latents, permute_sae
+from dualsae.files.atomic import write_json, write_text
+from dualsae.store.paired import open_store
+from dualsae.evaluation.tasks import EvalOptions, evaluate
+from dualsae.alignment.confidence import ConfidenceOptions, encode_all, filter_matching, match_confidence
+from dualsae.models.load import load_model
 
 SETTINGS = [
     ("all matches (paper)", ConfidenceOptions()),

@@ -5,7 +5,7 @@ compared with (shared SAE, group-sparse loss, Iso-Energy alignment loss), on joi
 vision-language models.
 """
 
-from dualsae.errors import CheckpointError, ConfigError, DataError, DualSAEError
+from dualsae.core.errors import CheckpointError, ConfigError, DataError, DualSAEError
 
 __version__ = "0.1.0"
 

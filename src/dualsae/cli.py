@@ -8,7 +8,7 @@ import sys
 
 from dualsae import __version__
 from dualsae.commands import COMMAND_MODULES
-from dualsae.errors import DualSAEError
+from dualsae.core.errors import DualSAEError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, data_arg, open_data, resolve_data, resolve_split
-from dualsae.distributed import Distributed, resolve_device
-from dualsae.errors import ConfigError
-from dualsae.fingerprint import recorded_fingerprint, store_warnings
-from dualsae.outdir import check_output, written_output
+from dualsae.core.distributed import Distributed, resolve_device
+from dualsae.core.errors import ConfigError
+from dualsae.models.provenance import recorded_fingerprint, store_warnings
+from dualsae.files.outdir import check_output, written_output
+from dualsae.alignment.post_hoc import align, coactivation_correlation
+from dualsae.models.load import load_model
+from dualsae.alignment.confidence import ConfidenceOptions
+import numpy as np
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dualsae.align import align, coactivation_correlation
-    from dualsae.run import load_model
 
     run_dir, out = Path(args.run), Path(args.out)
     if out.resolve() == run_dir.resolve():
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_confidence_args(p: argparse.ArgumentParser) -> None:
-    """Match-confidence flags (dualsae.match_confidence)."""
+    """Match-confidence flags (dualsae.alignment.confidence)."""
     g = p.add_argument_group("match confidence")
     g.add_argument("--min-correlation", default=None,
                    help="leave matched pairs with a lower coactivation correlation unmatched (modality-only); "
@@ -128,7 +130,6 @@ def add_confidence_args(p: argparse.ArgumentParser) -> None:
 
 
 def confidence_options(args: argparse.Namespace):
-    from dualsae.match_confidence import ConfidenceOptions
 
     mc = args.min_correlation
     if mc is not None and mc != "null":
@@ -142,7 +143,6 @@ def confidence_options(args: argparse.Namespace):
 
 def match_summary_lines(corr, matched: dict, confidence: dict | None) -> list[str]:
     """Console lines: quartiles of the matched correlations, support, how many beat the null."""
-    import numpy as np
 
     if len(corr) == 0:
         return []

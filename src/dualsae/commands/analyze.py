@@ -7,9 +7,14 @@ import argparse
 from pathlib import Path
 
 from dualsae.commands.common import check_batch_size, check_width, open_data
-from dualsae.distributed import resolve_device
-from dualsae.errors import ConfigError
-from dualsae.outdir import written_output
+from dualsae.core.distributed import resolve_device
+from dualsae.core.errors import ConfigError
+from dualsae.files.outdir import written_output
+from dualsae.evaluation.heterogeneity import heterogeneity_from_folder, plot_heterogeneity
+from dualsae.files.atomic import write_json
+from dualsae.commands.common import resolve_data
+from dualsae.evaluation.top_rows import top_examples_many
+from dualsae.models.load import load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,8 +70,6 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 
 def run_heterogeneity(args: argparse.Namespace) -> int:
-    from dualsae.analysis import heterogeneity_from_folder, plot_heterogeneity
-    from dualsae.atomic import write_json
 
     check_batch_size(args.batch_size)
     resolve_device(args.device)
@@ -94,9 +97,6 @@ def run_heterogeneity(args: argparse.Namespace) -> int:
 
 
 def run_top(args: argparse.Namespace) -> int:
-    from dualsae.commands.common import resolve_data
-    from dualsae.examples import top_examples_many
-    from dualsae.run import load_model
 
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, found {args.n}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.data import PairedEmbeddings, open_store
-from dualsae.errors import ConfigError
+from dualsae.store.paired import PairedEmbeddings, open_store
+from dualsae.core.errors import ConfigError
+from dualsae.models.load import recorded_data
+from dualsae.models.load import training_rows
 
 
 def open_data(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:
@@ -21,8 +23,7 @@ def data_arg(p: argparse.ArgumentParser, what: str = "store folder (image.npy, t
 
 
 def resolve_data(args: argparse.Namespace, model: str | Path) -> str:
-    """``--data`` if given, else the store ``model``'s folder records (:func:`dualsae.run.recorded_data`)."""
-    from dualsae.run import recorded_data
+    """``--data`` if given, else the store ``model``'s folder records (:func:`dualsae.models.load.recorded_data`)."""
 
     if getattr(args, "data", None):
         return args.data
@@ -44,8 +45,7 @@ def add_split_args(p: argparse.ArgumentParser, default: str | None, model_defaul
 
 def resolve_split(args: argparse.Namespace, model: str | Path | None = None) -> tuple[str, float, int]:
     """(split, test_fraction, seed): the flags given, else what ``model``'s folder records
-    (:func:`dualsae.run.training_rows`), else train / 0.2 / 0."""
-    from dualsae.run import training_rows
+    (:func:`dualsae.models.load.training_rows`), else train / 0.2 / 0."""
 
     spec = training_rows(model)
     split = args.split or spec["split"]

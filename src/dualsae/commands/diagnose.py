@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data, select_split
-from dualsae.errors import ConfigError
+from dualsae.core.errors import ConfigError
+from dualsae.diagnose.advice import CALIBRATION_FILE, QuickConfig
+from dualsae.files.atomic import write_json, write_text
+from dualsae.diagnose.advice import CALIBRATION_DISTANCES, CALIBRATION_SEEDS, Calibration, calibrate, diagnose, format_report, plot_placement, replace_calibration
+from dualsae.files.jsonfiles import read_json_object
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from dualsae.diagnose import CALIBRATION_FILE, QuickConfig
 
     q = QuickConfig()
     p = sub.add_parser(
@@ -55,16 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _quick(args: argparse.Namespace):
-    from dualsae.diagnose import QuickConfig
 
     return QuickConfig(rows=args.rows, latents=args.latents, k=args.k, steps=args.steps, epochs=args.epochs,
                        batch_size=args.batch_size, top_fraction=args.top_fraction, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dualsae.atomic import write_json, write_text
-    from dualsae.diagnose import (CALIBRATION_DISTANCES, CALIBRATION_SEEDS, Calibration, calibrate, diagnose,
-                                  format_report, plot_placement, replace_calibration)
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     quick = _quick(args)
@@ -82,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
     if args.from_json is not None:
         if args.store is not None:
             raise ConfigError("diagnose: give either STORE or --from-json FILE, not both")
-        from dualsae.jsonfiles import read_json_object
 
         saved = read_json_object(args.from_json)
         calibration = Calibration.load(args.calibration) if args.calibration else Calibration.load()

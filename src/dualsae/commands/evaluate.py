@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, data_arg, resolve_data, resolve_split
-from dualsae.errors import ConfigError
-from dualsae.outdir import written_output
+from dualsae.core.errors import ConfigError
+from dualsae.files.outdir import written_output
+from dualsae.core.distributed import resolve_device
+from dualsae.evaluation.tasks import EvalOptions, evaluate_model, format_table, parse_tasks
 
 DESCRIPTION = """\
 Evaluate a trained or aligned model on the rows of --data (default: the test split):
@@ -65,8 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dualsae.distributed import resolve_device
-    from dualsae.evaluate import EvalOptions, evaluate_model, format_table, parse_tasks
 
     if args.max_concepts < 0:
         raise ConfigError(f"--max-concepts must be >= 0, found {args.max_concepts}")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from dualsae.readers import FORMATS
+from dualsae.extract.sources import FORMATS
+from dualsae.core.distributed import Distributed, resolve_device
+from dualsae.extract.extraction import ExtractConfig, extract, format_summary
+from dualsae.core.errors import DualSAEError
+from dualsae.files.outdir import check_output, claim_output, commit_output, remove_if_unused
+from dualsae.files.lock import output_lock
+from dualsae.extract.sources import make_source
+import contextlib
 
 DESCRIPTION = """\
 Embed images and captions with a Hugging Face dual encoder (CLIP, MetaCLIP, OpenCLIP in
@@ -59,14 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    import contextlib
 
-    from dualsae.distributed import Distributed, resolve_device
-    from dualsae.extract import ExtractConfig, extract, format_summary
-    from dualsae.errors import DualSAEError
-    from dualsae.outdir import check_output, claim_output, commit_output, remove_if_unused
-    from dualsae.runlock import output_lock
-    from dualsae.readers import make_source
 
     resolved = resolve_device(args.device)
     dist = Distributed.from_env(resolved)  # a torchrun rank, or one process

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from dualsae.commands.common import open_data, resolve_split
-from dualsae.errors import ConfigError, DataError
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.report import ReportOptions, build_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dualsae.report import ReportOptions, build_report
 
     for name in ("top", "captions", "batch_size"):
         if getattr(args, name) < 1:

@@ -6,8 +6,9 @@ import argparse
 import time
 from dataclasses import replace
 
-from dualsae.experiments.synthetic import QUICK, SyntheticPlan, markdown_table, run_plan
-from dualsae.outdir import resumable_output
+from dualsae.experiments.table1 import table as table1
+from dualsae.experiments.synthetic.plan_run import QUICK, SyntheticPlan, markdown_table, run_plan
+from dualsae.files.outdir import resumable_output
 
 #: What 'reproduce synthetic' writes, so a folder it wrote before manifests existed is adopted.
 SYNTHETIC_OUTPUTS = ("plan.json", "units", "data", "results.csv", "results.json", "results.md", "fig5.png", "fig6.png")
@@ -54,10 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads of each worker (default: usable cores / workers)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run_synthetic)
-    try:
-        from dualsae.experiments import table1
-    except ImportError:
-        return
     table1.register(rsub)
 
 

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualsae.synthetic import EVAL_SPLIT, SynthConfig
+from dualsae.store.generator import EVAL_SPLIT, SynthConfig
+from dualsae.store.generator import write_synthetic
+from dualsae.files.outdir import claim_output, commit_output
+from dualsae.files.lock import output_lock
+from dualsae.files.atomic import write_json
+from dualsae.evaluation.metrics.ground_truth import evaluate_synthetic
+from dualsae.models.load import load_model
+from dualsae.core.distributed import resolve_device
+from dataclasses import asdict
 
 _DEFAULTS = SynthConfig()
 
@@ -71,12 +79,8 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from dualsae.synthetic import write_synthetic
 
-    from dataclasses import asdict
 
-    from dualsae.outdir import claim_output, commit_output
-    from dualsae.runlock import output_lock
 
     config = config_from_args(args)
     with output_lock(args.out, "this store"):
@@ -89,11 +93,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_metrics(args: argparse.Namespace) -> int:
-    from dualsae.atomic import write_json
-    from dualsae.metrics.synthetic import evaluate_synthetic
-    from dualsae.run import load_model
 
-    from dualsae.distributed import resolve_device
 
     resolve_device(args.device)
     pair = load_model(args.model, device=args.device)

@@ -10,14 +10,15 @@ from dataclasses import fields
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data
-from dualsae.distributed import Distributed, resolve_device
-from dualsae.errors import CheckpointError, ConfigError
-from dualsae.guards import row_norm_check
-from dualsae.jsonfiles import config_from_dict
-from dualsae.outdir import check_output, claim_output, commit_output, read_manifest, sweep_temporaries
-from dualsae.run import read_run_config
-from dualsae.runlock import output_lock
-from dualsae.train import METHODS, PRESETS, TrainConfig, train
+from dualsae.core.distributed import Distributed, resolve_device
+from dualsae.core.errors import CheckpointError, ConfigError
+from dualsae.training.guards import row_norm_check
+from dualsae.files.jsonfiles import config_from_dict
+from dualsae.files.outdir import check_output, claim_output, commit_output, read_manifest, sweep_temporaries
+from dualsae.models.load import read_run_config
+from dualsae.files.lock import output_lock
+from dualsae.training.config import METHODS, PRESETS, TrainConfig
+from dualsae.training.trainer import train
 
 # CLI flag -> TrainConfig field, for every field a user may override.
 _FLAGS: dict[str, tuple[str, type, str]] = {
@@ -152,7 +153,7 @@ def _data_notes(store, config: TrainConfig, allow_outliers: bool) -> list[str]:
 
 
 def _claim_run(out: Path, config: TrainConfig, args: argparse.Namespace, check_only: bool = False) -> None:
-    """Make ``out`` this run's folder (:mod:`dualsae.outdir`): a fresh run refuses a folder holding
+    """Make ``out`` this run's folder (:mod:`dualsae.files.outdir`): a fresh run refuses a folder holding
     anything (a run: pass --resume; else --overwrite); a resume keeps the folder's unfinished manifest
     (a run folder without one, from before manifests, is adopted). ``check_only``: only refuse."""
     job = {"config": config.to_dict()}

@@ -1,4 +1,4 @@
-"""``dualsae translate`` and ``dualsae steer``: use an aligned pair on a store (dualsae.translate)."""
+"""``dualsae translate`` and ``dualsae steer``: use an aligned pair on a store (dualsae.use.translation)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from dualsae.commands.common import data_arg, open_data, resolve_data
-from dualsae.errors import ConfigError, DataError
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.files.atomic import write_json
+from dualsae.models.load import load_model
+from dualsae.use.translation import nearest_rows, translate
+from dualsae.use.translation import latents_for, steer
+from dualsae.evaluation.top_rows import top_examples
+import torch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,9 +78,6 @@ def _abs_rows(gallery, rows: list[int], flag: str) -> np.ndarray:
 
 
 def run_translate(args: argparse.Namespace) -> int:
-    from dualsae.atomic import write_json
-    from dualsae.run import load_model
-    from dualsae.translate import nearest_rows, translate
 
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, found {args.n}")
@@ -91,7 +94,6 @@ def run_translate(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: not a readable .npy file ({e})") from None
         x = np.atleast_2d(x).astype(np.float32)
-        import torch
 
         queries = torch.from_numpy(x)
         labels = [f"{path.name}[{i}]" for i in range(len(x))]
@@ -139,9 +141,6 @@ def run_translate(args: argparse.Namespace) -> int:
 
 
 def run_steer(args: argparse.Namespace) -> int:
-    from dualsae.atomic import write_json
-    from dualsae.run import load_model
-    from dualsae.translate import latents_for, nearest_rows, steer
 
     if args.n < 1 or args.sources < 1:
         raise ConfigError(f"-n and --sources must be >= 1, found {args.n} and {args.sources}")
@@ -171,7 +170,6 @@ def run_steer(args: argparse.Namespace) -> int:
     steered = steer(pair, x, args.latent, args.alpha, mod)
     b_s, b_r = nearest_rows(x, gallery, mod, n=args.n, exclude=src_rows)
     a_s, a_r = nearest_rows(steered, gallery, mod, n=args.n, exclude=src_rows)
-    from dualsae.translate import top_examples
 
     top = top_examples(pair, args.latent, gallery, n=3, modality=mod)[mod]
     print(f"{args.model}: latent {args.latent} ({mod}) fires on {len(concept_rows):,} of {gallery.n:,} rows of {data} [{args.split}]")

@@ -27,14 +27,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from dualsae.data import PairedEmbeddings
-from dualsae.faults import fault_point
-from dualsae.outdir import check_output, claim_output, commit_output, read_manifest
-from dualsae.runlock import file_lock_name, output_lock
-from dualsae.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.files.faults import fault_point
+from dualsae.files.outdir import check_output, claim_output, commit_output, read_manifest
+from dualsae.files.lock import file_lock_name, output_lock
+from dualsae.models.pair import SAEPair
 from dualsae.report import latents as L
 from dualsae.report.probe import Prober
 from dualsae.report.thumbs import ThumbCopier
+from dualsae.models.aligned import AlignedPair
+from dualsae.evaluation.tasks import METRICS_FORMAT
+from dualsae.files.jsonfiles import read_json_object
+from dualsae.alignment.post_hoc import CoactivationStats
+from dualsae.core.codes import SparseCodes
+from dualsae.models.load import load_model
+from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
+from dualsae.evaluation.heterogeneity import heterogeneity as het_fn, heterogeneity_from_folder
+from dualsae.evaluation.heterogeneity import plot_heterogeneity
+from dualsae.alignment.post_hoc import align
+import ctypes
+import ctypes.util
 
 REPORT_FORMAT = "dualsae.report/1"
 CHUNK = 256
@@ -70,7 +82,6 @@ class ReportOptions:
 
 
 def _kind(pair: SAEPair) -> str:
-    from dualsae.align import AlignedPair
 
     if isinstance(pair, AlignedPair):
         return "aligned"
@@ -134,8 +145,6 @@ def training_curve(run: Path | None, max_points: int = 400) -> dict | None:
 
 
 def _eval_doc(model: Path, eval_file: Path | None) -> dict | None:
-    from dualsae.evaluate import METRICS_FORMAT
-    from dualsae.jsonfiles import read_json_object
 
     if eval_file is not None:
         return read_json_object(eval_file, "expected metrics.json written by 'dualsae eval'")
@@ -166,8 +175,6 @@ def _flatten(obj: Any, prefix: str = "", out: list | None = None, depth: int = 0
 
 def _stats_from_codes(image: L.ModalityCodes, text: L.ModalityCodes, batch: int = 4096):
     """eq. 5's streaming statistics from the codes already computed (no second encoding pass)."""
-    from dualsae.align import CoactivationStats
-    from dualsae.codes import SparseCodes
 
     stats = CoactivationStats(image.m, text.m)
     for s in range(0, image.n, batch):
@@ -179,8 +186,6 @@ def _stats_from_codes(image: L.ModalityCodes, text: L.ModalityCodes, batch: int 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
     system or file system cannot."""
-    import ctypes
-    import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -210,7 +215,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 def check_out(out: Path, job: dict, overwrite: bool = False) -> None:
     """``out`` must be new, empty, or this report's own folder (same model, rows and split: a rerun
-    replaces it); anything else is refused unless ``overwrite`` (:func:`dualsae.outdir.check_output`).
+    replaces it); anything else is refused unless ``overwrite`` (:func:`dualsae.files.outdir.check_output`).
     A report from before manifests (``data/summary.js``, no manifest) counts as this report's."""
     legacy = out.is_dir() and read_manifest(out) is None and (out / "data" / "summary.js").is_file()
     check_output(out, "report", job, overwrite=overwrite, keep=[p.name for p in out.iterdir()] if legacy else ())
@@ -255,7 +260,6 @@ def _build(model: Path, store: PairedEmbeddings, out: Path, rows: PairedEmbeddin
            opt: ReportOptions, data_label: str, split_label: str, job: dict) -> dict:
     """:func:`build_report`'s work, under the lock: compute, write a fresh sibling folder (manifest
     unfinished first, complete with every file's hash last), then swap it in."""
-    from dualsae.run import load_model
 
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
@@ -326,7 +330,6 @@ def _build(model: Path, store: PairedEmbeddings, out: Path, rows: PairedEmbeddin
             collapse = json.loads(path.read_text())
             collapse["source"] = str(path)
         elif stats is not None:
-            from dualsae.align import align
 
             collapse = align(pair, stats=stats, progress=False).report
             collapse["source"] = f"computed on the {rows.n:,} report rows"
@@ -337,7 +340,6 @@ def _build(model: Path, store: PairedEmbeddings, out: Path, rows: PairedEmbeddin
             collapse["matched_correlation"] = mcorr
     het_png = None
     if stats is not None or not need_c:
-        from dualsae.analysis import heterogeneity as het_fn, heterogeneity_from_folder
 
         if not need_c:
             result, source = heterogeneity_from_folder(model, None, progress=False)
@@ -379,7 +381,6 @@ def _hist(values: np.ndarray, edges: list[float]) -> list[int]:
 def _write_site(tmp, model, pair, kind, store, rows, test, opt, codes, st, support, corr, same_corr, null_thr, cos,
                 status, modality_only, collapse, heterogeneity, het_png, het_note, warnings, corr_source,
                 support_source, alignment, data_label, split_label, timing) -> dict:
-    from dualsae.metrics.reconstruction import reconstruction_metrics
 
     t = time.perf_counter()
     m = pair.m
@@ -499,7 +500,6 @@ def _write_site(tmp, model, pair, kind, store, rows, test, opt, codes, st, suppo
         ev = {mod: {k: _num(rec[mod][k], 5) for k in ("explained_variance", "mse", "mean_l0", "live_latents", "n_rows")}
               for mod in ("image", "text") if mod in rec}
     if het_png is not None:
-        from dualsae.analysis import plot_heterogeneity
 
         (tmp / "img").mkdir(exist_ok=True)
         plot_heterogeneity(het_png, tmp / "img" / "heterogeneity.png", title=f"Heterogeneity (Fig. 2): {model.name}")

@@ -2,7 +2,7 @@
 
 Everything here works on the codes of the report's rows, held as numpy arrays
 ``values: [N, k] float32`` and ``indices: [N, k] int64`` per modality (the TopK form of
-:class:`dualsae.codes.SparseCodes`; entries with value 0 are inactive). Latent ``j`` means index ``j``
+:class:`dualsae.core.codes.SparseCodes`; entries with value 0 are inactive). Latent ``j`` means index ``j``
 of the model's shared index space (``SAEPair.encode``): for an aligned pair, image latent j and its
 matched text latent; for a shared SAE, the one latent; for a specific pair before alignment, two
 unrelated latents that happen to share a number.
@@ -18,8 +18,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from dualsae.data import PairedEmbeddings
-from dualsae.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.models.pair import SAEPair
+from tqdm.auto import tqdm
 
 HIST_BINS = 16
 WORD = re.compile(r"\w+", re.UNICODE)
@@ -50,7 +51,6 @@ class ModalityCodes:
 def encode_store(pair: SAEPair, store: PairedEmbeddings, modality: str, batch_size: int = 4096,
                  device: str = "cpu", progress: bool = False) -> ModalityCodes:
     """Encode every row of ``store`` in ``modality`` once -> :class:`ModalityCodes` in the shared index space."""
-    from tqdm.auto import tqdm
 
     vals, idxs = [], []
     for start in tqdm(range(0, store.n, batch_size), desc=f"encode {modality}", disable=not progress, leave=False):

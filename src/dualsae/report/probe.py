@@ -5,7 +5,7 @@ Built from the library's pieces only (``SAEPair.encode`` / ``decode`` / ``decode
 * translate (text -> image): encode a caption embedding with the text SAE, decode the code with the
   image SAE; its nearest images are compared with the nearest images of the raw caption embedding.
 * steer: ``x' = normalize(x + alpha * s * w_j)`` with ``w_j`` the unit image decoder direction of
-  latent j and ``s`` the mean image embedding norm, as ``dualsae.metrics.steering`` does; the nearest
+  latent j and ``s`` the mean image embedding norm, as ``dualsae.evaluation.metrics.steering`` does; the nearest
   images of source images that do not fire latent j are compared before and after.
 
 "Hit rate" = share of the returned neighbours on which image latent j is active: how far the
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualsae.data import PairedEmbeddings
-from dualsae.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.models.pair import SAEPair
 
 
 @torch.no_grad()

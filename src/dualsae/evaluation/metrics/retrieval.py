@@ -1,0 +1,290 @@
+"""Cross-modal retrieval in the latent space (paper Sec. 6.2, Table 1).
+
+Image and text embeddings are encoded by the pair's image and text encoders into one latent index
+space; queries of one modality rank the gallery of the other by the cosine similarity of their
+sparse codes, and Recall@K is the fraction of queries with a correct item in the top K.
+
+Which gallery items are correct (``positives``):
+
+* ``group``   (MS-COCO protocol): rows sharing a meta ``group`` value (e.g. COCO ``image_id``) are
+  captions of one image. The image gallery holds each group once (its first row); image->text is a
+  hit when *any* caption of the image is in the top K; text->image when the caption's image is.
+  Rows without a group field are their own group (which is the ``row`` protocol).
+* ``caption`` (emoji README protocol): galleries hold every row; a hit is any gallery row whose
+  caption equals the query's caption (captions repeat across rows).
+* ``row``     (strict pairs): only the query's own paired row is correct.
+
+All three reduce to "query key == gallery key" with integer keys, which is what the ranking uses.
+
+Ties: the rank of a query is ``1 + #{negatives with score >= best positive score}``: a negative
+tied with the best positive counts as ranked above it (pessimistic). Sparse codes make exact ties
+common (every gallery item sharing no latent with the query scores exactly 0), and a model whose
+codes are all zero must not score perfect recall; the optimistic rule (only ``>`` counts) would
+give it Recall@1 = 1. The pessimistic rule also makes the result independent of sort order.
+
+Similarity from sparse codes (never a dense ``[N, m]`` gallery): both sides are L2-normalised in
+the sparse form; for a chunk of ``b`` queries the codes are densified to ``Q [b, m]`` (small), and
+``S^T = embedding_bag(gallery_indices, Q^T, per_sample_weights=gallery_values)`` gathers, for each
+gallery row, the k query columns of its active latents: ``O(G k b)`` work and ``O(m b + G b)``
+memory, against ``O(G m b)`` for the dense product. ``benchmarks/retrieval.py`` measures both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dualsae.core.codes import SparseCodes
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.models.pair import SAEPair
+from dualsae.core.progress import tqdm
+
+POSITIVES = ("group", "caption", "row")
+DEFAULT_KS = (1, 5, 10)
+# Similarity chunks hold at most this many float32 scores (128 MB).
+_CHUNK_ELEMENTS = 1 << 25
+
+
+# ---------------------------------------------------------------------------- encoding
+def _as_rows(source: Any, modality: str) -> tuple[int, Callable[[int, int], torch.Tensor]]:
+    """(n, read(start, stop) -> float32 [b, d]) for a store (one modality) or an array/tensor [N, d]."""
+    if isinstance(source, PairedEmbeddings):
+        source.require(modality, "encoding")
+        return source.n, lambda a, b: source.read(modality, np.arange(a, b))
+    if isinstance(source, torch.Tensor):
+        return int(source.shape[0]), lambda a, b: source[a:b].float()
+    return len(source), lambda a, b: torch.from_numpy(np.asarray(source[a:b], dtype=np.float32))
+
+
+def encode_rows(
+    pair: SAEPair,
+    source: Any,
+    modality: str,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> SparseCodes:
+    """Encode every row with ``pair.encode(modality, .)`` in batches -> SparseCodes [N, width] on CPU.
+
+    source: a PairedEmbeddings view (its ``modality`` array) or an array/tensor [N, d].
+    Codes are in the pair's shared index space (``m = pair.m``).
+    """
+
+    n, read = _as_rows(source, modality)
+    parts = []
+    for start in tqdm(range(0, n, batch_size), desc=f"encode {modality}", unit="batch", disable=not progress, leave=False):
+        x = read(start, min(start + batch_size, n)).to(device)
+        parts.append(pair.encode(modality, x).to("cpu"))
+    if not parts:
+        return SparseCodes(torch.zeros(0, 1), torch.zeros(0, 1, dtype=torch.long), pair.m)
+    codes = SparseCodes.cat(parts)
+    return SparseCodes(codes.values.float(), codes.indices, pair.m)
+
+
+def normalize_codes(codes: SparseCodes) -> SparseCodes:
+    """Scale each row to unit L2 norm (rows that are all zero stay zero). [N, w] -> [N, w].
+
+    Non-zero entries of a row must have distinct indices (true for TopK / BatchTopK / ReLU codes).
+    """
+    norm = codes.values.double().pow(2).sum(1, keepdim=True).sqrt()
+    vals = torch.where(norm > 0, codes.values.double() / norm.clamp_min(1e-300), torch.zeros_like(codes.values, dtype=torch.float64))
+    return SparseCodes(vals.to(codes.values.dtype), codes.indices, codes.m)
+
+
+def sparse_scores(queries: SparseCodes, gallery: SparseCodes) -> torch.Tensor:
+    """Dot products of every query with every gallery row from sparse codes -> [b, G] float32.
+
+    queries: [b, wq] (densified to [b, m] here, so keep b small); gallery: [G, wg], never densified.
+    Pass normalised codes (:func:`normalize_codes`) to get cosine similarities.
+    """
+    b, m = queries.batch, queries.m
+    if gallery.m != m:
+        raise ConfigError(f"query codes have m={m}, gallery codes m={gallery.m}; both must be in one index space")
+    q_dense_t = torch.zeros(b, m).scatter_add_(1, queries.indices, queries.values.float()).T.contiguous()
+    if gallery.batch == 0:
+        return torch.zeros(b, 0)
+    # Gallery row g gathers the query columns of its active latents: [G, b].
+    s_t = F.embedding_bag(gallery.indices, q_dense_t, per_sample_weights=gallery.values.float(), mode="sum")
+    return s_t.T
+
+
+# ---------------------------------------------------------------------------- ranking
+def first_positive_ranks(
+    score_chunk: Callable[[int, int], torch.Tensor],
+    n_queries: int,
+    query_keys: np.ndarray,
+    gallery_keys: np.ndarray,
+    chunk: int | None = None,
+    progress: bool = False,
+    desc: str = "rank",
+) -> np.ndarray:
+    """Rank of the best-scoring positive of each query (1 = top), pessimistic on ties.
+
+    score_chunk(a, b) -> [b - a, G] scores of queries a..b-1 against the whole gallery.
+    query_keys: [Q] ints; gallery_keys: [G] ints; positive <=> equal keys.
+    Returns [Q] int64 ranks; 0 for a query with no positive in the gallery.
+    """
+
+    gk = torch.as_tensor(np.asarray(gallery_keys, dtype=np.int64))
+    qk_all = torch.as_tensor(np.asarray(query_keys, dtype=np.int64))
+    g = int(gk.numel())
+    if chunk is None:
+        chunk = max(1, min(1024, _CHUNK_ELEMENTS // max(g, 1)))
+    ranks = np.zeros(n_queries, dtype=np.int64)
+    for a in tqdm(range(0, n_queries, chunk), desc=desc, unit="chunk", disable=not progress, leave=False):
+        b = min(a + chunk, n_queries)
+        s = score_chunk(a, b)
+        pos = gk[None, :] == qk_all[a:b, None]
+        best = s.masked_fill(~pos, float("-inf")).max(dim=1).values
+        ahead = ((s >= best[:, None]) & ~pos).sum(dim=1)
+        r = 1 + ahead
+        r[~pos.any(dim=1)] = 0
+        ranks[a:b] = r.numpy()
+    return ranks
+
+
+def recall_summary(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict:
+    """Recall@K over queries that have a positive (rank > 0), plus median rank and counts."""
+    valid = ranks[ranks > 0]
+    out: dict[str, Any] = {f"R@{k}": float((valid <= k).mean()) if valid.size else float("nan") for k in ks}
+    out["median_rank"] = float(np.median(valid)) if valid.size else float("nan")
+    out["n_queries"] = int(valid.size)
+    out["n_without_positive"] = int((ranks == 0).sum())
+    return out
+
+
+# ---------------------------------------------------------------------------- protocols
+@dataclass
+class RetrievalProtocol:
+    """Which rows enter each side and their positive keys.
+
+    image_rows: [Gi] positions (in the store view) of the image side; image_keys: [Gi] ints.
+    text_rows:  [Gt] positions of the text side; text_keys: [Gt] ints.
+    """
+
+    name: str
+    image_rows: np.ndarray
+    image_keys: np.ndarray
+    text_rows: np.ndarray
+    text_keys: np.ndarray
+
+
+def _key_ids(values: list) -> np.ndarray:
+    """Map arbitrary hashable values to dense int ids (equal values -> equal ids)."""
+    ids: dict = {}
+    return np.array([ids.setdefault(v, len(ids)) for v in values], dtype=np.int64)
+
+
+def build_protocol(meta_rows: list[dict], positives: str = "group", group_field: str = "group",
+                   caption_field: str = "caption") -> RetrievalProtocol:
+    """Rows and keys of one retrieval protocol (see module docstring) from the meta rows of a view."""
+    n = len(meta_rows)
+    allpos = np.arange(n, dtype=np.int64)
+    if positives == "row":
+        return RetrievalProtocol("row", allpos, allpos.copy(), allpos, allpos.copy())
+    if positives == "caption":
+        missing = [i for i, r in enumerate(meta_rows) if caption_field not in r]
+        if missing:
+            raise DataError(f"meta.jsonl: row {missing[0]:,} has no '{caption_field}' field, which positives='caption' needs ({len(missing):,} rows lack it)")
+        keys = _key_ids([str(r[caption_field]) for r in meta_rows])
+        return RetrievalProtocol("caption", allpos, keys, allpos, keys.copy())
+    if positives == "group":
+        # A row without the field is its own group (a value no real group can take).
+        groups = [("g", _hashable(r[group_field])) if group_field in r else ("row", i) for i, r in enumerate(meta_rows)]
+        keys = _key_ids(groups)
+        _, first = np.unique(keys, return_index=True)
+        image_rows = np.sort(first).astype(np.int64)
+        return RetrievalProtocol("group", image_rows, keys[image_rows], allpos, keys)
+    raise ConfigError(f"positives must be one of {', '.join(POSITIVES)}, found {positives!r}")
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def auto_positives(meta_rows: list[dict], group_field: str = "group", caption_field: str = "caption") -> str:
+    """'group' if every row has the group field, else 'caption' if every row has a caption and some
+    caption repeats, else 'row'."""
+    if meta_rows and all(group_field in r for r in meta_rows):
+        return "group"
+    if meta_rows and all(caption_field in r for r in meta_rows):
+        caps = [str(r[caption_field]) for r in meta_rows]
+        if len(set(caps)) < len(caps):
+            return "caption"
+    return "row"
+
+
+# ---------------------------------------------------------------------------- metrics
+def _rank_both(score_i2t, score_t2i, proto: RetrievalProtocol, ks, progress: bool) -> dict:
+    r_i2t = first_positive_ranks(score_i2t, len(proto.image_rows), proto.image_keys, proto.text_keys, progress=progress, desc="image->text")
+    r_t2i = first_positive_ranks(score_t2i, len(proto.text_rows), proto.text_keys, proto.image_keys, progress=progress, desc="text->image")
+    return {"image_to_text": recall_summary(r_i2t, ks), "text_to_image": recall_summary(r_t2i, ks),
+            "positives": proto.name, "n_images": int(len(proto.image_rows)), "n_texts": int(len(proto.text_rows))}
+
+
+def retrieval_from_codes(image_codes: SparseCodes, text_codes: SparseCodes, proto: RetrievalProtocol,
+                         ks: Iterable[int] = DEFAULT_KS, progress: bool = False) -> dict:
+    """Recall@K both ways from codes of the protocol's rows.
+
+    image_codes: [Gi, w] codes of ``proto.image_rows`` (in that order); text_codes: [Gt, w] of ``proto.text_rows``.
+    """
+    qi, qt = normalize_codes(image_codes), normalize_codes(text_codes)
+
+    def sl(c: SparseCodes, a: int, b: int) -> SparseCodes:
+        return SparseCodes(c.values[a:b], c.indices[a:b], c.m)
+
+    return _rank_both(lambda a, b: sparse_scores(sl(qi, a, b), qt), lambda a, b: sparse_scores(sl(qt, a, b), qi), proto, ks, progress)
+
+
+def cross_modal_retrieval(
+    pair: SAEPair,
+    store: PairedEmbeddings,
+    positives: str = "group",
+    group_field: str = "group",
+    caption_field: str = "caption",
+    ks: Iterable[int] = DEFAULT_KS,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict:
+    """Latent-space retrieval (Table 1): image codes vs text codes of the rows of ``store`` by cosine.
+
+    Returns {"image_to_text": {"R@1", "R@5", "R@10", "median_rank", "n_queries", ...},
+             "text_to_image": {...}, "positives", "n_images", "n_texts"}.
+    """
+    store.require_pairs("cross-modal retrieval")
+    proto = build_protocol(store.meta_rows(), positives, group_field, caption_field)
+    img = encode_rows(pair, store.subset(proto.image_rows), "image", batch_size, device, progress)
+    txt = encode_rows(pair, store.subset(proto.text_rows), "text", batch_size, device, progress)
+    return retrieval_from_codes(img, txt, proto, ks, progress)
+
+
+def embedding_retrieval(
+    store: PairedEmbeddings,
+    positives: str = "group",
+    group_field: str = "group",
+    caption_field: str = "caption",
+    ks: Iterable[int] = DEFAULT_KS,
+    progress: bool = False,
+) -> dict:
+    """The same protocol in the raw embedding space (cosine of the embeddings): reference numbers.
+
+    Reads both sides into memory ([N, d] float32; d is small).
+    """
+    store.require_pairs("embedding retrieval")
+    proto = build_protocol(store.meta_rows(), positives, group_field, caption_field)
+    img = F.normalize(store.read("image", proto.image_rows), dim=1)
+    txt = F.normalize(store.read("text", proto.text_rows), dim=1)
+    return _rank_both(lambda a, b: img[a:b] @ txt.T, lambda a, b: txt[a:b] @ img.T, proto, ks, progress)
+
+
+__all__ = [
+    "POSITIVES", "RetrievalProtocol", "auto_positives", "build_protocol", "cross_modal_retrieval",
+    "embedding_retrieval", "encode_rows", "first_positive_ranks", "normalize_codes", "recall_summary",
+    "retrieval_from_codes", "sparse_scores",
+]

@@ -1,0 +1,454 @@
+"""The sparse autoencoder (paper eq. 3 and footnote 1).
+
+Footnote 1 of the paper: experiments use TopK activations, bias terms and *separate* encoder and
+decoder weights, so the model here is
+
+    pre  = W_enc (x - b_dec) + b_enc                     pre:  [batch, m]
+    z    = sigma(pre)            (TopK / BatchTopK / ReLU) z:    [batch, m], at most k non-zero
+    x_hat = sum_j z_j w_j + b_dec                         x_hat: [batch, d]
+
+Weights are stored row-wise: ``W_enc[j]`` is the encoder row of latent j and ``W_dec[j]`` is the
+decoder column w_j (a feature direction, kept at unit norm), both ``[m, d]``. Keeping the decoder
+row-major lets ``decode`` be an ``embedding_bag`` over the k selected rows instead of a dense
+``[batch, m] @ [m, d]`` product.
+
+Training uses the sparse path (``forward``): the dense encoder product that *selects* the active
+latents runs without autograd; only the k selected pre-activations are recomputed with a graph
+(a gather of k encoder rows), and decoding is an ``embedding_bag``. Its output equals the dense
+computation (tested in ``tests/test_sae.py``).
+"""
+
+from __future__ import annotations
+
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dualsae.files.atomic import save_tensors, write_json
+from dualsae.core.codes import SparseCodes
+from dualsae.core.distributed import all_min, all_sum, batch_topk
+from dualsae.core.errors import CheckpointError, ConfigError
+from dualsae.files.jsonfiles import config_from_dict, read_json_object
+from dualsae.core.sparse_ops import DecoderDots, Pattern, gather_pre, gather_pre_values, sort_rows, sparse_decode
+from dualsae.core.topk import topk, topk_indices
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+import numpy as np
+
+ACTIVATIONS = ("topk", "batchtopk", "relu")
+DEC_BIAS_INITS = ("geometric_median", "mean", "zero")
+SAE_FORMAT = "dualsae.sae/1"
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Architecture and per-SAE training regularisers.
+
+    d: embedding dimension; m: number of latents; k: active latents per input (TopK) or mean active
+    latents per input (BatchTopK, k*batch over the batch).
+    aux_k: dead latents used by the AuxK loss (Gao et al. 2024); ``None`` means min(d // 2, m).
+        Gao et al. use 512 at d=768-4096; half the input dimension keeps the same ratio for the
+        512-d and 256-d embeddings here.
+    aux_coef: AuxK coefficient, 1/32 as in Gao et al.
+    dead_window: a latent that has not fired for this many *training samples* counts as dead
+        (used only by AuxK). Gao et al. use 10M tokens; our data sets are 10^4-10^6 rows, so the
+        default of 20,000 samples can trigger within a short run on small data while a latent that
+        fires on 1 in 10,000 inputs is almost never marked dead by chance.
+    dec_bias_init: how ``b_dec`` is initialised from the SAE's own training data before the first
+        step: geometric median (Weiszfeld iterations, default, as Bricken et al. / Gao et al.),
+        mean, or zero.
+    l1_coef: L1 coefficient for the ReLU activation only.
+    threshold_momentum: EMA momentum of the BatchTopK inference threshold.
+    """
+
+    d: int
+    m: int
+    k: int = 32
+    activation: str = "topk"
+    aux_k: int | None = None
+    aux_coef: float = 1.0 / 32.0
+    dead_window: int = 20_000
+    dec_bias_init: str = "geometric_median"
+    l1_coef: float = 1e-3
+    threshold_momentum: float = 0.99
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.d < 1:
+            raise ConfigError(f"SAE config field 'd' must be >= 1, found {self.d}")
+        if self.m < 2:
+            raise ConfigError(f"SAE config field 'm' (latents) must be >= 2, found {self.m}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"SAE config field 'activation' must be one of {', '.join(ACTIVATIONS)}, found {self.activation!r}")
+        if self.activation != "relu" and not (1 <= self.k < self.m):
+            raise ConfigError(f"SAE config field 'k' must satisfy 1 <= k < m (m={self.m}), found k={self.k}")
+        if self.aux_k is not None and not (1 <= self.aux_k <= self.m):
+            raise ConfigError(f"SAE config field 'aux_k' must be in [1, m={self.m}], found {self.aux_k}")
+        if self.aux_coef < 0:
+            raise ConfigError(f"SAE config field 'aux_coef' must be >= 0, found {self.aux_coef}")
+        if self.dead_window < 1:
+            raise ConfigError(f"SAE config field 'dead_window' must be >= 1 sample, found {self.dead_window}")
+        if self.dec_bias_init not in DEC_BIAS_INITS:
+            raise ConfigError(f"SAE config field 'dec_bias_init' must be one of {', '.join(DEC_BIAS_INITS)}, found {self.dec_bias_init!r}")
+
+    @property
+    def effective_aux_k(self) -> int:
+        return self.aux_k if self.aux_k is not None else min(max(self.d // 2, 1), self.m)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "SAEConfig":
+        return config_from_dict(cls, data, source, "SAE config", CheckpointError, required=("d", "m"))
+
+
+class SAEOutput(NamedTuple):
+    """What a training forward pass returns.
+
+    codes:    sparse codes with autograd on ``values`` (``[batch, width]``)
+    recon:    reconstruction x_hat, ``[batch, d]``
+    pre_acts: full pre-activations ``[batch, m]`` *without* autograd (for AuxK's dead-latent pick)
+    """
+
+    codes: SparseCodes
+    recon: torch.Tensor
+    pre_acts: torch.Tensor
+
+
+def _unit_rows(w: torch.Tensor) -> torch.Tensor:
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-7) -> torch.Tensor:
+    """Geometric median of the rows of ``x`` ([n, d] -> [d]) by Weiszfeld's algorithm."""
+    x = x.double()
+    y = x.mean(dim=0)
+    for _ in range(iters):
+        dist = (x - y).norm(dim=1).clamp_min(1e-12)
+        w = 1.0 / dist
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() <= tol * max(1.0, y.norm().item()):
+            y = y_new
+            break
+        y = y_new
+    return y.float()
+
+
+def flat_topk_to_padded(flat_idx: torch.Tensor, batch: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn flat indices into a ``[batch, m]`` matrix into padded per-row index lists.
+
+    Returns ``(indices [batch, width], mask [batch, width])``; ``width`` is the largest row count.
+    Padding entries point at latent 0 and have ``mask`` False.
+    """
+    flat_idx, _ = flat_idx.sort()
+    rows = flat_idx // m
+    cols = flat_idx % m
+    counts = torch.bincount(rows, minlength=batch)
+    width = max(int(counts.max().item()) if counts.numel() else 0, 1)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(flat_idx.numel(), device=flat_idx.device) - starts[rows]
+    idx = torch.zeros(batch, width, dtype=torch.long, device=flat_idx.device)
+    mask = torch.zeros(batch, width, dtype=torch.bool, device=flat_idx.device)
+    idx[rows, pos] = cols
+    mask[rows, pos] = True
+    return idx, mask
+
+
+class SAE(nn.Module):
+    """TopK / BatchTopK / ReLU sparse autoencoder with separate encoder and decoder (eq. 3)."""
+
+    def __init__(self, config: SAEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.config = config
+        d, m = config.d, config.m
+        w = torch.randn(m, d, generator=generator)
+        w = _unit_rows(w)
+        self.W_dec = nn.Parameter(w.clone())
+        # Encoder initialised as the decoder's transpose (Gao et al. 2024).
+        self.W_enc = nn.Parameter(w.clone())
+        self.b_enc = nn.Parameter(torch.zeros(m))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        # BatchTopK inference threshold (Bussmann et al. 2024); negative means "not estimated yet".
+        self.register_buffer("threshold", torch.tensor(-1.0))
+        # Training samples since each latent last fired (for AuxK's dead-latent mask).
+        self.register_buffer("samples_since_fired", torch.zeros(m, dtype=torch.long))
+        # dtype of the training forward's selection product only (TrainConfig.selection_dtype):
+        # with bfloat16 the [batch, m] product that *chooses* the latents runs in bfloat16 and the
+        # chosen pre-activations are recomputed in float32, so values and gradients stay float32.
+        self.selection_dtype = torch.float32
+        # Training only: reuse one buffer for the selection product (see selection_pre_activations).
+        self.reuse_selection_memory = False
+        self._selection_buffer: torch.Tensor | None = None
+        # Set by the trainer for one step: the sparse decodes' share of the projection's dots.
+        self.decoder_dots: DecoderDots | None = None
+
+    # ------------------------------------------------------------------ basic maps
+    @property
+    def d(self) -> int:
+        return self.config.d
+
+    @property
+    def m(self) -> int:
+        return self.config.m
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """pre = W_enc (x - b_dec) + b_enc.  x: [batch, d] -> [batch, m]."""
+        return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
+
+    def gather_pre(self, x: torch.Tensor, idx: torch.Tensor, pre_all: torch.Tensor,
+                   pattern: Pattern | None = None) -> torch.Tensor:
+        """Pre-activations at selected latents with autograd.
+
+        x: [batch, d]; idx: [batch, w] sorted per row; pre_all: [batch, m] computed without autograd.
+        Returns [batch, w]. Only the w selected encoder rows take part in the backward pass, so it
+        costs O(batch * w * d) instead of O(batch * m * d). ``pattern``: ``Pattern(idx, m)``, to
+        share with the decoder of the same selection.
+        """
+        if self.selection_dtype != torch.float32:  # pre_all is approximate: recompute the w values
+            with torch.no_grad():
+                exact = torch.einsum("bd,bwd->bw", x - self.b_dec, self.W_enc[idx]) + self.b_enc[idx]
+            return gather_pre_values(x, self.W_enc, self.b_enc, self.b_dec, idx, exact, pattern)
+        return gather_pre(x, self.W_enc, self.b_enc, self.b_dec, idx, pre_all, pattern)
+
+    def selection_pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """pre [batch, m] for choosing latents, in ``selection_dtype`` (returned as float32).
+
+        With ``reuse_selection_memory`` (the trainer's setting) the float32 product is written into
+        one [batch, m] buffer kept from step to step, so the result is valid until the next call: a
+        fresh output of that size every step costs its page faults each time (at batch 1,024 and
+        m 8,192, 32 MB: 34 -> 27 ms for the product on 2 CPU threads).
+        """
+        if self.selection_dtype == torch.float32:
+            if not self.reuse_selection_memory:
+                return self.pre_activations(x)
+            buf = self._selection_buffer
+            shape = (x.shape[0], self.m)
+            if buf is None or buf.shape != shape or buf.device != x.device or buf.dtype != self.W_enc.dtype:
+                buf = self._selection_buffer = torch.empty(shape, dtype=self.W_enc.dtype, device=x.device)
+            return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc.t(), out=buf)
+        dt = self.selection_dtype
+        return F.linear((x - self.b_dec).to(dt), self.W_enc.to(dt), self.b_enc.to(dt)).float()
+
+    def decode(self, codes: SparseCodes | torch.Tensor) -> torch.Tensor:
+        """x_hat = sum_j z_j w_j + b_dec (eq. 3).
+
+        codes: SparseCodes (``[batch, width]`` values/indices; never densified) or dense ``[batch, m]``.
+        Returns [batch, d].
+        """
+        if isinstance(codes, SparseCodes):
+            return self.decode_sparse(codes.values, codes.indices) + self.b_dec
+        return codes @ self.W_dec + self.b_dec
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, pattern: Pattern | None = None) -> torch.Tensor:
+        """sum_j z_j w_j without the bias: an embedding_bag over the selected decoder rows. -> [batch, d]
+
+        ``pattern``: ``Pattern(indices, m)`` of indices already sorted per row (shared with the encoder).
+        """
+        if values.shape[1] == 0:
+            return torch.zeros(values.shape[0], self.d, dtype=self.W_dec.dtype, device=self.W_dec.device)
+        if torch.is_grad_enabled() and (values.requires_grad or self.W_dec.requires_grad):
+            if pattern is None:
+                indices, values = sort_rows(indices, values)
+            return sparse_decode(values.to(self.W_dec.dtype), indices, self.W_dec, pattern, self.decoder_dots)
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum")
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, dense: bool = False) -> SparseCodes | torch.Tensor:
+        """Latent codes at inference. x: [batch, d] -> SparseCodes [batch, width] or dense [batch, m].
+
+        TopK: the k largest pre-activations, ReLU'd. BatchTopK: pre-activations above the threshold
+        estimated during training (Bussmann et al.), so the number of active latents varies per row.
+        ReLU: all positive pre-activations.
+        """
+        x = x.to(self.W_enc.dtype)
+        pre = self.pre_activations(x)
+        act = self.config.activation
+        if act == "topk":
+            vals, idx = topk(pre, self.config.k)
+            codes = SparseCodes(vals.clamp_min(0), idx, self.m)
+        elif act == "batchtopk":
+            thr = float(self.threshold.item())
+            if thr < 0:
+                # Never trained: fall back to per-sample TopK so an untrained model still works.
+                vals, idx = topk(pre, self.config.k)
+                codes = SparseCodes(vals.clamp_min(0), idx, self.m)
+            else:
+                codes = SparseCodes.from_dense(pre * (pre > thr))
+        else:
+            codes = SparseCodes.from_dense(pre.clamp_min(0))
+        return codes.to_dense() if dense else codes
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x_hat at inference. x: [batch, d] -> [batch, d]."""
+        return self.decode(self.encode(x))
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        """Training forward pass (sparse). x: [batch, d] -> SAEOutput.
+
+        The dense product that chooses the active latents runs under ``no_grad``; the selected
+        pre-activations are recomputed with autograd from k gathered encoder rows; decoding is an
+        ``embedding_bag``. Gradients equal those of the dense computation.
+        """
+        act = self.config.activation
+        with torch.no_grad():
+            pre_all = self.selection_pre_activations(x) if act != "relu" else self.pre_activations(x)
+        if act == "topk":
+            idx = topk_indices(pre_all, self.config.k).sort(dim=1).values
+            pattern = Pattern(idx, self.m)
+            vals = F.relu(self.gather_pre(x, idx, pre_all, pattern))
+        elif act == "batchtopk":
+            batch = x.shape[0]
+            # Under torchrun the k * batch selection is over the global batch (dualsae.core.distributed).
+            flat = batch_topk(F.relu(pre_all).flatten(), self.config.k * batch)
+            idx, mask = sort_rows(*flat_topk_to_padded(flat, batch, self.m))
+            pattern = Pattern(idx, self.m)
+            vals = F.relu(self.gather_pre(x, idx, pre_all, pattern)) * mask
+            if self.training:
+                self._update_threshold(vals.detach(), mask)
+        else:
+            if self.decoder_dots is not None:
+                self.decoder_dots.valid = False  # a dense decode: the projection measures its dots itself
+            dense = F.relu(self.pre_activations(x))
+            codes = SparseCodes.from_dense(dense)
+            return SAEOutput(codes, dense @ self.W_dec + self.b_dec, pre_all)
+        codes = SparseCodes(vals, idx, self.m)
+        return SAEOutput(codes, self.decode_sparse(vals, idx, pattern) + self.b_dec, pre_all)
+
+    @torch.no_grad()
+    def _update_threshold(self, vals: torch.Tensor, mask: torch.Tensor) -> None:
+        positive = vals[mask & (vals > 0)]
+        # The minimum over the global batch (every rank's share under torchrun); +inf: none fired.
+        batch_min = all_min(positive.min() if positive.numel() else vals.new_tensor(float("inf")))
+        if not torch.isfinite(batch_min):
+            return
+        if self.threshold.item() < 0:
+            self.threshold.copy_(batch_min)
+        else:
+            mu = self.config.threshold_momentum
+            self.threshold.mul_(mu).add_((1 - mu) * batch_min)
+
+    @torch.no_grad()
+    def update_fired(self, codes: SparseCodes) -> None:
+        """Advance the dead-latent counters by one batch. codes: [batch, width]."""
+        # Entries that did not fire (value 0) point at a spare slot m, so no boolean indexing is needed.
+        fired = torch.zeros(self.m + 1, dtype=torch.int32, device=codes.indices.device)
+        fired.index_fill_(0, torch.where(codes.values > 0, codes.indices, self.m).reshape(-1), 1)
+        # Under torchrun: fired anywhere in the global batch, which has the ranks' rows together.
+        fired = all_sum(fired[: self.m]) > 0
+        rows = int(all_sum(torch.tensor(codes.batch, device=fired.device)).item())
+        self.samples_since_fired.add_(rows).masked_fill_(fired, 0)
+
+    def dead_mask(self) -> torch.Tensor:
+        """[m] bool: latents that have not fired for ``dead_window`` training samples."""
+        return self.samples_since_fired >= self.config.dead_window
+
+    @torch.no_grad()
+    def init_decoder_bias(self, sample: torch.Tensor) -> None:
+        """Initialise b_dec from this SAE's training data. sample: [n, d]."""
+        how = self.config.dec_bias_init
+        if how == "zero" or sample.numel() == 0:
+            self.b_dec.zero_()
+        elif how == "mean":
+            self.b_dec.copy_(sample.float().mean(0))
+        else:
+            self.b_dec.copy_(geometric_median(sample.float()))
+
+    @torch.no_grad()
+    def remove_parallel_grad(self, dots: torch.Tensor | None = None) -> None:
+        """Project out the gradient component parallel to each decoder column (keeps unit norm to first order).
+
+        dots: [m] ``<g_j, w_j>`` when the step's sparse decodes accumulated them (:class:`DecoderDots`);
+        the projection is then one pass over the gradient instead of two. None: measured here.
+        """
+        g = self.W_dec.grad
+        if g is None:
+            return
+        w = self.W_dec.data
+        if dots is None:
+            dots = torch.linalg.vecdot(g, w)
+        # In place: g -= <g, w> w. (Row blocks that stay in cache halve the memory traffic on one
+        # thread, but each block is a parallel region of its own, and on a loaded 2-core machine
+        # those cost more than they save: measured, not kept.)
+        g.addcmul_(w, dots.unsqueeze(1), value=-1.0)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Renormalise decoder columns to unit norm (after each optimizer step)."""
+        w = self.W_dec.data
+        w.div_(w.norm(dim=1, keepdim=True).clamp_min_(1e-12))
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``folder`` (atomically each)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tensors(folder / "model.safetensors", self.state_dict(), metadata={"format": SAE_FORMAT})
+        write_json(folder / "config.json", {"format": SAE_FORMAT, "sae": self.config.to_dict()})
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "SAE":
+        """Load an SAE saved by :meth:`save`; checks every tensor's name and shape."""
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        raw = read_json_object(cfg_path, "an SAE folder holds config.json and model.safetensors", CheckpointError)
+        if "sae" not in raw:
+            raise CheckpointError(f"{cfg_path}: expected field 'sae', found fields {sorted(raw)}")
+        config = SAEConfig.from_dict(raw["sae"], source=str(cfg_path))
+        model = cls(config)
+        model.load_state_dict(load_checked_tensors(folder / "model.safetensors", model.state_dict()))
+        return model.to(device)
+
+
+def load_checked_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Read a safetensors file and check it has exactly the expected names and shapes."""
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor(s) {missing}")
+    if extra:
+        raise CheckpointError(f"{path}: unexpected tensor(s) {extra}")
+    for name, ref in expected.items():
+        if tuple(tensors[name].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{path}: tensor '{name}' has shape {list(tensors[name].shape)}, expected {list(ref.shape)} from config.json"
+            )
+        tensors[name] = tensors[name].to(ref.dtype)
+    return tensors
+
+
+def encode_array(sae: SAE, x, batch_size: int = 4096, device: str | torch.device = "cpu"):
+    """Yield SparseCodes for consecutive row batches of a (possibly memory-mapped) array x: [n, d]."""
+
+    n = len(x)
+    for start in range(0, n, batch_size):
+        chunk = torch.from_numpy(np.asarray(x[start : start + batch_size], dtype=np.float32)).to(device)
+        yield sae.encode(chunk)
+
+
+def n_params_for(d: int, m: int) -> int:
+    """Parameter count of an SAE: two [m, d] matrices plus biases."""
+    return 2 * m * d + m + d
+
+
+__all__ = ["SAE", "SAEConfig", "SAEOutput", "geometric_median", "encode_array", "n_params_for"]

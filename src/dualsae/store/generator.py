@@ -1,0 +1,462 @@
+"""Synthetic paired embeddings with known feature directions (paper eq. 1-2, App. E.2).
+
+Generative model (eq. 1): a latent code z in R_+^n is shared by the pair, and
+
+    x = Phi z + eps_I,    y = Psi z + eps_T,    eps ~ N(0, sigma_obs^2 I)
+
+with Phi, Psi in R^{d x n} holding the unit feature directions phi_i, psi_i. Concepts come in three
+contiguous index ranges:
+
+    shared      [0, n_S)              phi_i and psi_i unit, cos(phi_i, psi_i) = alpha exactly
+    image-only  [n_S, n_S + n_I)      psi_i = 0
+    text-only   [n_S + n_I, n)        phi_i = 0
+
+Within a modality, the non-zero directions have pairwise |cos| <= eps_max ("maximum pairwise
+interference", App. E.2); they are drawn by vectorised rejection sampling. Each z_i is 0 with
+probability s (eq. 2) and otherwise Exp(rate beta).
+
+Ground truth is held as *row* matrices ``phi``/``psi`` of shape [n, d] (row i = direction of concept
+i, a zero row for an absent one), the layout of the SAE's ``W_dec``.
+
+Memory: z is never dense. Rows are generated in chunks of ``CHUNK_ROWS`` as a CSR matrix (about
+(1 - s) n non-zeros per row) and, when writing, streamed into memory-mapped ``.npy`` files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+from dualsae.core.progress import tqdm
+
+from dualsae.files.atomic import atomic_path, write_json
+from dualsae.store.paired import write_store
+from dualsae.files.jsonfiles import config_from_dict, read_json_object
+from dualsae.core.errors import ConfigError, DataError
+from safetensors.numpy import save_file
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+
+SYNTH_FORMAT = "dualsae.synth/1"
+GROUND_TRUTH_FILE = "ground_truth.safetensors"
+SYNTH_FILE = "synth.json"
+TRAIN_SPLIT, EVAL_SPLIT = "train", "test"
+# Rows per generated chunk. The random stream of chunk c is seeded by (seed, 1, c), so the data do
+# not depend on how the caller consumes the chunks (generate() and write_synthetic() agree), but
+# changing this constant changes the data for a given seed.
+CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Every parameter of the App. E.2 generator (defaults are the paper's).
+
+    d: embedding dimension. n_shared / n_image / n_text: numbers of shared, image-only and
+    text-only concepts (n = their sum). alpha: cos(phi_i, psi_i) of every shared concept (the
+    paper's x-axis is the cosine distance 1 - alpha). eps_max: bound on |cos| between two feature
+    directions of the same modality. sparsity: s = P(z_i = 0) (eq. 2). rate: beta of Exp(beta).
+    sigma_obs: std of the Gaussian observation noise. n_train / n_eval: pairs in the train / test
+    split. seed: seeds every random draw. max_rounds: proposal rounds the rejection sampler may use
+    per direction set before it gives up (eps_max too small for d and n).
+    """
+
+    alpha: float = 0.5
+    d: int = 256
+    n_shared: int = 1024
+    n_image: int = 512
+    n_text: int = 512
+    eps_max: float = 0.30
+    sparsity: float = 0.99
+    rate: float = 1.0
+    sigma_obs: float = 0.05
+    n_train: int = 50_000
+    n_eval: int = 10_000
+    seed: int = 0
+    max_rounds: int = 200
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(field: str, expected: str) -> ConfigError:
+            return ConfigError(f"synthetic config field '{field}' must be {expected}, found {getattr(self, field)!r}")
+
+        for name in ("d", "n_shared", "n_image", "n_text", "n_train", "n_eval", "seed", "max_rounds"):
+            if not isinstance(getattr(self, name), (int, np.integer)) or isinstance(getattr(self, name), bool):
+                raise bad(name, "an integer")
+        if not (-1.0 <= self.alpha <= 1.0) or math.isnan(self.alpha):
+            raise bad("alpha", "a cosine in [-1, 1]")
+        if self.d < 1:
+            raise bad("d", ">= 1")
+        for name in ("n_shared", "n_image", "n_text"):
+            if getattr(self, name) < 0:
+                raise bad(name, ">= 0")
+        if self.n_concepts < 1:
+            raise ConfigError("synthetic config fields 'n_shared' + 'n_image' + 'n_text' must be >= 1, found 0")
+        if not (0.0 < self.eps_max <= 1.0):
+            raise bad("eps_max", "in (0, 1]")
+        if not (0.0 <= self.sparsity < 1.0):
+            raise bad("sparsity", "a probability in [0, 1)")
+        if not (self.rate > 0 and math.isfinite(self.rate)):
+            raise bad("rate", "> 0")
+        if not (self.sigma_obs >= 0 and math.isfinite(self.sigma_obs)):
+            raise bad("sigma_obs", ">= 0")
+        if self.n_train < 1:
+            raise bad("n_train", ">= 1")
+        if self.n_eval < 1:
+            raise bad("n_eval", ">= 1")
+        if self.seed < 0:
+            raise bad("seed", ">= 0")
+        if self.max_rounds < 1:
+            raise bad("max_rounds", ">= 1")
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def n_concepts(self) -> int:
+        return self.n_shared + self.n_image + self.n_text
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_train + self.n_eval
+
+    @property
+    def shared(self) -> range:
+        return range(0, self.n_shared)
+
+    @property
+    def image_only(self) -> range:
+        return range(self.n_shared, self.n_shared + self.n_image)
+
+    @property
+    def text_only(self) -> range:
+        return range(self.n_shared + self.n_image, self.n_concepts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "SynthConfig":
+        return config_from_dict(cls, data, source, "synthetic config", DataError)
+
+
+@dataclass
+class SynthData:
+    """One generated data set.
+
+    phi, psi: [n, d] float64 ground-truth directions (row i = concept i; zero rows for absent ones).
+    image, text: [N, d] float32 embeddings, N = n_train + n_eval; rows [0, n_train) are the train
+    split, the rest the test split. z: [N, n] CSR float64 latent codes.
+    """
+
+    config: SynthConfig
+    phi: np.ndarray
+    psi: np.ndarray
+    image: np.ndarray
+    text: np.ndarray
+    z: sp.csr_matrix
+
+    def split_rows(self, name: str) -> slice:
+        return _split_slice(self.config, name)
+
+
+def _split_slice(config: SynthConfig, name: str) -> slice:
+    if name == TRAIN_SPLIT:
+        return slice(0, config.n_train)
+    if name == EVAL_SPLIT:
+        return slice(config.n_train, config.n_rows)
+    raise DataError(f"synthetic data has splits '{TRAIN_SPLIT}' and '{EVAL_SPLIT}', asked for '{name}'")
+
+
+# ---------------------------------------------------------------------- feature directions
+def _unit(v: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm. v: [b, d]."""
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _accept(cands: np.ndarray, accepted: np.ndarray, eps: float) -> np.ndarray:
+    """Which unit candidates [b, d] may join ``accepted`` [a, d] keeping every pairwise |cos| <= eps.
+
+    A candidate must satisfy the bound against all accepted rows and against every *earlier*
+    candidate of the block that itself passed that first test. Rejecting on conflict with such an
+    earlier candidate (even if that one is rejected in turn) is conservative but keeps the test one
+    matrix operation; the accepted rows are pairwise compatible either way. The block's own Gram
+    matrix is formed only among the candidates that passed the first test. Returns [b] bool.
+    """
+    ok = np.ones(len(cands), dtype=bool)
+    if len(accepted):
+        ok = (np.abs(cands @ accepted.T) <= eps).all(axis=1)
+    passed = np.flatnonzero(ok)
+    if len(passed) > 1:
+        c = cands[passed]
+        clash = np.tril(np.abs(c @ c.T) > eps, k=-1).any(axis=1)
+        ok[passed[clash]] = False
+    return ok
+
+
+MAX_BLOCK = 4096  # candidates per proposal round: bounds the memory and time of one round
+STALL_ROUNDS = 10  # rounds in a row that accept nothing before the sampler gives up early
+
+
+def _block_size(remaining: int, rate: float) -> int:
+    """Propose enough candidates to finish at the last round's acceptance rate, with a margin."""
+    want = 1.5 * remaining / max(rate, 1.0 / MAX_BLOCK) + 16
+    return int(min(max(want, 64), MAX_BLOCK))
+
+
+def _too_small(eps: float, got: int, count: int, what: str, d: int, rounds: int) -> ConfigError:
+    return ConfigError(
+        f"synthetic config field 'eps_max'={eps} is too small: found only {got} of {count} {what} in d={d} "
+        f"with pairwise |cos| <= eps_max after {rounds} proposal rounds; raise eps_max, d or max_rounds, "
+        f"or lower the concept counts"
+    )
+
+
+def sample_directions(
+    count: int, d: int, eps: float, rng: np.random.Generator, existing: np.ndarray | None = None,
+    max_rounds: int = 200, what: str = "directions",
+) -> np.ndarray:
+    """``count`` unit vectors [count, d] with pairwise |cos| <= eps among themselves and with the
+    rows of ``existing`` [a, d] (unit). Vectorised rejection sampling; raises ConfigError when
+    ``max_rounds`` proposal rounds (or STALL_ROUNDS rounds in a row that accept nothing) do not
+    yield enough directions."""
+    accepted = np.zeros((0, d)) if existing is None else np.asarray(existing, dtype=np.float64)
+    n_existing = len(accepted)
+    rate, stalled, rounds = 1.0, 0, 0
+    while len(accepted) - n_existing < count:
+        if rounds == max_rounds or stalled == STALL_ROUNDS:
+            raise _too_small(eps, len(accepted) - n_existing, count, what, d, rounds)
+        remaining = count - (len(accepted) - n_existing)
+        block = _block_size(remaining, rate)
+        cands = _unit(rng.standard_normal((block, d)))
+        keep = np.flatnonzero(_accept(cands, accepted, eps))
+        rate = len(keep) / block
+        accepted = np.concatenate([accepted, cands[keep[:remaining]]])
+        stalled = stalled + 1 if len(keep) == 0 else 0
+        rounds += 1
+    return accepted[n_existing:]
+
+
+def _shared_text_directions(
+    phi: np.ndarray, alpha: float, eps: float, rng: np.random.Generator, max_rounds: int
+) -> np.ndarray:
+    """psi_i = alpha phi_i + sqrt(1 - alpha^2) u_i, u_i unit and orthogonal to phi_i, so
+    cos(phi_i, psi_i) = alpha exactly; u_i is redrawn until the psi_i satisfy the within-text
+    bound. phi: [n_S, d] unit rows -> [n_S, d]."""
+    n, d = phi.shape
+    psi = np.zeros_like(phi)
+    done = np.zeros(n, dtype=bool)
+    c = math.sqrt(max(0.0, 1.0 - alpha * alpha))
+    stalled, rounds = 0, 0
+    while not done.all():
+        if rounds == max_rounds or stalled == STALL_ROUNDS:
+            raise _too_small(eps, int(done.sum()), n, f"shared text directions with cos(phi_i, psi_i)={alpha}", d, rounds)
+        pending = np.flatnonzero(~done)
+        g = rng.standard_normal((len(pending), d))
+        p = phi[pending]
+        g -= (g * p).sum(axis=1, keepdims=True) * p  # Gram-Schmidt against phi_i
+        # Renormalising removes rounding drift; cos(phi_i, psi_i) stays alpha to ~1e-16.
+        cand = _unit(alpha * p + c * _unit(g))
+        ok = _accept(cand, psi[done], eps)
+        psi[pending[ok]] = cand[ok]
+        done[pending[ok]] = True
+        stalled = stalled + 1 if not ok.any() else 0
+        rounds += 1
+    return psi
+
+
+def feature_directions(config: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth (phi, psi), each [n, d] float64 with unit or zero rows (see module docstring).
+
+    Drawn from the generator seeded by (seed, 0), independent of the latent codes' streams.
+    """
+    cfg = config
+    rng = np.random.default_rng([cfg.seed, 0])
+    n, d, eps = cfg.n_concepts, cfg.d, cfg.eps_max
+    phi = np.zeros((n, d))
+    psi = np.zeros((n, d))
+    image_rows = sample_directions(cfg.n_shared + cfg.n_image, d, eps, rng, max_rounds=cfg.max_rounds, what="image directions")
+    phi[: cfg.n_shared + cfg.n_image] = image_rows
+    if cfg.n_shared:
+        psi[cfg.shared.start : cfg.shared.stop] = _shared_text_directions(
+            phi[: cfg.n_shared], cfg.alpha, eps, rng, cfg.max_rounds
+        )
+    if cfg.n_text:
+        psi[cfg.text_only.start : cfg.text_only.stop] = sample_directions(
+            cfg.n_text, d, eps, rng, existing=psi[: cfg.n_shared], max_rounds=cfg.max_rounds, what="text-only directions"
+        )
+    return phi, psi
+
+
+def max_abs_cos(rows: np.ndarray) -> float:
+    """Largest |cos| between two distinct non-zero rows of [n, d] (0 if fewer than two)."""
+    nz = rows[np.linalg.norm(rows, axis=1) > 0]
+    if len(nz) < 2:
+        return 0.0
+    g = np.abs(_unit(nz) @ _unit(nz).T)
+    np.fill_diagonal(g, 0.0)
+    return float(g.max())
+
+
+# ---------------------------------------------------------------------- latent codes and embeddings
+def _chunk(config: SynthConfig, phi: np.ndarray, psi: np.ndarray, index: int, rows: int
+           ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Chunk ``index`` of ``rows`` pairs: (z [rows, n] CSR, x [rows, d] float32, y [rows, d] float32)."""
+    cfg = config
+    rng = np.random.default_rng([cfg.seed, 1, index])
+    n = cfg.n_concepts
+    # Bernoulli(1 - s) support (eq. 2), then Exp(beta) magnitudes; numpy's scale is 1 / rate.
+    active = rng.random((rows, n), dtype=np.float32) < np.float32(1.0 - cfg.sparsity)
+    r, c = np.nonzero(active)
+    del active
+    vals = rng.exponential(1.0 / cfg.rate, size=len(r))
+    z = sp.csr_matrix((vals, (r, c)), shape=(rows, n))
+    x = np.asarray(z @ phi)
+    y = np.asarray(z @ psi)
+    if cfg.sigma_obs > 0:
+        x += cfg.sigma_obs * rng.standard_normal((rows, cfg.d))
+        y += cfg.sigma_obs * rng.standard_normal((rows, cfg.d))
+    return z, x.astype(np.float32), y.astype(np.float32)
+
+
+def iter_chunks(config: SynthConfig, phi: np.ndarray, psi: np.ndarray, progress: bool = False
+                ) -> Iterator[tuple[int, sp.csr_matrix, np.ndarray, np.ndarray]]:
+    """Yield (first_row, z, x, y) for consecutive chunks covering all n_train + n_eval rows."""
+    starts = range(0, config.n_rows, CHUNK_ROWS)
+    for index, start in enumerate(tqdm(starts, desc="synthetic pairs", unit="chunk", disable=None if progress else True)):
+        rows = min(CHUNK_ROWS, config.n_rows - start)
+        z, x, y = _chunk(config, phi, psi, index, rows)
+        yield start, z, x, y
+
+
+def generate(config: SynthConfig, progress: bool = False) -> SynthData:
+    """Generate the whole data set in memory (embeddings dense float32, z sparse)."""
+    phi, psi = feature_directions(config)
+    zs, xs, ys = [], [], []
+    for _, z, x, y in iter_chunks(config, phi, psi, progress):
+        zs.append(z)
+        xs.append(x)
+        ys.append(y)
+    return SynthData(config, phi, psi, np.concatenate(xs), np.concatenate(ys), sp.vstack(zs, format="csr"))
+
+
+def _summary(config: SynthConfig, phi: np.ndarray, psi: np.ndarray, nnz: int) -> dict:
+    shared = config.shared
+    cos = (phi[shared.start : shared.stop] * psi[shared.start : shared.stop]).sum(axis=1)
+    return {
+        "max_abs_cos_image": max_abs_cos(phi),
+        "max_abs_cos_text": max_abs_cos(psi),
+        "cos_phi_psi_shared": [float(cos.min()), float(cos.max())] if len(cos) else None,
+        "mean_active_concepts_per_row": nnz / config.n_rows,
+    }
+
+
+def write_synthetic(config: SynthConfig, out_dir: str | Path, progress: bool = True) -> Path:
+    """Generate and write a store folder ``out_dir``:
+
+    image.npy, text.npy [N, d] float32 (streamed chunk by chunk into memory-mapped temporary files,
+    each renamed into place when complete); meta.jsonl with ``split`` train/test per row;
+    ground_truth.safetensors with ``phi``, ``psi`` [n, d] float64; synth.json (config, concept
+    ranges, split ranges, measured checks), written last so its presence marks a complete folder.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; expected an output folder for the synthetic store")
+    out.mkdir(parents=True, exist_ok=True)
+    # synth.json marks a complete folder: drop a stale one before anything else is rewritten.
+    (out / SYNTH_FILE).unlink(missing_ok=True)
+    phi, psi = feature_directions(config)
+    shape = (config.n_rows, config.d)
+    nnz = 0
+    with atomic_path(out / "image.npy") as tmp_x, atomic_path(out / "text.npy") as tmp_y:
+        mx = np.lib.format.open_memmap(tmp_x, mode="w+", dtype=np.float32, shape=shape)
+        my = np.lib.format.open_memmap(tmp_y, mode="w+", dtype=np.float32, shape=shape)
+        for start, z, x, y in iter_chunks(config, phi, psi, progress):
+            mx[start : start + len(x)] = x
+            my[start : start + len(y)] = y
+            nnz += z.nnz
+        mx.flush()
+        my.flush()
+        del mx, my
+    meta = [{"split": TRAIN_SPLIT}] * config.n_train + [{"split": EVAL_SPLIT}] * config.n_eval
+    write_store(out, None, None, meta)
+
+    with atomic_path(out / GROUND_TRUTH_FILE) as tmp:
+        # One metadata key only: safetensors writes metadata from a hash map, so with several keys
+        # their order (and the file's bytes) would change from run to run.
+        save_file({"phi": phi, "psi": psi}, str(tmp), metadata={"format": SYNTH_FORMAT})
+    write_json(out / SYNTH_FILE, {
+        "format": SYNTH_FORMAT,
+        "config": config.to_dict(),
+        "ground_truth": {"file": GROUND_TRUTH_FILE, "tensors": ["phi", "psi"], "layout": "[n, d], row i = direction of concept i"},
+        "concepts": {  # half-open index ranges [start, stop) into the rows of phi / psi
+            "shared": [config.shared.start, config.shared.stop],
+            "image_only": [config.image_only.start, config.image_only.stop],
+            "text_only": [config.text_only.start, config.text_only.stop],
+        },
+        "splits": {TRAIN_SPLIT: [0, config.n_train], EVAL_SPLIT: [config.n_train, config.n_rows]},
+        "measured": _summary(config, phi, psi, nnz),
+    })
+    return out
+
+
+# ---------------------------------------------------------------------- reading back
+@dataclass
+class GroundTruth:
+    """Ground truth of a synthetic store. phi, psi: [n, d] float64 row matrices."""
+
+    config: SynthConfig
+    phi: np.ndarray
+    psi: np.ndarray
+
+    @property
+    def shared(self) -> range:
+        return self.config.shared
+
+    def shared_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(phi_i, psi_i) of the shared concepts, each [n_S, d]."""
+        s = self.shared
+        return self.phi[s.start : s.stop], self.psi[s.start : s.stop]
+
+
+def load_ground_truth(folder: str | Path) -> GroundTruth:
+    """Read ``synth.json`` and ``ground_truth.safetensors`` written by :func:`write_synthetic`."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; expected a synthetic store written by 'dualsae synth generate'")
+    meta_path = root / SYNTH_FILE
+    raw = read_json_object(meta_path, "this folder is not a (complete) synthetic store from 'dualsae synth generate'")
+    if not isinstance(raw.get("config"), dict):
+        raise DataError(f"{meta_path}: expected a JSON object with field 'config'")
+    if raw.get("format") != SYNTH_FORMAT:
+        raise DataError(f"{meta_path}: field 'format' is {raw.get('format')!r}, expected {SYNTH_FORMAT!r}")
+    try:
+        config = SynthConfig.from_dict(raw["config"], source=str(meta_path))
+    except (ConfigError, TypeError) as e:
+        raise DataError(f"{meta_path}: field 'config' is invalid ({e})") from None
+    gt_path = root / GROUND_TRUTH_FILE
+    if not gt_path.is_file():
+        raise DataError(f"{gt_path}: missing; expected tensors 'phi' and 'psi' [n, d]")
+
+    try:
+        tensors = load_file(str(gt_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"{gt_path}: not a readable safetensors file ({e})") from None
+    want = (config.n_concepts, config.d)
+    out = {}
+    for name in ("phi", "psi"):
+        if name not in tensors:
+            raise DataError(f"{gt_path}: missing tensor '{name}'; found {sorted(tensors)}")
+        if tuple(tensors[name].shape) != want:
+            raise DataError(f"{gt_path}: tensor '{name}' has shape {list(tensors[name].shape)}, expected {list(want)} from {SYNTH_FILE}")
+        out[name] = tensors[name].astype(np.float64)
+    return GroundTruth(config, out["phi"], out["psi"])
+
+
+__all__ = [
+    "SynthConfig", "SynthData", "GroundTruth", "generate", "write_synthetic", "load_ground_truth",
+    "feature_directions", "sample_directions", "max_abs_cos", "iter_chunks", "CHUNK_ROWS",
+]

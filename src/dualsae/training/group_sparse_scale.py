@@ -1,0 +1,80 @@
+"""The scale of the group-sparse coefficient (Prop. 3's lambda-dagger), measured once before training.
+
+With ``TrainConfig.group_sparse_scale_free`` the user's ``group_sparse_lambda`` is Prop. 3's
+scale-free lambda-tilde = lambda E[z]/E[z^2], so the trainer multiplies it by lambda-dagger =
+E[z^2]/E[z]. The coefficients z are not observed; lambda-dagger is estimated from the active code
+values v of an SAE that already reconstructs the data (with unit decoder columns, v is the
+coefficient of the feature a latent has learned), as E[v^2]/E[v].
+
+How (``calibrate``): a copy of the run's shared SAE, from the same initialisation and decoder bias,
+trains reconstruction-only (the ``shared`` method: eq. 4 + AuxK) on the run's first batches for
+``group_sparse_scale_warmup`` of the run's steps, with the run's optimiser settings and its schedule
+compressed to those steps. E[v^2]/E[v] over its codes on up to ``CALIBRATION_ROWS`` training rows of
+each modality is the scale. The copy is then discarded: the run starts from the initialisation,
+with the coefficient held fixed for every step, as in Prop. 3 (re-estimating it from each batch's
+codes would make it depend on the current solution and move the regime thresholds). A warm-up of 0
+measures the initial SAE's codes.
+
+The scale is a pure function of (config, training rows). The trainer writes it into the run
+(``config.json`` 'calibration', the checkpoint metadata and ``summary.json``); a resumed run reads it
+back instead of measuring it again, so it continues with the exact same float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from dualsae.core.codes import SparseCodes
+from dualsae.core.losses import activation_scale
+
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.training.config import TrainConfig
+from dualsae.training.step import _BatchOrder, _make_members, _step
+from dualsae.training.config import lr_at, steps_per_epoch
+
+#: Rows per modality whose codes give the scale (the same sample initialises the decoder bias).
+CALIBRATION_ROWS = 10_000
+_CHUNK = 2048
+
+
+def needs_calibration(config: "TrainConfig") -> bool:
+    """Whether ``config`` multiplies its group-sparse lambda by a measured scale."""
+    return config.method == "group-sparse" and config.group_sparse_scale_free
+
+
+@torch.no_grad()
+def _codes(sae, x: torch.Tensor) -> SparseCodes:
+    """Inference codes of x: [n, d] in chunks (the dense [chunk, m] pre-activations stay small)."""
+    parts = [sae.encode(x[i:i + _CHUNK]) for i in range(0, len(x), _CHUNK)]
+    # BatchTopK / ReLU codes vary in width per chunk; pad with inactive (value 0) entries.
+    width = max(p.values.shape[1] for p in parts)
+    values = torch.cat([F.pad(p.values, (0, width - p.values.shape[1])) for p in parts])
+    indices = torch.cat([F.pad(p.indices, (0, width - p.indices.shape[1])) for p in parts])
+    return SparseCodes(values, indices, sae.m)
+
+
+def calibrate(store: "PairedEmbeddings", config: "TrainConfig", device: torch.device) -> dict:
+    """Measure the group-sparse scale for a run of ``config`` on ``store`` (its training rows).
+
+    Returns ``{"group_sparse_scale": float, "warmup_steps": int, "rows": int}``.
+    """
+    warm = replace(config, method="shared")
+    members = _make_members(warm, store, device)
+    sae = members[0].sae
+    sample = {m: store.sample(m, CALIBRATION_ROWS, seed=config.seed).to(device) for m in ("image", "text")}
+    sae.init_decoder_bias(torch.cat([sample["image"], sample["text"]]))
+    steps = int(round(config.group_sparse_scale_warmup * steps_per_epoch(store.n, config.batch_size) * config.epochs))
+    order = _BatchOrder(store.n, config)
+    for step in range(steps):
+        pos = order(step)
+        batch = {m: store.read(m, pos).to(device) for m in ("image", "text")}
+        _step(members, warm, batch, lr_at(step, steps, warm))
+    sae.eval()
+    scale = float(activation_scale(_codes(sae, sample["image"]), _codes(sae, sample["text"])))
+    return {"group_sparse_scale": scale, "warmup_steps": steps, "rows": int(len(sample["image"]))}
+
+
+__all__ = ["calibrate", "needs_calibration", "CALIBRATION_ROWS"]
