@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU wheel that lies on this kind of machine; elsewhere pip falls back to the package's range.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,8 +18,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/dualsae reproduce synthetic --quick --workers 2 --out runs/demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -p no:cacheprovider tests
+
+# Layers (DESIGN.md: every import points down; contract in pyproject.toml) and ruff (lint + import order).
+lint: setup
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py

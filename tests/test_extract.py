@@ -21,7 +21,8 @@ from PIL import Image
 from dualsae.core.distributed import Distributed
 from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.extract.extraction import DualEncoder, ExtractConfig, extract
+from dualsae.extract.extraction import ExtractConfig, extract
+from dualsae.extract.encoder import DualEncoder
 from dualsae.files.outdir import check_finished, verify_files
 from dualsae.files.lock import output_lock
 from dualsae.extract.sources import CocoSource, ImageFolderSource, TableSource, WebDatasetSource

@@ -13,7 +13,9 @@ from PIL import Image
 
 from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.extract.sources import DEFAULT_TEMPLATES, CocoSource, ImageFolderSource, ImageLoadError, TableSource, WebDatasetSource, load_image, make_source, read_templates
+from dualsae.extract.sources import DEFAULT_TEMPLATES, CocoSource, ImageFolderSource, TableSource, WebDatasetSource, make_source, read_templates
+from dualsae.extract.records import load_image
+from dualsae.extract.records import ImageLoadError
 from dualsae.store.clip_retrieval import ShardedRows
 from dualsae.store.paired import open_store
 
