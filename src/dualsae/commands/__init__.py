@@ -1,17 +1,19 @@
-"""CLI subcommands. Each module exposes ``register(subparsers)`` which adds its parser(s) and sets
-``func`` (a callable taking the parsed args and returning an exit code). ``dualsae.cli`` imports
-the modules listed in ``COMMAND_MODULES``; a module that is missing is skipped."""
+"""CLI subcommands, one module each. Each exposes ``register(subparsers)``, which adds its parser(s) and
+sets ``func`` (a callable taking the parsed args and returning an exit code); ``dualsae.cli`` registers
+them in this order (the order of ``dualsae --help``)."""
 
-COMMAND_MODULES = (
-    "train",
-    "info",
-    "align",
-    "analyze",
-    "synth",
-    "extract",
-    "evaluate",
-    "reproduce",
-    "translate",
-    "diagnose",
-    "report",
+from dualsae.commands import (
+    align,
+    analyze,
+    diagnose,
+    evaluate,
+    extract,
+    info,
+    report,
+    reproduce,
+    synth,
+    train,
+    translate,
 )
+
+COMMAND_MODULES = (train, info, align, analyze, synth, extract, evaluate, reproduce, translate, diagnose, report)
