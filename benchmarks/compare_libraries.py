@@ -59,6 +59,8 @@ import torch
 
 SETTINGS = [dict(d=512, m=8192, k=32, B=1024), dict(d=256, m=8192, k=16, B=256)]
 LIBRARIES = ("dualsae", "sparsify", "saelens", "overcomplete")
+#: ``--old-src DIR``: an earlier checkout's ``src`` loaded as package ``dualsae_old`` (library "dualsae-old").
+OLD_PACKAGE = "dualsae_old"
 LR = 5e-4
 Step = Callable[[torch.Tensor], None]
 
@@ -83,6 +85,8 @@ def _bare_package(name: str, dist: str) -> None:
 
 
 def version(lib: str) -> str:
+    if lib == "dualsae-old":
+        return "earlier checkout (--old-src)"
     dist = {"dualsae": "dualsae", "sparsify": "eai-sparsify", "saelens": "sae-lens", "overcomplete": "overcomplete"}[lib]
     try:
         return importlib.metadata.version(dist)
@@ -207,7 +211,53 @@ def overcomplete_step(d: int, m: int, k: int, dead: float, auxk: bool = False) -
     return step
 
 
-FACTORIES = {"dualsae": dualsae_step, "sparsify": sparsify_step, "saelens": saelens_step, "overcomplete": overcomplete_step}
+def load_old_dualsae(src: str) -> None:
+    """Import the ``dualsae`` package under ``src`` (an earlier checkout) as ``dualsae_old``, beside this
+    tree's ``dualsae``: its files are copied to a temporary folder with every ``dualsae`` import renamed,
+    so both versions' steps run interleaved in one process (the same batches, threads and malloc)."""
+    import re
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="dualsae_old_"))
+    shutil.copytree(Path(src) / "dualsae", root / OLD_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in (root / OLD_PACKAGE).rglob("*.py"):
+        text = f.read_text()
+        f.write_text(re.sub(r"^(\s*)(from|import) dualsae\b", rf"\1\2 {OLD_PACKAGE}", text, flags=re.M))
+    sys.path.insert(0, str(root))
+
+
+def dualsae_old_step(d: int, m: int, k: int, dead: float) -> Step:
+    """The same step as :func:`dualsae_step`, from the checkout given by ``--old-src`` (flat layout of
+    before the subpackages: ``dualsae.train``, ``dualsae.sae``; or the subpackage layout)."""
+    import importlib
+
+    try:
+        train_mod = importlib.import_module(f"{OLD_PACKAGE}.train")
+        sae_mod = importlib.import_module(f"{OLD_PACKAGE}.sae")
+        TrainConfig, _step, make_member = train_mod.TrainConfig, train_mod._step, train_mod.make_member
+    except ModuleNotFoundError as e:
+        if e.name and not e.name.startswith(OLD_PACKAGE):
+            raise
+        sae_mod = importlib.import_module(f"{OLD_PACKAGE}.models.sae")
+        TrainConfig = importlib.import_module(f"{OLD_PACKAGE}.training.config").TrainConfig
+        step_mod = importlib.import_module(f"{OLD_PACKAGE}.training.step")
+        _step, make_member = step_mod._step, step_mod.make_member
+    config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
+    sae = sae_mod.SAE(sae_mod.SAEConfig(d=d, m=m, k=k), generator=torch.Generator().manual_seed(0))
+    sae.samples_since_fired[: int(dead * m)] = sae.config.dead_window
+    mem = make_member("image", sae, ("image",), config)
+
+    def step(x: torch.Tensor) -> None:
+        _step([mem], config, {"image": x}, LR)
+        if dead:
+            sae.samples_since_fired[: int(dead * m)] = sae.config.dead_window
+
+    return step
+
+
+FACTORIES = {"dualsae": dualsae_step, "dualsae-old": dualsae_old_step, "sparsify": sparsify_step, "saelens": saelens_step, "overcomplete": overcomplete_step}
 
 
 # ---------------------------------------------------------------------- timing
@@ -342,7 +392,14 @@ def main() -> None:
                     help="no untimed step before each library's timed steps in a round")
     ap.add_argument("--os-malloc", action="store_true",
                     help="leave glibc's malloc at its defaults (see keep_freed_memory)")
+    ap.add_argument("--old-src", default=None,
+                    help="an earlier checkout's src/ folder: adds library 'dualsae-old' (that version's step) "
+                         "to --libs, to compare two versions of dualsae interleaved in one run")
     args = ap.parse_args()
+    if args.old_src:
+        load_old_dualsae(args.old_src)
+        if "dualsae-old" not in args.libs.split(","):
+            args.libs += ",dualsae-old"
     torch.set_num_threads(args.threads)
     if not args.os_malloc:
         keep_freed_memory()
