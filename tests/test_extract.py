@@ -363,7 +363,14 @@ def test_two_rank_extraction_is_byte_identical(models, tmp_path):
     table, _, _ = _table(tmp_path, 9)
     args = ["extract", "--model", str(models["clip"]), "--format", "jsonl", "--table", str(table),
             "--batch-size", "2", "--shard-size", "2", "--workers", "0", "--device", "cpu", "--quiet"]
-    assert _cli(args + ["--out", str(tmp_path / "one")]) == 0
+    # The ranks run with one torch thread each (OMP_NUM_THREADS=1, as torchrun sets it); so does the
+    # single process here, since a matmul's float reductions differ with the thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _cli(args + ["--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     outs = launch_ranks(["-m", "dualsae", *args, "--out", str(tmp_path / "two")])
     assert "extracted 9 rows" in outs[0] and outs[1] == ""  # rank 0 alone reports
     for name in ("image.npy", "text.npy", "meta.jsonl", "extract.json"):
