@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
+from dualsae.experiments.synthetic.job import run_plan
+from dualsae.experiments.synthetic.plan import QUICK, QUICK_SETTINGS, SyntheticPlan
+from dualsae.experiments.synthetic.results import markdown_table
 from dualsae.experiments.table1 import table as table1
-from dualsae.experiments.synthetic.plan_run import QUICK, SyntheticPlan, markdown_table, run_plan
 from dualsae.files.outdir import resumable_output
 
 #: What 'reproduce synthetic' writes, so a folder it wrote before manifests existed is adopted.
@@ -28,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--out", default="runs/synthetic", help="output folder")
     s.add_argument("--quick", action="store_true",
-                   help=f"demo: a reduced App. E.2 problem with the paper's ratios (d {QUICK.d}, {QUICK.n_train} training "
-                        f"pairs, {QUICK.latents} shared latents), distances {list(QUICK.distances)}, "
+                   help=f"demo: a reduced App. E.2 problem with the paper's ratios (d {QUICK.data.d}, {QUICK.data.n_train} training "
+                        f"pairs, {QUICK_SETTINGS['latents']} shared latents), distances {list(QUICK.distances)}, "
                         f"{QUICK.epochs[0]} epochs (converged), one seed; about 3.5 minutes on 2 CPU cores with --workers 2")
     s.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (paper: 0 1 2)")
     s.add_argument("--distances", type=float, nargs="+", default=None, help="cosine distances 1-alpha for Fig. 5")
@@ -59,7 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    plan = QUICK if args.quick else SyntheticPlan()
     over = {
         "seeds": tuple(args.seeds) if args.seeds else None,
         "distances": tuple(args.distances) if args.distances else None,
@@ -68,7 +68,8 @@ def run_synthetic(args: argparse.Namespace) -> int:
         "fig6_distance": args.fig6_distance, "n_train": args.n_train, "n_eval": args.n_eval,
         "latents": args.latents, "k": args.k, "epochs": tuple(args.epochs) if args.epochs else None,
     }
-    plan = replace(plan, **{k: v for k, v in over.items() if v is not None})
+    given = {k: v for k, v in over.items() if v is not None}
+    plan = SyntheticPlan.from_settings(**{**(QUICK_SETTINGS if args.quick else {}), **given})
     t0 = time.time()
     # One job per folder at a time (lock), temporaries of a killed call swept, folder marked finished at the end.
     with resumable_output(args.out, "reproduce synthetic", {"experiment": "synthetic"}, keep=SYNTHETIC_OUTPUTS):
