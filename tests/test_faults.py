@@ -177,7 +177,7 @@ def test_synthetic_report_counts_finished_units_only(tmp_path, capsys):
 def test_table1_counts_each_method_seed_once(tmp_path):
     from dualsae.experiments.table1.table import Table1Plan, build_table
 
-    plan = Table1Plan(train="t", eval="e", seeds=(0,), latents=16, k=2, epochs=1, batch_size=8)
+    plan = Table1Plan.from_settings(train="t", eval="e", seeds=(0,), latents=16, k=2, epochs=1, batch_size=8)
     units = tmp_path / "units"
     units.mkdir()
     row = {"method": "shared", "seed": 0, "recon_mse_image": 1.0}
