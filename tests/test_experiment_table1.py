@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from dualsae.store.paired import write_store
 from dualsae.core.errors import ConfigError
 from dualsae.experiments.table1.table import Table1Plan, run_table1
+from dualsae.store.paired import write_store
 from dualsae.training.curves import CurveRecorder, plateau_change
 
 

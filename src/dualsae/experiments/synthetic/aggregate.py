@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from dualsae.experiments.synthetic.plan import FIG5_METHODS, FIG6_BASELINES, PAPER_EPOCHS, SyntheticPlan, plan_units
+from dualsae.experiments.synthetic.plan import (
+    FIG5_METHODS,
+    FIG6_BASELINES,
+    PAPER_EPOCHS,
+    SyntheticPlan,
+    plan_units,
+)
 from dualsae.files.unit_job import UnitJob
 
 METRICS = ("reconstruction_error", "feature_recovery_error", "alignment_error", "feature_alignment_error",

@@ -9,7 +9,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from dualsae.experiments.synthetic.plan import FIG5_METHODS, FIG6_BASELINES, PAPER_EPOCHS, SyntheticPlan
+from dualsae.experiments.synthetic.plan import (
+    FIG5_METHODS,
+    FIG6_BASELINES,
+    PAPER_EPOCHS,
+    SyntheticPlan,
+)
 
 
 def _crossing(xs: list[float], diff: list[float]) -> float | None:

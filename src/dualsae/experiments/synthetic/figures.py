@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dualsae.experiments.synthetic.plan import FIG5_METHODS, FIG6_BASELINES, PAPER_EPOCHS
+from dualsae.experiments.synthetic.plan import (
+    FIG5_METHODS,
+    FIG6_BASELINES,
+    PAPER_EPOCHS,
+)
 
 
 def plot_figures(report: dict, out: Path) -> None:

@@ -29,7 +29,13 @@ from pathlib import Path
 
 from dualsae.experiments.synthetic.aggregate import aggregate, load_rows
 from dualsae.experiments.synthetic.claims import budget_changes, check_claims
-from dualsae.experiments.synthetic.plan import AXES, SyntheticPlan, plan_units, saved_plan_layout, unit_keys
+from dualsae.experiments.synthetic.plan import (
+    AXES,
+    SyntheticPlan,
+    plan_units,
+    saved_plan_layout,
+    unit_keys,
+)
 from dualsae.experiments.synthetic.results import write_report
 from dualsae.experiments.synthetic.units import data_dir, data_lock_name, unit_work
 from dualsae.files.unit_job import UnitJob

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from dualsae.store.paired import PairedEmbeddings
-from dualsae.models.pair import SAEPair
 from dualsae.alignment.post_hoc import align, coactivation_correlation
 from dualsae.evaluation.heterogeneity import heterogeneity
 from dualsae.files.atomic import atomic_path
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 
 def model_diagnostics(pair: SAEPair, rows: PairedEmbeddings, progress: bool = False) -> tuple[dict, Any]:
