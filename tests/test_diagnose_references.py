@@ -4,10 +4,10 @@ reproduction (docs/synthetic/results.json); regime-curve files of the former 'ca
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from dualsae.diagnose import placement
 from dualsae.diagnose.regime_curve import REGIME_CURVE_FILE, RegimeCurve

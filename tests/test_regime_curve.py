@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 
 from dualsae.diagnose.pilots import QuickConfig
-from dualsae.diagnose.regime_curve import REGIME_CURVE_FORMAT, RegimeCurve, measure_regime_curve
+from dualsae.diagnose.regime_curve import (
+    REGIME_CURVE_FORMAT,
+    RegimeCurve,
+    measure_regime_curve,
+)
 
 TINY = QuickConfig(latents=32, k=4, steps=4)  # one epoch of the 8,192 pairs
 

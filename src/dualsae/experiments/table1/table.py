@@ -17,7 +17,6 @@ The table is written as markdown (best **bold**, second best _underlined_) and C
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import time
@@ -33,7 +32,6 @@ from dualsae.evaluation.tasks import EvalOptions, aligned_view, evaluate
 from dualsae.evaluation.tasks import _json_safe as safe
 from dualsae.experiments.table1.diagnostics import model_diagnostics, plot_curves
 from dualsae.files.atomic import write_json, write_text
-from dualsae.files.outdir import resumable_output
 from dualsae.files.unit_job import UnitJob
 from dualsae.store.paired import open_store as open_data
 from dualsae.training.config import TrainConfig, steps_per_epoch
@@ -370,53 +368,4 @@ def write_report(report: dict, out: Path) -> None:
     write_text(out / "table1.csv", buf.getvalue())
 
 
-def register(rsub: argparse._SubParsersAction) -> None:
-    p = rsub.add_parser(
-        "table1", help="Sec. 6.2 / App. E.4: the five rows of Table 1 on real paired embeddings",
-        description="Train the five rows of Table 1 (shared; + Iso-Energy; + group-sparse; specific; specific + "
-        "post-hoc alignment) with the paper's real-data protocol over several seeds, evaluate them on the "
-        "evaluation rows, and write table1.md / table1.csv / table1.json (mean ± std, best and second best "
-        "marked) into --out. Rerunning the same command resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--train", required=True, help="training store (e.g. CC-3M embeddings)")
-    p.add_argument("--eval", required=True, help="evaluation store (e.g. COCO embeddings); may be the training store")
-    p.add_argument("--zeroshot", default=None, help="zero-shot store (image.npy, meta labels, classes.json, class_text.npy)")
-    p.add_argument("--external", default=None, help="external encoder's embeddings of the evaluation rows (monosemanticity)")
-    p.add_argument("--label-field", default=None, help="meta field for caption-prototype zero-shot when no --zeroshot store exists")
-    p.add_argument("--concept-field", default=None, help="meta field of steering concepts (e.g. category)")
-    p.add_argument("--positives", default="auto", help="retrieval positives: auto | group | caption | row")
-    p.add_argument("--train-split", default=None, help="split of --train (default: train, or all when --train and --eval differ)")
-    p.add_argument("--eval-split", default=None, help="split of --eval (default: test, or all when --train and --eval differ)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--latents", type=int, default=8192, help="m of the shared SAE; specific gets m/2 each")
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--steering-alpha", type=float, default=1.0)
-    p.add_argument("--methods", nargs="+", default=list(TRAINED), choices=TRAINED,
-                   help="trained rows this call works on (the others are left as they are; post-hoc comes with specific)")
-    p.add_argument("--out", default="runs/table1")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    same = Path(args.train).resolve() == Path(args.eval).resolve()
-    plan = Table1Plan.from_settings(
-        train=str(args.train), eval=str(args.eval),
-        train_split=args.train_split or ("train" if same else "all"),
-        eval_split=args.eval_split or ("test" if same else "all"),
-        zeroshot=args.zeroshot, external=args.external, label_field=args.label_field, concept_field=args.concept_field,
-        positives=args.positives, seeds=tuple(args.seeds), latents=args.latents, k=args.k, epochs=args.epochs,
-        batch_size=args.batch_size, steering_alpha=args.steering_alpha,
-    )
-    with resumable_output(args.out, "reproduce table1", {"experiment": "table1"},
-                          keep=("plan.json", "units", "table1.md", "table1.csv", "table1.json")):
-        report = run_table1(plan, args.out, progress=not args.no_progress, methods=tuple(args.methods))
-    print(markdown(report))
-    print(f"written: {args.out}/table1.md, table1.csv, table1.json")
-    return 0
-
-
-__all__ = ["Table1Plan", "Table1Unit", "plan_from_json", "paper_training", "run_table1", "build_table", "markdown", "diagnostics_markdown", "ROWS", "COLUMNS", "DIAG_COLUMNS", "register"]
+__all__ = ["Table1Plan", "Table1Unit", "plan_from_json", "paper_training", "run_table1", "build_table", "markdown", "diagnostics_markdown", "ROWS", "COLUMNS", "DIAG_COLUMNS"]
