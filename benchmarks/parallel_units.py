@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from dualsae.experiments.synthetic.plan_run import SyntheticPlan, _usable_cores, run_plan
+from dualsae.experiments.synthetic.job import run_plan
+from dualsae.experiments.synthetic.plan import SyntheticPlan
+from dualsae.files.unit_job import usable_cores as _usable_cores
 
 
 def unit_metrics(folder: Path) -> dict[str, dict[str, float]]:
@@ -38,7 +40,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
     # Two distances x two methods x two seeds = 8 trainings (shared and specific alternate).
-    plan = SyntheticPlan(distances=(0.3, 0.5), group_sparse_multipliers=(), iso_energy_multipliers=(), seeds=(0, 1), n_train=args.n_train,
+    plan = SyntheticPlan.from_settings(distances=(0.3, 0.5), group_sparse_multipliers=(), iso_energy_multipliers=(), seeds=(0, 1), n_train=args.n_train,
                          n_eval=2_048, epochs=(args.epochs,))
     print(f"torch {torch.__version__}, {_usable_cores()} usable cores; 8 trainings of {args.n_train // 256 * args.epochs} steps")
     with tempfile.TemporaryDirectory() as tmp:

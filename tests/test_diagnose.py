@@ -10,10 +10,18 @@ import pytest
 import torch
 
 from dualsae.cli import main
-from dualsae.store.paired import PairedEmbeddings
-from dualsae.diagnose.advice import CALIBRATION_SYNTH, CROSSING_FEATURE_RECOVERY, CROSSING_RECONSTRUCTION, Calibration, QuickConfig, diagnose, invert_curve, modality_gap, place, regime_of
 from dualsae.core.errors import DataError
+from dualsae.diagnose.pilots import QuickConfig, modality_gap
+from dualsae.diagnose.placement import (
+    CROSSING_FEATURE_RECOVERY,
+    CROSSING_RECONSTRUCTION,
+    diagnose,
+    place,
+    regime_of,
+)
+from dualsae.diagnose.regime_curve import REGIME_CURVE_SYNTH, RegimeCurve, invert_curve
 from dualsae.store.generator import SynthConfig, write_synthetic
+from dualsae.store.paired import PairedEmbeddings
 from tests.helpers import make_store
 
 
@@ -37,12 +45,12 @@ def test_regime_boundaries_are_the_committed_crossings():
     assert regime_of(CROSSING_FEATURE_RECOVERY) == regime_of(CROSSING_RECONSTRUCTION - 1e-6) == "crossover"
     assert regime_of(CROSSING_RECONSTRUCTION) == regime_of(1.0) == "specific ahead"
     # The placement of an interval that spans regimes names them all and falls back to the safer method.
-    cal = Calibration(np.array([0.0, 0.5, 1.0]), np.array([1.0, 0.5, 0.0]), np.array([0.2, 0.5, 0.8]), {}, [], {})
+    cal = RegimeCurve(np.array([0.0, 0.5, 1.0]), np.array([1.0, 0.5, 0.0]), np.array([0.2, 0.5, 0.8]), {}, [], {})
     pl = place(0.95, None, cal)  # -> distance 0.05
     assert pl["regime"] == "shared ahead" and pl["estimate"] == pytest.approx(0.05)
     pl = place(None, 0.5, cal)
     assert pl["regime"] == "specific ahead" and pl["based_on"] == "heterogeneity"
-    flat = Calibration(np.array([0.0, 0.3, 1.0]), np.array([1.0, 1.0, 0.0]), np.array([0.2, 0.5, 0.8]), {}, [], {})
+    flat = RegimeCurve(np.array([0.0, 0.3, 1.0]), np.array([1.0, 1.0, 0.0]), np.array([0.2, 0.5, 0.8]), {}, [], {})
     pl = place(1.0, 0.8, flat)  # collapse 1.0 fits every distance in [0, 0.3]
     assert pl["regimes_spanned"] == ["shared ahead", "crossover", "specific ahead"]
     assert pl["recommendation"].startswith("modality-specific SAEs + post-hoc alignment: the estimate spans regimes")
@@ -74,7 +82,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert "top_fraction" in capsys.readouterr().err
     (tmp_path / "cal.json").write_text(json.dumps({"format": "dualsae.diagnose-calibration/1", "curve": [{"distance": 0}]}))
     with pytest.raises(DataError, match="cal.json: field 'curve'"):
-        Calibration.load(tmp_path / "cal.json")
+        RegimeCurve.load(tmp_path / "cal.json")
     assert main(["diagnose"]) == 2
     assert "STORE" in capsys.readouterr().err
     (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
@@ -90,7 +98,7 @@ def known_distance_stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("diagnose")
     out = {}
     for dist in (0.1, 0.7):
-        out[dist] = write_synthetic(SynthConfig(alpha=1.0 - dist, seed=77, **CALIBRATION_SYNTH), root / f"d{dist}", progress=False)
+        out[dist] = write_synthetic(SynthConfig(alpha=1.0 - dist, seed=77, **REGIME_CURVE_SYNTH), root / f"d{dist}", progress=False)
     return out
 
 

@@ -7,12 +7,16 @@ import json
 import pytest
 
 from dualsae.core.errors import ConfigError
-from dualsae.experiments.synthetic.plan_run import SyntheticPlan, budget_changes, check_claims, claim_line, markdown_table, plan_units, run_plan
+from dualsae.experiments.synthetic.claims import budget_changes, check_claims
+from dualsae.experiments.synthetic.job import run_plan
+from dualsae.experiments.synthetic.plan import SyntheticPlan, plan_units
+from dualsae.experiments.synthetic.results import claim_line, markdown_table
 from dualsae.training.curves import plateau_change
 
-TINY = SyntheticPlan(distances=(0.0, 0.5), group_sparse_multipliers=(1.0,), iso_energy_multipliers=(1.0,), seeds=(0,),
+TINY_SETTINGS = dict(distances=(0.0, 0.5), group_sparse_multipliers=(1.0,), iso_energy_multipliers=(1.0,), seeds=(0,),
                      latents=96, k=4, epochs=(2,), batch_size=64, n_train=512, n_eval=128, d=64, n_shared=32, n_image=16,
                      n_text=16)
+TINY = SyntheticPlan.from_settings(**TINY_SETTINGS)
 
 
 def test_units_order_and_count():
@@ -64,7 +68,7 @@ def test_tiny_job_end_to_end_and_resume(tmp_path):
     assert {p.name: p.stat().st_mtime for p in (tmp_path / "job" / "units").iterdir()} == mtimes
     assert again["fig5"] == report["fig5"]
     with pytest.raises(ConfigError, match="different settings"):
-        run_plan(SyntheticPlan(**{**TINY.__dict__, "k": 5}), tmp_path / "job", progress=False)
+        run_plan(SyntheticPlan.from_settings(**{**TINY_SETTINGS, "k": 5}), tmp_path / "job", progress=False)
     # Adding a budget extends the finished job: only the new budget's Fig. 5 units train.
     longer = run_plan(SyntheticPlan(**{**TINY.__dict__, "epochs": (2, 3)}), tmp_path / "job", progress=False)
     assert longer["units_done"] == longer["units_total"] == 10
@@ -74,18 +78,17 @@ def test_tiny_job_end_to_end_and_resume(tmp_path):
 
 def test_a_job_written_before_the_epochs_axis_resumes(tmp_path):
     """plan.json of older jobs had ``epochs: int`` and one ``multipliers`` list; their units are 10-epoch units."""
-    from dataclasses import asdict
-
     job = tmp_path / "job"
     (job / "units").mkdir(parents=True)
-    old = {k: v for k, v in asdict(SyntheticPlan()).items() if k not in ("group_sparse_multipliers", "iso_energy_multipliers", "sparsity", "eps_max")}
-    old.update(epochs=10, multipliers=[0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
+    old = {"distances": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0], "fig6_distance": 0.5, "seeds": [0, 1, 2], "latents": 8192, "k": 16,
+           "batch_size": 256, "n_train": 50000, "n_eval": 10000, "d": 256, "n_shared": 1024, "n_image": 512, "n_text": 512,
+           "group_sparse_lambda": None, "iso_energy_beta": None, "epochs": 10, "multipliers": [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]}
     (job / "plan.json").write_text(json.dumps(old))
     # The new default plan only adds Iso-Energy multipliers: accepted (max_units=0 trains nothing).
     report = run_plan(SyntheticPlan(), job, progress=False, max_units=0)
     assert report["units_done"] == 0 and report["units_total"] == 87
     with pytest.raises(ConfigError, match="d"):
-        run_plan(SyntheticPlan(d=128), job, progress=False, max_units=0)
+        run_plan(SyntheticPlan.from_settings(d=128), job, progress=False, max_units=0)
 
 
 def _agg(fig5, fig6):
@@ -231,7 +234,8 @@ def test_claim_d_reads_the_baselines_trade_offs():
 def test_the_demo_plan_converges_and_every_claim_holds(tmp_path):
     """`make demo` (the quick plan, about 3.5 minutes on 2 idle cores): every training reaches its plateau and
     claims (a)-(d) hold. Set DUALSAE_SKIP_DEMO=1 to skip it while iterating on other tests."""
-    from dualsae.experiments.synthetic.plan_run import PLATEAU_TOLERANCE, QUICK
+    from dualsae.experiments.synthetic.claims import PLATEAU_TOLERANCE
+    from dualsae.experiments.synthetic.plan import QUICK
 
     report = run_plan(QUICK, tmp_path / "demo", progress=False, workers=2, threads_per_worker=1)
     assert report["units_done"] == report["units_total"] == 10

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from dualsae.store.paired import write_store
+from dualsae.core.errors import ConfigError
 from dualsae.experiments.table1.table import Table1Plan, run_table1
-from dualsae.training.curves import plateau
-from dualsae.training.curves import CurveRecorder
+from dualsae.store.paired import write_store
+from dualsae.training.curves import CurveRecorder, plateau_change
 
 
 def _store(folder, n=160, d=8, seed=0):
@@ -26,15 +26,15 @@ def _store(folder, n=160, d=8, seed=0):
 
 
 def test_plateau_statistic_by_hand():
-    rec = CurveRecorder(steps_per_epoch=2)
+    rec = CurveRecorder()
     # 10 epochs of 2 steps; the logged MSE is the mean of the modality terms
     for step, v in enumerate([10, 8, 6, 6, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 3.3, 3.1, 3.05, 2.95]):
         rec(step + 1, {"mse_image": v + 1, "mse_text": v - 1, "dead_frac": 0.0})
-    s = rec.summary()
+    s = rec.summary(steps_per_epoch=2)
     assert s["epoch_mean_mse"] == pytest.approx([9, 6, 5, 4, 4, 4, 4, 4, 3.2, 3.0])
-    # 90% point: end of epoch 9 (3.2); final epoch 3.0
+    # The one plateau statistic (training/curves.plateau_change): steps [16, 18) mean 3.2, steps [18, 20) mean 3.0
     assert s["last10_change"] == pytest.approx((3.2 - 3.0) / 3.0) and s["steps"] == 20
-    assert plateau([1.0])["last10_change"] is None
+    assert plateau_change([1.0]) is None
 
 
 def test_table1_units_diagnostics_and_resume(tmp_path):
@@ -44,17 +44,18 @@ def test_table1_units_diagnostics_and_resume(tmp_path):
     rng = np.random.default_rng(5)
     np.save(ext / "image.npy", rng.normal(size=(160, 6)).astype(np.float16))  # widths differ on purpose
     np.save(ext / "text.npy", rng.normal(size=(160, 3)).astype(np.float16))
-    plan = Table1Plan(train=str(data), eval=str(data), external=str(ext), label_field="category",
-                      seeds=(0,), latents=16, k=2, epochs=4, batch_size=40)
+    plan = Table1Plan.from_settings(train=str(data), eval=str(data), external=str(ext), label_field="category",
+                                    seeds=(0,), latents=16, k=2, epochs=7, batch_size=40)
     out = tmp_path / "t1"
     rep = run_table1(plan, out, progress=False, log=lambda s: None, methods=("shared", "specific"))
     names = sorted(p.stem for p in (out / "units").glob("*.json"))
     assert names == ["shared_seed0", "specific+posthoc_seed0", "specific_seed0"]
     sh = json.loads((out / "units" / "shared_seed0.json").read_text())
-    # 120 training rows, batch 40: 3 steps per epoch, 4 epochs
-    assert sh["curve"]["steps"] == 12 and len(sh["curve"]["epoch_mean_mse"]) == 4
-    c = sh["curve"]["epoch_mean_mse"]
-    assert sh["curve"]["last10_change"] == pytest.approx((c[2] - c[3]) / c[3], rel=1e-4)
+    # 120 training rows, batch 40: 3 steps per epoch, 7 epochs
+    assert sh["curve"]["steps"] == 21 and len(sh["curve"]["epoch_mean_mse"]) == 7
+    per_step = [loss for _, loss in sh["curve"]["train_curve"]]  # every step (fewer than CURVE_POINTS)
+    assert len(per_step) == 21
+    assert sh["curve"]["last10_change"] == pytest.approx(plateau_change(per_step), rel=1e-4)
     d = sh["diagnostics"]
     assert d["rows"] == 120 and 0 <= d["collapse_rate"] <= 1 and set(d["dead_fraction"]) == {"image", "text", "either"}
     # a matched pair of a shared SAE that is collapsed has cosine distance 0
@@ -71,3 +72,13 @@ def test_table1_units_diagnostics_and_resume(tmp_path):
     before = (out / "units" / "shared_seed0.json").read_text()
     run_table1(plan, out, progress=False, log=lambda s: None, methods=("shared",))
     assert (out / "units" / "shared_seed0.json").read_text() == before
+    # plan.json in the flat layout of the code before the plan held a TrainConfig: resumes, no training
+    old = {"train": str(data), "eval": str(data), "train_split": "train", "eval_split": "test", "zeroshot": None,
+           "external": str(ext), "label_field": "category", "concept_field": None, "positives": "auto", "seeds": [0],
+           "latents": 16, "k": 2, "epochs": 7, "batch_size": 40, "steering_alpha": 1.0}
+    (out / "plan.json").write_text(json.dumps(old))
+    run_table1(plan, out, progress=False, log=lambda s: None, methods=("shared", "specific"))
+    assert (out / "units" / "shared_seed0.json").read_text() == before
+    (out / "plan.json").write_text(json.dumps({**old, "k": 3}))
+    with pytest.raises(ConfigError, match=r"plan.json: this folder holds a table job with different settings \(training.k\)"):
+        run_table1(plan, out, progress=False, log=lambda s: None, methods=("shared",))

@@ -146,12 +146,13 @@ SYNTH = ["--seeds", "0", "--distances", "0.0", "0.5", "--multipliers", "1.0", "-
 
 
 def test_synthetic_report_counts_finished_units_only(tmp_path, capsys):
-    from dualsae.experiments.synthetic.plan_run import SyntheticPlan, build_report
+    from dualsae.experiments.synthetic.job import build_report
+    from dualsae.experiments.synthetic.plan import plan_from_json
 
     out = tmp_path / "job"
     assert cli(["reproduce", "synthetic", "--out", out, *SYNTH, "--max-units", "1"], capsys)[0] == 0
     saved = json.loads((out / "plan.json").read_text())
-    plan = SyntheticPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    plan = plan_from_json(saved)
     (unit,) = list((out / "units").iterdir())
     rows = json.loads(unit.read_text())
     # The same unit's file killed before its rename, and an empty temporary (a kill before the first byte).
@@ -176,7 +177,7 @@ def test_synthetic_report_counts_finished_units_only(tmp_path, capsys):
 def test_table1_counts_each_method_seed_once(tmp_path):
     from dualsae.experiments.table1.table import Table1Plan, build_table
 
-    plan = Table1Plan(train="t", eval="e", seeds=(0,), latents=16, k=2, epochs=1, batch_size=8)
+    plan = Table1Plan.from_settings(train="t", eval="e", seeds=(0,), latents=16, k=2, epochs=1, batch_size=8)
     units = tmp_path / "units"
     units.mkdir()
     row = {"method": "shared", "seed": 0, "recon_mse_image": 1.0}

@@ -8,9 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.store.generator import SynthConfig, feature_directions, generate, load_ground_truth, sample_directions, write_synthetic
+from dualsae.store.generator import (
+    SynthConfig,
+    feature_directions,
+    generate,
+    load_ground_truth,
+    sample_directions,
+    write_synthetic,
+)
+from dualsae.store.paired import PairedEmbeddings
 
 SMALL = dict(d=64, n_shared=64, n_image=32, n_text=32, n_train=5000, n_eval=1000)
 

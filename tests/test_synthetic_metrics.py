@@ -11,12 +11,20 @@ import pytest
 import torch
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import DataError
-from dualsae.evaluation.metrics.ground_truth import METRIC_KEYS, best_matching_column, evaluate_synthetic, feature_metrics, pair_metrics, sparse_cosine, synthetic_metrics
+from dualsae.evaluation.metrics.ground_truth import (
+    METRIC_KEYS,
+    best_matching_column,
+    evaluate_synthetic,
+    feature_metrics,
+    pair_metrics,
+    sparse_cosine,
+    synthetic_metrics,
+)
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE, SAEConfig
 from dualsae.store.generator import GroundTruth, SynthConfig, generate, write_synthetic
+from dualsae.store.paired import PairedEmbeddings, write_store
 
 
 def make_sae(W_dec: np.ndarray, k: int, W_enc: np.ndarray | None = None,

@@ -24,7 +24,13 @@ import torch
 from torch.func import vmap
 
 from dualsae.core.codes import SparseCodes
-from dualsae.core.losses import activation_scale, group_sparse_loss, group_sparse_penalty, iso_energy_dot, reconstruction_loss
+from dualsae.core.losses import (
+    activation_scale,
+    group_sparse_loss,
+    group_sparse_penalty,
+    iso_energy_dot,
+    reconstruction_loss,
+)
 from dualsae.models.sae import SAE, SAEConfig
 
 DT = torch.float64

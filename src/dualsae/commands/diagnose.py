@@ -9,22 +9,29 @@ from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data, select_split
 from dualsae.core.errors import ConfigError
-from dualsae.diagnose.advice import CALIBRATION_FILE, QuickConfig
+from dualsae.diagnose.pilots import QuickConfig
+from dualsae.diagnose.placement import diagnose, place_report
+from dualsae.diagnose.regime_curve import (
+    REGIME_CURVE_DISTANCES,
+    REGIME_CURVE_FILE,
+    REGIME_CURVE_SEEDS,
+    RegimeCurve,
+    measure_regime_curve,
+)
+from dualsae.diagnose.regime_report import format_report, plot_placement
 from dualsae.files.atomic import write_json, write_text
-from dualsae.diagnose.advice import CALIBRATION_DISTANCES, CALIBRATION_SEEDS, Calibration, calibrate, diagnose, format_report, plot_placement, replace_calibration
 from dualsae.files.jsonfiles import read_json_object
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-
     q = QuickConfig()
     p = sub.add_parser(
         "diagnose", help="which regime of Fig. 5 a store is in, and which method to train",
         description="Before a long training: measure the store's modality gap, train a quick shared SAE "
         "(App. F.2 collapse rate) and a quick pair of modality-specific SAEs aligned post hoc (Fig. 2 "
-        "heterogeneity), place the store on Fig. 5's cosine-distance axis through a calibration measured "
+        "heterogeneity), place the store on Fig. 5's cosine-distance axis through a regime curve measured "
         "with the same quick diagnostic on synthetic stores of known distance, and recommend a method. "
-        "With --calibrate FILE, remake that calibration table instead.",
+        "With --regime-curve-out FILE (alias --calibrate), measure that curve again instead.",
     )
     p.add_argument("store", nargs="?", default=None, help="store folder with image.npy and text.npy (paired rows)")
     add_split_args(p, "all", model_default=False)
@@ -38,61 +45,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-fraction", type=float, default=q.top_fraction,
                    help=f"share of best-correlated matched pairs for the heterogeneity median (default {q.top_fraction})")
     p.add_argument("--seed", type=int, default=q.seed, help=f"seed of the subsample and the trainings (default {q.seed})")
-    p.add_argument("--calibration", type=Path, default=None, help=f"calibration table (default: the packaged {CALIBRATION_FILE.name})")
+    p.add_argument("--regime-curve", "--calibration", dest="regime_curve", type=Path, default=None,
+                   help=f"regime curve file (default: the packaged {REGIME_CURVE_FILE.name}); files of the former "
+                        "'calibration' format are read too")
     p.add_argument("--out", type=Path, default=None, help="also write diagnose.json, report.txt and diagnose.png (the placement on the Fig. 5 axis) into this folder")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
                    help="instead of diagnosing a store: place a saved diagnose.json again with the current (or "
-                        "--calibration) table, without training")
-    p.add_argument("--calibrate", type=Path, default=None, metavar="FILE",
+                        "--regime-curve) curve, without training")
+    p.add_argument("--regime-curve-out", "--calibrate", dest="regime_curve_out", type=Path, default=None, metavar="FILE",
                    help="instead of diagnosing a store: run the quick diagnostic on synthetic stores at distances "
-                        "0, 0.1, 0.2, 0.3, 0.5, 0.7, 1 and write the calibration table to FILE")
-    p.add_argument("--calibration-seeds", type=int, nargs="+", default=None,
-                   help="seeds of --calibrate's synthetic stores and trainings (default 0; more seeds add a spread column)")
-    p.add_argument("--calibration-distances", type=float, nargs="+", default=None,
-                   help="distances 1 - alpha of --calibrate's stores (default 0 0.1 0.2 0.3 0.5 0.7 1)")
+                        "0, 0.1, 0.2, 0.3, 0.5, 0.7, 1 and write the regime curve to FILE")
+    p.add_argument("--regime-curve-seeds", "--calibration-seeds", dest="regime_curve_seeds", type=int, nargs="+", default=None,
+                   help="seeds of --regime-curve-out's synthetic stores and trainings (default 0; more seeds add a spread column)")
+    p.add_argument("--regime-curve-distances", "--calibration-distances", dest="regime_curve_distances", type=float,
+                   nargs="+", default=None,
+                   help="distances 1 - alpha of --regime-curve-out's stores (default 0 0.1 0.2 0.3 0.5 0.7 1)")
     p.add_argument("--work", type=Path, default=Path("runs/diagnose-calibration"),
-                   help="scratch folder for --calibrate's synthetic stores (default runs/diagnose-calibration)")
+                   help="resumable work folder for --regime-curve-out's synthetic stores (default runs/diagnose-calibration)")
     p.set_defaults(func=run)
 
 
-def _quick(args: argparse.Namespace):
-
+def _quick(args: argparse.Namespace) -> QuickConfig:
     return QuickConfig(rows=args.rows, latents=args.latents, k=args.k, steps=args.steps, epochs=args.epochs,
                        batch_size=args.batch_size, top_fraction=args.top_fraction, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
-
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     quick = _quick(args)
     quick.validate()
-    if args.calibrate is not None:
+    if args.regime_curve_out is not None:
         if args.store is not None:
-            raise ConfigError("diagnose: give either STORE or --calibrate FILE, not both")
-        command = "dualsae diagnose --calibrate " + str(args.calibrate)
-        seeds = tuple(args.calibration_seeds) if args.calibration_seeds else CALIBRATION_SEEDS
-        dists = tuple(args.calibration_distances) if args.calibration_distances else CALIBRATION_DISTANCES
-        table = calibrate(args.calibrate, args.work, quick=quick, seeds=seeds, distances=dists, device=args.device,
-                          progress=not args.no_progress, log=log, command=command)
-        print(f"wrote the calibration table ({len(table['per_seed'])} runs, {table['source']['seconds']:.0f} s) to {args.calibrate}")
+            raise ConfigError("diagnose: give either STORE or --regime-curve-out FILE, not both")
+        command = "dualsae diagnose --regime-curve-out " + str(args.regime_curve_out)
+        seeds = tuple(args.regime_curve_seeds) if args.regime_curve_seeds else REGIME_CURVE_SEEDS
+        dists = tuple(args.regime_curve_distances) if args.regime_curve_distances else REGIME_CURVE_DISTANCES
+        table = measure_regime_curve(args.regime_curve_out, args.work, quick=quick, seeds=seeds, distances=dists,
+                                     device=args.device, progress=not args.no_progress, log=log, command=command)
+        print(f"wrote the regime curve ({len(table['per_seed'])} runs, {table['source']['seconds']:.0f} s) to {args.regime_curve_out}")
         return 0
     if args.from_json is not None:
         if args.store is not None:
             raise ConfigError("diagnose: give either STORE or --from-json FILE, not both")
-
         saved = read_json_object(args.from_json)
-        calibration = Calibration.load(args.calibration) if args.calibration else Calibration.load()
-        report = replace_calibration(saved, calibration)
+        curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()
+        report = place_report(saved, curve)
     else:
         if args.store is None:
-            raise ConfigError("diagnose: a STORE folder is required (or --from-json FILE, or --calibrate FILE)")
+            raise ConfigError("diagnose: a STORE folder is required (or --from-json FILE, or --regime-curve-out FILE)")
         store = select_split(open_data(args.store), args)
         store.require_pairs("the diagnostic")
         quick.resolve(store.n)  # size errors before anything is loaded or trained
-        calibration = Calibration.load(args.calibration) if args.calibration else Calibration.load()
-        report = diagnose(store, quick, calibration, device=args.device, progress=not args.no_progress, log=log)
+        curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()
+        report = diagnose(store, quick, curve, device=args.device, progress=not args.no_progress, log=log)
     text = format_report(report)
     print(text)
     if args.out is not None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
+from pathlib import Path
 
+from dualsae.experiments.synthetic.job import run_plan
+from dualsae.experiments.synthetic.plan import QUICK, QUICK_SETTINGS, SyntheticPlan
+from dualsae.experiments.synthetic.results import markdown_table
 from dualsae.experiments.table1 import table as table1
-from dualsae.experiments.synthetic.plan_run import QUICK, SyntheticPlan, markdown_table, run_plan
 from dualsae.files.outdir import resumable_output
 
 #: What 'reproduce synthetic' writes, so a folder it wrote before manifests existed is adopted.
@@ -28,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--out", default="runs/synthetic", help="output folder")
     s.add_argument("--quick", action="store_true",
-                   help=f"demo: a reduced App. E.2 problem with the paper's ratios (d {QUICK.d}, {QUICK.n_train} training "
-                        f"pairs, {QUICK.latents} shared latents), distances {list(QUICK.distances)}, "
+                   help=f"demo: a reduced App. E.2 problem with the paper's ratios (d {QUICK.data.d}, {QUICK.data.n_train} training "
+                        f"pairs, {QUICK_SETTINGS['latents']} shared latents), distances {list(QUICK.distances)}, "
                         f"{QUICK.epochs[0]} epochs (converged), one seed; about 3.5 minutes on 2 CPU cores with --workers 2")
     s.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (paper: 0 1 2)")
     s.add_argument("--distances", type=float, nargs="+", default=None, help="cosine distances 1-alpha for Fig. 5")
@@ -55,11 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads of each worker (default: usable cores / workers)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=run_synthetic)
-    table1.register(rsub)
+    register_table1(rsub)
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    plan = QUICK if args.quick else SyntheticPlan()
     over = {
         "seeds": tuple(args.seeds) if args.seeds else None,
         "distances": tuple(args.distances) if args.distances else None,
@@ -68,7 +69,8 @@ def run_synthetic(args: argparse.Namespace) -> int:
         "fig6_distance": args.fig6_distance, "n_train": args.n_train, "n_eval": args.n_eval,
         "latents": args.latents, "k": args.k, "epochs": tuple(args.epochs) if args.epochs else None,
     }
-    plan = replace(plan, **{k: v for k, v in over.items() if v is not None})
+    given = {k: v for k, v in over.items() if v is not None}
+    plan = SyntheticPlan.from_settings(**{**(QUICK_SETTINGS if args.quick else {}), **given})
     t0 = time.time()
     # One job per folder at a time (lock), temporaries of a killed call swept, folder marked finished at the end.
     with resumable_output(args.out, "reproduce synthetic", {"experiment": "synthetic"}, keep=SYNTHETIC_OUTPUTS):
@@ -77,4 +79,54 @@ def run_synthetic(args: argparse.Namespace) -> int:
     print(markdown_table(report))
     print(f"{report['units_done']}/{report['units_total']} trainings done; this call took {time.time() - t0:.0f} s; "
           f"results in {args.out}/ (results.csv, results.json, results.md, fig5.png, fig6.png, curves.png)")
+    return 0
+
+
+def register_table1(rsub: argparse._SubParsersAction) -> None:
+    """``dualsae reproduce table1`` (Sec. 6.2, App. E.4; :mod:`dualsae.experiments.table1.table`)."""
+    p = rsub.add_parser(
+        "table1", help="Sec. 6.2 / App. E.4: the five rows of Table 1 on real paired embeddings",
+        description="Train the five rows of Table 1 (shared; + Iso-Energy; + group-sparse; specific; specific + "
+        "post-hoc alignment) with the paper's real-data protocol over several seeds, evaluate them on the "
+        "evaluation rows, and write table1.md / table1.csv / table1.json (mean ± std, best and second best "
+        "marked) into --out. Rerunning the same command resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--train", required=True, help="training store (e.g. CC-3M embeddings)")
+    p.add_argument("--eval", required=True, help="evaluation store (e.g. COCO embeddings); may be the training store")
+    p.add_argument("--zeroshot", default=None, help="zero-shot store (image.npy, meta labels, classes.json, class_text.npy)")
+    p.add_argument("--external", default=None, help="external encoder's embeddings of the evaluation rows (monosemanticity)")
+    p.add_argument("--label-field", default=None, help="meta field for caption-prototype zero-shot when no --zeroshot store exists")
+    p.add_argument("--concept-field", default=None, help="meta field of steering concepts (e.g. category)")
+    p.add_argument("--positives", default="auto", help="retrieval positives: auto | group | caption | row")
+    p.add_argument("--train-split", default=None, help="split of --train (default: train, or all when --train and --eval differ)")
+    p.add_argument("--eval-split", default=None, help="split of --eval (default: test, or all when --train and --eval differ)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--latents", type=int, default=8192, help="m of the shared SAE; specific gets m/2 each")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--steering-alpha", type=float, default=1.0)
+    p.add_argument("--methods", nargs="+", default=list(table1.TRAINED), choices=table1.TRAINED,
+                   help="trained rows this call works on (the others are left as they are; post-hoc comes with specific)")
+    p.add_argument("--out", default="runs/table1")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_table1)
+
+
+def run_table1(args: argparse.Namespace) -> int:
+    same = Path(args.train).resolve() == Path(args.eval).resolve()
+    plan = table1.Table1Plan.from_settings(
+        train=str(args.train), eval=str(args.eval),
+        train_split=args.train_split or ("train" if same else "all"),
+        eval_split=args.eval_split or ("test" if same else "all"),
+        zeroshot=args.zeroshot, external=args.external, label_field=args.label_field, concept_field=args.concept_field,
+        positives=args.positives, seeds=tuple(args.seeds), latents=args.latents, k=args.k, epochs=args.epochs,
+        batch_size=args.batch_size, steering_alpha=args.steering_alpha,
+    )
+    with resumable_output(args.out, "reproduce table1", {"experiment": "table1"},
+                          keep=("plan.json", "units", "table1.md", "table1.csv", "table1.json")):
+        report = table1.run_table1(plan, args.out, progress=not args.no_progress, methods=tuple(args.methods))
+    print(table1.markdown(report))
+    print(f"written: {args.out}/table1.md, table1.csv, table1.json")
     return 0

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-from dualsae.store.generator import EVAL_SPLIT, SynthConfig
-from dualsae.store.generator import write_synthetic
-from dualsae.files.outdir import claim_output, commit_output
-from dualsae.files.lock import output_lock
-from dualsae.files.atomic import write_json
-from dualsae.evaluation.metrics.ground_truth import evaluate_synthetic
-from dualsae.models.load import load_model
 from dualsae.core.distributed import resolve_device
-from dataclasses import asdict
+from dualsae.evaluation.metrics.ground_truth import evaluate_synthetic
+from dualsae.files.atomic import write_json
+from dualsae.files.lock import output_lock
+from dualsae.files.outdir import claim_output, commit_output
+from dualsae.models.load import load_model
+from dualsae.store.generator import EVAL_SPLIT, SynthConfig, write_synthetic
 
 _DEFAULTS = SynthConfig()
 

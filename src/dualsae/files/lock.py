@@ -33,8 +33,12 @@ def file_lock_name(output_file: str | os.PathLike[str]) -> str:
 
 
 @contextmanager
-def output_lock(folder: str | os.PathLike[str], what: str = "this output", name: str = LOCK_NAME) -> Iterator[Path]:
-    """Hold the exclusive lock ``folder/name`` (folder and file created if needed) for the ``with`` block."""
+def output_lock(folder: str | os.PathLike[str], what: str = "this output", name: str = LOCK_NAME,
+                wait: bool = False) -> Iterator[Path]:
+    """Hold the exclusive lock ``folder/name`` (folder and file created if needed) for the ``with`` block.
+
+    ``wait``: block until the holder releases it (parallel workers of one job that need the same
+    file, e.g. a data set one of them generates) instead of failing at once."""
 
     path = make_folder(folder) / name
     try:
@@ -43,7 +47,7 @@ def output_lock(folder: str | os.PathLike[str], what: str = "this output", name:
         raise DualSAEError(f"{path}: cannot create the lock file of {what} ({e.strerror})") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise FolderBusyError(f"{path.parent}: in use by another dualsae process (pid {holder}); "

@@ -31,15 +31,14 @@ from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
-from dualsae.core.progress import tqdm
-
-from dualsae.files.atomic import atomic_path, write_json
-from dualsae.store.paired import write_store
-from dualsae.files.jsonfiles import config_from_dict, read_json_object
-from dualsae.core.errors import ConfigError, DataError
-from safetensors.numpy import save_file
 from safetensors import SafetensorError
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
+
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.core.progress import tqdm
+from dualsae.files.atomic import atomic_path, write_json
+from dualsae.files.jsonfiles import config_from_dict, read_json_object
+from dualsae.store.paired import write_store
 
 SYNTH_FORMAT = "dualsae.synth/1"
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
@@ -158,17 +157,6 @@ class SynthData:
     image: np.ndarray
     text: np.ndarray
     z: sp.csr_matrix
-
-    def split_rows(self, name: str) -> slice:
-        return _split_slice(self.config, name)
-
-
-def _split_slice(config: SynthConfig, name: str) -> slice:
-    if name == TRAIN_SPLIT:
-        return slice(0, config.n_train)
-    if name == EVAL_SPLIT:
-        return slice(config.n_train, config.n_rows)
-    raise DataError(f"synthetic data has splits '{TRAIN_SPLIT}' and '{EVAL_SPLIT}', asked for '{name}'")
 
 
 # ---------------------------------------------------------------------- feature directions

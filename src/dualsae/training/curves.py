@@ -1,46 +1,20 @@
-"""Training-loss curves of a run, as the experiments keep them, and the plateau statistics read from them.
+"""The training-loss curve of a run and its plateau statistic: one recorder, one statistic, used by
+both experiments (Figs. 5-6 of Sec. 6.1 and Table 1 of Sec. 6.2).
 
-Two statistics live here today (one per experiment); see each function."""
+:class:`CurveRecorder` is the ``on_step`` callback of :func:`dualsae.training.trainer.train`: it keeps
+the logged training-batch reconstruction loss of every step (the mean of the image and text terms
+of eq. 4) and the dead-latent fraction.
+
+:func:`plateau_change` is the plateau statistic ("the last 10% of steps change the reconstruction
+loss by < 1%"): ``(mean over steps [0.8 T, 0.9 T) - mean over [0.9 T, T)) / mean over [0.9 T, T)``
+of the per-step loss, T = all steps. Table 1's unit files store it as ``curve.last10_change``, the
+synthetic units as ``plateau_change``. (Table 1 unit files written before this definition was shared
+hold ``(E[0.9 T] - E[T]) / E[T]`` of epoch-mean losses instead; they still build the table.)
+"""
 
 from __future__ import annotations
+
 import numpy as np
-
-
-class CurveRecorder:
-    """``on_step`` callback of :func:`dualsae.training.trainer.train`: per-step training MSE, reduced per epoch."""
-
-    def __init__(self, steps_per_epoch: int) -> None:
-        self.spe = steps_per_epoch
-        self.mse: list[float] = []
-        self.dead: list[float] = []
-
-    def __call__(self, step: int, logs: dict[str, float]) -> None:
-        terms = [v for k, v in logs.items() if k.startswith("mse_")]
-        self.mse.append(float(np.mean(terms)))
-        self.dead.append(float(logs.get("dead_frac", float("nan"))))
-
-    def epoch_means(self) -> list[float]:
-        """[epochs] mean training MSE of each epoch's steps."""
-        a = np.asarray(self.mse, dtype=np.float64)
-        n = len(a) // self.spe
-        return a[: n * self.spe].reshape(n, self.spe).mean(1).tolist()
-
-    def summary(self) -> dict:
-        """The curve (per epoch) and the plateau statistic, as stored in the unit file."""
-        epochs = self.epoch_means()
-        return {"steps": len(self.mse), "steps_per_epoch": self.spe, "epoch_mean_mse": [round(v, 6) for v in epochs],
-                "final_dead_window_fraction": self.dead[-1] if self.dead else None, **plateau(epochs)}
-
-
-def plateau(epoch_mse: list[float]) -> dict:
-    """``last10_change = (E[0.9 T] - E[T]) / E[T]`` from per-epoch mean MSE (see module docstring)."""
-    n = len(epoch_mse)
-    if n < 2:
-        return {"last10_change": None, "mse_at_90pct": None, "mse_final": None}
-    at90 = epoch_mse[max(0, min(n - 2, int(round(0.9 * n)) - 1))]
-    final = epoch_mse[-1]
-    return {"last10_change": (at90 - final) / final, "mse_at_90pct": at90, "mse_final": final}
-
 
 #: Points kept of each training-loss curve in a unit file.
 CURVE_POINTS = 50
@@ -61,8 +35,50 @@ def plateau_change(curve: list[float]) -> float | None:
     return (before - last) / last if last > 0 else None
 
 
-def _downsample(curve: list[float], points: int = CURVE_POINTS) -> list[list[float]]:
+def downsample(curve: list[float], points: int = CURVE_POINTS) -> list[list[float]]:
     """[[step, mean loss over the steps up to it], ...] at ``points`` evenly spaced steps."""
     t = len(curve)
     edges = np.linspace(0, t, min(points, t) + 1).astype(int)
     return [[int(b), round(float(np.mean(curve[a:b])), 6)] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def epoch_means(curve: list[float], steps_per_epoch: int) -> list[float]:
+    """[epochs] mean training loss of each epoch's steps (a partial last epoch is dropped)."""
+    a = np.asarray(curve, dtype=np.float64)
+    n = len(a) // steps_per_epoch
+    return a[: n * steps_per_epoch].reshape(n, steps_per_epoch).mean(1).tolist()
+
+
+class CurveRecorder:
+    """``on_step`` callback of :func:`dualsae.training.trainer.train`: the per-step training loss
+    (mean of the ``mse_*`` terms, eq. 4 per modality) and the logged dead-latent fraction."""
+
+    def __init__(self) -> None:
+        self.mse: list[float] = []
+        self.dead: list[float] = []
+
+    def __call__(self, step: int, logs: dict[str, float]) -> None:
+        self.mse.append(float(np.mean([v for k, v in logs.items() if k.startswith("mse_")])))
+        self.dead.append(float(logs.get("dead_frac", float("nan"))))
+
+    @property
+    def steps(self) -> int:
+        return len(self.mse)
+
+    def plateau_change(self) -> float | None:
+        """:func:`plateau_change` of the recorded curve."""
+        return plateau_change(self.mse)
+
+    def downsampled(self, points: int = CURVE_POINTS) -> list[list[float]]:
+        """:func:`downsample` of the recorded curve."""
+        return downsample(self.mse, points)
+
+    def summary(self, steps_per_epoch: int) -> dict:
+        """The curve (per epoch and downsampled) and the plateau statistic, as Table 1's unit files hold them."""
+        epochs = epoch_means(self.mse, steps_per_epoch)
+        return {"steps": self.steps, "steps_per_epoch": steps_per_epoch, "epoch_mean_mse": [round(v, 6) for v in epochs],
+                "train_curve": self.downsampled(), "final_dead_window_fraction": self.dead[-1] if self.dead else None,
+                "last10_change": self.plateau_change(), "mse_final": epochs[-1] if epochs else None}
+
+
+__all__ = ["CurveRecorder", "plateau_change", "downsample", "epoch_means", "CURVE_POINTS"]

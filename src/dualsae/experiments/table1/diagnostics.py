@@ -1,14 +1,16 @@
 """What each Table 1 model is, measured on the model itself: training curve, plateau, dead latents,
 collapse (App. F.2), heterogeneity (Fig. 2) and the matching's support.
 
-Training curve: :class:`CurveRecorder` is passed to :func:`dualsae.training.trainer.train` as ``on_step``; it
-keeps the logged training-batch reconstruction MSE of every step (mean of the image and text terms
-of eq. 4) and reduces it to one value per epoch (the mean over the epoch's batches, i.e. over every
-training row once), so batch-to-batch noise does not enter the plateau test.
+Training curve: :class:`dualsae.training.curves.CurveRecorder` is passed to
+:func:`dualsae.training.trainer.train` as ``on_step``; it keeps the logged training-batch
+reconstruction MSE of every step (mean of the image and text terms of eq. 4); the unit keeps it
+downsampled and reduced to one value per epoch (the mean over the epoch's batches).
 
-Plateau statistic (issue 8 point 5, "the last 10% of steps change reconstruction by < 1%"):
-``(E[0.9 T] - E[T]) / E[T]`` where ``E[t]`` is the epoch-mean training MSE of the epoch that ends at
-step t (T = all steps; the 90% point is the end of epoch round(0.9 * epochs)). Under the paper's
+Plateau statistic (issue 8 point 5, "the last 10% of steps change reconstruction by < 1%"): the one
+statistic of both experiments, :func:`dualsae.training.curves.plateau_change` of the per-step loss
+(mean over steps [0.8 T, 0.9 T) against the mean over [0.9 T, T)), stored as ``curve.last10_change``.
+Unit files written before it was shared hold ``(E[0.9 T] - E[T]) / E[T]`` of epoch-mean MSE (``E[t]``:
+the epoch ending at step t) under the same name; they still build the table. Under the paper's
 cosine schedule the learning rate is already small in the last 10%, so this alone cannot tell a
 plateau from a frozen optimiser; the sizing in docs/table1-emoji/README.md therefore also compares
 budgets (the curve over the whole run is kept in the unit file and plotted).
@@ -35,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from dualsae.store.paired import PairedEmbeddings
-from dualsae.models.pair import SAEPair
 from dualsae.alignment.post_hoc import align, coactivation_correlation
 from dualsae.evaluation.heterogeneity import heterogeneity
 from dualsae.files.atomic import atomic_path
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 
 def model_diagnostics(pair: SAEPair, rows: PairedEmbeddings, progress: bool = False) -> tuple[dict, Any]:
@@ -94,7 +96,8 @@ def plot_curves(units: list[dict], path: str | Path, methods: tuple[str, ...]) -
         for u in sorted((u for u in units if u["method"] == method and u.get("curve")), key=lambda u: u["seed"]):
             c = u["curve"]
             y = c["epoch_mean_mse"]
-            ax.plot(np.arange(1, len(y) + 1), y, lw=1.2, label=f"seed {u['seed']}: last 10% {100 * c['last10_change']:.2f}%")
+            change = "-" if c.get("last10_change") is None else f"{100 * c['last10_change']:.2f}%"
+            ax.plot(np.arange(1, len(y) + 1), y, lw=1.2, label=f"seed {u['seed']}: last 10% {change}")
             ax.axvline(round(0.9 * len(y)), color="0.6", lw=0.8, ls=":")
         ax.set_title(method, fontsize=10)
         ax.set_xlabel("epoch")

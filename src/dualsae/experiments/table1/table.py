@@ -17,32 +17,26 @@ The table is written as markdown (best **bold**, second best _underlined_) and C
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
-
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dualsae.files.atomic import write_json, write_text
-from dualsae.core.errors import ConfigError, DataError
-from dualsae.files.jsonfiles import read_json_object
-from dualsae.files.outdir import finished_json_files, resumable_output
-from dualsae.training.config import TrainConfig
-from dualsae.store.paired import open_store as open_data
-from dualsae.experiments.table1.diagnostics import model_diagnostics
-from dualsae.training.curves import CurveRecorder
-from dualsae.evaluation.tasks import EvalOptions, aligned_view, evaluate
+from dualsae.core.errors import ConfigError
 from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
-from dualsae.training.config import steps_per_epoch
-from dualsae.training.trainer import train
+from dualsae.evaluation.tasks import EvalOptions, aligned_view, evaluate
 from dualsae.evaluation.tasks import _json_safe as safe
-from dualsae.experiments.table1.diagnostics import plot_curves
+from dualsae.experiments.table1.diagnostics import model_diagnostics, plot_curves
+from dualsae.files.atomic import write_json, write_text
+from dualsae.files.unit_job import UnitJob
+from dualsae.store.paired import open_store as open_data
+from dualsae.training.config import TrainConfig, steps_per_epoch
+from dualsae.training.curves import CurveRecorder
+from dualsae.training.trainer import train
 
 ROWS = (
     ("shared", "Shared SAE"),
@@ -106,13 +100,26 @@ DIAG_COLUMNS = (
 )
 
 
+#: Training settings of Table 1 (App. E.4 and E.1) that differ from the 'real' preset's defaults.
+PAPER_TRAIN = dict(latents=8192, k=32, epochs=30, batch_size=1024)
+
+
+def paper_training(**overrides: Any) -> TrainConfig:
+    """Table 1's training config with ``overrides`` (flat TrainConfig names; None keeps the default)."""
+    return TrainConfig.from_preset("real", **{**PAPER_TRAIN, **{k: v for k, v in overrides.items() if v is not None}})
+
+
 @dataclass(frozen=True)
 class Table1Plan:
-    """Settings of the job (defaults: the paper's real-data protocol, 3 seeds)."""
+    """Settings of the job (defaults: the paper's real-data protocol, 3 seeds).
+
+    training: every training's config (``TrainConfig.from_preset('real')``, m = 8192, K = 32, 30
+    epochs, batch 1024; its ``split`` is the split of ``train`` trained on); each unit sets its own
+    method and seed.
+    """
 
     train: str
     eval: str
-    train_split: str = "train"
     eval_split: str = "test"
     zeroshot: str | None = None
     external: str | None = None
@@ -120,17 +127,46 @@ class Table1Plan:
     concept_field: str | None = None
     positives: str = "auto"
     seeds: tuple[int, ...] = (0, 1, 2)
-    latents: int = 8192
-    k: int = 32
-    epochs: int = 30
-    batch_size: int = 1024
     steering_alpha: float = 1.0
+    training: TrainConfig = field(default_factory=paper_training)
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> "Table1Plan":
+        """A plan from flat names: the plan's own fields, ``train_split`` (the training split) and
+        :class:`TrainConfig`'s fields (``latents``, ``k``, ``epochs``, ``batch_size``...). This is
+        also the layout of ``plan.json`` files written before the plan held its TrainConfig."""
+        own = {f.name for f in fields(cls)} - {"training"}
+        plan_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in own}
+        train_kw = {("split" if k == "train_split" else k): v for k, v in settings.items() if k not in own}
+        return cls(**plan_kw, training=paper_training(**train_kw))
+
+    @property
+    def train_split(self) -> str:
+        return self.training.split
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
-def _train_config(plan: Table1Plan, method: str, seed: int):
+def plan_from_json(data: dict) -> Table1Plan:
+    """A :class:`Table1Plan` from a saved ``plan.json`` of either layout."""
+    if "training" not in data:
+        return Table1Plan.from_settings(**data)
+    own = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "training"}
+    return Table1Plan(**own, training=TrainConfig.from_dict(data["training"], "plan.json"))
 
-    return TrainConfig.from_preset("real", method=method, latents=plan.latents, k=plan.k, epochs=plan.epochs,
-                                   batch_size=plan.batch_size, seed=seed, split=plan.train_split)
+
+@dataclass(frozen=True)
+class Table1Unit:
+    """One training of the job: a trained row of Table 1 at one seed (specific also gives the post-hoc row)."""
+
+    method: str
+    seed: int
+
+    @property
+    def keys(self) -> list[str]:
+        rows = [self.method] + (["specific+posthoc"] if self.method == "specific" else [])
+        return [f"{m}_seed{self.seed}" for m in rows]
 
 
 def _flatten(doc: dict) -> dict[str, float | None]:
@@ -169,16 +205,8 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
     if bad:
         raise ConfigError(f"--methods: unknown method(s) {bad}; expected a subset of {', '.join(TRAINED)}")
     out = Path(out)
-    (out / "units").mkdir(parents=True, exist_ok=True)
-    plan_path = out / "plan.json"
-    current = json.loads(json.dumps(asdict(plan)))
-    if plan_path.is_file():
-        saved = read_json_object(plan_path, "delete it to start the job afresh", ConfigError)
-        if saved != current:
-            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise ConfigError(f"{plan_path}: this folder holds a table job with different settings ({', '.join(diff)}); use another --out")
-    else:
-        write_json(plan_path, current)
+    job = UnitJob.open(out, plan.to_json(), read_saved=lambda saved: plan_from_json(saved).to_json(), what="table job",
+                       rewrite=False)
     train_rows = open_data(plan.train).split(plan.train_split)
     full_eval = open_data(plan.eval)
     eval_rows = full_eval.split(plan.eval_split)
@@ -198,31 +226,33 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
         tasks.append("monosemanticity")
     options = EvalOptions(tasks=tuple(tasks), positives=plan.positives, label_field=plan.label_field,
                           concept_field=plan.concept_field, steering_alpha=plan.steering_alpha, progress=False)
-    for seed in plan.seeds:
-        for method in (m for m in TRAINED if m in methods):
-            keys = [f"{method}_seed{seed}"] + ([f"specific+posthoc_seed{seed}"] if method == "specific" else [])
-            if all((out / "units" / f"{k}.json").is_file() for k in keys):
-                continue
-            t0 = time.time()
-            log(f"[table1] training {method} seed {seed} on {train_rows.n:,} rows")
-            cfg = _train_config(plan, method, seed)
-            curve = CurveRecorder(steps_per_epoch(train_rows.n, cfg.batch_size))
-            pair = train(train_rows, cfg, None, progress=progress, on_step=curve)
-            secs = time.time() - t0
-            # Dead latents, collapse, matching and heterogeneity of this very model (for specific SAEs
-            # the same C gives the post-hoc aligned pair of the next row).
-            diag, res = model_diagnostics(pair, train_rows)
-            common = {"train_config": asdict(cfg), "curve": curve.summary(), "diagnostics": diag,
-                      "matched": diag["matched"], "mean_matched_correlation": diag["mean_matched_correlation"]}
-            models = [(method, pair, common)]
-            if method == "specific":
-                models.append(("specific+posthoc", res.pair, common))
-            for name, model, extra in models:
-                doc = evaluate(model, eval_rows, options, train_store=eval_train, zeroshot=zs, external=ext)
-                row = {"method": name, "seed": seed, "train_seconds": round(secs, 1), **extra, **_flatten(doc),
-                       "skipped": doc["skipped"]}
-                write_json(out / "units" / f"{name}_seed{seed}.json", _json_safe(row))
-                log(f"[table1] {name} seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in _flatten(doc).items() if v is not None))
+
+    def work(unit: Table1Unit) -> dict[str, dict]:
+        t0 = time.time()
+        log(f"[table1] training {unit.method} seed {unit.seed} on {train_rows.n:,} rows")
+        cfg = replace(plan.training, method=unit.method, seed=unit.seed)
+        curve = CurveRecorder()
+        pair = train(train_rows, cfg, None, progress=progress, on_step=curve)
+        secs = time.time() - t0
+        # Dead latents, collapse, matching and heterogeneity of this very model (for specific SAEs
+        # the same C gives the post-hoc aligned pair of the next row).
+        diag, res = model_diagnostics(pair, train_rows)
+        common = {"train_config": asdict(cfg), "curve": curve.summary(steps_per_epoch(train_rows.n, cfg.batch_size)),
+                  "diagnostics": diag, "matched": diag["matched"], "mean_matched_correlation": diag["mean_matched_correlation"]}
+        models = [(unit.method, pair)] + ([("specific+posthoc", res.pair)] if unit.method == "specific" else [])
+        docs = {}
+        for (name, model), key in zip(models, unit.keys):
+            doc = evaluate(model, eval_rows, options, train_store=eval_train, zeroshot=zs, external=ext)
+            row = {"method": name, "seed": unit.seed, "train_seconds": round(secs, 1), **common, **_flatten(doc),
+                   "skipped": doc["skipped"]}
+            docs[key] = _json_safe(row)
+        return docs
+
+    units = [Table1Unit(method, seed) for seed in plan.seeds for method in TRAINED if method in methods]
+    for unit, docs in job.run(units, work, keys=lambda u: u.keys):
+        for doc in docs.values():
+            log(f"[table1] {doc['method']} seed {unit.seed}: "
+                + ", ".join(f"{k}={doc[k]:.4f}" for k, _, _ in COLUMNS if doc.get(k) is not None))
     report = build_table(plan, out)
     write_report(report, out)
     return report
@@ -235,7 +265,7 @@ def _json_safe(obj: Any) -> Any:
 
 def build_table(plan: Table1Plan, out: Path) -> dict:
     # Finished unit files only (a temporary left by a kill is no unit), one per (method, seed) of the plan.
-    units = finished_json_files(out / "units", DataError)
+    units = UnitJob(Path(out)).finished()
     rows = [units[f"{m}_seed{s}"] for s in plan.seeds for m, _ in ROWS if f"{m}_seed{s}" in units]
     table = []
     for method, label in ROWS:
@@ -260,7 +290,7 @@ def build_table(plan: Table1Plan, out: Path) -> dict:
         # Rank 1 = best; rows equal at the printed precision share a rank.
         ordered = sorted({v for v, _ in vals}, reverse=higher)
         ranks[col] = {m: ordered.index(v) + 1 for v, m in vals}
-    return {"plan": asdict(plan), "rows": rows, "table": table, "ranks": ranks}
+    return {"plan": plan.to_json(), "rows": rows, "table": table, "ranks": ranks}
 
 
 def _is_percent(col: str) -> bool:
@@ -338,53 +368,4 @@ def write_report(report: dict, out: Path) -> None:
     write_text(out / "table1.csv", buf.getvalue())
 
 
-def register(rsub: argparse._SubParsersAction) -> None:
-    p = rsub.add_parser(
-        "table1", help="Sec. 6.2 / App. E.4: the five rows of Table 1 on real paired embeddings",
-        description="Train the five rows of Table 1 (shared; + Iso-Energy; + group-sparse; specific; specific + "
-        "post-hoc alignment) with the paper's real-data protocol over several seeds, evaluate them on the "
-        "evaluation rows, and write table1.md / table1.csv / table1.json (mean ± std, best and second best "
-        "marked) into --out. Rerunning the same command resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--train", required=True, help="training store (e.g. CC-3M embeddings)")
-    p.add_argument("--eval", required=True, help="evaluation store (e.g. COCO embeddings); may be the training store")
-    p.add_argument("--zeroshot", default=None, help="zero-shot store (image.npy, meta labels, classes.json, class_text.npy)")
-    p.add_argument("--external", default=None, help="external encoder's embeddings of the evaluation rows (monosemanticity)")
-    p.add_argument("--label-field", default=None, help="meta field for caption-prototype zero-shot when no --zeroshot store exists")
-    p.add_argument("--concept-field", default=None, help="meta field of steering concepts (e.g. category)")
-    p.add_argument("--positives", default="auto", help="retrieval positives: auto | group | caption | row")
-    p.add_argument("--train-split", default=None, help="split of --train (default: train, or all when --train and --eval differ)")
-    p.add_argument("--eval-split", default=None, help="split of --eval (default: test, or all when --train and --eval differ)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--latents", type=int, default=8192, help="m of the shared SAE; specific gets m/2 each")
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--steering-alpha", type=float, default=1.0)
-    p.add_argument("--methods", nargs="+", default=list(TRAINED), choices=TRAINED,
-                   help="trained rows this call works on (the others are left as they are; post-hoc comes with specific)")
-    p.add_argument("--out", default="runs/table1")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    same = Path(args.train).resolve() == Path(args.eval).resolve()
-    plan = Table1Plan(
-        train=str(args.train), eval=str(args.eval),
-        train_split=args.train_split or ("train" if same else "all"),
-        eval_split=args.eval_split or ("test" if same else "all"),
-        zeroshot=args.zeroshot, external=args.external, label_field=args.label_field, concept_field=args.concept_field,
-        positives=args.positives, seeds=tuple(args.seeds), latents=args.latents, k=args.k, epochs=args.epochs,
-        batch_size=args.batch_size, steering_alpha=args.steering_alpha,
-    )
-    with resumable_output(args.out, "reproduce table1", {"experiment": "table1"},
-                          keep=("plan.json", "units", "table1.md", "table1.csv", "table1.json")):
-        report = run_table1(plan, args.out, progress=not args.no_progress, methods=tuple(args.methods))
-    print(markdown(report))
-    print(f"written: {args.out}/table1.md, table1.csv, table1.json")
-    return 0
-
-
-__all__ = ["Table1Plan", "run_table1", "build_table", "markdown", "diagnostics_markdown", "ROWS", "COLUMNS", "DIAG_COLUMNS", "register"]
+__all__ = ["Table1Plan", "Table1Unit", "plan_from_json", "paper_training", "run_table1", "build_table", "markdown", "diagnostics_markdown", "ROWS", "COLUMNS", "DIAG_COLUMNS"]
