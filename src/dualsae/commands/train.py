@@ -64,6 +64,8 @@ def default_text(flag: Flag) -> str:
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     explicit = given(args, FLAGS)
+    # The split fields' flags are the shared ones of commands.common.add_split_args.
+    explicit.update({k: getattr(args, k) for k in ("split", "test_fraction", "split_seed") if getattr(args, k, None) is not None})
     cfg_path = Path(args.out) / "config.json"
     if args.resume and cfg_path.is_file():
         saved = read_run_config(Path(args.out))["train"]

@@ -87,7 +87,7 @@ class TrainConfig:
     schedule: str = field(default="cosine", metadata=_help("learning-rate schedule", choices=SCHEDULES))
     grad_clip: float = field(default=1.0, metadata=_help("max gradient norm per SAE, 0 = off"))
     seed: int = field(default=0, metadata=_help("random seed of initialisation and batch order"))
-    group_sparse_lambda: float = field(default=1.0, metadata=_help("group-sparse lambda (scale-free lambda-tilde of Prop. 3 by default)"))
+    group_sparse_lambda: float = field(default=1.0, metadata=_help("group-sparse lambda, Prop. 3's scale-free lambda-tilde unless --no-scale-free-lambda"))
     group_sparse_scale_free: bool = field(default=True, metadata=_help(
         "use --group-sparse-lambda as a raw coefficient instead of Prop. 3's scale-free lambda-tilde",
         flag="--no-scale-free-lambda"))
@@ -96,7 +96,7 @@ class TrainConfig:
     iso_energy_beta: float | None = field(default=None, metadata=_help(
         "Iso-Energy beta", default="4e-4 for the cosine form, 1.0 for the dot form"))
     iso_energy_form: str = field(default="cosine", metadata=_help(
-        "Iso-Energy loss: cosine (official code) | dot (Prop. 4)", choices=ISO_FORMS))
+        "Iso-Energy alignment term (cosine: the official code; dot: Prop. 4)", choices=ISO_FORMS))
     # How a store without a meta 'split' field is split (seeded): recorded so that 'align' and 'eval'
     # pick the same training / held-out rows as training did. (Flags: commands.common.add_split_args.)
     split: str = field(default="train", metadata={"cli": False})
@@ -108,7 +108,7 @@ class TrainConfig:
     # latents); the picked values, the loss and the gradients stay float32. bfloat16 is faster on
     # GPUs and recent CPUs; it can pick another latent where two pre-activations nearly tie.
     selection_dtype: str = field(default="float32", metadata=_help(
-        "dtype of the product that picks the active latents only; values and gradients stay float32",
+        "dtype of the product that picks the active latents only (values and gradients stay float32)",
         choices=SELECTION_DTYPES))
 
     def __post_init__(self) -> None:
