@@ -54,9 +54,9 @@ def default_text(flag: Flag) -> str:
     """The real default of a flag's field as help text: one value, or one per preset."""
     if flag.default_note is not None:
         return f"default: {flag.default_note}"
+    if flag.dest in ("method", "preset"):  # not preset values: what an unset flag means
+        return f"default: {getattr(TrainConfig(), flag.dest)}"
     values = {p: TrainConfig.from_preset(p, method="shared").flat_dict()[flag.dest] for p in PRESETS}
-    if flag.dest in ("method", "preset"):
-        values = {p: getattr(TrainConfig(), flag.dest) for p in PRESETS}
     if len(set(map(repr, values.values()))) == 1:
         return f"default: {values['real']}"
     return "default: " + ", ".join(f"{v} with --preset {p}" for p, v in values.items())
