@@ -126,7 +126,7 @@ def test_train_help_shows_real_defaults():
 def test_odd_latents_for_specific_and_oversized_batch_are_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="even"):
         TrainConfig(method="specific", latents=2047)
-    TrainConfig(method="shared", latents=2047, k=4)  # fine for one shared SAE
+    TrainConfig.from_preset(method="shared", latents=2047, k=4)  # fine for one shared SAE
     store = make_store(tmp_path / "s", n=100, d=8)
     assert main(["train", "--data", str(store), "--latents", "15", "--k", "2", "--out", str(tmp_path / "r")]) == 2
     assert "must be even" in capsys.readouterr().err

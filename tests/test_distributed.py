@@ -50,7 +50,7 @@ dist = Distributed.from_env()
 if mode == "all":
     for name, cfg in configs.items():
         run = out / "specific" if name == "specific" else None
-        pair = train(store, TrainConfig(**cfg, **common), run, progress=False, dist=dist)
+        pair = train(store, TrainConfig.from_preset(**cfg, **common), run, progress=False, dist=dist)
         if dist.is_main:
             for mod in ("image", "text"):
                 pair.sae_for(mod).save(out / f"{{name}}.{{mod}}")
@@ -58,7 +58,7 @@ if mode == "all":
     from dualsae.cli import main
     sys.exit(main(["align", str(out / "specific"), "--data", data, "--out", str(out / "aligned"), "--batch-size", "37", "--no-progress"]))
 else:  # a run slowed down so that the test can kill it between two checkpoints
-    train(store, TrainConfig(**configs["specific"], **common), out / "run", progress=False, dist=dist,
+    train(store, TrainConfig.from_preset(**configs["specific"], **common), out / "run", progress=False, dist=dist,
           on_step=lambda step, logs: time.sleep(0.05))
 dist.close()
 """
@@ -80,7 +80,7 @@ def reference(data) -> dict:
     store = PairedEmbeddings.open(data).split("train")
     out = {}
     for name, cfg in CONFIGS.items():
-        out[name] = train(store, TrainConfig(**cfg, **COMMON), progress=False)
+        out[name] = train(store, TrainConfig.from_preset(**cfg, **COMMON), progress=False)
     return out
 
 
@@ -129,7 +129,7 @@ def test_killed_two_rank_run_resumes_with_two_or_one_ranks(data, reference, tmp_
     launch_ranks(["-m", "dualsae", "train", "--data", str(data), "--out", str(run), "--resume", "--no-progress"])
     # another number of ranks: one process
     store = PairedEmbeddings.open(data).split("train")
-    one = train(store, TrainConfig(**CONFIGS["specific"], **COMMON), tmp_path / "run1", resume=True, progress=False)
+    one = train(store, TrainConfig.from_preset(**CONFIGS["specific"], **COMMON), tmp_path / "run1", resume=True, progress=False)
     resumed = load_model(run)
     for mod in ("image", "text"):
         ref = reference["specific"].sae_for(mod).state_dict()
@@ -177,7 +177,7 @@ from dualsae.training.step import make_adamw
 dist = Distributed.from_env()
 dist.sum(torch.ones(3))
 lin = torch.nn.Linear(3, 3)
-opt = make_adamw(lin.parameters(), TrainConfig(method="specific", latents=4, k=1))
+opt = make_adamw(lin.parameters(), TrainConfig.from_preset(method="specific", latents=4, k=1))
 lin(torch.randn(2, 3)).sum().backward()
 opt.step()  # imports torch._dynamo, as every training does
 dist.close()
@@ -207,4 +207,4 @@ def test_batch_slices_cover_the_global_batch():
 def test_more_ranks_than_rows_per_batch_is_refused(data):
     store = PairedEmbeddings.open(data).split("train")
     with pytest.raises(ConfigError, match="each of the 4 ranks needs at least one row"):
-        train(store, TrainConfig(method="shared", latents=16, k=2, batch_size=3, epochs=1), progress=False, dist=Distributed(0, 4))
+        train(store, TrainConfig.from_preset(method="shared", latents=16, k=2, batch_size=3, epochs=1), progress=False, dist=Distributed(0, 4))

@@ -342,7 +342,7 @@ def test_sharded_store_splits_batches_and_trains_like_the_concatenated_store(tmp
     pos = np.random.default_rng(0).permutation(sharded.n)[:50]  # a batch crossing every shard
     for mod in ("image", "text"):
         assert torch.equal(sharded.read(mod, pos), whole.read(mod, pos))
-    cfg = TrainConfig(method="specific", latents=32, k=4, batch_size=16, epochs=2, preset="synthetic")
+    cfg = TrainConfig.from_preset(method="specific", latents=32, k=4, batch_size=16, epochs=2, preset="synthetic")
     a, b = train(sharded, cfg, progress=False), train(whole, cfg, progress=False)
     for mod in ("image", "text"):
         for (name, va), vb in zip(a.sae_for(mod).state_dict().items(), b.sae_for(mod).state_dict().values()):

@@ -41,12 +41,12 @@ def test_presets_match_paper():
     with pytest.raises(ConfigError, match="unknown preset 'fast'"):
         TrainConfig.from_preset("fast")
     with pytest.raises(ConfigError, match="method"):
-        TrainConfig(method="joint")
+        TrainConfig.from_preset(method="joint")
 
 
 def test_parameter_matching():
-    shared = TrainConfig(method="shared", latents=8192, k=16)
-    spec = TrainConfig(method="specific", latents=8192, k=16)
+    shared = TrainConfig.from_preset(method="shared", latents=8192, k=16)
+    spec = TrainConfig.from_preset(method="specific", latents=8192, k=16)
     assert (shared.latents_per_sae, spec.latents_per_sae) == (8192, 4096)
     # Two m/2 SAEs hold the weights of one m SAE (only the d-sized decoder bias is counted twice).
     assert 2 * n_params_for(256, 4096) - n_params_for(256, 8192) == 256
@@ -54,7 +54,7 @@ def test_parameter_matching():
 
 def test_k_must_be_below_m():
     with pytest.raises(ConfigError, match="1 <= k < m, found k=32 with m=32"):
-        TrainConfig(method="specific", latents=64, k=32)
+        TrainConfig.from_preset(method="specific", latents=64, k=32)
 
 
 def test_cosine_schedule_with_warmup():
@@ -97,27 +97,27 @@ def test_each_method_trains_and_reduces_error(store, tmp_path, method):
 def test_specific_on_image_only_store(tmp_path):
     make_store(tmp_path / "img", n=200, d=16, text=False)
     s = PairedEmbeddings.open(tmp_path / "img")
-    pair = train(s, TrainConfig(method="specific", **SMALL), tmp_path / "run", progress=False)
+    pair = train(s, TrainConfig.from_preset(method="specific", **SMALL), tmp_path / "run", progress=False)
     assert pair.text is None and pair.image is not None
     with pytest.raises(DataError, match="has no text.npy, which method iso-energy needs"):
-        train(s, TrainConfig(method="iso-energy", **SMALL), tmp_path / "run2", progress=False)
+        train(s, TrainConfig.from_preset(method="iso-energy", **SMALL), tmp_path / "run2", progress=False)
     assert not (tmp_path / "run2").exists()  # bad input writes nothing
 
 
 def test_same_seed_same_weights(store):
-    a = train(store, TrainConfig(method="shared", seed=3, **SMALL), progress=False)
-    b = train(store, TrainConfig(method="shared", seed=3, **SMALL), progress=False)
-    c = train(store, TrainConfig(method="shared", seed=4, **SMALL), progress=False)
+    a = train(store, TrainConfig.from_preset(method="shared", seed=3, **SMALL), progress=False)
+    b = train(store, TrainConfig.from_preset(method="shared", seed=3, **SMALL), progress=False)
+    c = train(store, TrainConfig.from_preset(method="shared", seed=4, **SMALL), progress=False)
     assert torch.equal(a.image.W_dec, b.image.W_dec) and torch.equal(a.image.W_enc, b.image.W_enc)
     assert not torch.equal(a.image.W_dec, c.image.W_dec)
 
 
 def test_run_refuses_to_overwrite_and_resume_checks_config(store, tmp_path):
-    train(store, TrainConfig(method="specific", **SMALL), tmp_path / "run", progress=False)
+    train(store, TrainConfig.from_preset(method="specific", **SMALL), tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match="already holds a run"):
-        train(store, TrainConfig(method="specific", **SMALL), tmp_path / "run", progress=False)
+        train(store, TrainConfig.from_preset(method="specific", **SMALL), tmp_path / "run", progress=False)
     with pytest.raises(CheckpointError, match=r"field 'k' is 4 in the saved run, the resumed run asks for 5"):
-        train(store, TrainConfig(method="specific", **{**SMALL, "k": 5}), tmp_path / "run", resume=True, progress=False)
+        train(store, TrainConfig.from_preset(method="specific", **{**SMALL, "k": 5}), tmp_path / "run", resume=True, progress=False)
 
 
 _KILL_SCRIPT = """
@@ -126,7 +126,7 @@ from dualsae.store.paired import PairedEmbeddings
 from dualsae.training.config import TrainConfig
 from dualsae.training.trainer import train
 store = PairedEmbeddings.open(sys.argv[1]).split("train")
-cfg = TrainConfig(method=sys.argv[3], latents=64, k=4, batch_size=32, epochs=4, checkpoint_every=5, log_every=2)
+cfg = TrainConfig.from_preset(method=sys.argv[3], latents=64, k=4, batch_size=32, epochs=4, checkpoint_every=5, log_every=2)
 slow = (lambda step, logs: time.sleep(0.05)) if sys.argv[4] == "slow" else None
 train(store, cfg, sys.argv[2], progress=False, on_step=slow)
 """
@@ -149,7 +149,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, method):
     proc.wait()
     assert ckpt.exists() and not (run / "summary.json").exists(), "the run should have been killed mid-way"
     store = PairedEmbeddings.open(tmp_path / "data").split("train")
-    cfg = TrainConfig(method=method, latents=64, k=4, batch_size=32, epochs=4, checkpoint_every=5, log_every=2)
+    cfg = TrainConfig.from_preset(method=method, latents=64, k=4, batch_size=32, epochs=4, checkpoint_every=5, log_every=2)
     resumed = train(store, cfg, run, resume=True, progress=False)
     fresh = train(store, cfg, tmp_path / "fresh", progress=False)
     for mod in ("image", "text"):

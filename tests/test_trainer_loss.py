@@ -82,19 +82,19 @@ def reference_loss(p: dict, dead: torch.Tensor, x_by_mod: list[torch.Tensor], cf
     """The per-pair loss of one SAE (parameters ``p``, float64 leaves) on B pairs."""
     x = torch.cat(x_by_mod)
     nmod, b = len(x_by_mod), len(x_by_mod[0])
-    z, pre = dense_codes(p, x, cfg.activation, cfg.k)
+    z, pre = dense_codes(p, x, cfg.sae.activation, cfg.sae.k)
     recon = z @ p["W_dec"] + p["b_dec"]
     sq = (x - recon).pow(2).sum(1)  # [nmod * B]
     loss = sq.view(nmod, b).sum(0).mean()  # sum over modalities, mean over pairs
-    if cfg.activation == "relu":
-        loss = loss + cfg.l1_coef * z.abs().sum(1).view(nmod, b).sum(0).mean()
-    elif cfg.aux_coef > 0 and bool(dead.any()):
-        k_aux = min(cfg.aux_k if cfg.aux_k is not None else D // 2, int(dead.sum()))
+    if cfg.sae.activation == "relu":
+        loss = loss + cfg.sae.l1_coef * z.abs().sum(1).view(nmod, b).sum(0).mean()
+    elif cfg.sae.aux_coef > 0 and bool(dead.any()):
+        k_aux = min(cfg.sae.aux_k if cfg.sae.aux_k is not None else D // 2, int(dead.sum()))
         dead_pre = pre.detach().masked_fill(~dead, -math.inf)
         sel = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, dead_pre.topk(k_aux, dim=1).indices, True)
         e_hat = (pre.clamp_min(0) * sel) @ p["W_dec"]
         aux = ((x - recon).detach() - e_hat).pow(2).sum(1)
-        loss = loss + cfg.aux_coef * aux.view(nmod, b).sum(0).mean()
+        loss = loss + cfg.sae.aux_coef * aux.view(nmod, b).sum(0).mean()
     if cfg.method == "group-sparse":
         loss = loss + cfg.group_sparse_lambda * scale * per_pair_group_sparse(z[:b], z[b:])
     elif cfg.method == "iso-energy" and cfg.iso_energy_form == "cosine":
@@ -130,7 +130,7 @@ def _case_id(case: dict) -> str:
 def test_member_loss_equals_hand_built_terms(case):
     """Value and gradients of the trainer's loss = the dense per-pair reference, for each method."""
     store = tiny_store()
-    cfg = TrainConfig(latents=LATENTS, k=K, aux_coef=0.5, dead_window=1, seed=1, **case)
+    cfg = TrainConfig.from_preset(latents=LATENTS, k=K, aux_coef=0.5, dead_window=1, seed=1, **case)
     members = _make_members(cfg, store, torch.device("cpu"))
     pos = np.arange(3, 3 + B)
     batch = {m: store.read(m, pos) for m in ("image", "text")}
@@ -165,7 +165,7 @@ def test_reference_terms_are_not_vacuous():
     so each mutation listed in the module docstring changes the compared value or gradient."""
     store = tiny_store()
     x_by_mod = [store.read(m, np.arange(3, 3 + B)).double() for m in ("image", "text")]
-    sae = _make_members(TrainConfig(method="shared", latents=LATENTS, k=K), store, torch.device("cpu"))[0].sae
+    sae = _make_members(TrainConfig.from_preset(method="shared", latents=LATENTS, k=K), store, torch.device("cpu"))[0].sae
     p = {n: getattr(sae, n).detach().double() for n in PARAMS}
     z, _ = dense_codes(p, torch.cat(x_by_mod), "topk", K)
     gs = per_pair_group_sparse(z[:B], z[B:]).item()
@@ -179,7 +179,7 @@ def test_calibration_without_warmup_is_moment_ratio_of_initial_codes():
     """With no warm-up the scale is E[v^2]/E[v] over the active codes of the initial SAE (after the
     decoder-bias initialisation) on the calibration rows, computed here from dense codes."""
     store = tiny_store(n=60)
-    cfg = TrainConfig(method="group-sparse", latents=LATENTS, k=K, batch_size=8, epochs=2, group_sparse_scale_warmup=0.0)
+    cfg = TrainConfig.from_preset(method="group-sparse", latents=LATENTS, k=K, batch_size=8, epochs=2, group_sparse_scale_warmup=0.0)
     record = calibrate(store, cfg, torch.device("cpu"))
     assert record["warmup_steps"] == 0 and record["rows"] == min(CALIBRATION_ROWS, 60)
     sae = _make_members(cfg, store, torch.device("cpu"))[0].sae
@@ -196,7 +196,7 @@ def test_train_uses_the_scale_fixed_before_training(tmp_path):
     term of its very first step is lambda * that scale * the penalty of the initial SAE's codes; with
     a warm-up the scale differs from the initial codes' own ratio, so re-estimating per batch fails."""
     store = tiny_store(n=64)
-    cfg = TrainConfig(method="group-sparse", latents=LATENTS, k=K, batch_size=8, epochs=3, log_every=1,
+    cfg = TrainConfig.from_preset(method="group-sparse", latents=LATENTS, k=K, batch_size=8, epochs=3, log_every=1,
                       group_sparse_lambda=0.4, group_sparse_scale_warmup=0.5, dec_bias_init="mean")
     first: dict = {}
     train(store, cfg, tmp_path / "run", progress=False, on_step=lambda step, logs: first.setdefault(step, dict(logs)))

@@ -6,50 +6,28 @@ import argparse
 import contextlib
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, open_data
+from dualsae.commands.flags import Flag, add_flags, dataclass_flags, given
 from dualsae.core.distributed import Distributed, resolve_device
 from dualsae.core.errors import CheckpointError, ConfigError
-from dualsae.training.guards import row_norm_check
-from dualsae.files.jsonfiles import config_from_dict
-from dualsae.files.outdir import check_output, claim_output, commit_output, read_manifest, sweep_temporaries
-from dualsae.models.load import read_run_config
 from dualsae.files.lock import output_lock
+from dualsae.files.outdir import (
+    check_output,
+    claim_output,
+    commit_output,
+    read_manifest,
+    sweep_temporaries,
+)
+from dualsae.models.load import read_run_config
+from dualsae.models.sae import SAEConfig
 from dualsae.training.config import METHODS, PRESETS, TrainConfig
+from dualsae.training.guards import row_norm_check
 from dualsae.training.trainer import train
 
-# CLI flag -> TrainConfig field, for every field a user may override.
-_FLAGS: dict[str, tuple[str, type, str]] = {
-    "latents": ("--latents", int, "latents m of the shared SAE; each specific SAE gets m/2"),
-    "k": ("--k", int, "active latents per input, TopK's K"),
-    "activation": ("--activation", str, "topk | batchtopk | relu"),
-    "lr": ("--lr", float, "learning rate"),
-    "beta1": ("--beta1", float, "AdamW beta1"),
-    "beta2": ("--beta2", float, "AdamW beta2"),
-    "eps": ("--eps", float, "AdamW epsilon"),
-    "weight_decay": ("--weight-decay", float, "AdamW weight decay"),
-    "batch_size": ("--batch-size", int, "pairs per step"),
-    "epochs": ("--epochs", int, "passes over the training rows"),
-    "warmup_frac": ("--warmup-frac", float, "linear warm-up share of the steps"),
-    "schedule": ("--schedule", str, "cosine | constant"),
-    "grad_clip": ("--grad-clip", float, "max gradient norm per SAE, 0 = off"),
-    "seed": ("--seed", int, "random seed of initialisation and batch order"),
-    "aux_k": ("--aux-k", int, "dead latents used by AuxK"),
-    "aux_coef": ("--aux-coef", float, "AuxK coefficient"),
-    "dead_window": ("--dead-window", int, "samples without firing before a latent counts as dead"),
-    "dec_bias_init": ("--dec-bias-init", str, "geometric_median | mean | zero"),
-    "l1_coef": ("--l1-coef", float, "L1 coefficient for --activation relu"),
-    "group_sparse_lambda": ("--group-sparse-lambda", float, "group-sparse lambda (scale-free lambda-tilde of Prop. 3 by default)"),
-    "group_sparse_scale_warmup": ("--group-sparse-scale-warmup", float,
-                                  "share of the steps the warm-up that measures the group-sparse scale runs, once before training"),
-    "iso_energy_beta": ("--iso-energy-beta", float, "Iso-Energy beta"),
-    "iso_energy_form": ("--iso-energy-form", str, "cosine (official code) | dot (Prop. 4)"),
-    "checkpoint_every": ("--checkpoint-every", int, "steps between checkpoints"),
-    "log_every": ("--log-every", int, "steps between metrics.jsonl rows"),
-    "selection_dtype": ("--selection-dtype", str, "float32 | bfloat16: dtype of the product that picks the active latents only; values and gradients stay float32"),
-}
+#: Every TrainConfig field a user may set (the SAE fields in the place of ``sae``), from the fields' metadata.
+FLAGS: list[Flag] = dataclass_flags(TrainConfig, nested={"sae": SAEConfig})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,13 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder(s) into --out. Interrupted runs continue with --resume.",
     )
     p.add_argument("--data", required=True, help="store folder (image.npy, text.npy, optional meta.jsonl)")
-    p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default: specific)")
     p.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
-    p.add_argument("--preset", default=None, help=f"hyper-parameter preset: {', '.join(PRESETS)} (default: real)")
-    for field_name, (flag, typ, text) in _FLAGS.items():
-        p.add_argument(flag, dest=field_name, type=typ, default=None, help=f"{text} ({default_text(field_name)})")
-    p.add_argument("--no-scale-free-lambda", dest="group_sparse_scale_free", action="store_const", const=False, default=None,
-                   help="use --group-sparse-lambda as a raw coefficient instead of Prop. 3's scale-free lambda-tilde")
+    add_flags(p, FLAGS, default_text)
     add_split_args(p, None, model_default=False)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (flags you give must match its config)")
     p.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
@@ -77,27 +50,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_text(name: str) -> str:
-    """The real default of TrainConfig field ``name`` as help text: one value, or one per preset."""
-    per_preset = {p: TrainConfig.from_preset(p, method="shared") for p in PRESETS}
-    values = {p: getattr(c, name) for p, c in per_preset.items()}
-    extra = {"aux_k": "min(d/2, m)", "iso_energy_beta": "4e-4 for the cosine form, 1.0 for the dot form"}
-    if name in extra:
-        return f"default: {extra[name]}"
+def default_text(flag: Flag) -> str:
+    """The real default of a flag's field as help text: one value, or one per preset."""
+    if flag.default_note is not None:
+        return f"default: {flag.default_note}"
+    if flag.dest in ("method", "preset"):  # not preset values: what an unset flag means
+        return f"default: {getattr(TrainConfig(), flag.dest)}"
+    values = {p: TrainConfig.from_preset(p, method="shared").flat_dict()[flag.dest] for p in PRESETS}
     if len(set(map(repr, values.values()))) == 1:
         return f"default: {values['real']}"
     return "default: " + ", ".join(f"{v} with --preset {p}" for p, v in values.items())
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    explicit = {k: getattr(args, k) for k in known if getattr(args, k, None) is not None}
+    explicit = given(args, FLAGS)
+    # The split fields' flags are the shared ones of commands.common.add_split_args.
+    explicit.update({k: getattr(args, k) for k in ("split", "test_fraction", "split_seed") if getattr(args, k, None) is not None})
     cfg_path = Path(args.out) / "config.json"
     if args.resume and cfg_path.is_file():
         saved = read_run_config(Path(args.out))["train"]
         if not isinstance(saved, dict):
             raise CheckpointError(f"{cfg_path}: field 'train' must be a JSON object, found {json.dumps(saved)}")
-        return config_from_dict(TrainConfig, {**saved, **explicit}, str(cfg_path), "training", CheckpointError)
+        try:
+            return TrainConfig.from_dict(saved, str(cfg_path)).with_overrides(**explicit)
+        except ConfigError as e:  # a flag's value out of range: say which run it was laid over
+            raise CheckpointError(f"{cfg_path}: {e}") from None
     explicit.setdefault("method", "specific")
     preset = explicit.pop("preset", "real")
     return TrainConfig.from_preset(preset, **explicit)
@@ -136,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("final", {})
     parts = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("mse_") or k in ("l0", "dead_frac"))
-    print(f"trained {config.method} ({config.latents_per_sae} latents per SAE, k={config.k}) in {summary['seconds']:.1f}s, "
+    print(f"trained {config.method} ({config.latents_per_sae} latents per SAE, k={config.sae.k}) in {summary['seconds']:.1f}s, "
           f"{summary['steps']} steps -> {args.out}  [{parts}]")
     return 0
 

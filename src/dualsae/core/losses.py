@@ -5,9 +5,14 @@ the batch, so the auxiliary-loss coefficients mean what the theory of Prop. 3 / 
 mean (both terms are per-sample sums). All alignment losses work on :class:`SparseCodes`: the
 matching of active latents between an image code and a text code is a ``[batch, k, k]`` index
 comparison, never a dense ``[batch, m]`` matrix.
+
+A training method's loss is a table of named :class:`LossTerm` s (``dualsae.training.methods``):
+the trainer adds ``weight * value`` of each to the loss and logs each ``value`` under its name.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +21,21 @@ from dualsae.core.codes import SparseCodes
 from dualsae.core.topk import topk_indices
 
 _EPS = 1e-12
+
+
+class LossTerm(NamedTuple):
+    """One named term of a training loss: the loss gains ``weight * value``; ``value`` is logged.
+
+    value: [] scalar tensor with autograd. weight: a constant (a coefficient such as AuxK's, or 1.0
+    for a term that carries its coefficient already); 1.0 adds ``value`` itself (no extra op).
+    """
+
+    value: torch.Tensor
+    weight: float = 1.0
+
+    def weighted(self) -> torch.Tensor:
+        """weight * value ([] tensor)."""
+        return self.value if self.weight == 1.0 else self.weight * self.value
 
 
 def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:

@@ -16,41 +16,55 @@ Training uses the sparse path (``forward``): the dense encoder product that *sel
 latents runs without autograd; only the k selected pre-activations are recomputed with a graph
 (a gather of k encoder rows), and decoding is an ``embedding_bag``. Its output equals the dense
 computation (tested in ``tests/test_sae.py``).
+
+The activation sigma is a typed config of its own (:mod:`dualsae.models.activations`: TopK,
+BatchTopK, ReLU), looked up by the name ``SAEConfig.activation`` that ``config.json`` stores; it
+holds the selection and encoding logic, the SAE the maps they share.
 """
 
 from __future__ import annotations
 
-
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from dualsae.files.atomic import save_tensors, write_json
-from dualsae.core.codes import SparseCodes
-from dualsae.core.distributed import all_min, all_sum, batch_topk
-from dualsae.core.errors import CheckpointError, ConfigError
-from dualsae.files.jsonfiles import config_from_dict, read_json_object
-from dualsae.core.sparse_ops import DecoderDots, Pattern, gather_pre, gather_pre_values, sort_rows, sparse_decode
-from dualsae.core.topk import topk, topk_indices
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-import numpy as np
+from torch import nn
 
-ACTIVATIONS = ("topk", "batchtopk", "relu")
+from dualsae.core.codes import SparseCodes
+from dualsae.core.distributed import all_sum
+from dualsae.core.errors import CheckpointError, ConfigError
+from dualsae.core.sparse_ops import (
+    DecoderDots,
+    Pattern,
+    gather_pre,
+    gather_pre_values,
+    sort_rows,
+    sparse_decode,
+)
+from dualsae.files.atomic import save_tensors, write_json
+from dualsae.files.jsonfiles import config_from_dict, read_json_object
+from dualsae.models.activations import ACTIVATIONS, activation_for
+from dualsae.models.activations.base import SAEOutput
+
 DEC_BIAS_INITS = ("geometric_median", "mean", "zero")
 SAE_FORMAT = "dualsae.sae/1"
 
 
 @dataclass(frozen=True)
 class SAEConfig:
-    """Architecture and per-SAE training regularisers.
+    """Architecture and per-SAE training regularisers (the ``sae`` field of an SAE's ``config.json``).
 
-    d: embedding dimension; m: number of latents; k: active latents per input (TopK) or mean active
-    latents per input (BatchTopK, k*batch over the batch).
+    d: embedding dimension; m: number of latents. Both are ``None`` in the SAE config a
+    :class:`~dualsae.training.config.TrainConfig` holds: there d comes from the store and m from
+    the training config's ``latents`` and method; an :class:`SAE` needs both.
+    k: active latents per input (TopK) or mean active latents per input (BatchTopK, k*batch over
+    the batch); unused by ReLU.
+    activation: the name of the activation in :data:`dualsae.models.activations.ACTIVATIONS`; the
+    activation's own parameters (k, threshold_momentum, l1_coef) are the fields of the same names.
     aux_k: dead latents used by the AuxK loss (Gao et al. 2024); ``None`` means min(d // 2, m).
         Gao et al. use 512 at d=768-4096; half the input dimension keeps the same ratio for the
         512-d and 256-d embeddings here.
@@ -66,30 +80,29 @@ class SAEConfig:
     threshold_momentum: EMA momentum of the BatchTopK inference threshold.
     """
 
-    d: int
-    m: int
-    k: int = 32
-    activation: str = "topk"
-    aux_k: int | None = None
-    aux_coef: float = 1.0 / 32.0
-    dead_window: int = 20_000
-    dec_bias_init: str = "geometric_median"
-    l1_coef: float = 1e-3
-    threshold_momentum: float = 0.99
+    d: int | None = field(default=None, metadata={"cli": False})
+    m: int | None = field(default=None, metadata={"cli": False})
+    k: int = field(default=32, metadata={"help": "active latents per input, TopK's K"})
+    activation: str = field(default="topk", metadata={"help": "activation", "choices": tuple(ACTIVATIONS)})
+    aux_k: int | None = field(default=None, metadata={"help": "dead latents used by AuxK", "default": "min(d/2, m)"})
+    aux_coef: float = field(default=1.0 / 32.0, metadata={"help": "AuxK coefficient"})
+    dead_window: int = field(default=20_000, metadata={"help": "samples without firing before a latent counts as dead"})
+    dec_bias_init: str = field(default="geometric_median", metadata={"help": "initialisation of b_dec", "choices": DEC_BIAS_INITS})
+    l1_coef: float = field(default=1e-3, metadata={"help": "L1 coefficient for --activation relu"})
+    threshold_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the BatchTopK inference threshold"})
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        if self.d < 1:
+        if self.d is not None and self.d < 1:
             raise ConfigError(f"SAE config field 'd' must be >= 1, found {self.d}")
-        if self.m < 2:
+        if self.m is not None and self.m < 2:
             raise ConfigError(f"SAE config field 'm' (latents) must be >= 2, found {self.m}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"SAE config field 'activation' must be one of {', '.join(ACTIVATIONS)}, found {self.activation!r}")
-        if self.activation != "relu" and not (1 <= self.k < self.m):
-            raise ConfigError(f"SAE config field 'k' must satisfy 1 <= k < m (m={self.m}), found k={self.k}")
-        if self.aux_k is not None and not (1 <= self.aux_k <= self.m):
+        activation_for(self).validate(self.m)
+        if self.aux_k is not None and not (1 <= self.aux_k <= (self.m if self.m is not None else self.aux_k)):
             raise ConfigError(f"SAE config field 'aux_k' must be in [1, m={self.m}], found {self.aux_k}")
         if self.aux_coef < 0:
             raise ConfigError(f"SAE config field 'aux_coef' must be >= 0, found {self.aux_coef}")
@@ -100,6 +113,7 @@ class SAEConfig:
 
     @property
     def effective_aux_k(self) -> int:
+        assert self.d is not None and self.m is not None, "an SAE config without d and m has no aux_k"
         return self.aux_k if self.aux_k is not None else min(max(self.d // 2, 1), self.m)
 
     def to_dict(self) -> dict:
@@ -108,19 +122,6 @@ class SAEConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "SAEConfig":
         return config_from_dict(cls, data, source, "SAE config", CheckpointError, required=("d", "m"))
-
-
-class SAEOutput(NamedTuple):
-    """What a training forward pass returns.
-
-    codes:    sparse codes with autograd on ``values`` (``[batch, width]``)
-    recon:    reconstruction x_hat, ``[batch, d]``
-    pre_acts: full pre-activations ``[batch, m]`` *without* autograd (for AuxK's dead-latent pick)
-    """
-
-    codes: SparseCodes
-    recon: torch.Tensor
-    pre_acts: torch.Tensor
 
 
 def _unit_rows(w: torch.Tensor) -> torch.Tensor:
@@ -142,32 +143,16 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-7) -> to
     return y.float()
 
 
-def flat_topk_to_padded(flat_idx: torch.Tensor, batch: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn flat indices into a ``[batch, m]`` matrix into padded per-row index lists.
-
-    Returns ``(indices [batch, width], mask [batch, width])``; ``width`` is the largest row count.
-    Padding entries point at latent 0 and have ``mask`` False.
-    """
-    flat_idx, _ = flat_idx.sort()
-    rows = flat_idx // m
-    cols = flat_idx % m
-    counts = torch.bincount(rows, minlength=batch)
-    width = max(int(counts.max().item()) if counts.numel() else 0, 1)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(flat_idx.numel(), device=flat_idx.device) - starts[rows]
-    idx = torch.zeros(batch, width, dtype=torch.long, device=flat_idx.device)
-    mask = torch.zeros(batch, width, dtype=torch.bool, device=flat_idx.device)
-    idx[rows, pos] = cols
-    mask[rows, pos] = True
-    return idx, mask
-
-
 class SAE(nn.Module):
     """TopK / BatchTopK / ReLU sparse autoencoder with separate encoder and decoder (eq. 3)."""
 
     def __init__(self, config: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
+        if config.d is None or config.m is None:
+            raise ConfigError(f"an SAE needs its config's d and m, found d={config.d}, m={config.m}")
         self.config = config
+        #: The typed activation (TopK / BatchTopK / ReLU): the selection and encoding of sigma.
+        self.activation = activation_for(config)
         d, m = config.d, config.m
         w = torch.randn(m, d, generator=generator)
         w = _unit_rows(w)
@@ -270,21 +255,7 @@ class SAE(nn.Module):
         ReLU: all positive pre-activations.
         """
         x = x.to(self.W_enc.dtype)
-        pre = self.pre_activations(x)
-        act = self.config.activation
-        if act == "topk":
-            vals, idx = topk(pre, self.config.k)
-            codes = SparseCodes(vals.clamp_min(0), idx, self.m)
-        elif act == "batchtopk":
-            thr = float(self.threshold.item())
-            if thr < 0:
-                # Never trained: fall back to per-sample TopK so an untrained model still works.
-                vals, idx = topk(pre, self.config.k)
-                codes = SparseCodes(vals.clamp_min(0), idx, self.m)
-            else:
-                codes = SparseCodes.from_dense(pre * (pre > thr))
-        else:
-            codes = SparseCodes.from_dense(pre.clamp_min(0))
+        codes = self.activation.encode(self, self.pre_activations(x))
         return codes.to_dense() if dense else codes
 
     @torch.no_grad()
@@ -298,45 +269,10 @@ class SAE(nn.Module):
 
         The dense product that chooses the active latents runs under ``no_grad``; the selected
         pre-activations are recomputed with autograd from k gathered encoder rows; decoding is an
-        ``embedding_bag``. Gradients equal those of the dense computation.
+        ``embedding_bag``. Gradients equal those of the dense computation. (ReLU is dense.) The
+        activation does it: :meth:`dualsae.models.activations.base.Activation.forward`.
         """
-        act = self.config.activation
-        with torch.no_grad():
-            pre_all = self.selection_pre_activations(x) if act != "relu" else self.pre_activations(x)
-        if act == "topk":
-            idx = topk_indices(pre_all, self.config.k).sort(dim=1).values
-            pattern = Pattern(idx, self.m)
-            vals = F.relu(self.gather_pre(x, idx, pre_all, pattern))
-        elif act == "batchtopk":
-            batch = x.shape[0]
-            # Under torchrun the k * batch selection is over the global batch (dualsae.core.distributed).
-            flat = batch_topk(F.relu(pre_all).flatten(), self.config.k * batch)
-            idx, mask = sort_rows(*flat_topk_to_padded(flat, batch, self.m))
-            pattern = Pattern(idx, self.m)
-            vals = F.relu(self.gather_pre(x, idx, pre_all, pattern)) * mask
-            if self.training:
-                self._update_threshold(vals.detach(), mask)
-        else:
-            if self.decoder_dots is not None:
-                self.decoder_dots.valid = False  # a dense decode: the projection measures its dots itself
-            dense = F.relu(self.pre_activations(x))
-            codes = SparseCodes.from_dense(dense)
-            return SAEOutput(codes, dense @ self.W_dec + self.b_dec, pre_all)
-        codes = SparseCodes(vals, idx, self.m)
-        return SAEOutput(codes, self.decode_sparse(vals, idx, pattern) + self.b_dec, pre_all)
-
-    @torch.no_grad()
-    def _update_threshold(self, vals: torch.Tensor, mask: torch.Tensor) -> None:
-        positive = vals[mask & (vals > 0)]
-        # The minimum over the global batch (every rank's share under torchrun); +inf: none fired.
-        batch_min = all_min(positive.min() if positive.numel() else vals.new_tensor(float("inf")))
-        if not torch.isfinite(batch_min):
-            return
-        if self.threshold.item() < 0:
-            self.threshold.copy_(batch_min)
-        else:
-            mu = self.config.threshold_momentum
-            self.threshold.mul_(mu).add_((1 - mu) * batch_min)
+        return self.activation.forward(self, x)
 
     @torch.no_grad()
     def update_fired(self, codes: SparseCodes) -> None:
@@ -408,6 +344,8 @@ class SAE(nn.Module):
         if "sae" not in raw:
             raise CheckpointError(f"{cfg_path}: expected field 'sae', found fields {sorted(raw)}")
         config = SAEConfig.from_dict(raw["sae"], source=str(cfg_path))
+        if config.d is None or config.m is None:
+            raise CheckpointError(f"{cfg_path}: SAE config fields 'd' and 'm' must be integers, found d={config.d}, m={config.m}")
         model = cls(config)
         model.load_state_dict(load_checked_tensors(folder / "model.safetensors", model.state_dict()))
         return model.to(device)

@@ -1,17 +1,21 @@
-"""Checkpoint I/O of a training run: weights, optimizer moments and the step, written atomically;
-the metrics log truncated back to the checkpoint on resume.
+"""Checkpoint I/O of a training run: weights, optimizer moments and the step, written atomically
+(``<run>/checkpoint/state.safetensors``, :mod:`dualsae.models.run_schema`); the metrics log
+truncated back to the checkpoint on resume; where the last good state is, for error messages.
 """
 
 from __future__ import annotations
+
 import json
 import math
 from pathlib import Path
+
 import torch
-from dualsae.files.atomic import save_tensors, write_text
-from dualsae.core.errors import CheckpointError
-from dualsae.training.config import RUN_FORMAT
-from dualsae.training.step import _Member
 from safetensors import safe_open
+
+from dualsae.core.errors import CheckpointError
+from dualsae.files.atomic import save_tensors, write_text
+from dualsae.models.run_schema import CHECKPOINT_DIR, CHECKPOINT_FILE, RUN_FORMAT
+from dualsae.training.step import _Member
 
 
 def _opt_tensors(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -33,7 +37,14 @@ def _load_opt(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict(sd)
 
 
-def _save_checkpoint(run_dir: Path, members: list[_Member], step: int) -> None:
+def checkpoint_path(run_dir: Path) -> Path:
+    """<run>/checkpoint/state.safetensors."""
+    return run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+
+def save_checkpoint(run_dir: Path, members: list[_Member], step: int) -> None:
+    """Write every member's SAE tensors and AdamW moments (``<member>.sae.*``, ``<member>.opt.*``) and
+    the step (metadata) atomically."""
     tensors: dict[str, torch.Tensor] = {}
     for mem in members:
         for key, val in mem.sae.state_dict().items():
@@ -43,12 +54,13 @@ def _save_checkpoint(run_dir: Path, members: list[_Member], step: int) -> None:
     meta = {"step": str(step), "format": RUN_FORMAT}
     if members[0].gs_scale is not None:
         meta["group_sparse_scale"] = repr(members[0].gs_scale)
-    save_tensors(run_dir / "checkpoint" / "state.safetensors", tensors, metadata=meta)
+    save_tensors(checkpoint_path(run_dir), tensors, metadata=meta)
 
 
-def _load_checkpoint(run_dir: Path, members: list[_Member]) -> int:
-
-    path = run_dir / "checkpoint" / "state.safetensors"
+def load_checkpoint(run_dir: Path, members: list[_Member]) -> int:
+    """Restore the members from the run's checkpoint, checking names and shapes; returns its step
+    (0 when there is none)."""
+    path = checkpoint_path(run_dir)
     if not path.exists():
         return 0
     if not path.is_file():
@@ -79,7 +91,7 @@ def _load_checkpoint(run_dir: Path, members: list[_Member]) -> int:
     return int(meta["step"])
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint we resume from (they will be written again)."""
     if not path.is_file():
         return
@@ -95,3 +107,15 @@ def _logged_step(line: str) -> float:
         return float(row.get("step", 0)) if isinstance(row, dict) else math.inf
     except (ValueError, TypeError):
         return math.inf
+
+
+def last_good(run_dir: Path | None) -> str:
+    """Where the last good training state is, for a divergence message."""
+    if run_dir is None:
+        return "nothing was saved"
+    path = checkpoint_path(run_dir)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            step = (f.metadata() or {}).get("step", "?")
+        return f"the last good checkpoint (step {step}) is kept in {path.parent}"
+    return f"no checkpoint was saved yet in {run_dir} (one is written every --checkpoint-every steps)"

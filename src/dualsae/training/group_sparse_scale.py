@@ -23,17 +23,21 @@ back instead of measuring it again, so it continues with the exact same float.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
+from dualsae.core.errors import CheckpointError
 from dualsae.core.losses import activation_scale
-
+from dualsae.files.atomic import write_json
+from dualsae.files.jsonfiles import read_json_object
+from dualsae.models.run_schema import CONFIG_FILE
 from dualsae.store.paired import PairedEmbeddings
-from dualsae.training.config import TrainConfig
-from dualsae.training.step import _BatchOrder, _make_members, _step
-from dualsae.training.config import lr_at, steps_per_epoch
+from dualsae.training.config import TrainConfig, lr_at, steps_per_epoch
+from dualsae.training.run_folder import run_config_dict
+from dualsae.training.step import _BatchOrder, _make_members, _Member, _step
 
 #: Rows per modality whose codes give the scale (the same sample initialises the decoder bias).
 CALIBRATION_ROWS = 10_000
@@ -77,4 +81,36 @@ def calibrate(store: "PairedEmbeddings", config: "TrainConfig", device: torch.de
     return {"group_sparse_scale": scale, "warmup_steps": steps, "rows": int(len(sample["image"]))}
 
 
-__all__ = ["calibrate", "needs_calibration", "CALIBRATION_ROWS"]
+def use_group_sparse_scale(members: list[_Member], config: TrainConfig, store: PairedEmbeddings, device: torch.device,
+                           run_dir: Path | None, resume: bool) -> dict | None:
+    """Fix the group-sparse scale of this run before its first step and record it in config.json.
+
+    A resumed run reads the value config.json recorded (the checkpoint records it too, and must
+    agree); a new run measures it (:func:`calibrate`). Returns the calibration record, or None
+    when the run's loss has no measured scale.
+    """
+    if not needs_calibration(config):
+        return None
+    saved = None
+    cfg_path = run_dir / CONFIG_FILE if run_dir is not None else None
+    if resume and cfg_path is not None and cfg_path.is_file():
+        saved = read_json_object(cfg_path, error=CheckpointError).get("calibration")
+    if isinstance(saved, dict) and isinstance(saved.get("group_sparse_scale"), float):
+        record = saved
+        for mem in members:  # set from the checkpoint's metadata when one was loaded
+            if mem.gs_scale is not None and mem.gs_scale != record["group_sparse_scale"]:
+                raise CheckpointError(
+                    f"{run_dir}/checkpoint/state.safetensors: group_sparse_scale is {mem.gs_scale!r}, "
+                    f"{cfg_path} records {record['group_sparse_scale']!r}; the run folder was altered"
+                )
+    else:
+        # Deterministic in (config, rows): a resumed run whose config.json lacks it measures the same value.
+        record = calibrate(store, config, device)
+        if cfg_path is not None:
+            write_json(cfg_path, run_config_dict(config, store, record))
+    for mem in members:
+        mem.gs_scale = record["group_sparse_scale"]
+    return record
+
+
+__all__ = ["calibrate", "needs_calibration", "use_group_sparse_scale", "CALIBRATION_ROWS"]

@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import DataError, DualSAEError
+from dualsae.store.paired import PairedEmbeddings
 
 #: A row whose norm is this many times the median row norm is refused as an outlier.
 OUTLIER_FACTOR = 1000.0

@@ -1,20 +1,23 @@
 """One optimisation step of the trainer: the SAEs being trained (members), their AdamW and clipping,
-the per-member loss (eq. 4 + AuxK + the method's alignment term) and the batch order of an epoch.
+the per-member loss (the method's named terms, :mod:`dualsae.training.methods`, summed), the
+batch order of an epoch and the batches a rank reads.
 """
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field
 from typing import Callable
+
 import numpy as np
 import torch
-from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings, epoch_order
+
+from dualsae.core.distributed import Distributed
 from dualsae.core.sparse_ops import DecoderDots
-from dualsae.core.losses import aux_k_loss, group_sparse_loss, iso_energy_alignment, iso_energy_dot, l1_penalty, reconstruction_loss
 from dualsae.models.sae import SAE
-from dualsae.training.config import PAIRED_METHODS
-from dualsae.training.config import TrainConfig
-from dualsae.training.config import steps_per_epoch
+from dualsae.store.batches import BatchReader
+from dualsae.store.paired import PairedEmbeddings, epoch_order
+from dualsae.training.config import TrainConfig, steps_per_epoch
+from dualsae.training.methods import METHODS, Forward
 
 
 @dataclass
@@ -61,7 +64,7 @@ def clip_gradients(opt: torch.optim.Optimizer, max_norm: float) -> None:
 def _make_members(config: TrainConfig, store: PairedEmbeddings, device: torch.device) -> list[_Member]:
     gen = torch.Generator().manual_seed(config.seed)
     sae_cfg = config.sae_config(store.d)
-    if config.method == "specific":
+    if not METHODS[config.method].shared:
         mods = [m for m in ("image", "text") if store.has(m)]
         return [make_member(m, SAE(sae_cfg, generator=gen), (m,), config, device) for m in mods]
     mods = tuple(m for m in ("image", "text") if store.has(m))
@@ -82,49 +85,21 @@ def make_member(name: str, sae: SAE, modalities: tuple[str, ...], config: TrainC
 def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one SAE on one batch of B pairs, and scalar logs. batch[mod]: [B, d].
 
-    The loss is the mean over the B pairs of a per-pair sum over the modalities M this SAE sees
-    (eq. 4 per modality, the form of Props. 3-4 and of Kaushik et al.):
-
-        sum_{mod in M} ||x - x_hat||^2                                   reconstruction (eq. 4)
-      + aux_coef * sum_{mod in M} ||e - e_hat||^2                        AuxK (TopK / BatchTopK)
-      + l1_coef * sum_{mod in M} ||z||_1                                 (ReLU)
-      + group_sparse_lambda * gs_scale * sum_j sqrt(z_I,j^2 + z_T,j^2)   group-sparse
-      + 2 d beta * L_align (cosine form) or beta * (-z_I . z_T) (dot)    iso-energy
-
-    The 2 d turns the official Iso-Energy code's beta, which weighs L_align against an MSE averaged
-    over the concatenated [2B, d] image+text batch, into the same balance against our per-pair sum
-    (2 d times that MSE). ``gs_scale`` is fixed before training (dualsae.training.group_sparse_scale).
+    The method's loss function (:data:`dualsae.training.methods.METHODS`) names its terms; the loss
+    is their sum (each a mean over the B pairs of a per-pair sum, eq. 4 per modality), each term's
+    value is logged under its name, with the SAE's mean active latents ``l0``, its ``dead_frac``
+    and ``loss_<member>``.
     """
     sae = mem.sae
     mods = mem.modalities
     x = torch.cat([batch[m] for m in mods]) if len(mods) > 1 else batch[mods[0]]
     out = sae(x)
-    B = batch[mods[0]].shape[0]
+    terms = METHODS[config.method].loss(Forward(sae, x, out, mods, batch[mods[0]].shape[0], mem.gs_scale), config)
     logs: dict[str, float] = {}
     loss = x.new_zeros(())
-    for i, mod in enumerate(mods):
-        rec = reconstruction_loss(x[i * B:(i + 1) * B], out.recon[i * B:(i + 1) * B])
-        loss = loss + rec
-        logs[f"mse_{mod}"] = rec.item()
-    # aux_k_loss and l1_penalty average over the len(mods) * B rows; times len(mods) = per-pair sum.
-    if config.aux_coef > 0 and sae.config.activation != "relu":
-        aux = aux_k_loss(sae, x, x - out.recon, out.pre_acts)
-        loss = loss + config.aux_coef * len(mods) * aux
-        logs["aux"] = aux.item()
-    if sae.config.activation == "relu":
-        loss = loss + sae.config.l1_coef * len(mods) * l1_penalty(out.codes)
-    if config.method in PAIRED_METHODS:
-        zi = SparseCodes(out.codes.values[:B], out.codes.indices[:B], sae.m)
-        zt = SparseCodes(out.codes.values[B:], out.codes.indices[B:], sae.m)
-        if config.method == "group-sparse":
-            scale = 1.0 if mem.gs_scale is None else mem.gs_scale
-            align = group_sparse_loss(zi, zt, config.group_sparse_lambda, scale=scale)
-        elif config.iso_energy_form == "cosine":
-            align = config.beta_iso * 2 * sae.d * iso_energy_alignment(zi, zt)
-        else:
-            align = config.beta_iso * iso_energy_dot(zi, zt)
-        loss = loss + align
-        logs["align"] = align.item()
+    for name, term in terms.items():
+        loss = loss + term.weighted()
+        logs[name] = term.value.item()
     logs["l0"] = int((out.codes.values > 0).sum().item()) / out.codes.batch  # mean active per row
     sae.update_fired(out.codes.detach())
     logs["dead_frac"] = sae.dead_mask().float().mean().item()
@@ -177,3 +152,38 @@ class _BatchOrder:
             self._epoch, self._order = epoch, epoch_order(self.n, self.config.seed, epoch)
         bs = self.config.batch_size
         return self._order[within * bs:(within + 1) * bs]
+
+
+class _Batches:
+    """Each step's batch on ``device``: this rank's slice of the global batch of ``batch_size``
+    pairs (:class:`_BatchOrder`), read ahead in a background thread with ``prefetch``."""
+
+    def __init__(self, store: PairedEmbeddings, config: TrainConfig, dist: Distributed, total: int,
+                 device: torch.device, prefetch: bool | None) -> None:
+        order = _BatchOrder(store.n, config)
+        self.store, self.dist = store, dist
+        self.global_rows = min(config.batch_size, store.n)
+        self.reader = BatchReader(store, lambda s: dist.slice(order(s)), total, device, prefetch)
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        """{modality: [rows, d]} of step ``step``."""
+        return self.reader(step)
+
+    @staticmethod
+    def rows(batch: dict[str, torch.Tensor]) -> int:
+        return next(iter(batch.values())).shape[0]
+
+    def reduce_grads(self, batch: dict[str, torch.Tensor]) -> Callable[[torch.nn.Module], None] | None:
+        """Under torchrun: the gradient combination of this rank's share of the batch (else None)."""
+        if not self.dist.enabled:
+            return None
+        rows = self.rows(batch)
+        return lambda sae: self.dist.reduce_grads(sae, rows, self.global_rows)
+
+    def release(self, step: int) -> None:
+        """Let the OS drop the memory-mapped pages read so far (every 8 steps)."""
+        if step % 8 == 0:
+            self.store.release_pages()
+
+    def close(self) -> None:
+        self.reader.close()

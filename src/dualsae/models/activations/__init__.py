@@ -1,0 +1,32 @@
+"""Activations of the SAE (sigma of eq. 3), one module each, and their registry.
+
+To add one: a module with a frozen ``Activation`` dataclass (its parameters named as
+:class:`~dualsae.models.sae.SAEConfig` fields) and one line in :data:`ACTIVATIONS`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dualsae.models.activations.base import Activation, SAEOutput
+from dualsae.models.activations.batchtopk import BatchTopK
+from dualsae.models.activations.relu import ReLU
+from dualsae.models.activations.topk import TopK
+
+if TYPE_CHECKING:
+    from dualsae.models.sae import SAEConfig
+
+#: Name in ``config.json`` (``SAEConfig.activation``) -> activation class.
+ACTIVATIONS: dict[str, type[Activation]] = {
+    TopK.name: TopK,
+    BatchTopK.name: BatchTopK,
+    ReLU.name: ReLU,
+}
+
+
+def activation_for(config: "SAEConfig") -> Activation:
+    """The typed activation of an SAE config (its name looked up in :data:`ACTIVATIONS`)."""
+    return ACTIVATIONS[config.activation].from_sae_config(config)
+
+
+__all__ = ["ACTIVATIONS", "Activation", "BatchTopK", "ReLU", "SAEOutput", "TopK", "activation_for"]

@@ -1,0 +1,60 @@
+"""TopK activation (Gao et al. 2024; the paper's footnote 1): z = ReLU(TopK_k(pre)), k latents per row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from dualsae.core.codes import SparseCodes
+from dualsae.core.errors import ConfigError
+from dualsae.core.losses import LossTerm
+from dualsae.core.sparse_ops import Pattern
+from dualsae.core.topk import topk, topk_indices
+from dualsae.models.activations.base import Activation, SAEOutput, aux_k_terms
+
+if TYPE_CHECKING:
+    from dualsae.models.sae import SAE
+
+
+def check_k(k: int, m: int | None) -> None:
+    """1 <= k < m (the SAE config's message); nothing to check before m is known."""
+    if m is not None and not (1 <= k < m):
+        raise ConfigError(f"SAE config field 'k' must satisfy 1 <= k < m (m={m}), found k={k}")
+
+
+def topk_codes(pre: torch.Tensor, k: int, m: int) -> SparseCodes:
+    """The k largest pre-activations of each row, ReLU'd. pre: [batch, m] -> SparseCodes [batch, k]."""
+    vals, idx = topk(pre, k)
+    return SparseCodes(vals.clamp_min(0), idx, m)
+
+
+@dataclass(frozen=True)
+class TopK(Activation):
+    """k: active latents per input."""
+
+    k: int = 32
+    name: ClassVar[str] = "topk"
+
+    def validate(self, m: int | None) -> None:
+        check_k(self.k, m)
+
+    def forward(self, sae: "SAE", x: torch.Tensor) -> SAEOutput:
+        """The dense selection product runs without autograd; the k picked pre-activations are
+        recomputed with autograd from k gathered encoder rows; decoding is an ``embedding_bag``.
+        x: [batch, d] -> codes [batch, k], recon [batch, d], pre_acts [batch, m]."""
+        with torch.no_grad():
+            pre_all = sae.selection_pre_activations(x)
+        idx = topk_indices(pre_all, self.k).sort(dim=1).values
+        pattern = Pattern(idx, sae.m)
+        vals = F.relu(sae.gather_pre(x, idx, pre_all, pattern))
+        codes = SparseCodes(vals, idx, sae.m)
+        return SAEOutput(codes, sae.decode_sparse(vals, idx, pattern) + sae.b_dec, pre_all)
+
+    def encode(self, sae: "SAE", pre: torch.Tensor) -> SparseCodes:
+        return topk_codes(pre, self.k, sae.m)
+
+    def auxiliary_terms(self, sae: "SAE", x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
+        return aux_k_terms(sae, x, out, modalities)
