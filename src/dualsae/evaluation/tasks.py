@@ -29,21 +29,35 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dualsae.files.atomic import write_json, write_npy
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.models.pair import SAEPair
 from dualsae.core.modalities import MODALITIES
-from dualsae.store.paired import open_store as open_data
-from dualsae.models.provenance import store_warnings
-from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
-from dualsae.models.load import load_model, training_rows
-from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
-from dualsae.evaluation.metrics.retrieval import auto_positives, cross_modal_retrieval, embedding_retrieval
-from dualsae.evaluation.metrics.reconstruction import modality_reconstruction
-from dualsae.evaluation.metrics.zeroshot import caption_prototypes, zero_shot
+from dualsae.evaluation.metrics.monosemanticity import (
+    monosemanticity,
+    plot_curves,
+    sorted_curve,
+    summarize,
+)
+from dualsae.evaluation.metrics.reconstruction import (
+    modality_reconstruction,
+    reconstruction_metrics,
+)
+from dualsae.evaluation.metrics.retrieval import (
+    auto_positives,
+    cross_modal_retrieval,
+    embedding_retrieval,
+)
 from dualsae.evaluation.metrics.steering import concept_steering
-from dualsae.evaluation.metrics.monosemanticity import monosemanticity, plot_curves, sorted_curve, summarize
+from dualsae.evaluation.metrics.zeroshot import (
+    caption_prototypes,
+    load_zero_shot_store,
+    zero_shot,
+)
+from dualsae.files.atomic import write_json, write_npy
+from dualsae.models.load import load_model, training_rows
+from dualsae.models.pair import SAEPair
+from dualsae.models.provenance import store_warnings
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.store.paired import open_store as open_data
 
 TASKS = ("recon", "retrieval", "zeroshot", "steering", "monosemanticity")
 METRICS_FORMAT = "dualsae.metrics/1"

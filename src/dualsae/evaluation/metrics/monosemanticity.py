@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import DataError
-from dualsae.evaluation.metrics.retrieval import encode_rows
-from dualsae.models.pair import SAEPair
 from dualsae.core.progress import tqdm
 from dualsae.files.atomic import atomic_path
+from dualsae.models.encoding import encode_rows
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 
 def _external_reader(external: Any, modality: str) -> tuple[int, Any]:
@@ -104,7 +104,7 @@ def monosemanticity_from_codes(codes: SparseCodes, external: Any, modality: str 
 def monosemanticity(pair: SAEPair, store: PairedEmbeddings, external: Any, modality: str, batch_size: int = 4096,
                     device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
     """MS_j of the ``modality`` latents on the rows of ``store``; external: store view or array [N, e] with the same rows."""
-    codes = encode_rows(pair, store, modality, batch_size, device, progress)
+    codes = encode_rows(pair, store, modality, batch_size=batch_size, device=device, progress=progress)
     return monosemanticity_from_codes(codes, external, modality, progress=progress)
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dualsae.store.paired import PairedEmbeddings
-from dualsae.models.pair import SAEPair
 from dualsae.core.modalities import MODALITIES
 from dualsae.core.progress import tqdm
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 AVERAGED = ("mse", "mse_per_dim", "explained_variance")
 

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import DataError
-from dualsae.evaluation.metrics.retrieval import encode_rows, normalize_codes
-from dualsae.models.pair import SAEPair
 from dualsae.core.progress import tqdm
+from dualsae.evaluation.metrics.retrieval import normalize_codes
+from dualsae.models.encoding import encode_rows
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 
 @dataclass
@@ -129,7 +130,7 @@ def class_codes(pair: SAEPair, class_text: Sequence[torch.Tensor] | torch.Tensor
     """u_c = mean of the text codes of class c's T_c embeddings. class_text: C x [T_c, d] -> [C, m]."""
     out = torch.zeros(len(class_text), pair.m, dtype=torch.float32)
     for c, t in enumerate(class_text):
-        codes = encode_rows(pair, torch.as_tensor(t, dtype=torch.float32), "text", batch_size, device)
+        codes = encode_rows(pair, torch.as_tensor(t, dtype=torch.float32), "text", batch_size=batch_size, device=device)
         out[c].scatter_add_(0, codes.indices.reshape(-1), codes.values.reshape(-1).float())
         out[c] /= max(len(t), 1)
     return out
@@ -179,7 +180,7 @@ def zero_shot_accuracy(
     n_classes = len(class_text)
     u = F.normalize(class_codes(pair, class_text, batch_size, device), dim=1)
     u_t = u.T.contiguous()  # [m, C]: row j = every class's weight on latent j
-    codes = normalize_codes(encode_rows(pair, image_x, "image", batch_size, device, progress))
+    codes = normalize_codes(encode_rows(pair, image_x, "image", batch_size=batch_size, device=device, progress=progress))
 
     def scores(a: int, b: int) -> torch.Tensor:
         return F.embedding_bag(codes.indices[a:b], u_t, per_sample_weights=codes.values[a:b].float(), mode="sum")
