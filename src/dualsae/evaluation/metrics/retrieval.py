@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.core.progress import tqdm
+from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt
 from dualsae.models.encoding import encode_rows
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings
@@ -249,7 +250,39 @@ def embedding_retrieval(
     return _rank_both(lambda a, b: img[a:b] @ txt.T, lambda a, b: txt[a:b] @ img.T, proto, ks, progress)
 
 
-__all__ = [
+# ---------------------------------------------------------------------------- the eval task
+def _task(ctx: TaskContext) -> dict:
+    o, store = ctx.options, ctx.store
+    if not store.has_pairs or not ctx.both_encoders:
+        raise Skip("needs paired image and text embeddings and a model with both encoders")
+    positives = auto_positives(store.meta_rows(), o.group_field, o.caption_field) if o.positives == "auto" else o.positives
+    rk = {"positives": positives, "group_field": o.group_field, "caption_field": o.caption_field}
+    res = cross_modal_retrieval(ctx.pair, store, **rk, **ctx.kw)
+    res["embedding_reference"] = embedding_retrieval(store, **rk)
+    return res
+
+
+def _row(r: dict) -> dict:
+    return {f"{short}_{k}": r[key][k] for key, short in (("image_to_text", "i2t"), ("text_to_image", "t2i")) for k in ("R@1", "R@5", "R@10")}
+
+
+def _lines(r: dict) -> list[str]:
+    lines = [f"{'retrieval':<16}{r['positives'] + ' protocol':<22}{'R@1':>7}{'R@5':>7}{'R@10':>7}   ({r['n_images']:,} images, {r['n_texts']:,} texts)"]
+    for key, name in (("image_to_text", "image->text"), ("text_to_image", "text->image")):
+        for src, label in ((r, "latent"), (r.get("embedding_reference"), "embedding")):
+            if src:
+                v = src[key]
+                lines.append(f"{'':<16}{name + ' ' + label:<22}{fmt(v['R@1'], '.3f'):>7}{fmt(v['R@5'], '.3f'):>7}{fmt(v['R@10'], '.3f'):>7}")
+    return lines
+
+
+#: ``retrieval``: latent cross-modal Recall@1/5/10 both ways, and the same protocol on the raw embeddings.
+TASK = Task("retrieval", _task,
+            tuple((f"{s}_R@{k}", f"{a} R@{k} ↑", True) for s, a in (("i2t", "I→T"), ("t2i", "T→I")) for k in (1, 5, 10)),
+            _row, _lines)
+
+
+__all__ = ["TASK",
     "POSITIVES", "RetrievalProtocol", "auto_positives", "build_protocol", "cross_modal_retrieval",
     "embedding_retrieval", "first_positive_ranks", "normalize_codes", "recall_summary",
     "retrieval_from_codes", "sparse_scores",

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import DataError
 from dualsae.core.progress import tqdm
+from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt, has_field
 from dualsae.models.encoding import encode_rows
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings
@@ -238,4 +239,32 @@ def concept_steering(
             "n_test_images": int(n_img), "per_concept": per, "skipped": skipped}
 
 
-__all__ = ["concept_masks", "concept_steering", "concept_values", "mean_code", "ranked_ap_rr", "select_latent"]
+# ---------------------------------------------------------------------------- the eval task
+def _task(ctx: TaskContext) -> dict:
+    o, store, train = ctx.options, ctx.store, ctx.train_store
+    sel = train if train is not None and has_field(train.meta_rows(), o.concept_field or "") else store
+    if not o.concept_field:
+        raise Skip("needs --concept-field FIELD (a meta field holding each row's concept(s))")
+    if not has_field(store.meta_rows(), o.concept_field):
+        raise Skip(f"no evaluation row has meta field '{o.concept_field}'")
+    if not store.has("image") or not sel.has("text") or not ctx.both_encoders:
+        raise Skip("needs image and text embeddings and a model with both encoders")
+    res = concept_steering(ctx.pair, store, o.concept_field, select_store=sel, n_sources=o.steering_sources,
+                           n_negative=o.steering_negatives, alpha=o.steering_alpha, max_concepts=o.max_concepts,
+                           group_field=o.group_field, seed=o.seed, **ctx.kw)
+    res["selection_rows"] = "train split" if sel is train else "evaluation rows"
+    return res
+
+
+def _lines(r: dict) -> list[str]:
+    return [f"{'steering':<16}mAP {fmt(r['map'], '.3f')}  MRR {fmt(r['mrr'], '.3f')}  "
+            f"(unsteered mAP {fmt(r['map_unsteered'], '.3f')}, MRR {fmt(r['mrr_unsteered'], '.3f')}; "
+            f"{r['n_concepts']} concepts of '{r['concept_field']}', alpha {r['alpha']})"]
+
+
+#: ``steering``: concept steering mAP / MRR over the values of ``concept_field`` (Sec. 6.2).
+TASK = Task("steering", _task, (("steer_map", "Steering mAP ↑", True), ("steer_mrr", "Steering MRR ↑", True)),
+            lambda r: {"steer_map": r["map"], "steer_mrr": r["mrr"]}, _lines)
+
+
+__all__ = ["TASK", "concept_masks", "concept_steering", "concept_values", "mean_code", "ranked_ap_rr", "select_latent"]
