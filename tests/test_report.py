@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.cli import main
-from dualsae.store.paired import write_store
 from dualsae.alignment.correlation import stats_from_codes
+from dualsae.cli import main
 from dualsae.core.codes import SparseCodes
 from dualsae.evaluation.top_rows import collapse_captions
 from dualsae.report import latents as L
 from dualsae.report.pages import caption_groups
+from dualsae.store.paired import write_store
 from tests.browser import dump_dom, find_chromium, page_url, screenshot
 
 WORDS = ["red", "blue", "green", "cat", "dog", "star", "moon", "tree", "car", "boat", "fish", "bird"]
@@ -234,9 +234,9 @@ def test_specific_run_warns_and_shared_sae_gets_collapse_rate(site, tmp_path, ca
     assert s["kind"] == "specific" and s["probes"] == [] and "unrelated" in s["warnings"][0]
     # A shared SAE: the collapse rate is computed from the report's codes and equals align's.
     from dualsae.alignment.align import align
-    from dualsae.store.paired import PairedEmbeddings
     from dualsae.models.pair import SAEPair
     from dualsae.models.sae import SAE, SAEConfig
+    from dualsae.store.paired import PairedEmbeddings
 
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d=D, m=16, k=4))

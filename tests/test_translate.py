@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
 from dualsae.cli import main
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import ConfigError
-from dualsae.models.pair import SAEPair
 from dualsae.evaluation.top_rows import top_examples
+from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.use.steering import steer
 from dualsae.use.translation import latents_for, translate
 from tests.helpers import tied_sae
