@@ -41,15 +41,17 @@ def _reader(source: Any, modality: str | None, rows: Any) -> tuple[int, Callable
         source.require(modality, "encoding")
         n = source.n
         take = lambda pos: source.read(modality, pos)  # noqa: E731
+        run = lambda a, b: take(np.arange(a, b))  # noqa: E731
     elif isinstance(source, torch.Tensor):
         n = int(source.shape[0])
-        take = lambda pos: source[torch.as_tensor(pos, dtype=torch.long)].float()  # noqa: E731
-    else:
+        take = lambda pos: source[torch.as_tensor(pos, dtype=torch.long, device=source.device)].float()  # noqa: E731
+        run = lambda a, b: source[a:b].float()  # noqa: E731
+    else:  # a numpy array, possibly memory-mapped: slices read only their rows
         n = len(source)
-        take = lambda pos: torch.from_numpy(np.asarray(source[int(pos[0]):int(pos[-1]) + 1] if rows is None  # noqa: E731
-                                                       else np.asarray(source)[pos], dtype=np.float32))
+        take = lambda pos: torch.from_numpy(np.asarray(np.asarray(source)[pos], dtype=np.float32))  # noqa: E731
+        run = lambda a, b: torch.from_numpy(np.asarray(source[a:b], dtype=np.float32))  # noqa: E731
     if rows is None:
-        return n, lambda a, b: take(np.arange(a, b))
+        return n, run
     pos_all = np.asarray(rows, dtype=np.int64).reshape(-1)
     if len(pos_all) and (pos_all.min() < 0 or pos_all.max() >= n):
         where = getattr(source, "root", None) or "embeddings"
@@ -81,7 +83,8 @@ def iter_codes(
     progress: bool = False,
     chunks: Any = None,
 ) -> Iterator[tuple[np.ndarray, SparseCodes]]:
-    """Yield ``(positions [b], codes [b, width])`` for consecutive chunks of ``batch_size`` rows.
+    """Yield ``(positions [b], codes [b, width])`` for consecutive chunks of ``batch_size`` rows;
+    positions index the encoded sequence (the source's rows, or ``rows`` when given).
 
     source: a :class:`PairedEmbeddings` view (its ``modality`` array), an array or a tensor [N, d].
     rows: positions in ``source`` to encode (default all). device: where the chunk is encoded
