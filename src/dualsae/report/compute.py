@@ -23,6 +23,7 @@ from dualsae.evaluation.heterogeneity import (
     heterogeneity_from_folder,
 )
 from dualsae.models.aligned import AlignedPair
+from dualsae.models.encoding import encode_rows
 from dualsae.models.pair import SAEPair
 from dualsae.report import latents as L
 from dualsae.report.options import ReportOptions
@@ -84,7 +85,8 @@ def compute(model: Path, pair: SAEPair, rows: PairedEmbeddings, opt: ReportOptio
     if kind == "specific":
         warnings.append("This is a specific pair before alignment: image latent j and text latent j are unrelated "
                         "until 'dualsae align' matches them; the side-by-side columns show two different features.")
-    codes = {mod: L.encode_store(pair, rows, mod, opt.batch_size, opt.device, opt.progress) for mod in ("image", "text")}
+    codes = {mod: encode_rows(pair, rows, mod, batch_size=opt.batch_size, device=opt.device, progress=opt.progress)
+             for mod in ("image", "text")}
     st = {mod: L.latent_stats(codes[mod], max(opt.top, opt.captions)) for mod in codes}
     support, same_corr = stats_from_codes(codes["image"], codes["text"], same_index=True).same_index_correlation()
     data = ReportData(pair, kind, codes, st, support, same_corr, same_corr, np.full(m, np.nan), L.decoder_cosines(pair),

@@ -2,7 +2,8 @@
 
 Everything here works on the codes of the report's rows, one :class:`dualsae.core.codes.SparseCodes`
 ``[N, width]`` per modality on the CPU (entries with value 0 are inactive), computed once by
-:func:`encode_store`. Latent ``j`` means index ``j``
+:func:`dualsae.models.encoding.encode_rows`; the same-index correlation and support come from
+:class:`dualsae.alignment.correlation.CoactivationStats` (``same_index=True``). Latent ``j`` means index ``j``
 of the model's shared index space (``SAEPair.encode``): for an aligned pair, image latent j and its
 matched text latent; for a shared SAE, the one latent; for a specific pair before alignment, two
 unrelated latents that happen to share a number.
@@ -21,9 +22,7 @@ import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
 from dualsae.evaluation.top_rows import active_entries, select_top
-from dualsae.models.encoding import DEFAULT_BATCH, encode_rows
 from dualsae.models.pair import SAEPair
-from dualsae.store.paired import PairedEmbeddings
 
 HIST_BINS = 16
 WORD = re.compile(r"\w+", re.UNICODE)
@@ -37,13 +36,6 @@ def codes_matrix(codes: SparseCodes) -> sp.csr_matrix:
     z = sp.csr_matrix((values.ravel().astype(np.float64), (rows, indices.ravel())), shape=(n, codes.m))
     z.eliminate_zeros()
     return z
-
-
-def encode_store(pair: SAEPair, store: PairedEmbeddings, modality: str, batch_size: int = DEFAULT_BATCH,
-                 device: str = "cpu", progress: bool = False) -> SparseCodes:
-    """Every row of ``store`` in ``modality`` encoded once -> SparseCodes [N, width] (float32, CPU) in the
-    shared index space (:func:`dualsae.models.encoding.encode_rows`)."""
-    return encode_rows(pair, store, modality, batch_size=batch_size, device=device, progress=progress)
 
 
 @dataclass
@@ -83,23 +75,6 @@ def latent_stats(codes: SparseCodes, top: int) -> LatentStats:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_active = np.where(fired > 0, total / np.maximum(fired, 1), 0.0)
     return LatentStats(fired, fired / max(n, 1), mean_active, vmax, hist, top_rows, top_values)
-
-
-def same_index_pairs(image: SparseCodes, text: SparseCodes) -> tuple[np.ndarray, np.ndarray]:
-    """For every index j: co-firing support (rows where image latent j and text latent j are both active)
-    and the Pearson correlation of their activations over the rows (eq. 5 at (j, j); NaN when either
-    never varies). Returns ``(support [m] int, correlation [m] float)``."""
-    zi, zt = codes_matrix(image), codes_matrix(text)
-    n = zi.shape[0]
-    support = np.asarray((zi > 0).multiply(zt > 0).sum(0)).ravel().astype(np.int64)
-    cross = np.asarray(zi.multiply(zt).sum(0)).ravel()
-    mu_i, mu_t = np.asarray(zi.mean(0)).ravel(), np.asarray(zt.mean(0)).ravel()
-    var_i = np.asarray(zi.multiply(zi).mean(0)).ravel() - mu_i**2
-    var_t = np.asarray(zt.multiply(zt).mean(0)).ravel() - mu_t**2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = (cross / max(n, 1) - mu_i * mu_t) / np.sqrt(var_i * var_t)
-    corr[(var_i <= 1e-12) | (var_t <= 1e-12)] = np.nan
-    return support, corr
 
 
 def decoder_cosines(pair: SAEPair) -> np.ndarray:
@@ -186,9 +161,7 @@ __all__ = [
     "caption_words",
     "codes_matrix",
     "decoder_cosines",
-    "encode_store",
     "latent_stats",
     "nearest_latents",
-    "same_index_pairs",
     "word_index",
 ]
