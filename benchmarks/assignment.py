@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from dualsae.alignment.post_hoc import solve_assignment
+from dualsae.alignment.assignment import solve_assignment
 
 
 def make_matrix(m: int, kind: str, seed: int) -> np.ndarray:

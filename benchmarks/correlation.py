@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from dualsae.alignment.post_hoc import CoactivationStats
+from dualsae.alignment.correlation import CoactivationStats
 from dualsae.core.codes import SparseCodes
 
 

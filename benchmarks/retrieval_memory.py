@@ -30,7 +30,8 @@ import json, resource, sys, time
 import numpy as np
 from dualsae.core.codes import SparseCodes
 from dualsae.store.paired import PairedEmbeddings
-from dualsae.evaluation.metrics.retrieval import build_protocol, encode_rows, first_positive_ranks, normalize_codes, sparse_scores
+from dualsae.evaluation.metrics.retrieval import build_protocol, first_positive_ranks, normalize_codes, sparse_scores
+from dualsae.models.encoding import encode_rows
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE, SAEConfig
 n, d, m, k, queries = (int(a) for a in sys.argv[1:6])

@@ -10,13 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.models.aligned import AlignedPair
-from dualsae.alignment.post_hoc import CoactivationStats, align, build_permutation, coactivation_correlation, load_correlation, match_latents, permute_sae, solve_assignment
+from dualsae.alignment.align import align
+from dualsae.alignment.assignment import match_latents, solve_assignment
+from dualsae.alignment.correlation import (
+    CoactivationStats,
+    coactivation_correlation,
+    load_correlation,
+)
+from dualsae.alignment.permutation import build_permutation, permute_sae
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import CheckpointError, DataError
+from dualsae.models.aligned import AlignedPair
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE, SAEConfig
+from dualsae.store.paired import PairedEmbeddings, write_store
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.alignment.post_hoc import align
+from dualsae.alignment.align import align
 from dualsae.cli import main
 from dualsae.core.codes import SparseCodes
 from dualsae.store.paired import PairedEmbeddings, write_store

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.alignment.post_hoc import permute_sae
+from dualsae.alignment.permutation import permute_sae
 from dualsae.store.paired import PairedEmbeddings
 from dualsae.evaluation.metrics.steering import concept_masks, concept_steering, ranked_ap_rr
 from dualsae.models.pair import SAEPair

@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from dualsae.alignment.correlation import stats_from_codes
 from dualsae.cli import main
-from dualsae.store.paired import write_store
+from dualsae.core.codes import SparseCodes
+from dualsae.evaluation.top_rows import collapse_captions
 from dualsae.report import latents as L
+from dualsae.report.pages import caption_groups
+from dualsae.store.paired import write_store
 from tests.browser import dump_dom, find_chromium, page_url, screenshot
 
 WORDS = ["red", "blue", "green", "cat", "dog", "star", "moon", "tree", "car", "boat", "fish", "bird"]
@@ -80,17 +84,17 @@ def _global(site_dir: Path, name: str) -> dict:
 
 
 # ---------------------------------------------------------------------- numbers against brute force
-def _random_codes(n=50, k=3, m=7, seed=0) -> L.ModalityCodes:
+def _random_codes(n=50, k=3, m=7, seed=0) -> SparseCodes:
     rng = np.random.default_rng(seed)
     idx = np.stack([rng.choice(m, size=k, replace=False) for _ in range(n)])
     val = rng.uniform(0.1, 2.0, size=(n, k)).astype(np.float32)
     val[rng.random((n, k)) < 0.2] = 0.0  # inactive TopK entries must count for nothing
-    return L.ModalityCodes(val, idx.astype(np.int64), m)
+    return SparseCodes(torch.from_numpy(val), torch.from_numpy(idx.astype(np.int64)), m)
 
 
-def _dense(c: L.ModalityCodes) -> np.ndarray:
-    out = np.zeros((c.n, c.m))
-    np.add.at(out, (np.repeat(np.arange(c.n), c.values.shape[1]), c.indices.ravel()), c.values.ravel())
+def _dense(c: SparseCodes) -> np.ndarray:
+    out = np.zeros((c.batch, c.m))
+    np.add.at(out, (np.repeat(np.arange(c.batch), c.values.shape[1]), c.indices.numpy().ravel()), c.values.numpy().ravel())
     return out
 
 
@@ -111,7 +115,7 @@ def test_latent_stats_match_dense_brute_force():
 def test_same_index_support_and_correlation_match_numpy():
     a, b = _random_codes(seed=1), _random_codes(seed=2)
     za, zb = _dense(a), _dense(b)
-    support, corr = L.same_index_pairs(a, b)
+    support, corr = stats_from_codes(a, b, same_index=True).same_index_correlation()
     np.testing.assert_array_equal(support, ((za > 0) & (zb > 0)).sum(0))
     for j in range(a.m):
         assert corr[j] == pytest.approx(np.corrcoef(za[:, j], zb[:, j])[0, 1], abs=1e-9)
@@ -119,7 +123,7 @@ def test_same_index_support_and_correlation_match_numpy():
 
 def test_word_index_scores_are_excess_mean_activation():
     a, b = _random_codes(seed=3), _random_codes(seed=4)
-    captions = [("cat " if i % 3 == 0 else "") + ("dog" if i % 2 else "fish") for i in range(a.n)]
+    captions = [("cat " if i % 3 == 0 else "") + ("dog" if i % 2 else "fish") for i in range(a.batch)]
     index = L.word_index(captions, {"image": a, "text": b}, per_word=a.m)
     rows = np.array(["cat" in c.split() for c in captions])
     za, zb = _dense(a), _dense(b)
@@ -136,8 +140,10 @@ def test_word_index_scores_are_excess_mean_activation():
 
 
 def test_collapse_captions_counts_duplicates_in_activation_order():
-    out = L.collapse_captions(["a", "b", "a", None, "a"], np.array([5.0, 4.0, 3.0, 2.0, 1.0]), limit=10)
+    out = caption_groups(["a", "b", "a", None, "a"], np.array([5.0, 4.0, 3.0, 2.0, 1.0]), limit=10)
     assert out == [["a", 3, 5.0], ["b", 1, 4.0], ["", 1, 2.0]]
+    # The one implementation underneath: first (strongest) position and count; None is never merged.
+    assert collapse_captions(["a", "b", "a", None, "a", None]) == [("a", 3, 0), ("b", 1, 1), (None, 1, 3), (None, 1, 5)]
 
 
 # ---------------------------------------------------------------------- the site's files
@@ -227,10 +233,10 @@ def test_specific_run_warns_and_shared_sae_gets_collapse_rate(site, tmp_path, ca
     s = _global(tmp_path / "spec", "summary")
     assert s["kind"] == "specific" and s["probes"] == [] and "unrelated" in s["warnings"][0]
     # A shared SAE: the collapse rate is computed from the report's codes and equals align's.
-    from dualsae.alignment.post_hoc import align
-    from dualsae.store.paired import PairedEmbeddings
+    from dualsae.alignment.align import align
     from dualsae.models.pair import SAEPair
     from dualsae.models.sae import SAE, SAEConfig
+    from dualsae.store.paired import PairedEmbeddings
 
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d=D, m=16, k=4))

@@ -1,4 +1,4 @@
-"""Translation and steering (dualsae.use.translation, ``dualsae translate`` / ``dualsae steer``) on a planted
+"""Translation and steering (dualsae.use.translation / dualsae.use.steering, ``dualsae translate`` / ``dualsae steer``) on a planted
 aligned pair whose right answers are known: feature f has image direction phi_f and a text direction
 psi_f that is nearer to the *wrong* image feature phi_{f+1} than to phi_f, so raw cross-modal
 neighbours are wrong and translated ones are right."""
@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
 from dualsae.cli import main
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import ConfigError
+from dualsae.evaluation.top_rows import top_examples
+from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
 from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings, write_store
+from dualsae.use.steering import steer
+from dualsae.use.translation import latents_for, translate
 from tests.helpers import tied_sae
 
 F_, D_ = 4, 8
@@ -40,7 +43,7 @@ def planted(tmp_path):
 def test_translate_recovers_the_planted_image_direction(tmp_path):
     pair, store, feature, _ = planted(tmp_path)
     y = store.read("text", np.array([0, PER_FEATURE, 2 * PER_FEATURE]))
-    out = pair.translate(y, source="text", target="image")
+    out = translate(pair, y, source="text", target="image")
     # encode with the text SAE (latent f, value 2), decode with the image SAE: exactly 2 phi_f
     expect = 2 * torch.eye(D_)[[0, 1, 2]]
     assert torch.allclose(out, expect, atol=1e-5)
@@ -51,23 +54,23 @@ def test_translate_recovers_the_planted_image_direction(tmp_path):
 
 def test_latents_for_store_rows_and_embeddings(tmp_path):
     pair, store, feature, _ = planted(tmp_path)
-    codes = pair.latents_for(store, "text", rows=[3, 15, 39])
+    codes = latents_for(pair, store, "text", rows=[3, 15, 39])
     assert codes.indices[:, 0].tolist() == feature[[3, 15, 39]].tolist()
     assert torch.allclose(codes.values[:, 0], torch.full((3,), 2.0))
-    codes2 = pair.latents_for(store.read("image", np.array([25])).numpy(), "image")
+    codes2 = latents_for(pair, store.read("image", np.array([25])).numpy(), "image")
     assert codes2.indices[0, 0].item() == 2
 
 
 def test_steer_adds_the_scaled_unit_decoder_direction(tmp_path):
     pair, store, _, _ = planted(tmp_path)
     x = store.read("image", np.array([0]))  # 2 phi_0
-    out = pair.steer(x, latent=3, alpha=1.5, modality="image")
+    out = steer(pair, x, latent=3, alpha=1.5, modality="image")
     assert torch.allclose(out, 2 * torch.eye(D_)[0] + 1.5 * 2 * torch.eye(D_)[3])
 
 
 def test_top_examples_returns_the_rows_of_the_latent(tmp_path):
     pair, store, feature, _ = planted(tmp_path)
-    top = pair.top_examples(2, store, n=5)
+    top = top_examples(pair, 2, store, n=5)
     for mod in ("image", "text"):
         # the 10 rows of feature 2 share one caption: one line, counted 10 times
         assert [(r["row"] // PER_FEATURE, r["caption"], r["count"]) for r in top[mod]] == [(2, "feature 2", PER_FEATURE)]
@@ -77,7 +80,7 @@ def test_unaligned_specific_pair_refuses_translation(tmp_path):
     pair, *_ = planted(tmp_path)
     specific = SAEPair("specific", pair.image, pair.text)
     with pytest.raises(ConfigError, match="align"):
-        specific.translate(torch.zeros(1, D_))
+        translate(specific, torch.zeros(1, D_))
 
 
 def test_cli_translate_prints_translated_next_to_raw(tmp_path, capsys):

@@ -37,8 +37,10 @@ import numpy as np
 import torch
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import ConfigError
+from dualsae.models.encoding import encode_rows
+from dualsae.store.paired import PairedEmbeddings
+
 
 @dataclass(frozen=True)
 class ConfidenceOptions:
@@ -79,25 +81,11 @@ class MatchConfidence:
 # ---------------------------------------------------------------------------- codes
 @torch.no_grad()
 def encode_all(pair, store: PairedEmbeddings, batch_size: int = 4096, device: str | torch.device = "cpu") -> tuple[SparseCodes, SparseCodes]:
-    """Sparse codes of every row of ``store``: (image [N, k_I], text [N, k_T]) on the CPU, float32."""
+    """Sparse codes of every row of ``store``: (image [N, k_I], text [N, k_T]) on the CPU, float32,
+    each in its own SAE's ``m`` latents (:func:`dualsae.models.encoding.encode_rows`)."""
     sae_i, sae_t = pair.sae_for("image").to(device).eval(), pair.sae_for("text").to(device).eval()
-    parts: dict[str, list[SparseCodes]] = {"image": [], "text": []}
-    for start in range(0, store.n, batch_size):
-        pos = np.arange(start, min(start + batch_size, store.n))
-        for mod, sae in (("image", sae_i), ("text", sae_t)):
-            c = sae.encode(store.read(mod, pos).to(device))
-            parts[mod].append(SparseCodes(c.values.float().cpu(), c.indices.cpu(), c.m))
-    out = []
-    for mod, sae in (("image", sae_i), ("text", sae_t)):
-        chunks = parts[mod]
-        if not chunks:
-            out.append(SparseCodes(torch.zeros(0, 1), torch.zeros(0, 1, dtype=torch.long), sae.m))
-            continue
-        width = max(c.values.shape[1] for c in chunks)  # BatchTopK/ReLU rows may differ in width per batch
-        vals = torch.cat([torch.nn.functional.pad(c.values, (0, width - c.values.shape[1])) for c in chunks])
-        idx = torch.cat([torch.nn.functional.pad(c.indices, (0, width - c.indices.shape[1])) for c in chunks])
-        out.append(SparseCodes(vals, idx, sae.m))
-    return out[0], out[1]
+    return (encode_rows(sae_i, store, "image", batch_size=batch_size, device=device),
+            encode_rows(sae_t, store, "text", batch_size=batch_size, device=device))
 
 
 class _MatchedEntries:
@@ -139,15 +127,6 @@ class _MatchedEntries:
         count = np.bincount(self.slot_i[found], minlength=self.k)
         cross = np.bincount(self.slot_i[found], weights=self.val_i[found] * self.val_t[pos[found]], minlength=self.k)
         return count.astype(np.int64), cross
-
-
-def matched_cross(codes_i: SparseCodes, codes_t: SparseCodes, image: np.ndarray, text: np.ndarray,
-                  text_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """For matched pairs ``(image[a], text[a])``: (co-firing row counts [K], sums of products [K]).
-
-    text_rows: [N] row of the text codes paired with each image row (a shuffle); None = identity.
-    """
-    return _MatchedEntries(codes_i, codes_t, image, text).cross(None if text_rows is None else np.asarray(text_rows))
 
 
 def _moments(codes: SparseCodes, latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +237,6 @@ __all__ = [
     "ConfidenceOptions",
     "MatchConfidence",
     "encode_all",
-    "matched_cross",
     "match_confidence",
     "keep_mask",
     "filter_matching",

@@ -7,15 +7,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, data_arg, open_data, resolve_data, resolve_split
+import numpy as np
+
+from dualsae.alignment.align import align
+from dualsae.alignment.confidence import ConfidenceOptions
+from dualsae.alignment.correlation import coactivation_correlation
+from dualsae.commands.common import (
+    add_split_args,
+    data_arg,
+    open_data,
+    resolve_data,
+    resolve_split,
+)
 from dualsae.core.distributed import Distributed, resolve_device
 from dualsae.core.errors import ConfigError
-from dualsae.models.provenance import recorded_fingerprint, store_warnings
 from dualsae.files.outdir import check_output, written_output
-from dualsae.alignment.post_hoc import align, coactivation_correlation
 from dualsae.models.load import load_model
-from dualsae.alignment.confidence import ConfidenceOptions
-import numpy as np
+from dualsae.models.provenance import recorded_fingerprint, store_warnings
 
 
 def register(sub: argparse._SubParsersAction) -> None:

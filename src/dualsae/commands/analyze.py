@@ -6,14 +6,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.commands.common import check_batch_size, check_width, open_data
+from dualsae.commands.common import (
+    check_batch_size,
+    check_width,
+    open_data,
+    resolve_data,
+)
 from dualsae.core.distributed import resolve_device
 from dualsae.core.errors import ConfigError
-from dualsae.files.outdir import written_output
-from dualsae.evaluation.heterogeneity import heterogeneity_from_folder, plot_heterogeneity
-from dualsae.files.atomic import write_json
-from dualsae.commands.common import resolve_data
+from dualsae.evaluation.heterogeneity import (
+    heterogeneity_from_folder,
+    plot_heterogeneity,
+)
 from dualsae.evaluation.top_rows import top_examples_many
+from dualsae.files.atomic import write_json
+from dualsae.files.outdir import written_output
 from dualsae.models.load import load_model
 
 

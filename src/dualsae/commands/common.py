@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.store.paired import PairedEmbeddings, open_store
 from dualsae.core.errors import ConfigError
-from dualsae.models.load import recorded_data
-from dualsae.models.load import training_rows
+from dualsae.models.load import recorded_data, training_rows
+from dualsae.store.paired import PairedEmbeddings, open_store
 
 
 def open_data(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:

@@ -6,11 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, data_arg, resolve_data, resolve_split
-from dualsae.core.errors import ConfigError
-from dualsae.files.outdir import written_output
+from dualsae.commands.common import (
+    add_split_args,
+    data_arg,
+    resolve_data,
+    resolve_split,
+)
 from dualsae.core.distributed import resolve_device
-from dualsae.evaluation.tasks import EvalOptions, evaluate_model, format_table, parse_tasks
+from dualsae.core.errors import ConfigError
+from dualsae.evaluation.tasks import (
+    EvalOptions,
+    evaluate_model,
+    format_table,
+    parse_tasks,
+)
+from dualsae.files.outdir import written_output
 
 DESCRIPTION = """\
 Evaluate a trained or aligned model on the rows of --data (default: the test split):

@@ -7,11 +7,17 @@ import json
 import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, check_batch_size, check_width, open_data, select_split
-from dualsae.models.provenance import store_warnings
-from dualsae.training.guards import non_finite_tensors
+from dualsae.commands.common import (
+    add_split_args,
+    check_batch_size,
+    check_width,
+    open_data,
+    select_split,
+)
 from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
 from dualsae.models.load import load_model
+from dualsae.models.provenance import store_warnings
+from dualsae.training.guards import non_finite_tensors
 
 
 def register(sub: argparse._SubParsersAction) -> None:

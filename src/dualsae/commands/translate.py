@@ -1,4 +1,4 @@
-"""``dualsae translate`` and ``dualsae steer``: use an aligned pair on a store (dualsae.use.translation)."""
+"""``dualsae translate`` and ``dualsae steer``: use an aligned pair on a store (:mod:`dualsae.use`)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dualsae.commands.common import data_arg, open_data, resolve_data
 from dualsae.core.errors import ConfigError, DataError
+from dualsae.evaluation.top_rows import top_examples
 from dualsae.files.atomic import write_json
 from dualsae.models.load import load_model
-from dualsae.use.translation import nearest_rows, translate
-from dualsae.use.translation import latents_for, steer
-from dualsae.evaluation.top_rows import top_examples
-import torch
+from dualsae.use.steering import concept_share, latent_fires, steer
+from dualsae.use.translation import latents_for, nearest_rows, translate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -155,8 +155,10 @@ def run_steer(args: argparse.Namespace) -> int:
         raise ConfigError(f"--latent must be in [0, {pair.sae_for(mod).m}) for the {mod} SAE, found {args.latent}")
     codes = latents_for(pair, gallery, mod)
     # The concept: rows of the gallery on which latent J fires in the steered modality.
-    fires = ((codes.indices == args.latent) & (codes.values != 0)).any(1).numpy()
-    concept_rows = set(gallery.rows_of(np.flatnonzero(fires)).tolist())
+    fires = latent_fires(codes, args.latent)  # [gallery.n], by position
+    concept = np.zeros(store.n_total, dtype=bool)  # by absolute row, as nearest_rows returns them
+    concept[gallery.rows_of(np.flatnonzero(fires))] = True
+    n_concept = int(concept.sum())
     if args.rows:
         pos = _abs_rows(gallery, args.rows, "--rows")
     else:
@@ -170,30 +172,28 @@ def run_steer(args: argparse.Namespace) -> int:
     steered = steer(pair, x, args.latent, args.alpha, mod)
     b_s, b_r = nearest_rows(x, gallery, mod, n=args.n, exclude=src_rows)
     a_s, a_r = nearest_rows(steered, gallery, mod, n=args.n, exclude=src_rows)
+    share_b, share_a = concept_share(b_r, concept), concept_share(a_r, concept)
 
     top = top_examples(pair, args.latent, gallery, n=3, modality=mod)[mod]
-    print(f"{args.model}: latent {args.latent} ({mod}) fires on {len(concept_rows):,} of {gallery.n:,} rows of {data} [{args.split}]")
+    print(f"{args.model}: latent {args.latent} ({mod}) fires on {n_concept:,} of {gallery.n:,} rows of {data} [{args.split}]")
     print("  concept (top rows): " + "; ".join(repr(_short(r["caption"] or "", 40)) for r in top))
     print(f"  steering x' = x + {args.alpha:g} |x| phi_{args.latent}; '+' marks a neighbour on which latent {args.latent} fires")
     doc = {"model": str(args.model), "data": str(data), "latent": args.latent, "alpha": args.alpha, "modality": mod,
-           "split": args.split, "concept_rows": len(concept_rows), "sources": []}
-    share_before, share_after = [], []
+           "split": args.split, "concept_rows": n_concept, "sources": []}
     for q, row in enumerate(src_rows.tolist()):
         before = [int(r) for r in b_r[q]]
         after = [int(r) for r in a_r[q]]
-        sb = np.mean([r in concept_rows for r in before])
-        sa = np.mean([r in concept_rows for r in after])
-        share_before.append(sb)
-        share_after.append(sa)
+        sb, sa = share_b.per_source[q], share_a.per_source[q]
         print(f"\nsource row {row}  {_caption(store, row)!r}   concept share of neighbours {sb:.2f} -> {sa:.2f}")
         print(f"  {'before':<46} | after")
         for k in range(len(before)):
-            cells = [f"{float(sc[q, k]):6.3f} {'+' if rr in concept_rows else ' '} row {rr:>6} {_short(_caption(store, rr), 26):<26}"
+            cells = [f"{float(sc[q, k]):6.3f} {'+' if concept[rr] else ' '} row {rr:>6} {_short(_caption(store, rr), 26):<26}"
                      for sc, rr in ((b_s, before[k]), (a_s, after[k]))]
             print(f"  {cells[0]:<46} | {cells[1]}")
         doc["sources"].append({"row": row, "before": before, "after": after, "share_before": float(sb), "share_after": float(sa)})
-    doc["mean_share_before"] = float(np.mean(share_before))
-    doc["mean_share_after"] = float(np.mean(share_after))
+    # The mean over sources of each source's share (the report's hit rate is the share of all neighbours).
+    doc["mean_share_before"] = float(np.mean(share_b.per_source))
+    doc["mean_share_after"] = float(np.mean(share_a.per_source))
     print(f"\nmean concept share of the {args.n} nearest {mod} rows: {doc['mean_share_before']:.2f} before -> "
           f"{doc['mean_share_after']:.2f} after steering ({len(src_rows)} sources)")
     if args.out:

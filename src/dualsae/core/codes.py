@@ -47,10 +47,6 @@ class SparseCodes(NamedTuple):
     def to(self, device: torch.device | str) -> "SparseCodes":
         return SparseCodes(self.values.to(device), self.indices.to(device), self.m)
 
-    def active_mask(self) -> torch.Tensor:
-        """[batch, k] bool, True where the entry is a real activation (value > 0)."""
-        return self.values > 0
-
     @staticmethod
     def from_dense(dense: torch.Tensor) -> "SparseCodes":
         """Exact sparse form of a dense non-negative ``[batch, m]`` code matrix.

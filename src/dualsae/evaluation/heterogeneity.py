@@ -29,15 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from dualsae.store.paired import PairedEmbeddings
+from dualsae.alignment.correlation import coactivation_correlation, load_correlation
 from dualsae.core.errors import ConfigError
-from dualsae.models.pair import SAEPair
-from dualsae.models.aligned import AlignedPair
-from dualsae.alignment.post_hoc import coactivation_correlation, load_correlation
-from dualsae.models.load import load_model
-from dualsae.files.atomic import atomic_path
 from dualsae.evaluation.top_rows import top_examples_many
+from dualsae.files.atomic import atomic_path
+from dualsae.models.aligned import AlignedPair
+from dualsae.models.load import load_model
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 BIN_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BIN_LABELS = ("[0.0, 0.2)", "[0.2, 0.4)", "[0.4, 0.6)", "[0.6, 0.8)", "[0.8, 1.0]")
@@ -126,11 +127,6 @@ class Heterogeneity:
         }
 
 
-def _unit(w: torch.Tensor) -> torch.Tensor:
-    w = w.detach().to(torch.float64)
-    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def bin_index(c: np.ndarray) -> np.ndarray:
     """Bin of each correlation: 0..4 for [0,0.2) ... [0.8,1.0] (c >= 0.8 incl. rounding above 1), -1 for c < 0."""
     idx = np.searchsorted(np.asarray(BIN_EDGES[1:-1]), c, side="right")
@@ -162,8 +158,8 @@ def heterogeneity(
         raise ConfigError(f"correlation block has shape {list(c_np.shape)}, expected [{len(li)}, {len(lt)}] from the live lists")
     if image_dec.shape[1] != text_dec.shape[1]:
         raise ConfigError(f"image decoder has d={image_dec.shape[1]}, text decoder d={text_dec.shape[1]}")
-    phi = _unit(image_dec)[li]
-    psi_t = _unit(text_dec)[lt].T.contiguous()
+    phi = F.normalize(image_dec.detach().double(), dim=1)[li]
+    psi_t = F.normalize(text_dec.detach().double(), dim=1)[lt].T.contiguous()
     acc = [_BinAccumulator(max_exact) for _ in BIN_LABELS]
     negative = 0
     for s in range(0, len(li), block_rows):
@@ -176,7 +172,7 @@ def heterogeneity(
     matched_summary = None
     if matched is not None and len(matched[0]):
         mi, mt = (torch.as_tensor(np.asarray(x), dtype=torch.long) for x in matched)
-        d = (1.0 - (_unit(image_dec)[mi] * _unit(text_dec)[mt]).sum(1)).numpy()
+        d = (1.0 - (F.normalize(image_dec.detach().double(), dim=1)[mi] * F.normalize(text_dec.detach().double(), dim=1)[mt]).sum(1)).numpy()
         q1, med, q3 = np.quantile(d, (0.25, 0.5, 0.75))
         matched_summary = {"count": int(len(d)), "mean": float(d.mean()), "q1": float(q1), "median": float(med), "q3": float(q3)}
     return Heterogeneity(summaries, np.stack([a.hist for a in acc]), negative, int(len(li) * len(lt)), len(li), len(lt), matched_summary)

@@ -1,6 +1,7 @@
 """Run the real-data evaluations of paper Sec. 6.2 for one model and write ``metrics.json``.
 
-Tasks (any subset, in this order):
+Tasks are the entries of :data:`REGISTRY` (name -> :class:`dualsae.evaluation.task_table.Task`),
+run in this order; each is defined beside its metric:
 
 * ``recon``           reconstruction MSE (eq. 4), explained variance, L0, dead latents per modality
                       (``dualsae.evaluation.metrics.reconstruction``)
@@ -16,7 +17,8 @@ Tasks (any subset, in this order):
                       same rows (``external``), per modality; sorted curves written beside
                       metrics.json as ``.npy`` and a PNG (``dualsae.evaluation.metrics.monosemanticity``)
 
-A task whose inputs are missing is skipped and the reason recorded under ``skipped``.
+A task whose inputs are missing is skipped and the reason recorded under ``skipped``. Table 1
+(``experiments/table1``) iterates the same registry for its columns.
 """
 
 from __future__ import annotations
@@ -29,23 +31,33 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dualsae.files.atomic import write_json, write_npy
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.models.pair import SAEPair
 from dualsae.core.modalities import MODALITIES
-from dualsae.store.paired import open_store as open_data
-from dualsae.models.provenance import store_warnings
+from dualsae.evaluation.metrics import (
+    monosemanticity,
+    reconstruction,
+    retrieval,
+    steering,
+    zeroshot,
+)
 from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
+from dualsae.evaluation.task_table import Skip, Task, TaskContext
+from dualsae.files.atomic import write_json
 from dualsae.models.load import load_model, training_rows
-from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
-from dualsae.evaluation.metrics.retrieval import auto_positives, cross_modal_retrieval, embedding_retrieval
-from dualsae.evaluation.metrics.reconstruction import modality_reconstruction
-from dualsae.evaluation.metrics.zeroshot import caption_prototypes, zero_shot
-from dualsae.evaluation.metrics.steering import concept_steering
-from dualsae.evaluation.metrics.monosemanticity import monosemanticity, plot_curves, sorted_curve, summarize
+from dualsae.models.pair import SAEPair
+from dualsae.models.provenance import store_warnings
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.store.paired import open_store as open_data
 
-TASKS = ("recon", "retrieval", "zeroshot", "steering", "monosemanticity")
+#: The eval tasks, in the order they run (and Table 1's columns): one line per task.
+REGISTRY: dict[str, Task] = {t.name: t for t in (
+    reconstruction.TASK,
+    retrieval.TASK,
+    zeroshot.TASK,
+    steering.TASK,
+    monosemanticity.TASK,
+)}
+TASKS = tuple(REGISTRY)
 METRICS_FORMAT = "dualsae.metrics/1"
 
 
@@ -123,93 +135,20 @@ def evaluate(
     artefact_prefix: path prefix for monosemanticity curves/plot (None: not written).
     Returns {"tasks": {task: result}, "skipped": {task: reason}, "seconds": {task: s}}.
     """
-    o = options
-    kw = {"batch_size": o.batch_size, "device": o.device, "progress": o.progress}
     _check_dims(pair, store, "data store")
     if zeroshot is not None:
         _check_dims(pair, zeroshot.images, "zero-shot store")
+    ctx = TaskContext(pair, store, options, train_store, zeroshot, external, artefact_prefix)
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    metas = store.meta_rows()
-
-    def has_field(rows: list[dict], field: str) -> bool:
-        return any(field in r for r in rows)
-
-    for task in o.tasks:
+    for task in options.tasks:
         t0 = time.perf_counter()
-        reason = None
-        if task == "recon":
-
-            results[task] = reconstruction_metrics(pair, store, **kw)
-        elif task == "retrieval":
-
-            if not store.has_pairs or pair.image is None or pair.text is None:
-                reason = "needs paired image and text embeddings and a model with both encoders"
-            else:
-                positives = auto_positives(metas, o.group_field, o.caption_field) if o.positives == "auto" else o.positives
-                rk = {"positives": positives, "group_field": o.group_field, "caption_field": o.caption_field}
-                res = cross_modal_retrieval(pair, store, **rk, **kw)
-                res["embedding_reference"] = embedding_retrieval(store, **rk)
-                results[task] = res
-        elif task == "zeroshot":
-
-            data = zeroshot
-            if data is None and o.label_field:
-                if train_store is None:
-                    reason = f"caption prototypes of '{o.label_field}' need a training split (none found)"
-                elif not has_field(train_store.meta_rows(), o.label_field):
-                    reason = f"no training row has meta field '{o.label_field}'"
-                elif not train_store.has("text") or not store.has("image"):
-                    reason = "caption prototypes need training captions (text.npy) and test images (image.npy)"
-                else:
-                    data = caption_prototypes(train_store, store, o.label_field)
-            elif data is None:
-                reason = "needs --zeroshot STORE (class prompt embeddings) or --label-field FIELD (caption prototypes)"
-            if data is not None:
-                res = zero_shot(pair, data, o.batch_size, o.device, o.progress)
-                if zeroshot is not None:
-                    res["image_reconstruction"] = modality_reconstruction(pair, data.images, "image", **kw)
-                results[task] = res
-        elif task == "steering":
-
-            sel = train_store if train_store is not None and has_field(train_store.meta_rows(), o.concept_field or "") else store
-            if not o.concept_field:
-                reason = "needs --concept-field FIELD (a meta field holding each row's concept(s))"
-            elif not has_field(metas, o.concept_field):
-                reason = f"no evaluation row has meta field '{o.concept_field}'"
-            elif not store.has("image") or not sel.has("text") or pair.image is None or pair.text is None:
-                reason = "needs image and text embeddings and a model with both encoders"
-            else:
-                results[task] = concept_steering(
-                    pair, store, o.concept_field, select_store=sel, n_sources=o.steering_sources,
-                    n_negative=o.steering_negatives, alpha=o.steering_alpha, max_concepts=o.max_concepts,
-                    group_field=o.group_field, seed=o.seed, **kw)
-                results[task]["selection_rows"] = "train split" if sel is train_store else "evaluation rows"
-        elif task == "monosemanticity":
-
-            if external is None:
-                reason = "needs --external STORE (an external encoder's embeddings of the same rows)"
-            else:
-                res: dict[str, Any] = {}
-                curves = {}
-                for mod in MODALITIES:
-                    if not store.has(mod) or getattr(pair, mod) is None:
-                        continue
-                    scores = monosemanticity(pair, store, external, mod, **kw)
-                    res[mod] = summarize(scores)
-                    curves[mod] = sorted_curve(scores)
-                    if artefact_prefix is not None:
-                        path = Path(f"{artefact_prefix}_monosemanticity_{mod}.npy")
-                        write_npy(path, curves[mod])
-                        res[mod]["curve_file"] = path.name
-                if artefact_prefix is not None and curves:
-                    png = plot_curves(curves, Path(f"{artefact_prefix}_monosemanticity.png"), title=f"Monosemanticity ({pair.method})")
-                    res["plot_file"] = png.name
-                results[task] = res
-        if reason is not None:
-            skipped[task] = reason
-            log(f"skipping {task}: {reason}")
+        try:
+            results[task] = REGISTRY[task].run(ctx)
+        except Skip as why:
+            skipped[task] = str(why)
+            log(f"skipping {task}: {why}")
         else:
             seconds[task] = round(time.perf_counter() - t0, 3)
     return {"tasks": results, "skipped": skipped, "seconds": seconds}
@@ -297,51 +236,22 @@ def _json_safe(obj: Any) -> Any:
 
 
 def format_table(doc: dict) -> str:
-    """A compact text summary of a metrics dict (as written by :func:`evaluate_model`)."""
-    lines: list[str] = []
+    """A compact text summary of a metrics dict (as written by :func:`evaluate_model`): each task's lines."""
     t = doc.get("tasks", {})
-
-    def f(v: Any, fmt: str = ".4f") -> str:
-        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
-
-    if "recon" in t:
-        r = t["recon"]
-        lines.append(f"{'recon':<16}{'':<10}{'mse':>9}{'mse/dim':>11}{'EV':>8}{'L0':>8}{'dead':>7}")
-        for mod in (*MODALITIES, "mean"):
-            if mod in r:
-                v = r[mod]
-                lines.append(f"{'':<16}{mod:<10}{f(v['mse']):>9}{f(v['mse_per_dim'], '.2e'):>11}{f(v['explained_variance'], '.3f'):>8}"
-                             + (f"{f(v['mean_l0'], '.1f'):>8}{f(v['dead_fraction'], '.3f'):>7}" if "mean_l0" in v else ""))
-    if "retrieval" in t:
-        r = t["retrieval"]
-        lines.append(f"{'retrieval':<16}{r['positives'] + ' protocol':<22}{'R@1':>7}{'R@5':>7}{'R@10':>7}   ({r['n_images']:,} images, {r['n_texts']:,} texts)")
-        for key, name in (("image_to_text", "image->text"), ("text_to_image", "text->image")):
-            for src, label in ((r, "latent"), (r.get("embedding_reference"), "embedding")):
-                if src:
-                    v = src[key]
-                    lines.append(f"{'':<16}{name + ' ' + label:<22}{f(v['R@1'], '.3f'):>7}{f(v['R@5'], '.3f'):>7}{f(v['R@10'], '.3f'):>7}")
-    if "zeroshot" in t:
-        r = t["zeroshot"]
-        ref = r.get("embedding_reference", {})
-        lines.append(f"{'zeroshot':<16}top-1 {f(r['top1'], '.3f')} (embedding {f(ref.get('top1'), '.3f')}, "
-                     f"majority class {f(r.get('majority_baseline'), '.3f')}), "
-                     f"{r['n_images']:,} images, {r['n_classes']:,} classes" +
-                     (f", image mse {f(r['image_reconstruction']['mse'])}" if "image_reconstruction" in r else ""))
-    if "steering" in t:
-        r = t["steering"]
-        lines.append(f"{'steering':<16}mAP {f(r['map'], '.3f')}  MRR {f(r['mrr'], '.3f')}  "
-                     f"(unsteered mAP {f(r['map_unsteered'], '.3f')}, MRR {f(r['mrr_unsteered'], '.3f')}; "
-                     f"{r['n_concepts']} concepts of '{r['concept_field']}', alpha {r['alpha']})")
-    if "monosemanticity" in t:
-        r = t["monosemanticity"]
-        for mod in MODALITIES:
-            if mod in r:
-                v = r[mod]
-                lines.append(f"{'monosemanticity':<16}{mod:<10}mean {f(v['mean'])}  median {f(v['median'])}  "
-                             f"({v['n_scored']:,} of {v['n_latents']:,} latents scored)")
+    lines = [line for name, task in REGISTRY.items() if name in t for line in task.lines(t[name])]
     for task, why in doc.get("skipped", {}).items():
         lines.append(f"{task:<16}skipped: {why}")
     return "\n".join(lines)
 
 
-__all__ = ["EvalOptions", "TASKS", "aligned_view", "evaluate", "evaluate_model", "format_table", "parse_tasks"]
+def table_columns(doc: dict) -> dict[str, float | None]:
+    """Every registered task's Table 1 columns from an :func:`evaluate` result (None where not run)."""
+    out: dict[str, float | None] = {c: None for task in REGISTRY.values() for c, _, _ in task.columns}
+    for name, task in REGISTRY.items():
+        if name in doc["tasks"]:
+            out.update(task.table_row(doc["tasks"][name]))
+    return out
+
+
+__all__ = ["EvalOptions", "REGISTRY", "TASKS", "aligned_view", "evaluate", "evaluate_model", "format_table", "parse_tasks",
+           "table_columns"]

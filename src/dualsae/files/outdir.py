@@ -27,11 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from dualsae.files.atomic import write_json
 from dualsae.core.errors import CheckpointError, ConfigError, DualSAEError
+from dualsae.files.atomic import write_json
+from dualsae.files.folders import check_writable, make_folder
 from dualsae.files.lock import output_lock
-from dualsae.files.folders import check_writable
-from dualsae.files.folders import make_folder
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "dualsae.manifest/1"

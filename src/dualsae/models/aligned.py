@@ -3,17 +3,19 @@ as one folder (``alignment.json``, ``image/``, ``text/``).
 """
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 import torch
+
+from dualsae.core.errors import CheckpointError
 from dualsae.files.atomic import write_json
 from dualsae.files.faults import fault_point
 from dualsae.files.jsonfiles import read_json_object
-from dualsae.core.errors import CheckpointError
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
-
 
 ALIGNMENT_FORMAT = "dualsae.alignment/1"
 

@@ -5,7 +5,7 @@ Every trained model is used through this interface, whatever the method:
 * shared / group-sparse / iso-energy: one SAE serves both modalities (``image is text``);
 * specific: two SAEs; before alignment their indices do not correspond (latent 3 of the image
   SAE has nothing to do with latent 3 of the text SAE);
-* aligned (``dualsae.alignment.post_hoc.AlignedPair``): two SAEs whose text latents were permuted (eq. 7) so
+* aligned (``dualsae.models.aligned.AlignedPair``): two SAEs whose text latents were permuted (eq. 7) so
   that matched latents share an index.
 
 Metrics only call ``encode(modality, x)``, ``decode(modality, codes)`` and ``sae_for(modality)``.
@@ -23,7 +23,6 @@ from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import DataError
 from dualsae.core.modalities import MODALITIES
 from dualsae.models.sae import SAE
-
 
 
 @dataclass

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
@@ -375,18 +374,9 @@ def load_checked_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[
     return tensors
 
 
-def encode_array(sae: SAE, x, batch_size: int = 4096, device: str | torch.device = "cpu"):
-    """Yield SparseCodes for consecutive row batches of a (possibly memory-mapped) array x: [n, d]."""
-
-    n = len(x)
-    for start in range(0, n, batch_size):
-        chunk = torch.from_numpy(np.asarray(x[start : start + batch_size], dtype=np.float32)).to(device)
-        yield sae.encode(chunk)
-
-
 def n_params_for(d: int, m: int) -> int:
     """Parameter count of an SAE: two [m, d] matrices plus biases."""
     return 2 * m * d + m + d
 
 
-__all__ = ["SAE", "SAEConfig", "SAEOutput", "geometric_median", "encode_array", "n_params_for"]
+__all__ = ["SAE", "SAEConfig", "SAEOutput", "geometric_median", "n_params_for"]

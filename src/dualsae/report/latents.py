@@ -1,8 +1,9 @@
 """Per-latent statistics of a model on a store, from sparse codes computed once.
 
-Everything here works on the codes of the report's rows, held as numpy arrays
-``values: [N, k] float32`` and ``indices: [N, k] int64`` per modality (the TopK form of
-:class:`dualsae.core.codes.SparseCodes`; entries with value 0 are inactive). Latent ``j`` means index ``j``
+Everything here works on the codes of the report's rows, one :class:`dualsae.core.codes.SparseCodes`
+``[N, width]`` per modality on the CPU (entries with value 0 are inactive), computed once by
+:func:`dualsae.models.encoding.encode_rows`; the same-index correlation and support come from
+:class:`dualsae.alignment.correlation.CoactivationStats` (``same_index=True``). Latent ``j`` means index ``j``
 of the model's shared index space (``SAEPair.encode``): for an aligned pair, image latent j and its
 matched text latent; for a shared SAE, the one latent; for a specific pair before alignment, two
 unrelated latents that happen to share a number.
@@ -17,50 +18,24 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
-from dualsae.store.paired import PairedEmbeddings
+from dualsae.core.codes import SparseCodes
+from dualsae.evaluation.top_rows import active_entries, select_top
 from dualsae.models.pair import SAEPair
-from tqdm.auto import tqdm
 
 HIST_BINS = 16
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
-@dataclass
-class ModalityCodes:
-    """Codes of one modality on the report's N rows. values: [N, k] float32; indices: [N, k] int64."""
-
-    values: np.ndarray
-    indices: np.ndarray
-    m: int
-
-    @property
-    def n(self) -> int:
-        return int(self.values.shape[0])
-
-    def matrix(self) -> sp.csr_matrix:
-        """Sparse [N, m] activations (repeated indices summed, inactive entries dropped)."""
-        n, k = self.values.shape
-        rows = np.repeat(np.arange(n), k)
-        z = sp.csr_matrix((self.values.ravel().astype(np.float64), (rows, self.indices.ravel())), shape=(n, self.m))
-        z.eliminate_zeros()
-        return z
-
-
-@torch.no_grad()
-def encode_store(pair: SAEPair, store: PairedEmbeddings, modality: str, batch_size: int = 4096,
-                 device: str = "cpu", progress: bool = False) -> ModalityCodes:
-    """Encode every row of ``store`` in ``modality`` once -> :class:`ModalityCodes` in the shared index space."""
-
-    vals, idxs = [], []
-    for start in tqdm(range(0, store.n, batch_size), desc=f"encode {modality}", disable=not progress, leave=False):
-        x = store.read(modality, np.arange(start, min(start + batch_size, store.n))).to(device)
-        codes = pair.encode(modality, x)
-        vals.append(codes.values.float().cpu().numpy())
-        idxs.append(codes.indices.cpu().numpy())
-    width = max(v.shape[1] for v in vals)
-    pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])))  # noqa: E731  (BatchTopK rows vary in width)
-    return ModalityCodes(np.concatenate([pad(v) for v in vals]), np.concatenate([pad(i) for i in idxs]), pair.m)
+def codes_matrix(codes: SparseCodes) -> sp.csr_matrix:
+    """Sparse [N, m] float64 activations of codes [N, width] (repeated indices summed, inactive entries dropped)."""
+    values, indices = codes.values.numpy(), codes.indices.numpy()
+    n, k = values.shape
+    rows = np.repeat(np.arange(n), k)
+    z = sp.csr_matrix((values.ravel().astype(np.float64), (rows, indices.ravel())), shape=(n, codes.m))
+    z.eliminate_zeros()
+    return z
 
 
 @dataclass
@@ -81,15 +56,12 @@ class LatentStats:
     top_values: list[np.ndarray]
 
 
-def latent_stats(codes: ModalityCodes, top: int) -> LatentStats:
-    """Firing counts, activation histograms and the ``top`` most active rows of every latent."""
-    n, k = codes.values.shape
-    m = codes.m
-    val = codes.values.ravel()
-    lat = codes.indices.ravel()
-    row = np.repeat(np.arange(n), k)
-    keep = val > 0
-    val, lat, row = val[keep], lat[keep], row[keep]
+def latent_stats(codes: SparseCodes, top: int) -> LatentStats:
+    """Firing counts, activation histograms and the ``top`` most active rows of every latent
+    (:func:`dualsae.evaluation.top_rows.select_top`: best first, ties to the lower row). codes: [N, width]."""
+    n, m = codes.batch, codes.m
+    entries = active_entries(codes)
+    val, lat = entries.value, entries.slot
     fired = np.bincount(lat, minlength=m)
     total = np.bincount(lat, weights=val, minlength=m)
     vmax = np.zeros(m, dtype=np.float64)
@@ -97,44 +69,18 @@ def latent_stats(codes: ModalityCodes, top: int) -> LatentStats:
     bins = np.minimum((val / np.maximum(vmax[lat], 1e-12) * HIST_BINS).astype(np.int64), HIST_BINS - 1)
     hist = np.zeros((m, HIST_BINS), dtype=np.int64)
     np.add.at(hist, (lat, bins), 1)
-    # Sort by (latent, -value, row): each latent's rows then run best first; ties go to the lower row.
-    order = np.lexsort((row, -val, lat))
-    starts = np.concatenate([[0], np.cumsum(fired)])
-    top_rows, top_values = [], []
-    for j in range(m):
-        sl = order[starts[j] : min(starts[j] + top, starts[j + 1])]
-        top_rows.append(row[sl])
-        top_values.append(val[sl])
+    kept, starts = select_top(entries, m, top)
+    top_rows = [kept.row[starts[j]:starts[j + 1]] for j in range(m)]
+    top_values = [kept.value[starts[j]:starts[j + 1]] for j in range(m)]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_active = np.where(fired > 0, total / np.maximum(fired, 1), 0.0)
     return LatentStats(fired, fired / max(n, 1), mean_active, vmax, hist, top_rows, top_values)
 
 
-def same_index_pairs(image: ModalityCodes, text: ModalityCodes) -> tuple[np.ndarray, np.ndarray]:
-    """For every index j: co-firing support (rows where image latent j and text latent j are both active)
-    and the Pearson correlation of their activations over the rows (eq. 5 at (j, j); NaN when either
-    never varies). Returns ``(support [m] int, correlation [m] float)``."""
-    zi, zt = image.matrix(), text.matrix()
-    n = zi.shape[0]
-    support = np.asarray((zi > 0).multiply(zt > 0).sum(0)).ravel().astype(np.int64)
-    cross = np.asarray(zi.multiply(zt).sum(0)).ravel()
-    mu_i, mu_t = np.asarray(zi.mean(0)).ravel(), np.asarray(zt.mean(0)).ravel()
-    var_i = np.asarray(zi.multiply(zi).mean(0)).ravel() - mu_i**2
-    var_t = np.asarray(zt.multiply(zt).mean(0)).ravel() - mu_t**2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = (cross / max(n, 1) - mu_i * mu_t) / np.sqrt(var_i * var_t)
-    corr[(var_i <= 1e-12) | (var_t <= 1e-12)] = np.nan
-    return support, corr
-
-
-def unit_rows(w: torch.Tensor) -> torch.Tensor:
-    w = w.detach().float().cpu()
-    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def decoder_cosines(pair: SAEPair) -> np.ndarray:
     """[m] cosine between the image and the text decoder direction of each latent index."""
-    wi, wt = unit_rows(pair.decoder_columns("image")), unit_rows(pair.decoder_columns("text"))
+    wi = F.normalize(pair.decoder_columns("image").float().cpu(), dim=1)
+    wt = F.normalize(pair.decoder_columns("text").float().cpu(), dim=1)
     return (wi * wt).sum(1).numpy()
 
 
@@ -142,7 +88,7 @@ def nearest_latents(w: torch.Tensor, n: int, block: int = 1024) -> tuple[np.ndar
     """For each decoder direction (rows of ``w: [m, d]``) the ``n`` other latents of the same decoder
     with the largest cosine. Returns ``(indices [m, n], cosines [m, n])``; blocks keep memory at
     ``[block, m]``."""
-    u = unit_rows(w)
+    u = F.normalize(w.detach().float().cpu(), dim=1)
     m = u.shape[0]
     n = min(n, m - 1)
     idx, cos = np.zeros((m, n), dtype=np.int64), np.zeros((m, n), dtype=np.float32)
@@ -159,7 +105,7 @@ def caption_words(caption: str) -> list[str]:
     return sorted(set(WORD.findall(caption.lower())))
 
 
-def word_index(captions: list[str | None], codes: dict[str, ModalityCodes], per_word: int = 12,
+def word_index(captions: list[str | None], codes: dict[str, SparseCodes], per_word: int = 12,
                max_words: int = 50_000) -> dict[str, list[list[float]]]:
     """Search index: caption word -> the latents that fire most on rows whose caption holds the word.
 
@@ -189,7 +135,7 @@ def word_index(captions: list[str | None], codes: dict[str, ModalityCodes], per_
         if x is None:
             excess.append(sp.csr_matrix((len(vocab), m)))
             continue
-        z = x.matrix()
+        z = codes_matrix(x)
         s = (incidence @ z).tocoo()
         overall = np.asarray(z.mean(0)).ravel()
         # Only latents that fire on some row with the word get a score; the rest are never a hit.
@@ -209,28 +155,13 @@ def word_index(captions: list[str | None], codes: dict[str, ModalityCodes], per_
     return out
 
 
-def collapse_captions(captions: list[str | None], values: np.ndarray, limit: int) -> list[list]:
-    """Identical captions collapsed, in order of first (highest) activation: ``[caption, count, best value]``."""
-    seen: dict[str, list] = {}
-    for cap, v in zip(captions, values.tolist()):
-        key = cap if isinstance(cap, str) else ""
-        if key in seen:
-            seen[key][1] += 1
-        else:
-            seen[key] = [key, 1, round(float(v), 4)]
-    return list(seen.values())[:limit]
-
-
 __all__ = [
     "HIST_BINS",
     "LatentStats",
-    "ModalityCodes",
     "caption_words",
-    "collapse_captions",
+    "codes_matrix",
     "decoder_cosines",
-    "encode_store",
     "latent_stats",
     "nearest_latents",
-    "same_index_pairs",
     "word_index",
 ]

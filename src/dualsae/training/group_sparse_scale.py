@@ -26,13 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import CheckpointError
 from dualsae.core.losses import activation_scale
 from dualsae.files.atomic import write_json
 from dualsae.files.jsonfiles import read_json_object
+from dualsae.models.encoding import encode_rows
 from dualsae.models.run_schema import CONFIG_FILE
 from dualsae.store.paired import PairedEmbeddings
 from dualsae.training.config import TrainConfig, lr_at, steps_per_epoch
@@ -49,15 +49,9 @@ def needs_calibration(config: "TrainConfig") -> bool:
     return config.method == "group-sparse" and config.group_sparse_scale_free
 
 
-@torch.no_grad()
 def _codes(sae, x: torch.Tensor) -> SparseCodes:
-    """Inference codes of x: [n, d] in chunks (the dense [chunk, m] pre-activations stay small)."""
-    parts = [sae.encode(x[i:i + _CHUNK]) for i in range(0, len(x), _CHUNK)]
-    # BatchTopK / ReLU codes vary in width per chunk; pad with inactive (value 0) entries.
-    width = max(p.values.shape[1] for p in parts)
-    values = torch.cat([F.pad(p.values, (0, width - p.values.shape[1])) for p in parts])
-    indices = torch.cat([F.pad(p.indices, (0, width - p.indices.shape[1])) for p in parts])
-    return SparseCodes(values, indices, sae.m)
+    """Inference codes of x: [n, d] in chunks (the dense [chunk, m] pre-activations stay small), on x's device."""
+    return encode_rows(sae, x, batch_size=_CHUNK, out_device=None, dtype=None)
 
 
 def calibrate(store: "PairedEmbeddings", config: "TrainConfig", device: torch.device) -> dict:

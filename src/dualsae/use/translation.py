@@ -1,17 +1,14 @@
-"""Using an aligned pair: translate an embedding into the other modality, steer it along a concept,
-read its latents, find the rows that activate a latent, and the cross-modal neighbours of a vector.
+"""Using an aligned pair: translate an embedding into the other modality, read the latents of rows,
+and find the cross-modal neighbours of a vector (steering is in :mod:`dualsae.use.steering`).
 
 Paper Sec. 5 / DESIGN "Use it": once the text SAE is permuted (eq. 7) the two SAEs share latent
 indices, so a caption's code ``z = E_T(y)`` can be decoded by the image decoder,
 ``x~ = D_I(z) = sum_j z_j phi_j + b_dec,I``: a vector in the *image* region of the joint space that
-carries the caption's concepts (translation). Steering adds one image decoder direction to an image
-embedding, ``x' = x + alpha ||x|| phi_j / ||phi_j||`` (the same step as the Sec. 6.2 steering metric,
-but scaled by each row's own norm so that the function needs no data set), and moves its neighbours
-toward the rows on which latent j fires.
+carries the caption's concepts (translation).
 
-These functions take any :class:`dualsae.models.pair.SAEPair`; :class:`dualsae.alignment.post_hoc.AlignedPair` (and
-every pair) exposes them as methods. Translation through an *unaligned* modality-specific pair is
-refused: its two index spaces are unrelated until ``dualsae align`` permutes them.
+These functions take any :class:`dualsae.models.pair.SAEPair`. Translation through an *unaligned*
+modality-specific pair is refused: its two index spaces are unrelated until ``dualsae align``
+permutes them.
 """
 
 from __future__ import annotations
@@ -23,91 +20,36 @@ import torch
 import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
+from dualsae.models.encoding import DEFAULT_BATCH, encode_rows
 from dualsae.store.paired import PairedEmbeddings
-from dualsae.core.errors import ConfigError, DataError
-from dualsae.core.modalities import MODALITIES
-
-
-def _as_tensor(x: Any, d: int, what: str = "x") -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
-    if t.ndim == 1:
-        t = t.unsqueeze(0)
-    if t.ndim != 2 or t.shape[1] != d:
-        raise DataError(f"{what} must be [batch, {d}] embeddings, found shape {list(t.shape)}")
-    return t
-
-
-def _check_modality(modality: str, flag: str = "modality") -> None:
-    if modality not in MODALITIES:
-        raise ConfigError(f"{flag} must be one of {', '.join(MODALITIES)}, found {modality!r}")
-
-
-def require_shared_index(pair) -> None:
-    """Refuse cross-modal use of an unaligned modality-specific pair (indices unrelated)."""
-    if pair.method == "specific":
-        raise ConfigError("this is an unaligned modality-specific pair: latent j of the image SAE and latent j "
-                          "of the text SAE are unrelated; run 'dualsae align' first and use the aligned folder")
+from dualsae.use.inputs import as_embeddings, check_modality, require_shared_index
 
 
 @torch.no_grad()
 def translate(pair, x: Any, source: str = "text", target: str = "image") -> torch.Tensor:
     """Encode with the source modality's SAE, decode with the target's: x [batch, d] -> [batch, d]."""
-    _check_modality(source, "source")
-    _check_modality(target, "target")
+    check_modality(source, "source")
+    check_modality(target, "target")
     if source != target:
         require_shared_index(pair)
     sae = pair.sae_for(source)
-    t = _as_tensor(x, sae.d).to(sae.W_dec.device)
+    t = as_embeddings(x, sae.d).to(sae.W_dec.device)
     return pair.decode(target, pair.encode(source, t))
 
 
 @torch.no_grad()
-def steering_direction(pair, latent: int, modality: str = "image") -> torch.Tensor:
-    """Unit decoder direction of ``latent`` (shared index) in ``modality``: [d]."""
-    _check_modality(modality)
-    cols = pair.decoder_columns(modality)
-    if not 0 <= latent < cols.shape[0]:
-        raise ConfigError(f"latent must be in [0, {cols.shape[0]}) for the {modality} SAE, found {latent}")
-    return F.normalize(cols[latent].float(), dim=0)
-
-
-@torch.no_grad()
-def steer(pair, x: Any, latent: int, alpha: float, modality: str = "image") -> torch.Tensor:
-    """``x' = x + alpha ||x|| w`` with ``w`` the unit ``modality`` decoder direction of ``latent``.
-
-    x: [batch, d] (or [d]) -> [batch, d]. alpha is relative to each row's norm: alpha = 1 adds a
-    vector as long as the embedding itself.
-    """
-    w = steering_direction(pair, latent, modality)
-    t = _as_tensor(x, w.shape[0]).to(w.device)
-    return t + float(alpha) * t.norm(dim=1, keepdim=True) * w
-
-
-@torch.no_grad()
-def latents_for(pair, source: Any, modality: str = "image", rows: Any = None, batch_size: int = 4096) -> SparseCodes:
-    """Sparse codes (shared index space) of embeddings or store rows.
+def latents_for(pair, source: Any, modality: str = "image", rows: Any = None, batch_size: int = DEFAULT_BATCH) -> SparseCodes:
+    """Sparse codes (shared index space) of embeddings or store rows, on the pair's device.
 
     source: a :class:`PairedEmbeddings` (then ``rows``: positions in it, default all) or an array /
-    tensor of embeddings [batch, d]. Returns SparseCodes [batch, k].
+    tensor of embeddings [batch, d]. Returns SparseCodes [batch, width]
+    (:func:`dualsae.models.encoding.encode_rows`).
     """
-    _check_modality(modality)
+    check_modality(modality)
     sae = pair.sae_for(modality)
-    if isinstance(source, PairedEmbeddings):
-        source.require(modality, "latents_for")
-        pos = np.arange(source.n) if rows is None else np.asarray(rows, dtype=np.int64)
-        if len(pos) and (pos.min() < 0 or pos.max() >= source.n):
-            raise DataError(f"{source.root}: rows must be in [0, {source.n}), found {pos.min()}..{pos.max()}")
-        chunks = [pair.encode(modality, source.read(modality, pos[s:s + batch_size]).to(sae.W_dec.device))
-                  for s in range(0, len(pos), batch_size)]
-    else:
-        x = _as_tensor(source, sae.d, "embeddings").to(sae.W_dec.device)
-        chunks = [pair.encode(modality, x[s:s + batch_size]) for s in range(0, len(x), batch_size)]
-    if not chunks:
-        return SparseCodes(torch.zeros(0, sae.config.k), torch.zeros(0, sae.config.k, dtype=torch.long), pair.m)
-    width = max(c.values.shape[1] for c in chunks)
-    vals = torch.cat([F.pad(c.values, (0, width - c.values.shape[1])) for c in chunks])
-    idx = torch.cat([F.pad(c.indices, (0, width - c.indices.shape[1])) for c in chunks])
-    return SparseCodes(vals, idx, pair.m)
+    if not isinstance(source, PairedEmbeddings):
+        source = as_embeddings(source, sae.d, "embeddings")
+    return encode_rows(pair, source, modality, rows=rows, batch_size=batch_size, out_device=None)
 
 
 @torch.no_grad()
@@ -138,4 +80,4 @@ def nearest_rows(query: torch.Tensor, store: PairedEmbeddings, modality: str, n:
     return best_s, store.rows_of(best_p.numpy().reshape(-1)).reshape(best_p.shape)
 
 
-__all__ = ["translate", "steer", "steering_direction", "latents_for", "nearest_rows", "require_shared_index"]
+__all__ = ["latents_for", "nearest_rows", "require_shared_index", "translate"]

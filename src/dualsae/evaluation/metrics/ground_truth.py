@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import DataError
 from dualsae.core.losses import sparse_dot
-from dualsae.models.pair import SAEPair
 from dualsae.core.modalities import MODALITIES
+from dualsae.models.pair import SAEPair
 from dualsae.store.generator import EVAL_SPLIT, GroundTruth, load_ground_truth
+from dualsae.store.paired import PairedEmbeddings
 
 METRIC_KEYS = (
     "reconstruction_error",

@@ -34,12 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import DataError
-from dualsae.evaluation.metrics.retrieval import encode_rows
-from dualsae.models.pair import SAEPair
+from dualsae.core.modalities import MODALITIES
 from dualsae.core.progress import tqdm
-from dualsae.files.atomic import atomic_path
+from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt
+from dualsae.files.atomic import atomic_path, write_npy
+from dualsae.models.encoding import encode_rows
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 
 def _external_reader(external: Any, modality: str) -> tuple[int, Any]:
@@ -104,7 +106,7 @@ def monosemanticity_from_codes(codes: SparseCodes, external: Any, modality: str 
 def monosemanticity(pair: SAEPair, store: PairedEmbeddings, external: Any, modality: str, batch_size: int = 4096,
                     device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
     """MS_j of the ``modality`` latents on the rows of ``store``; external: store view or array [N, e] with the same rows."""
-    codes = encode_rows(pair, store, modality, batch_size, device, progress)
+    codes = encode_rows(pair, store, modality, batch_size=batch_size, device=device, progress=progress)
     return monosemanticity_from_codes(codes, external, modality, progress=progress)
 
 
@@ -146,4 +148,38 @@ def plot_curves(curves: dict[str, np.ndarray], path: str | Path, title: str = "M
     return path
 
 
-__all__ = ["monosemanticity", "monosemanticity_from_codes", "plot_curves", "sorted_curve", "summarize"]
+# ---------------------------------------------------------------------------- the eval task
+def _task(ctx: TaskContext) -> dict:
+    if ctx.external is None:
+        raise Skip("needs --external STORE (an external encoder's embeddings of the same rows)")
+    pair, store, prefix = ctx.pair, ctx.store, ctx.artefact_prefix
+    res: dict[str, Any] = {}
+    curves = {}
+    for mod in MODALITIES:
+        if not store.has(mod) or getattr(pair, mod) is None:
+            continue
+        scores = monosemanticity(pair, store, ctx.external, mod, **ctx.kw)
+        res[mod] = summarize(scores)
+        curves[mod] = sorted_curve(scores)
+        if prefix is not None:
+            path = Path(f"{prefix}_monosemanticity_{mod}.npy")
+            write_npy(path, curves[mod])
+            res[mod]["curve_file"] = path.name
+    if prefix is not None and curves:
+        png = plot_curves(curves, Path(f"{prefix}_monosemanticity.png"), title=f"Monosemanticity ({pair.method})")
+        res["plot_file"] = png.name
+    return res
+
+
+def _lines(r: dict) -> list[str]:
+    return [f"{'monosemanticity':<16}{mod:<10}mean {fmt(r[mod]['mean'])}  median {fmt(r[mod]['median'])}  "
+            f"({r[mod]['n_scored']:,} of {r[mod]['n_latents']:,} latents scored)" for mod in MODALITIES if mod in r]
+
+
+#: ``monosemanticity``: MS score of every latent against an external encoder's embeddings of the
+#: same rows, per modality; sorted curves beside metrics.json as ``.npy`` and a PNG.
+TASK = Task("monosemanticity", _task, (("mono_image", "Monosemanticity (image) ↑", True), ("mono_text", "Monosemanticity (text) ↑", True)),
+            lambda r: {f"mono_{mod}": r[mod]["mean"] for mod in MODALITIES if mod in r}, _lines)
+
+
+__all__ = ["TASK", "monosemanticity", "monosemanticity_from_codes", "plot_curves", "sorted_curve", "summarize"]

@@ -21,10 +21,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dualsae.store.paired import PairedEmbeddings
-from dualsae.models.pair import SAEPair
 from dualsae.core.modalities import MODALITIES
 from dualsae.core.progress import tqdm
+from dualsae.evaluation.task_table import Task, TaskContext, fmt
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 AVERAGED = ("mse", "mse_per_dim", "explained_variance")
 
@@ -95,4 +96,24 @@ def reconstruction_metrics(
     return out
 
 
-__all__ = ["modality_reconstruction", "reconstruction_metrics"]
+# ---------------------------------------------------------------------------- the eval task
+def _task(ctx: TaskContext) -> dict:
+    return reconstruction_metrics(ctx.pair, ctx.store, **ctx.kw)
+
+
+def _lines(r: dict) -> list[str]:
+    lines = [f"{'recon':<16}{'':<10}{'mse':>9}{'mse/dim':>11}{'EV':>8}{'L0':>8}{'dead':>7}"]
+    for mod in (*MODALITIES, "mean"):
+        if mod in r:
+            v = r[mod]
+            lines.append(f"{'':<16}{mod:<10}{fmt(v['mse']):>9}{fmt(v['mse_per_dim'], '.2e'):>11}{fmt(v['explained_variance'], '.3f'):>8}"
+                         + (f"{fmt(v['mean_l0'], '.1f'):>8}{fmt(v['dead_fraction'], '.3f'):>7}" if "mean_l0" in v else ""))
+    return lines
+
+
+#: ``recon``: reconstruction MSE (eq. 4), explained variance, L0, dead latents per modality.
+TASK = Task("recon", _task, (("recon_mse", "Recon. MSE ↓", False),),
+            lambda r: {"recon_mse": r["mean"]["mse"]} if "mean" in r else {}, _lines)
+
+
+__all__ = ["TASK", "modality_reconstruction", "reconstruction_metrics"]

@@ -39,10 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.models.pair import SAEPair
 from dualsae.core.progress import tqdm
+from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt
+from dualsae.models.encoding import encode_rows
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 POSITIVES = ("group", "caption", "row")
 DEFAULT_KS = (1, 5, 10)
@@ -50,42 +52,7 @@ DEFAULT_KS = (1, 5, 10)
 _CHUNK_ELEMENTS = 1 << 25
 
 
-# ---------------------------------------------------------------------------- encoding
-def _as_rows(source: Any, modality: str) -> tuple[int, Callable[[int, int], torch.Tensor]]:
-    """(n, read(start, stop) -> float32 [b, d]) for a store (one modality) or an array/tensor [N, d]."""
-    if isinstance(source, PairedEmbeddings):
-        source.require(modality, "encoding")
-        return source.n, lambda a, b: source.read(modality, np.arange(a, b))
-    if isinstance(source, torch.Tensor):
-        return int(source.shape[0]), lambda a, b: source[a:b].float()
-    return len(source), lambda a, b: torch.from_numpy(np.asarray(source[a:b], dtype=np.float32))
-
-
-def encode_rows(
-    pair: SAEPair,
-    source: Any,
-    modality: str,
-    batch_size: int = 4096,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-) -> SparseCodes:
-    """Encode every row with ``pair.encode(modality, .)`` in batches -> SparseCodes [N, width] on CPU.
-
-    source: a PairedEmbeddings view (its ``modality`` array) or an array/tensor [N, d].
-    Codes are in the pair's shared index space (``m = pair.m``).
-    """
-
-    n, read = _as_rows(source, modality)
-    parts = []
-    for start in tqdm(range(0, n, batch_size), desc=f"encode {modality}", unit="batch", disable=not progress, leave=False):
-        x = read(start, min(start + batch_size, n)).to(device)
-        parts.append(pair.encode(modality, x).to("cpu"))
-    if not parts:
-        return SparseCodes(torch.zeros(0, 1), torch.zeros(0, 1, dtype=torch.long), pair.m)
-    codes = SparseCodes.cat(parts)
-    return SparseCodes(codes.values.float(), codes.indices, pair.m)
-
-
+# ---------------------------------------------------------------------------- codes
 def normalize_codes(codes: SparseCodes) -> SparseCodes:
     """Scale each row to unit L2 norm (rows that are all zero stay zero). [N, w] -> [N, w].
 
@@ -259,8 +226,8 @@ def cross_modal_retrieval(
     """
     store.require_pairs("cross-modal retrieval")
     proto = build_protocol(store.meta_rows(), positives, group_field, caption_field)
-    img = encode_rows(pair, store.subset(proto.image_rows), "image", batch_size, device, progress)
-    txt = encode_rows(pair, store.subset(proto.text_rows), "text", batch_size, device, progress)
+    img = encode_rows(pair, store.subset(proto.image_rows), "image", batch_size=batch_size, device=device, progress=progress)
+    txt = encode_rows(pair, store.subset(proto.text_rows), "text", batch_size=batch_size, device=device, progress=progress)
     return retrieval_from_codes(img, txt, proto, ks, progress)
 
 
@@ -283,8 +250,40 @@ def embedding_retrieval(
     return _rank_both(lambda a, b: img[a:b] @ txt.T, lambda a, b: txt[a:b] @ img.T, proto, ks, progress)
 
 
-__all__ = [
+# ---------------------------------------------------------------------------- the eval task
+def _task(ctx: TaskContext) -> dict:
+    o, store = ctx.options, ctx.store
+    if not store.has_pairs or not ctx.both_encoders:
+        raise Skip("needs paired image and text embeddings and a model with both encoders")
+    positives = auto_positives(store.meta_rows(), o.group_field, o.caption_field) if o.positives == "auto" else o.positives
+    rk = {"positives": positives, "group_field": o.group_field, "caption_field": o.caption_field}
+    res = cross_modal_retrieval(ctx.pair, store, **rk, **ctx.kw)
+    res["embedding_reference"] = embedding_retrieval(store, **rk)
+    return res
+
+
+def _row(r: dict) -> dict:
+    return {f"{short}_{k}": r[key][k] for key, short in (("image_to_text", "i2t"), ("text_to_image", "t2i")) for k in ("R@1", "R@5", "R@10")}
+
+
+def _lines(r: dict) -> list[str]:
+    lines = [f"{'retrieval':<16}{r['positives'] + ' protocol':<22}{'R@1':>7}{'R@5':>7}{'R@10':>7}   ({r['n_images']:,} images, {r['n_texts']:,} texts)"]
+    for key, name in (("image_to_text", "image->text"), ("text_to_image", "text->image")):
+        for src, label in ((r, "latent"), (r.get("embedding_reference"), "embedding")):
+            if src:
+                v = src[key]
+                lines.append(f"{'':<16}{name + ' ' + label:<22}{fmt(v['R@1'], '.3f'):>7}{fmt(v['R@5'], '.3f'):>7}{fmt(v['R@10'], '.3f'):>7}")
+    return lines
+
+
+#: ``retrieval``: latent cross-modal Recall@1/5/10 both ways, and the same protocol on the raw embeddings.
+TASK = Task("retrieval", _task,
+            tuple((f"{s}_R@{k}", f"{a} R@{k} ↑", True) for s, a in (("i2t", "I→T"), ("t2i", "T→I")) for k in (1, 5, 10)),
+            _row, _lines)
+
+
+__all__ = ["TASK",
     "POSITIVES", "RetrievalProtocol", "auto_positives", "build_protocol", "cross_modal_retrieval",
-    "embedding_retrieval", "encode_rows", "first_positive_ranks", "normalize_codes", "recall_summary",
+    "embedding_retrieval", "first_positive_ranks", "normalize_codes", "recall_summary",
     "retrieval_from_codes", "sparse_scores",
 ]

@@ -11,7 +11,7 @@ holds a list, e.g. ``tags``; COCO object categories in the paper):
    (for a shared SAE the same decoder; for an aligned pair the matched image latent, eq. 7),
    normalised to unit length.
 3. *Steer.* ``n_sources`` (default 100) test images without the concept, drawn with the same kind
-   of seed, get ``x' = x + alpha * s * w_j``, where ``s`` is the mean L2 norm of the test image
+   of seed, get ``x' = normalize(x + alpha * s * w_j)`` (:func:`dualsae.use.steering.steer`), where ``s`` is the mean L2 norm of the test image
    embeddings, so ``alpha`` (default 1.0) is relative to the typical embedding norm: on unit-norm
    CLIP embeddings alpha = 1 adds a vector as long as the embedding itself.
 4. *Retrieve.* All test images are ranked by cosine similarity to ``x'``; the source image is left
@@ -39,11 +39,13 @@ import torch
 import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import DataError
-from dualsae.evaluation.metrics.retrieval import encode_rows
-from dualsae.models.pair import SAEPair
 from dualsae.core.progress import tqdm
+from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt, has_field
+from dualsae.models.encoding import encode_rows
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
+from dualsae.use.steering import steer
 
 
 def concept_values(row: dict, field: str) -> list[str]:
@@ -198,8 +200,8 @@ def concept_steering(
     images = store.read("image", positions)  # [N_img, d] dense: d is small
     scale = float(images.norm(dim=1).mean())
     images_n = F.normalize(images, dim=1)
-    text_codes = encode_rows(pair, select_store, "text", batch_size, device, progress)
-    dec = pair.decoder_columns("image").float().cpu()
+    text_codes = encode_rows(pair, select_store, "text", batch_size=batch_size, device=device, progress=progress)
+    m_image = pair.decoder_columns("image").shape[0]
 
     per: dict[str, dict] = {}
     skipped: dict[str, str] = {}
@@ -213,16 +215,15 @@ def concept_steering(
             skipped[c] = "held by no test image or by all of them"
             continue
         j, diff, n_neg = select_latent(text_codes, sel, n_negative, _rng(seed, c, 0))
-        if j >= dec.shape[0]:
-            skipped[c] = f"text latent {j} has no image decoder column (image SAE has {dec.shape[0]})"
+        if j >= m_image:
+            skipped[c] = f"text latent {j} has no image decoder column (image SAE has {m_image})"
             continue
-        w = F.normalize(dec[j], dim=0)
         cand = np.flatnonzero(~rel_np)
         src = np.sort(_rng(seed, c, 1).choice(cand, size=min(n_sources, len(cand)), replace=False))
         src_t = torch.as_tensor(src, dtype=torch.long)
         rel = torch.as_tensor(rel_np)
         x = images[src_t]
-        steered = F.normalize(x + alpha * scale * w, dim=1)
+        steered = steer(pair, x, j, alpha, "image", scale=scale, normalize=True)  # step 3
         ap, rr = ranked_ap_rr(steered @ images_n.T, rel, src_t)
         ap0, rr0 = ranked_ap_rr(F.normalize(x, dim=1) @ images_n.T, rel, src_t)
         per[c] = {"latent": j, "activation_difference": diff, "captions_with": int(sel.sum()), "captions_without": n_neg,
@@ -238,4 +239,32 @@ def concept_steering(
             "n_test_images": int(n_img), "per_concept": per, "skipped": skipped}
 
 
-__all__ = ["concept_masks", "concept_steering", "concept_values", "mean_code", "ranked_ap_rr", "select_latent"]
+# ---------------------------------------------------------------------------- the eval task
+def _task(ctx: TaskContext) -> dict:
+    o, store, train = ctx.options, ctx.store, ctx.train_store
+    sel = train if train is not None and has_field(train.meta_rows(), o.concept_field or "") else store
+    if not o.concept_field:
+        raise Skip("needs --concept-field FIELD (a meta field holding each row's concept(s))")
+    if not has_field(store.meta_rows(), o.concept_field):
+        raise Skip(f"no evaluation row has meta field '{o.concept_field}'")
+    if not store.has("image") or not sel.has("text") or not ctx.both_encoders:
+        raise Skip("needs image and text embeddings and a model with both encoders")
+    res = concept_steering(ctx.pair, store, o.concept_field, select_store=sel, n_sources=o.steering_sources,
+                           n_negative=o.steering_negatives, alpha=o.steering_alpha, max_concepts=o.max_concepts,
+                           group_field=o.group_field, seed=o.seed, **ctx.kw)
+    res["selection_rows"] = "train split" if sel is train else "evaluation rows"
+    return res
+
+
+def _lines(r: dict) -> list[str]:
+    return [f"{'steering':<16}mAP {fmt(r['map'], '.3f')}  MRR {fmt(r['mrr'], '.3f')}  "
+            f"(unsteered mAP {fmt(r['map_unsteered'], '.3f')}, MRR {fmt(r['mrr_unsteered'], '.3f')}; "
+            f"{r['n_concepts']} concepts of '{r['concept_field']}', alpha {r['alpha']})"]
+
+
+#: ``steering``: concept steering mAP / MRR over the values of ``concept_field`` (Sec. 6.2).
+TASK = Task("steering", _task, (("steer_map", "Steering mAP ↑", True), ("steer_mrr", "Steering MRR ↑", True)),
+            lambda r: {"steer_map": r["map"], "steer_mrr": r["mrr"]}, _lines)
+
+
+__all__ = ["TASK", "concept_masks", "concept_steering", "concept_values", "mean_code", "ranked_ap_rr", "select_latent"]

@@ -30,11 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import DataError
-from dualsae.evaluation.metrics.retrieval import encode_rows, normalize_codes
-from dualsae.models.pair import SAEPair
 from dualsae.core.progress import tqdm
+from dualsae.evaluation.metrics.reconstruction import modality_reconstruction
+from dualsae.evaluation.metrics.retrieval import normalize_codes
+from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt, has_field
+from dualsae.models.encoding import encode_rows
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 
 
 @dataclass
@@ -129,7 +132,7 @@ def class_codes(pair: SAEPair, class_text: Sequence[torch.Tensor] | torch.Tensor
     """u_c = mean of the text codes of class c's T_c embeddings. class_text: C x [T_c, d] -> [C, m]."""
     out = torch.zeros(len(class_text), pair.m, dtype=torch.float32)
     for c, t in enumerate(class_text):
-        codes = encode_rows(pair, torch.as_tensor(t, dtype=torch.float32), "text", batch_size, device)
+        codes = encode_rows(pair, torch.as_tensor(t, dtype=torch.float32), "text", batch_size=batch_size, device=device)
         out[c].scatter_add_(0, codes.indices.reshape(-1), codes.values.reshape(-1).float())
         out[c] /= max(len(t), 1)
     return out
@@ -179,7 +182,7 @@ def zero_shot_accuracy(
     n_classes = len(class_text)
     u = F.normalize(class_codes(pair, class_text, batch_size, device), dim=1)
     u_t = u.T.contiguous()  # [m, C]: row j = every class's weight on latent j
-    codes = normalize_codes(encode_rows(pair, image_x, "image", batch_size, device, progress))
+    codes = normalize_codes(encode_rows(pair, image_x, "image", batch_size=batch_size, device=device, progress=progress))
 
     def scores(a: int, b: int) -> torch.Tensor:
         return F.embedding_bag(codes.indices[a:b], u_t, per_sample_weights=codes.values[a:b].float(), mode="sum")
@@ -220,7 +223,48 @@ def zero_shot(pair: SAEPair, data: ZeroShotData, batch_size: int = 4096, device:
     return out
 
 
-__all__ = [
+# ---------------------------------------------------------------------------- the eval task
+def _task(ctx: TaskContext) -> dict:
+    o, store, train = ctx.options, ctx.store, ctx.train_store
+    data = ctx.zeroshot
+    if data is None and o.label_field:
+        if train is None:
+            raise Skip(f"caption prototypes of '{o.label_field}' need a training split (none found)")
+        if not has_field(train.meta_rows(), o.label_field):
+            raise Skip(f"no training row has meta field '{o.label_field}'")
+        if not train.has("text") or not store.has("image"):
+            raise Skip("caption prototypes need training captions (text.npy) and test images (image.npy)")
+        data = caption_prototypes(train, store, o.label_field)
+    elif data is None:
+        raise Skip("needs --zeroshot STORE (class prompt embeddings) or --label-field FIELD (caption prototypes)")
+    res = zero_shot(ctx.pair, data, o.batch_size, o.device, o.progress)
+    if ctx.zeroshot is not None:
+        res["image_reconstruction"] = modality_reconstruction(ctx.pair, data.images, "image", **ctx.kw)
+    return res
+
+
+def _row(r: dict) -> dict:
+    out = {"zs_top1": r["top1"]}
+    if "image_reconstruction" in r:
+        out["zs_recon_mse"] = r["image_reconstruction"]["mse"]
+    return out
+
+
+def _lines(r: dict) -> list[str]:
+    ref = r.get("embedding_reference", {})
+    return [f"{'zeroshot':<16}top-1 {fmt(r['top1'], '.3f')} (embedding {fmt(ref.get('top1'), '.3f')}, "
+            f"majority class {fmt(r.get('majority_baseline'), '.3f')}), "
+            f"{r['n_images']:,} images, {r['n_classes']:,} classes" +
+            (f", image mse {fmt(r['image_reconstruction']['mse'])}" if "image_reconstruction" in r else "")]
+
+
+#: ``zeroshot``: latent zero-shot top-1 on a zero-shot store (and its image reconstruction MSE,
+#: Table 1's ImageNet column) or on caption prototypes of a meta label field.
+TASK = Task("zeroshot", _task, (("zs_recon_mse", "Zero-shot set recon. MSE ↓", False), ("zs_top1", "Zero-shot top-1 ↑", True)),
+            _row, _lines)
+
+
+__all__ = ["TASK",
     "ZeroShotData", "caption_prototypes", "class_codes", "load_zero_shot_store", "meta_labels", "zero_shot",
     "zero_shot_accuracy", "zero_shot_accuracy_embeddings",
 ]

@@ -26,7 +26,19 @@ from typing import Any
 
 import numpy as np
 
+<<<<<<< HEAD
 from dualsae.core.errors import ConfigError
+=======
+from dualsae.files.atomic import write_json, write_text
+from dualsae.core.errors import ConfigError, DataError
+from dualsae.files.jsonfiles import read_json_object
+from dualsae.files.outdir import finished_json_files, resumable_output
+from dualsae.training.config import TrainConfig
+from dualsae.store.paired import open_store as open_data
+from dualsae.experiments.table1.diagnostics import model_diagnostics
+from dualsae.training.curves import CurveRecorder
+from dualsae.evaluation.tasks import REGISTRY, EvalOptions, aligned_view, evaluate, table_columns
+>>>>>>> h-b
 from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
 from dualsae.evaluation.tasks import EvalOptions, aligned_view, evaluate
 from dualsae.evaluation.tasks import _json_safe as safe
@@ -47,22 +59,8 @@ ROWS = (
 )
 TRAINED = ("shared", "iso-energy", "group-sparse", "specific")
 
-#: (column key, header, higher is better)
-COLUMNS = (
-    ("recon_mse", "Recon. MSE ↓", False),
-    ("i2t_R@1", "I→T R@1 ↑", True),
-    ("i2t_R@5", "I→T R@5 ↑", True),
-    ("i2t_R@10", "I→T R@10 ↑", True),
-    ("t2i_R@1", "T→I R@1 ↑", True),
-    ("t2i_R@5", "T→I R@5 ↑", True),
-    ("t2i_R@10", "T→I R@10 ↑", True),
-    ("zs_recon_mse", "Zero-shot set recon. MSE ↓", False),
-    ("zs_top1", "Zero-shot top-1 ↑", True),
-    ("steer_map", "Steering mAP ↑", True),
-    ("steer_mrr", "Steering MRR ↑", True),
-    ("mono_image", "Monosemanticity (image) ↑", True),
-    ("mono_text", "Monosemanticity (text) ↑", True),
-)
+#: (column key, header, higher is better): the eval tasks' Table 1 columns, in registry order.
+COLUMNS = tuple(c for task in REGISTRY.values() for c in task.columns)
 
 
 def _get(*path: str):
@@ -170,26 +168,8 @@ class Table1Unit:
 
 
 def _flatten(doc: dict) -> dict[str, float | None]:
-    """The table's columns from an :func:`evaluate` result."""
-    t = doc["tasks"]
-    out: dict[str, float | None] = {c: None for c, _, _ in COLUMNS}
-    if "recon" in t and "mean" in t["recon"]:
-        out["recon_mse"] = t["recon"]["mean"]["mse"]
-    if "retrieval" in t:
-        for key, short in (("image_to_text", "i2t"), ("text_to_image", "t2i")):
-            for r in ("R@1", "R@5", "R@10"):
-                out[f"{short}_{r}"] = t["retrieval"][key][r]
-    if "zeroshot" in t:
-        out["zs_top1"] = t["zeroshot"]["top1"]
-        if "image_reconstruction" in t["zeroshot"]:
-            out["zs_recon_mse"] = t["zeroshot"]["image_reconstruction"]["mse"]
-    if "steering" in t:
-        out["steer_map"], out["steer_mrr"] = t["steering"]["map"], t["steering"]["mrr"]
-    if "monosemanticity" in t:
-        for mod in ("image", "text"):
-            if mod in t["monosemanticity"]:
-                out[f"mono_{mod}"] = t["monosemanticity"][mod]["mean"]
-    return out
+    """The table's columns from an :func:`evaluate` result: every registered task's (``table_columns``)."""
+    return table_columns(doc)
 
 
 def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=print,

@@ -1,0 +1,138 @@
+"""Post-hoc alignment of modality-specific SAEs (paper Sec. 5): the pipeline of eqs. 5-7, and for a
+shared SAE the collapse diagnostic (App. F.2).
+
+1. coactivation correlation C (eq. 5, :mod:`dualsae.alignment.correlation`);
+2. assignment on the live block (eq. 6, :mod:`dualsae.alignment.assignment`), optionally
+   followed by the match confidence and its thresholds (:mod:`dualsae.alignment.confidence`);
+3. the text SAE permuted into the image SAE's index space (eq. 7, :mod:`dualsae.alignment.permutation`),
+   or, for a shared SAE, the collapse report (:mod:`dualsae.alignment.collapse`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dualsae.alignment.assignment import Matching, match_latents, matching_json
+from dualsae.alignment.collapse import collapse_report
+from dualsae.alignment.confidence import assess_matching
+from dualsae.alignment.correlation import CoactivationStats, coactivation_correlation
+from dualsae.alignment.correlation import save_correlation as write_correlation
+from dualsae.alignment.permutation import build_permutation, permute_sae
+from dualsae.core.errors import ConfigError
+from dualsae.files.atomic import write_json
+from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
+
+
+@dataclass
+class AlignmentResult:
+    """What :func:`align` returns.
+
+    kind: ``aligned`` (specific SAEs -> :attr:`pair`) or ``collapse`` (shared SAE, App. F.2 report).
+    report: the JSON written beside the model (``alignment.json`` or ``collapse.json``).
+    correlation: live block of C [n_I, n_T] (float64); live_image / live_text: original indices.
+    """
+
+    kind: str
+    report: dict
+    matching: Matching
+    correlation: torch.Tensor
+    pair: AlignedPair | None = None
+
+    def save(self, folder: str | Path, save_correlation: bool = True) -> Path:
+        """Write the aligned pair (``image/``, ``text/``, ``alignment.json``) or ``collapse.json``, and
+        ``correlation.safetensors``: the live block of C (float32) with ``live_image`` (shared index
+        = image index) and ``live_text`` (text latents in the *shared* index space, i.e. after eq. 7)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.pair is not None:
+            self.pair.save(folder)
+            perm = torch.as_tensor(self.pair.permutation)
+        else:
+            write_json(folder / "collapse.json", self.report)
+            perm = None
+        if save_correlation:
+            live_t = torch.as_tensor(self.matching.live_text)
+            write_correlation(folder, self.correlation, self.matching.live_image,
+                              perm[live_t] if perm is not None else live_t.clone(), live_t)
+        return folder
+
+
+def align(
+    pair: SAEPair,
+    store: PairedEmbeddings | None = None,
+    *,
+    stats: CoactivationStats | None = None,
+    batch_size: int = 4096,
+    solver: str = "auto",
+    device: str | torch.device = "cpu",
+    source: str | None = None,
+    progress: bool = True,
+    confidence: Any = None,
+) -> AlignmentResult:
+    """Align a trained pair post hoc (eqs. 5-7), or, for a shared SAE, measure its collapse (App. F.2).
+
+    pair: specific SAEs (-> :class:`AlignedPair`) or a shared SAE (``pair.shared`` -> collapse report).
+    store: paired rows to compute C on (the training split in the paper), unless ``stats`` is given.
+    source: path of the run, recorded in the report.
+    confidence: :class:`dualsae.alignment.confidence.ConfidenceOptions` (support, permutation-null
+    threshold and the thresholds that leave weak matches unmatched; needs ``store``), or None (the
+    report then has no support / null_threshold; experiments that align many runs skip the cost).
+    ``dualsae align`` always passes one.
+    """
+    t0 = time.perf_counter()
+    if stats is None:
+        if store is None:
+            raise ConfigError("align needs a store of paired rows or precomputed CoactivationStats")
+        stats = coactivation_correlation(pair, store, batch_size=batch_size, device=device, progress=progress)
+    t_corr = time.perf_counter()
+    c, li, lt = stats.correlation()
+    matching = match_latents(c, li, lt, solver=solver)
+    t_assign = time.perf_counter()
+    timing = {"correlation_s": round(t_corr - t0, 3), "assignment_s": round(t_assign - t_corr, 3)}
+    common = {"source_run": source, "source_method": pair.method, "rows": stats.n}
+    conf, conf_section = None, {}
+    if confidence is not None:
+        if store is None:
+            raise ConfigError("match confidence needs the store of paired rows, not only CoactivationStats")
+        matching, conf, section = assess_matching(pair, store, matching, confidence, batch_size=batch_size, device=device)
+        conf_section = {"confidence": section}
+        timing["confidence_s"] = round(time.perf_counter() - t_assign, 3)
+    if pair.shared:
+        report = {**collapse_report(matching, stats.m_image, conf), **conf_section, **common, "timing": timing}
+        return AlignmentResult("collapse", report, matching, c.cpu())
+    sae_i, sae_t = pair.sae_for("image"), pair.sae_for("text")
+    perm = build_permutation(matching, sae_i.m, sae_t.m)
+    text_aligned = permute_sae(sae_t, perm)
+    report = {
+        "format": ALIGNMENT_FORMAT,
+        **common,
+        "m_image": sae_i.m,
+        "m_text": sae_t.m,
+        "solver": matching.solver,
+        "permutation": perm.tolist(),
+        "live": {"image": len(matching.live_image), "text": len(matching.live_text)},
+        "dead": {"image": sae_i.m - len(matching.live_image), "text": sae_t.m - len(matching.live_text)},
+        "matched_count": len(matching.image),
+        "mean_matched_correlation": matching.mean_corr,
+        "total_matched_correlation": matching.total,
+        "matched": matching_json(matching, conf),
+        **conf_section,
+        "unmatched": {
+            "image_only": matching.image_only.tolist(),
+            "text_only": matching.text_only.tolist(),
+            "text_only_shared": perm[matching.text_only].tolist(),
+        },
+        "timing": {**timing, "total_s": round(time.perf_counter() - t0, 3)},
+    }
+    aligned = AlignedPair("aligned", sae_i, text_aligned, report)
+    return AlignmentResult("aligned", report, matching, c.cpu(), aligned)
+
+
+__all__ = ["AlignmentResult", "align"]

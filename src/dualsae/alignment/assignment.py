@@ -1,0 +1,125 @@
+"""The assignment of paper eq. 6 (+ footnote 2): ``max tr(CP)`` over permutations, on the live x live
+block of the coactivation correlation only (a rectangular assignment when the live counts differ;
+the surplus live latents of the larger side stay unmatched and are reported as modality-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from dualsae.alignment.confidence import arrays_json
+from dualsae.core.errors import ConfigError, DataError
+
+SOLVERS = ("auto", "scipy", "lapjv")
+
+
+def _lap_available() -> bool:
+    try:
+        import lap  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(lap, "lapjvr")
+
+
+def solve_assignment(score: np.ndarray, solver: str = "auto") -> tuple[np.ndarray, np.ndarray, float]:
+    """Maximum-total assignment (eq. 6) on a dense score matrix ``score: [a, b]``.
+
+    Returns ``(rows [K], cols [K], total)`` with K = min(a, b), rows increasing, every row and
+    column used at most once, and ``total = score[rows, cols].sum()`` maximal.
+    solver: ``lapjv`` (lapx's Jonker-Volgenant ``lapjvr``, rectangular without padding), ``scipy``
+    (``linear_sum_assignment``) or ``auto`` (lapjv if lapx is installed, else scipy). Both are exact;
+    with ties they may return different assignments of the same total.
+    """
+    if solver not in SOLVERS:
+        raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, found {solver!r}")
+    score = np.asarray(score, dtype=np.float64)
+    if score.ndim != 2:
+        raise ConfigError(f"assignment needs a 2-D score matrix, found shape {list(score.shape)}")
+    if not np.isfinite(score).all():
+        raise DataError("assignment score matrix contains NaN or inf; dead latents must be removed first")
+    if min(score.shape) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, 0.0
+    use_lap = solver == "lapjv" or (solver == "auto" and _lap_available())
+    if solver == "lapjv" and not _lap_available():
+        raise ConfigError("solver 'lapjv' needs lapx >= 0.6 with lapjvr (pip install 'lapx>=0.6'); or use solver 'scipy'")
+    if use_lap:
+        import lap
+
+        cost = np.ascontiguousarray(-score)
+        _, rows, cols = lap.lapjvr(cost, extend_cost=score.shape[0] != score.shape[1], precision="float64")
+    else:
+
+        rows, cols = linear_sum_assignment(score, maximize=True)
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows, cols = rows[order], cols[order]
+    return rows, cols, float(score[rows, cols].sum())
+
+
+@dataclass
+class Matching:
+    """Result of eq. 6 on the live block, in original latent indices.
+
+    image, text: [K] matched latents (image[a] <-> text[a]); corr: [K] their c_ij.
+    live_image, live_text: live latents of each side; image_only / text_only: live but unmatched.
+    """
+
+    image: np.ndarray
+    text: np.ndarray
+    corr: np.ndarray
+    live_image: np.ndarray
+    live_text: np.ndarray
+    image_only: np.ndarray
+    text_only: np.ndarray
+    total: float
+    solver: str
+
+    @property
+    def mean_corr(self) -> float | None:
+        """Mean c_ij of the matched pairs (None when nothing matched: JSON has no NaN)."""
+        return float(self.corr.mean()) if len(self.corr) else None
+
+
+def match_latents(c: torch.Tensor | np.ndarray, live_i: Any, live_t: Any, solver: str = "auto") -> Matching:
+    """Eq. 6 on the live block ``c: [n_I, n_T]`` whose rows/columns are latents ``live_i`` / ``live_t``."""
+    c_np = c.detach().cpu().numpy() if isinstance(c, torch.Tensor) else np.asarray(c)
+    li = np.asarray(live_i.cpu() if isinstance(live_i, torch.Tensor) else live_i, dtype=np.int64)
+    lt = np.asarray(live_t.cpu() if isinstance(live_t, torch.Tensor) else live_t, dtype=np.int64)
+    if c_np.shape != (len(li), len(lt)):
+        raise ConfigError(f"correlation block has shape {list(c_np.shape)}, expected [{len(li)}, {len(lt)}] from the live lists")
+    used = solver if solver != "auto" else ("lapjv" if _lap_available() else "scipy")
+    rows, cols, total = solve_assignment(c_np, used)
+    matched_i, matched_t = li[rows], lt[cols]
+    return Matching(
+        image=matched_i,
+        text=matched_t,
+        corr=c_np[rows, cols].astype(np.float64),
+        live_image=li,
+        live_text=lt,
+        image_only=np.setdiff1d(li, matched_i),
+        text_only=np.setdiff1d(lt, matched_t),
+        total=total,
+        solver=used,
+    )
+
+
+def matching_json(mt: Matching, confidence: Any = None) -> dict:
+    """The matched lists of alignment.json / collapse.json (with the confidence arrays when measured)."""
+    out = {
+        "image": mt.image.tolist(),
+        "text": mt.text.tolist(),
+        "correlation": [round(float(x), 6) for x in mt.corr],
+    }
+    if confidence is not None:
+        out.update(arrays_json(confidence))
+    return out
+
+
+__all__ = ["SOLVERS", "Matching", "match_latents", "matching_json", "solve_assignment"]

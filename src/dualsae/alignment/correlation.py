@@ -1,0 +1,328 @@
+"""The coactivation correlation of paper eq. 5, streamed from sparse codes.
+
+``C[i, j]`` is the Pearson correlation, over paired rows, of image latent i and text latent j. It is
+streamed from sparse TopK codes (:class:`CoactivationStats`): per-latent sums and sums of squares,
+and the cross-product matrix ``S[i, j] = sum_rows z_I,i * z_T,j`` accumulated by scattering the
+``k_I x k_T`` active-pair products of every row into an ``[m_I, m_T]`` float64 matrix. Memory is
+O(m_I m_T) whatever the number of rows; no dense ``[N, m]`` code matrix is ever built. Then
+``C = (S/N - mu_i mu_j) / (sd_i sd_j)``. Latents that never fire (or fire with a constant value)
+have ``sd = 0``: C is undefined there and they are *dead*, excluded from the assignment (eq. 6).
+
+With ``same_index=True`` only the diagonal ``C[j, j]`` is kept (``S`` is then ``[m]``, plus the rows
+on which both latents j fire): the report's same-index correlation and co-firing support, for
+models whose full ``[m_I, m_T]`` matrix is not needed.
+
+``correlation.safetensors`` (:func:`save_correlation` / :func:`load_correlation`) stores the live
+block of C beside an aligned folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from dualsae.core.codes import SparseCodes
+from dualsae.core.distributed import Distributed
+from dualsae.core.errors import CheckpointError, ConfigError, DataError
+from dualsae.core.progress import tqdm
+from dualsae.files.atomic import save_tensors
+from dualsae.models.encoding import iter_codes
+from dualsae.models.pair import SAEPair
+from dualsae.models.sae import SAE
+from dualsae.store.paired import PairedEmbeddings
+
+CORRELATION_FORMAT = "dualsae.correlation/1"
+
+# Cross-product scatter is done in row chunks so the [rows, k_I, k_T] temporaries stay ~2M entries.
+_PAIRS_PER_CHUNK = 2_000_000
+
+
+def _coalesce(codes: SparseCodes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values (float64) and indices of ``codes`` with repeated indices in a row summed.
+
+    TopK codes never repeat an index, but padded / concatenated codes may repeat one with a
+    non-zero value; sums and cross products are bilinear and need no care, sums of *squares* do.
+    Returns ``(values [batch, w], indices [batch, w])``; freed slots are (0.0, 0).
+    """
+    vals = codes.values.detach().to(torch.float64)
+    idx = codes.indices
+    if idx.shape[1] < 2:
+        return vals, idx
+    idx_sorted, order = idx.sort(dim=1)
+    repeated = idx_sorted[:, 1:] == idx_sorted[:, :-1]
+    if not bool(repeated.any()):
+        return vals, idx
+    vals_sorted = vals.gather(1, order)
+    new_group = torch.ones_like(idx_sorted, dtype=torch.bool)
+    new_group[:, 1:] = ~repeated
+    pos = new_group.long().cumsum(1) - 1
+    out_v = torch.zeros_like(vals_sorted).scatter_add_(1, pos, vals_sorted)
+    out_i = torch.zeros_like(idx_sorted).scatter_(1, pos, idx_sorted)
+    return out_v, out_i
+
+
+class CoactivationStats:
+    """Streaming sufficient statistics of the coactivation correlation C (eq. 5).
+
+    All state is float64 / int64 and additive over rows, so shards computed on different processes
+    combine exactly with :meth:`merge` (or :meth:`all_reduce` under ``torch.distributed``).
+
+    n:        paired rows seen
+    sum_i, sumsq_i, fired_i: [m_I] sum of z_I,i, of z_I,i^2, and rows where z_I,i != 0
+    sum_t, sumsq_t, fired_t: [m_T] same for text latents
+    cross:    [m_I, m_T] S_ij = sum over rows of z_I,i z_T,j; with ``same_index`` only its diagonal
+              [min(m_I, m_T)], and ``cofired`` [min(m_I, m_T)]: rows where both latents j fire
+    """
+
+    def __init__(self, m_image: int, m_text: int, device: str | torch.device = "cpu", same_index: bool = False) -> None:
+        self.m_image = int(m_image)
+        self.m_text = int(m_text)
+        self.same_index = bool(same_index)
+        self.device = torch.device(device)
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self.n = 0
+        self.sum_i = torch.zeros(self.m_image, **f64)
+        self.sumsq_i = torch.zeros(self.m_image, **f64)
+        self.fired_i = torch.zeros(self.m_image, dtype=torch.long, device=self.device)
+        self.sum_t = torch.zeros(self.m_text, **f64)
+        self.sumsq_t = torch.zeros(self.m_text, **f64)
+        self.fired_t = torch.zeros(self.m_text, dtype=torch.long, device=self.device)
+        if self.same_index:
+            m = min(self.m_image, self.m_text)
+            self.cross = torch.zeros(m, **f64)
+            self.cofired = torch.zeros(m, dtype=torch.long, device=self.device)
+        else:
+            self.cross = torch.zeros(self.m_image, self.m_text, **f64)
+
+    # ------------------------------------------------------------------ accumulation
+    @torch.no_grad()
+    def update(self, codes_i: SparseCodes, codes_t: SparseCodes) -> None:
+        """Add one batch of paired codes. codes_i: [batch, k_I] (m_I latents), codes_t: [batch, k_T]."""
+        if codes_i.batch != codes_t.batch:
+            raise DataError(f"paired codes must have the same rows: image batch {codes_i.batch}, text batch {codes_t.batch}")
+        if codes_i.m != self.m_image or codes_t.m != self.m_text:
+            raise ConfigError(
+                f"codes have m_image={codes_i.m}, m_text={codes_t.m}; these statistics were made for "
+                f"m_image={self.m_image}, m_text={self.m_text}"
+            )
+        vi, ii = _coalesce(codes_i.to(self.device))
+        vt, it = _coalesce(codes_t.to(self.device))
+        self.n += codes_i.batch
+        self._add_marginals(vi, ii, self.sum_i, self.sumsq_i, self.fired_i)
+        self._add_marginals(vt, it, self.sum_t, self.sumsq_t, self.fired_t)
+        rows_per_chunk = max(1, _PAIRS_PER_CHUNK // max(1, vi.shape[1] * vt.shape[1]))
+        if self.same_index:
+            self._add_same_index(vi, ii, vt, it, rows_per_chunk)
+            return
+        # S_ij += z_I,i z_T,j over the k_I x k_T active pairs of each row: one flat scatter-add
+        # into the [m_I * m_T] view (exact in float64; inactive entries add 0).
+        flat_cross = self.cross.view(-1)
+        for s in range(0, vi.shape[0], rows_per_chunk):
+            a_v, a_i = vi[s : s + rows_per_chunk], ii[s : s + rows_per_chunk]
+            b_v, b_i = vt[s : s + rows_per_chunk], it[s : s + rows_per_chunk]
+            prod = (a_v.unsqueeze(2) * b_v.unsqueeze(1)).reshape(-1)
+            flat = (a_i.unsqueeze(2) * self.m_text + b_i.unsqueeze(1)).reshape(-1)
+            flat_cross.index_add_(0, flat, prod)
+
+    def _add_same_index(self, vi: torch.Tensor, ii: torch.Tensor, vt: torch.Tensor, it: torch.Tensor, rows_per_chunk: int) -> None:
+        """S_jj += z_I,j z_T,j and the co-firing count, from the entry pairs of a row with one latent."""
+        for s in range(0, vi.shape[0], rows_per_chunk):
+            a_v, a_i = vi[s : s + rows_per_chunk], ii[s : s + rows_per_chunk]
+            b_v, b_i = vt[s : s + rows_per_chunk], it[s : s + rows_per_chunk]
+            same = a_i.unsqueeze(2) == b_i.unsqueeze(1)  # [rows, k_I, k_T]
+            prod = (a_v.unsqueeze(2) * b_v.unsqueeze(1))[same]
+            lat = a_i.unsqueeze(2).expand(same.shape)[same]
+            self.cross.index_add_(0, lat, prod)
+            self.cofired.index_add_(0, lat, (prod != 0).long())
+
+    @staticmethod
+    def _add_marginals(v: torch.Tensor, i: torch.Tensor, s: torch.Tensor, sq: torch.Tensor, fired: torch.Tensor) -> None:
+        fi, fv = i.reshape(-1), v.reshape(-1)
+        s.index_add_(0, fi, fv)
+        sq.index_add_(0, fi, fv * fv)
+        fired.index_add_(0, fi, (fv != 0).long())
+
+    def merge(self, other: "CoactivationStats") -> "CoactivationStats":
+        """Add another shard's statistics into this one (in place); returns self."""
+        if (other.m_image, other.m_text) != (self.m_image, self.m_text):
+            raise ConfigError(
+                f"cannot merge statistics of m_image={other.m_image}, m_text={other.m_text} into "
+                f"m_image={self.m_image}, m_text={self.m_text}"
+            )
+        if other.same_index != self.same_index:
+            raise ConfigError("cannot merge same-index statistics with full-matrix ones")
+        self.n += other.n
+        for name in ("sum_i", "sumsq_i", "fired_i", "sum_t", "sumsq_t", "fired_t", "cross") + (("cofired",) if self.same_index else ()):
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        return self
+
+    def all_reduce(self, group: Any = None) -> "CoactivationStats":
+        """Sum the statistics over all processes of ``torch.distributed`` (no-op when not initialised)."""
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.device)
+        extra = (self.cofired,) if self.same_index else ()
+        for t in (n, self.sum_i, self.sumsq_i, self.fired_i, self.sum_t, self.sumsq_t, self.fired_t, self.cross, *extra):
+            dist.all_reduce(t, group=group)
+        self.n = int(round(n.item()))
+        return self
+
+    # ------------------------------------------------------------------ results
+    def _moments(self, s: torch.Tensor, sq: torch.Tensor, fired: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = max(self.n, 1)
+        mu = s / n
+        ez2 = sq / n
+        var = ez2 - mu * mu
+        # Live: fired at least once and not constant. The relative tolerance absorbs the float64
+        # cancellation of E[z^2] - mu^2 for a latent that fires with one value on every row.
+        live = (fired > 0) & (var > 1e-12 * ez2)
+        sd = var.clamp_min(0).sqrt()
+        return mu, sd, live
+
+    def live(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sorted indices of the live image latents [n_I] and live text latents [n_T]."""
+        _, _, li = self._moments(self.sum_i, self.sumsq_i, self.fired_i)
+        _, _, lt = self._moments(self.sum_t, self.sumsq_t, self.fired_t)
+        return li.nonzero().flatten(), lt.nonzero().flatten()
+
+    @torch.no_grad()
+    def correlation(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The live block of C (eq. 5).
+
+        Returns ``(C [n_I, n_T] float64, live_i [n_I], live_t [n_T])``: ``C[a, b]`` is the correlation
+        of image latent ``live_i[a]`` with text latent ``live_t[b]``. Dead latents (sd = 0, C undefined)
+        are left out rather than given a made-up value.
+        """
+        if self.same_index:
+            raise ConfigError("these statistics hold only the same-index diagonal; use same_index_correlation()")
+        if self.n < 2:
+            raise DataError(f"the coactivation correlation needs at least 2 paired rows, found {self.n}")
+        mu_i, sd_i, live_i = self._moments(self.sum_i, self.sumsq_i, self.fired_i)
+        mu_t, sd_t, live_t = self._moments(self.sum_t, self.sumsq_t, self.fired_t)
+        li, lt = live_i.nonzero().flatten(), live_t.nonzero().flatten()
+        # C_ij = S_ij u_i u_j - v_i v_j with u = 1 / (sd sqrt(N)), v = mu / sd: one copy of the live
+        # block, then in-place scalings and a rank-1 update (no further [m_I, m_T] temporaries).
+        c = self.cross.index_select(0, li)
+        if len(lt) != self.m_text:
+            c = c.index_select(1, lt)
+        root_n = float(self.n) ** 0.5
+        c.mul_((1.0 / (sd_i[li] * root_n)).unsqueeze(1))
+        c.mul_((1.0 / (sd_t[lt] * root_n)).unsqueeze(0))
+        c.addr_(mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt], alpha=-1.0)
+        return c, li, lt
+
+    @torch.no_grad()
+    def same_index_correlation(self) -> tuple[np.ndarray, np.ndarray]:
+        """``C[j, j]`` (eq. 5 at the same index, as :meth:`correlation` computes it) for every j < min(m_I, m_T).
+
+        Needs ``same_index=True``. Returns ``(support [m] int64: rows where both latents j fire,
+        corr [m] float64: NaN where either latent is dead)``."""
+        if not self.same_index:
+            raise ConfigError("same_index_correlation needs statistics made with same_index=True")
+        m = self.cross.shape[0]
+        mu_i, sd_i, live_i = (t[:m] for t in self._moments(self.sum_i, self.sumsq_i, self.fired_i))
+        mu_t, sd_t, live_t = (t[:m] for t in self._moments(self.sum_t, self.sumsq_t, self.fired_t))
+        ok = live_i & live_t
+        root_n = float(self.n) ** 0.5
+        c = torch.full((m,), float("nan"), dtype=torch.float64, device=self.device)
+        c[ok] = (self.cross[ok] * (1.0 / (sd_i[ok] * root_n))) * (1.0 / (sd_t[ok] * root_n)) - (mu_i[ok] / sd_i[ok]) * (mu_t[ok] / sd_t[ok])
+        return self.cofired.cpu().numpy().astype(np.int64), c.cpu().numpy()
+
+
+@torch.no_grad()
+def coactivation_correlation(
+    pair_or_saes: SAEPair | tuple[SAE, SAE],
+    store: PairedEmbeddings,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    dist: Distributed | None = None,
+) -> CoactivationStats:
+    """Stream the store's paired rows through each modality's SAE and accumulate eq. 5's statistics.
+
+    Under torchrun (``dist``) rank r encodes batches r, r + world, ... and the statistics are
+    summed over ranks (they are additive), so every rank returns those of all N rows.
+
+    pair_or_saes: an :class:`SAEPair` (its ``sae_for('image')`` / ``sae_for('text')``; the same SAE
+    twice for a shared model) or a tuple ``(image_sae, text_sae)``.
+    store: paired rows ([N, d] image and text). Returns the :class:`CoactivationStats` of all N rows.
+    """
+
+    if isinstance(pair_or_saes, SAEPair):
+        sae_i, sae_t = pair_or_saes.sae_for("image"), pair_or_saes.sae_for("text")
+    else:
+        sae_i, sae_t = pair_or_saes
+    store.require_pairs("the coactivation correlation (eq. 5)")
+    for name, sae in (("image", sae_i), ("text", sae_t)):
+        store.require_width(sae.d, f"the {name} SAE")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, found {batch_size}")
+    sae_i, sae_t = sae_i.to(device).eval(), sae_t.to(device).eval()
+    stats = CoactivationStats(sae_i.m, sae_t.m, device=device)
+    n = store.n
+    chunks = range(-(-n // batch_size))
+    if dist is not None:
+        chunks = dist.shards(len(chunks))
+    mine = sum(min(batch_size, n - i * batch_size) for i in chunks)
+    kw = dict(batch_size=batch_size, device=device, out_device=None, dtype=None, chunks=chunks)
+    with tqdm(total=mine, desc="coactivation", unit="pair", disable=not progress, leave=False) as bar:
+        for (pos, ci), (_, ct) in zip(iter_codes(sae_i, store, "image", **kw), iter_codes(sae_t, store, "text", **kw)):
+            stats.update(ci, ct)
+            bar.update(len(pos))
+    if dist is not None and dist.enabled:
+        stats.all_reduce()
+    return stats
+
+
+def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int = 4096,
+                     same_index: bool = False) -> CoactivationStats:
+    """eq. 5's statistics from codes already computed (codes_i [N, k_I], codes_t [N, k_T], row r of
+    each one pair), accumulated in row batches of ``batch_size``."""
+    stats = CoactivationStats(codes_i.m, codes_t.m, same_index=same_index)
+    for s in range(0, codes_i.batch, batch_size):
+        stats.update(SparseCodes(codes_i.values[s : s + batch_size], codes_i.indices[s : s + batch_size], codes_i.m),
+                     SparseCodes(codes_t.values[s : s + batch_size], codes_t.indices[s : s + batch_size], codes_t.m))
+    return stats
+
+
+def save_correlation(folder: str | Path, c: torch.Tensor, live_image: Any, live_text: Any,
+                     live_text_original: Any) -> Path:
+    """Write ``folder/correlation.safetensors``: the live block of C [n_I, n_T] as float32 with
+    ``live_image`` (shared index = image index), ``live_text`` (text latents in the shared index space,
+    after eq. 7) and ``live_text_original`` (before it)."""
+    path = Path(folder) / "correlation.safetensors"
+    save_tensors(path, {"C": c.to(torch.float32), "live_image": torch.as_tensor(live_image),
+                        "live_text": torch.as_tensor(live_text), "live_text_original": torch.as_tensor(live_text_original)},
+                 metadata={"format": CORRELATION_FORMAT})
+    return path
+
+
+def load_correlation(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read ``correlation.safetensors`` of an aligned folder: ``(C [n_I, n_T], live_image, live_text)``
+    with ``live_text`` in the shared index space."""
+
+    path = Path(folder) / "correlation.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; run 'dualsae align' without --no-correlation, or pass --data to recompute C")
+    try:
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    missing = sorted({"C", "live_image", "live_text"} - set(t))
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor(s) {missing}")
+    c, li, lt = t["C"], t["live_image"].long(), t["live_text"].long()
+    if tuple(c.shape) != (len(li), len(lt)):
+        raise CheckpointError(f"{path}: tensor 'C' has shape {list(c.shape)}, expected [{len(li)}, {len(lt)}] from live_image/live_text")
+    return c, li, lt
+
+
+__all__ = ["CORRELATION_FORMAT", "CoactivationStats", "coactivation_correlation", "load_correlation",
+           "save_correlation", "stats_from_codes"]

@@ -1,0 +1,79 @@
+"""The shape of an evaluation task: one entry of the table that ``dualsae eval`` (:func:`dualsae.evaluation.tasks.evaluate`)
+and Table 1 (``experiments/table1``) iterate.
+
+A task is a :class:`Task`: a name, ``run(ctx) -> dict`` (raise :class:`Skip` with the reason when
+its inputs are missing), the Table 1 columns it fills (``columns``: (key, label, higher is better),
+``table_row(result) -> {key: value}``) and the lines it adds to ``dualsae eval``'s printed summary.
+Each metric module under ``evaluation/metrics/`` defines its ``TASK``; a new metric is one new file
+plus one line in :data:`dualsae.evaluation.tasks.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
+
+if TYPE_CHECKING:  # the options' class holds the registry's names; only its type is needed here
+    from dualsae.evaluation.tasks import EvalOptions
+
+
+class Skip(Exception):
+    """A task's inputs are missing; the message is the reason recorded under ``skipped``."""
+
+
+@dataclass
+class TaskContext:
+    """What every task may use: the model, the evaluation rows and :class:`EvalOptions`; the training
+    rows (caption prototypes, steering latent selection), a zero-shot store, an external encoder's
+    embeddings of the same rows (monosemanticity), and where artefacts go (None: not written)."""
+
+    pair: SAEPair
+    store: PairedEmbeddings
+    options: "EvalOptions"
+    train_store: PairedEmbeddings | None = None
+    zeroshot: Any = None
+    external: Any = None
+    artefact_prefix: Path | None = None
+
+    @property
+    def kw(self) -> dict:
+        """batch_size / device / progress for the metric functions."""
+        o = self.options
+        return {"batch_size": o.batch_size, "device": o.device, "progress": o.progress}
+
+    @property
+    def both_encoders(self) -> bool:
+        return self.pair.image is not None and self.pair.text is not None
+
+
+def has_field(rows: list[dict], field: str) -> bool:
+    """Whether any meta row holds ``field``."""
+    return any(field in r for r in rows)
+
+
+def fmt(v: Any, spec: str = ".4f") -> str:
+    """A number for the printed summary ("-" for None / NaN)."""
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+Column = tuple[str, str, bool]
+
+
+@dataclass(frozen=True)
+class Task:
+    """name; run(ctx) -> result dict; columns: Table 1 columns (key, label, higher is better);
+    table_row(result) -> {column key: value}; lines(result) -> summary lines."""
+
+    name: str
+    run: Callable[[TaskContext], dict]
+    columns: tuple[Column, ...] = ()
+    table_row: Callable[[dict], dict] = lambda result: {}
+    lines: Callable[[dict], list[str]] = lambda result: []
+
+
+__all__ = ["Column", "Skip", "Task", "TaskContext", "fmt", "has_field"]

@@ -1,0 +1,79 @@
+"""The eval task table (dualsae.evaluation.tasks.REGISTRY): every registered task runs on a tiny
+store, fills the Table 1 columns it declares, and prints its summary lines; ``evaluate``, the
+printed table and Table 1 iterate the same entries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
+from dualsae.evaluation.tasks import (
+    REGISTRY,
+    TASKS,
+    EvalOptions,
+    aligned_view,
+    evaluate,
+    format_table,
+    table_columns,
+)
+from dualsae.experiments.table1.table import COLUMNS, _flatten
+from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings, open_store, write_store
+from tests.metrics_helpers import random_sae
+
+
+def _store(folder, n=90, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    cats = rng.choice(["red", "green", "blue"], n)
+    centre = {c: rng.normal(size=d) for c in ("red", "green", "blue")}
+    image = np.stack([centre[c] for c in cats]) + rng.normal(size=(n, d))
+    text = image + 0.5 * rng.normal(size=(n, d))
+    meta = [{"caption": f"{c} thing {i % 5}", "category": str(c), "split": "test" if i % 3 == 0 else "train"}
+            for i, c in enumerate(cats)]
+    return write_store(folder, image, text, meta)
+
+
+def _zs_store(folder, d=8, seed=1):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, 30)
+    write_store(folder, rng.normal(size=(30, d)), None, [{"label": int(c), "class_name": f"k{c}"} for c in labels])
+    np.save(folder / "class_text.npy", rng.normal(size=(3, 2, d)).astype(np.float32))
+    (folder / "classes.json").write_text(json.dumps({"classes": ["k0", "k1", "k2"], "templates": ["a {}", "b {}"]}))
+    return folder
+
+
+def test_every_registered_task_runs_and_fills_its_columns(tmp_path):
+    assert TASKS == tuple(REGISTRY) == ("recon", "retrieval", "zeroshot", "steering", "monosemanticity")
+    full = PairedEmbeddings.open(_store(tmp_path / "data"))
+    test, train = full.split("test"), full.split("train")
+    ext = aligned_view(open_store(_store(tmp_path / "ext", d=5, seed=9), same_width=False), test)
+    zs = load_zero_shot_store(_zs_store(tmp_path / "zs"))
+    pair = SAEPair("specific", random_sae(8, 24, 3, seed=1), random_sae(8, 24, 3, seed=2))
+    options = EvalOptions(label_field="category", concept_field="category", steering_sources=5, steering_negatives=20,
+                          progress=False)
+    doc = evaluate(pair, test, options, train_store=train, zeroshot=zs, external=ext, artefact_prefix=tmp_path / "m")
+    assert doc["skipped"] == {} and list(doc["tasks"]) == list(REGISTRY) and list(doc["seconds"]) == list(REGISTRY)
+    cols = table_columns(doc)
+    assert list(cols) == [c for c, _, _ in COLUMNS] and _flatten(doc) == cols
+    for name, task in REGISTRY.items():
+        row = task.table_row(doc["tasks"][name])
+        assert row and set(row) <= {c for c, _, _ in task.columns}, name
+        assert all(isinstance(v, float) for v in row.values()), name
+        assert task.lines(doc["tasks"][name]), name
+    assert all(v is not None for v in cols.values())  # a zero-shot store fills zs_recon_mse too
+    text = format_table(doc)
+    firsts = [line.split()[0] for line in text.splitlines() if line and not line.startswith(" ")]
+    assert list(dict.fromkeys(firsts)) == list(REGISTRY)  # each task's lines, in registry order
+
+
+def test_table1_columns_are_the_registry_columns_in_their_old_order():
+    assert COLUMNS == (
+        ("recon_mse", "Recon. MSE ↓", False),
+        ("i2t_R@1", "I→T R@1 ↑", True), ("i2t_R@5", "I→T R@5 ↑", True), ("i2t_R@10", "I→T R@10 ↑", True),
+        ("t2i_R@1", "T→I R@1 ↑", True), ("t2i_R@5", "T→I R@5 ↑", True), ("t2i_R@10", "T→I R@10 ↑", True),
+        ("zs_recon_mse", "Zero-shot set recon. MSE ↓", False), ("zs_top1", "Zero-shot top-1 ↑", True),
+        ("steer_map", "Steering mAP ↑", True), ("steer_mrr", "Steering MRR ↑", True),
+        ("mono_image", "Monosemanticity (image) ↑", True), ("mono_text", "Monosemanticity (text) ↑", True),
+    )
