@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.alignment.post_hoc import align, load_correlation
+from dualsae.alignment.align import align
+
+from dualsae.alignment.correlation import load_correlation
 from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.distributed import Distributed
 from dualsae.core.errors import ConfigError

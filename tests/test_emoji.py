@@ -20,7 +20,7 @@ def emoji():
 
 @pytest.fixture(scope="module")
 def trained(emoji):
-    from dualsae.alignment.post_hoc import align
+    from dualsae.alignment.align import align
     from dualsae.training.config import TrainConfig
     from dualsae.training.trainer import train
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from dualsae.models.aligned import AlignedPair
-from dualsae.alignment.post_hoc import build_permutation, coactivation_correlation, match_latents, permute_sae
+from dualsae.alignment.permutation import build_permutation, permute_sae
+from dualsae.alignment.correlation import coactivation_correlation
+from dualsae.alignment.assignment import match_latents
 from dualsae.files.atomic import write_json, write_text
 from dualsae.store.paired import open_store
 from dualsae.evaluation.tasks import EvalOptions, evaluate

@@ -26,21 +26,9 @@ from typing import Any
 
 import numpy as np
 
-<<<<<<< HEAD
 from dualsae.core.errors import ConfigError
-=======
-from dualsae.files.atomic import write_json, write_text
-from dualsae.core.errors import ConfigError, DataError
-from dualsae.files.jsonfiles import read_json_object
-from dualsae.files.outdir import finished_json_files, resumable_output
-from dualsae.training.config import TrainConfig
-from dualsae.store.paired import open_store as open_data
-from dualsae.experiments.table1.diagnostics import model_diagnostics
-from dualsae.training.curves import CurveRecorder
-from dualsae.evaluation.tasks import REGISTRY, EvalOptions, aligned_view, evaluate, table_columns
->>>>>>> h-b
 from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
-from dualsae.evaluation.tasks import EvalOptions, aligned_view, evaluate
+from dualsae.evaluation.tasks import REGISTRY, EvalOptions, aligned_view, evaluate, table_columns
 from dualsae.evaluation.tasks import _json_safe as safe
 from dualsae.experiments.table1.diagnostics import model_diagnostics, plot_curves
 from dualsae.files.atomic import write_json, write_text
