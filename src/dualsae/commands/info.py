@@ -15,7 +15,7 @@ from dualsae.commands.common import (
     select_split,
 )
 from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
-from dualsae.models.load import load_model
+from dualsae.models.load import flat_train_config, load_model
 from dualsae.models.provenance import store_warnings
 from dualsae.training.guards import non_finite_tensors
 
@@ -98,7 +98,7 @@ def model_summary(root: Path) -> dict:
     cfg = run / "config.json"
     if cfg.is_file():
         try:
-            out["config"] = json.loads(cfg.read_text()).get("train")
+            out["config"] = flat_train_config(json.loads(cfg.read_text()).get("train") or {}) or None
         except ValueError:
             pass
     if aligned is not None:

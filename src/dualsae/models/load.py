@@ -6,13 +6,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dualsae.core.errors import CheckpointError
+from dualsae.core.errors import CheckpointError, ConfigError
 from dualsae.files.jsonfiles import read_json_object
 from dualsae.files.outdir import check_finished, verify_files
+from dualsae.models.aligned import AlignedPair
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
-from dualsae.core.errors import ConfigError
-from dualsae.models.aligned import AlignedPair
+
+
+def flat_train_config(train: dict) -> dict:
+    """A ``config.json`` ``train`` object with its SAE fields beside the training fields, as runs wrote
+    it before the nesting (``sae``: {...}); a flat (old) object is returned as it is. For showing a
+    config (``info``, the report), where one list of names reads the same for old and new runs."""
+    sae = train.get("sae")
+    if not isinstance(sae, dict):
+        return train
+    rest = {k: v for k, v in train.items() if k != "sae"}
+    head = {k: rest.pop(k) for k in ("method", "latents") if k in rest}
+    return {**head, **sae, **rest}
 
 
 def read_run_config(run_dir: Path) -> dict:

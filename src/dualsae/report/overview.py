@@ -17,6 +17,7 @@ from dualsae.evaluation.heterogeneity import plot_heterogeneity
 from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
 from dualsae.evaluation.tasks import METRICS_FORMAT
 from dualsae.files.jsonfiles import read_json_object
+from dualsae.models.load import flat_train_config
 from dualsae.report.compute import ReportData
 from dualsae.report.options import CHUNK, ReportOptions, histogram, num, write_js
 from dualsae.store.paired import PairedEmbeddings
@@ -110,7 +111,8 @@ def _config(run: Path | None) -> dict | None:
     if run is None or not (run / "config.json").is_file():
         return None
     try:
-        return json.loads((run / "config.json").read_text()).get("train")
+        train = json.loads((run / "config.json").read_text()).get("train")
+        return flat_train_config(train) if isinstance(train, dict) else train
     except ValueError:
         return None
 
