@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +48,8 @@ def tied_sae(w, k: int = 1):
 
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Real paired embeddings beside the checkout (``../shared/data/emoji``; see its README).
+EMOJI = ROOT.parent / "shared" / "data" / "emoji"
 
 
 def _free_port() -> int:
@@ -116,3 +118,28 @@ def wait_ranks(procs: list[subprocess.Popen], timeout: float = 120) -> list[str]
 def launch_ranks(args: list[str], world: int = 2) -> list[str]:
     """Run ``python ARGS`` as ``world`` ranks to the end; their stdout."""
     return finish_ranks(start_ranks(args, world))
+
+
+def make_clip_retrieval(root: Path, sizes=(5, 3), d=6, dtype=np.float16, text_sizes=None) -> tuple[np.ndarray, np.ndarray]:
+    """A clip-retrieval folder (img_emb/, text_emb/, metadata/ shards of ``sizes`` rows): its image and text arrays."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    text_sizes = text_sizes or sizes
+    imgs, txts = [], []
+    for sub in ("img_emb", "text_emb", "metadata"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    row = 0
+    for i, (n, nt) in enumerate(zip(sizes, text_sizes)):
+        a = rng.standard_normal((n, d)).astype(dtype)
+        b = rng.standard_normal((nt, d)).astype(dtype)
+        np.save(root / "img_emb" / f"img_emb_{i}.npy", a)
+        np.save(root / "text_emb" / f"text_emb_{i}.npy", b)
+        table = pa.table({"caption": [f"c{row + j}" for j in range(n)], "url": [f"u{row + j}" for j in range(n)],
+                          "key": [f"{row + j:09d}" for j in range(n)], "width": list(range(n))})
+        pq.write_table(table, root / "metadata" / f"metadata_{i}.parquet")
+        imgs.append(a)
+        txts.append(b)
+        row += n
+    return np.concatenate(imgs), np.concatenate(txts)

@@ -15,15 +15,14 @@ import pytest
 import torch
 
 from dualsae.alignment.align import align
-
 from dualsae.alignment.correlation import load_correlation
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.distributed import Distributed
 from dualsae.core.errors import ConfigError
-from dualsae.files.outdir import check_finished, verify_files
 from dualsae.files.lock import output_lock
+from dualsae.files.outdir import check_finished, verify_files
 from dualsae.models.load import load_model
 from dualsae.models.sae import SAE
+from dualsae.store.paired import PairedEmbeddings
 from dualsae.training.config import TrainConfig
 from dualsae.training.trainer import train
 from tests.helpers import launch_ranks, make_store, start_ranks, wait_ranks

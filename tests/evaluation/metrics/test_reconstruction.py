@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
 from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 from tests.metrics_helpers import dense_codes, identity_sae, random_specific_pair
 
 

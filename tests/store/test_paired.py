@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dualsae.store.paired import PairedEmbeddings, epoch_order, write_store
 from dualsae.core.errors import DataError
+from dualsae.store.paired import PairedEmbeddings, epoch_order, write_store
 from tests.helpers import make_store
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from dualsae.alignment.align import align
+from dualsae.alignment.confidence import ConfidenceOptions, match_confidence
 from dualsae.cli import main
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import ConfigError
-from dualsae.alignment.confidence import ConfidenceOptions, match_confidence
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
+from dualsae.store.paired import PairedEmbeddings, write_store
 from tests.helpers import tied_sae
 
 

@@ -1,4 +1,4 @@
-"""Dataset readers (COCO, webdataset, class folders, CSV/JSONL) and the clip-retrieval layout."""
+"""Extraction readers: COCO, webdataset, class folders, CSV/JSONL, image decoding."""
 
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import ConfigError, DataError
+from dualsae.extract.records import ImageLoadError, load_image
 from dualsae.extract.sources import DEFAULT_TEMPLATES, CocoSource, ImageFolderSource, TableSource, WebDatasetSource, make_source, read_templates
-from dualsae.extract.records import load_image
-from dualsae.extract.records import ImageLoadError
-from dualsae.store.clip_retrieval import ShardedRows
-from dualsae.store.paired import open_store
 
 
 def _png(path: Path, color: tuple[int, int, int], size=(12, 10)) -> Path:
@@ -239,111 +235,3 @@ def test_load_image_errors(tmp_path):
     with pytest.raises(ImageLoadError):
         load_image(truncated)
     assert load_image(good).mode == "RGB"
-
-
-# ---------------------------------------------------------------------- clip-retrieval
-
-
-def _clip_retrieval(root: Path, sizes=(5, 3), d=6, dtype=np.float16, text_sizes=None) -> tuple[np.ndarray, np.ndarray]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rng = np.random.default_rng(0)
-    text_sizes = text_sizes or sizes
-    imgs, txts = [], []
-    for sub in ("img_emb", "text_emb", "metadata"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    row = 0
-    for i, (n, nt) in enumerate(zip(sizes, text_sizes)):
-        a = rng.standard_normal((n, d)).astype(dtype)
-        b = rng.standard_normal((nt, d)).astype(dtype)
-        np.save(root / "img_emb" / f"img_emb_{i}.npy", a)
-        np.save(root / "text_emb" / f"text_emb_{i}.npy", b)
-        table = pa.table({"caption": [f"c{row + j}" for j in range(n)], "url": [f"u{row + j}" for j in range(n)],
-                          "key": [f"{row + j:09d}" for j in range(n)], "width": list(range(n))})
-        pq.write_table(table, root / "metadata" / f"metadata_{i}.parquet")
-        imgs.append(a)
-        txts.append(b)
-        row += n
-    return np.concatenate(imgs), np.concatenate(txts)
-
-
-def test_clip_retrieval_reads_without_copy(tmp_path):
-    img, txt = _clip_retrieval(tmp_path / "cr", sizes=(5, 3, 4))
-    store = open_store(tmp_path / "cr")
-    assert isinstance(store, PairedEmbeddings)
-    assert isinstance(store.image, ShardedRows) and isinstance(store.text, ShardedRows)
-    assert all(isinstance(s, np.memmap) for s in store.image.shards + store.text.shards)
-    assert store.image.shape == (12, 6) and store.image.dtype == np.float16 and len(store) == 12
-    np.testing.assert_array_equal(store.image[:], img)
-    np.testing.assert_array_equal(store.text[3:9], txt[3:9])  # crosses two shard boundaries
-    np.testing.assert_array_equal(store.text[7], txt[7])
-    np.testing.assert_array_equal(store.text[-1], txt[-1])
-    np.testing.assert_array_equal(store.image[1:11:3], img[1:11:3])
-    idx = np.array([0, 4, 5, 8, 11])
-    np.testing.assert_array_equal(store.image[idx], img[idx])
-    unsorted = np.array([11, 0, 6, 6, 2])
-    np.testing.assert_array_equal(store.text[unsorted], txt[unsorted])
-    np.testing.assert_array_equal(np.asarray(store.image), img)
-    # the store's own reader (float32 tensors) over a subset view
-    sub = store.subset([2, 5, 9])
-    np.testing.assert_allclose(sub.read("text").numpy(), txt[[2, 5, 9]].astype(np.float32))
-    assert [m["caption"] for m in sub.meta_rows()] == ["c2", "c5", "c9"]
-    assert store.meta[7] == {"caption": "c7", "url": "u7", "key": "000000007", "width": 2}  # every column kept
-    with pytest.raises(IndexError):
-        store.image[12]
-
-
-def test_clip_retrieval_numeric_shard_order(tmp_path):
-    img, _ = _clip_retrieval(tmp_path / "cr", sizes=tuple([1] * 11))
-    store = open_store(tmp_path / "cr")
-    assert [p.name for p in store.image.paths][-2:] == ["img_emb_9.npy", "img_emb_10.npy"]
-    np.testing.assert_array_equal(store.image[:], img)
-
-
-def test_clip_retrieval_errors(tmp_path):
-    _clip_retrieval(tmp_path / "a", sizes=(5, 3), text_sizes=(5, 2))
-    with pytest.raises(DataError, match="text_emb_1.npy: has 2 rows, img_emb_1.npy has 3"):
-        open_store(tmp_path / "a")
-    _clip_retrieval(tmp_path / "b", sizes=(5, 3))
-    (tmp_path / "b" / "text_emb" / "text_emb_1.npy").unlink()
-    with pytest.raises(DataError, match="img_emb_1.npy: has no counterpart in text_emb/"):
-        open_store(tmp_path / "b")
-    _clip_retrieval(tmp_path / "c", sizes=(5, 3))
-    (tmp_path / "c" / "metadata" / "metadata_1.parquet").unlink()
-    with pytest.raises(DataError, match="1 metadata shards, 2 embedding shards"):
-        open_store(tmp_path / "c")
-    _clip_retrieval(tmp_path / "d", sizes=(5, 3))
-    np.save(tmp_path / "d" / "img_emb" / "img_emb_1.npy", np.zeros((3, 4), np.float16))
-    with pytest.raises(DataError, match="img_emb_1.npy: dimension 4"):
-        open_store(tmp_path / "d")
-
-
-def test_open_store_plain_layout(tmp_path):
-    a = np.arange(12, dtype=np.float32).reshape(4, 3)
-    write_store(tmp_path / "s", a, a + 1, [{"caption": str(i)} for i in range(4)])
-    store = open_store(tmp_path / "s")
-    assert isinstance(store.image, np.ndarray) and store.meta[2] == {"caption": "2"}
-    np.testing.assert_array_equal(store.read("text").numpy(), a + 1)
-
-
-def test_sharded_store_splits_batches_and_trains_like_the_concatenated_store(tmp_path):
-    """A clip-retrieval folder of unequal shards, read shard by shard, gives the same seeded split,
-    the same batches and the same trained weights as one store holding the concatenated arrays."""
-    import torch
-
-    from dualsae.training.config import TrainConfig
-    from dualsae.training.trainer import train
-
-    img, txt = _clip_retrieval(tmp_path / "cr", sizes=(37, 101, 5, 62), d=8, dtype=np.float32)
-    sharded = open_store(tmp_path / "cr").split("train", test_fraction=0.25, seed=3)
-    whole = PairedEmbeddings.open(write_store(tmp_path / "one", img, txt)).split("train", test_fraction=0.25, seed=3)
-    np.testing.assert_array_equal(sharded.index, whole.index)
-    pos = np.random.default_rng(0).permutation(sharded.n)[:50]  # a batch crossing every shard
-    for mod in ("image", "text"):
-        assert torch.equal(sharded.read(mod, pos), whole.read(mod, pos))
-    cfg = TrainConfig.from_preset(method="specific", latents=32, k=4, batch_size=16, epochs=2, preset="synthetic")
-    a, b = train(sharded, cfg, progress=False), train(whole, cfg, progress=False)
-    for mod in ("image", "text"):
-        for (name, va), vb in zip(a.sae_for(mod).state_dict().items(), b.sae_for(mod).state_dict().values()):
-            assert torch.equal(va, vb), f"{mod}.{name} differs between the sharded and the concatenated store"

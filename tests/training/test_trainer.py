@@ -14,20 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import CheckpointError, ConfigError, DataError
 from dualsae.models.sae import n_params_for
+from dualsae.store.paired import PairedEmbeddings
 from dualsae.training.config import TrainConfig, lr_at, steps_per_epoch
 from dualsae.training.trainer import train
 from tests.helpers import make_store
 
 SMALL = dict(latents=64, k=4, batch_size=32, epochs=2, checkpoint_every=5, log_every=2)
-
-
-@pytest.fixture()
-def store(tmp_path):
-    make_store(tmp_path / "data", n=400, d=16)
-    return PairedEmbeddings.open(tmp_path / "data").split("train")
 
 
 def test_presets_match_paper():

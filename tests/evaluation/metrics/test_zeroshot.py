@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import DataError
 from dualsae.evaluation.metrics.zeroshot import caption_prototypes, load_zero_shot_store, zero_shot, zero_shot_accuracy, zero_shot_accuracy_embeddings
 from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings, write_store
 from tests.metrics_helpers import dense_codes, identity_sae, random_specific_pair, unit_rows
 
 

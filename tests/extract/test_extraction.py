@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 
 from dualsae.core.distributed import Distributed
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.extract.extraction import ExtractConfig, extract
 from dualsae.extract.encoder import DualEncoder
-from dualsae.files.outdir import check_finished, verify_files
-from dualsae.files.lock import output_lock
+from dualsae.extract.extraction import ExtractConfig, extract
 from dualsae.extract.sources import CocoSource, ImageFolderSource, TableSource, WebDatasetSource
+from dualsae.files.lock import output_lock
+from dualsae.files.outdir import check_finished, verify_files
+from dualsae.store.paired import PairedEmbeddings
 from tests.helpers import launch_ranks, start_ranks, wait_ranks
 
 CLIP_MAX_LEN = 16

@@ -52,8 +52,8 @@ def test_train_info_roundtrip(tmp_path, capsys):
     ev = info["data"]["image"]["explained_variance"]
     assert 0 < ev < 1
     # MSE and explained variance agree with a direct computation.
-    from dualsae.store.paired import PairedEmbeddings
     from dualsae.models.load import load_model
+    from dualsae.store.paired import PairedEmbeddings
 
     pair = load_model(tmp_path / "run")
     x = PairedEmbeddings.open(tmp_path / "data").split("test").read("image")

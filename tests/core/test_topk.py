@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dualsae.models.sae import SAE, SAEConfig
 from dualsae.core.topk import block_size, topk, topk_indices
+from dualsae.models.sae import SAE, SAEConfig
 
 
 def assert_same_topk(pre: torch.Tensor, k: int) -> None:

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.evaluation.metrics.monosemanticity import monosemanticity, monosemanticity_from_codes, plot_curves, sorted_curve, summarize
 from dualsae.models.pair import SAEPair
-from tests.metrics_helpers import brute_force_monosemanticity as _brute_force, dense_codes, random_sae
+from dualsae.store.paired import PairedEmbeddings
+from tests.metrics_helpers import brute_force_monosemanticity as _brute_force
+from tests.metrics_helpers import dense_codes, random_sae
 
 
 def test_matches_quadratic_definition():

@@ -7,10 +7,20 @@ import pytest
 import torch
 
 from dualsae.core.codes import SparseCodes
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.errors import DataError
-from dualsae.evaluation.metrics.retrieval import auto_positives, build_protocol, cross_modal_retrieval, embedding_retrieval, first_positive_ranks, normalize_codes, recall_summary, retrieval_from_codes, sparse_scores
+from dualsae.evaluation.metrics.retrieval import (
+    auto_positives,
+    build_protocol,
+    cross_modal_retrieval,
+    embedding_retrieval,
+    first_positive_ranks,
+    normalize_codes,
+    recall_summary,
+    retrieval_from_codes,
+    sparse_scores,
+)
 from dualsae.models.pair import SAEPair
+from dualsae.store.paired import PairedEmbeddings
 from tests.metrics_helpers import dense_codes, identity_sae, random_specific_pair, unit_rows
 
 

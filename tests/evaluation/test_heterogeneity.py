@@ -10,9 +10,9 @@ import torch
 
 from dualsae.alignment.align import align
 from dualsae.evaluation.heterogeneity import BIN_EDGES, bin_index, heterogeneity, heterogeneity_from_folder, top_activating
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE, SAEConfig
+from dualsae.store.paired import PairedEmbeddings, write_store
 
 
 def _brute_force(img: np.ndarray, txt: np.ndarray, c: np.ndarray, li: np.ndarray, lt: np.ndarray):

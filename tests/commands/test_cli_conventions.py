@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 
 from dualsae.cli import build_parser, main
-from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.core.errors import ConfigError
+from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.training.config import TrainConfig
-from tests.helpers import make_store
-from tests.test_readers import _clip_retrieval
+from tests.helpers import make_clip_retrieval, make_store
 
 
 def test_paired_embeddings_open_reads_clip_retrieval_with_every_column(tmp_path):
-    _clip_retrieval(tmp_path / "cr", sizes=(3, 2))
+    make_clip_retrieval(tmp_path / "cr", sizes=(3, 2))
     store = PairedEmbeddings.open(tmp_path / "cr")
     assert store.n == 5
     assert store.meta[4] == {"caption": "c4", "url": "u4", "key": "000000004", "width": 1}

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.training.group_sparse_scale import CALIBRATION_ROWS, calibrate
 from dualsae.store.paired import PairedEmbeddings
 from dualsae.training.config import TrainConfig
+from dualsae.training.group_sparse_scale import CALIBRATION_ROWS, calibrate
 from dualsae.training.step import _BatchOrder, _make_members, _member_loss
 from dualsae.training.trainer import train
 

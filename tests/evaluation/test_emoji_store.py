@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-EMOJI = Path(__file__).resolve().parents[2] / "shared" / "data" / "emoji"
+from tests.helpers import EMOJI
+
 pytestmark = pytest.mark.skipif(not (EMOJI / "image.npy").is_file(), reason=f"{EMOJI} not present (../shared beside the checkout)")
-
-
-@pytest.fixture(scope="module")
-def emoji():
-    from dualsae.store.paired import PairedEmbeddings
-
-    return PairedEmbeddings.open(EMOJI)
 
 
 @pytest.fixture(scope="module")

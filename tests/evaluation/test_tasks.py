@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from dualsae.cli import main
-from dualsae.store.paired import PairedEmbeddings, write_store
-from dualsae.evaluation.tasks import EvalOptions, evaluate, parse_tasks
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.evaluation.metrics.retrieval import cross_modal_retrieval
-
+from dualsae.evaluation.tasks import EvalOptions, evaluate, parse_tasks
 from dualsae.files.atomic import write_json
+from dualsae.store.paired import PairedEmbeddings, write_store
 from tests.metrics_helpers import random_sae
 
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dualsae.store.batches import BatchReader
 from dualsae.cli import main
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.distributed import resolve_device
 from dualsae.core.errors import ConfigError
 from dualsae.core.losses import aux_k_loss, reconstruction_loss
 from dualsae.models.sae import SAE, SAEConfig
+from dualsae.store.batches import BatchReader
+from dualsae.store.paired import PairedEmbeddings
 from tests.helpers import make_store
 
 
