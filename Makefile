@@ -24,7 +24,7 @@ test: setup lint
 # Layers (DESIGN.md: every import points down; contract in pyproject.toml) and ruff (lint + import order).
 lint: setup
 	$(BIN)/lint-imports
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py

@@ -11,7 +11,8 @@ written here, copied from that library's trainer loop):
 
   dualsae      dualsae.training.step._step, the trainer's step: no-grad selection product + top-k, sparse
                decode, MSE + AuxK (coef 1/32), backward through the k selected latents, decoder-grad
-               projection (its dots from the decode's sampled product), grad-norm clip 1.0 (the factor applied inside the fused AdamW), fused AdamW (weight decay 1e-5), decoder renorm,
+               projection (its dots from the decode's sampled product), grad-norm clip 1.0 (the factor applied inside the fused AdamW),
+               fused AdamW (weight decay 1e-5), decoder renorm,
                dead-latent counters, the scalar logs.
   sparsify     SparseCoder.forward (fused encoder with autograd + top-k, embedding_bag decode, FVU +
                AuxK) and the body of Trainer.fit: decoder renorm, backward, decoder-grad projection,
@@ -296,9 +297,9 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
     (x [B, d] @ W_enc^T, 2 B d m FLOPs) and the top-k over its [B, m] result."""
     import torch.nn.functional as F
 
-    from dualsae.models.sae import SAE, SAEConfig
     from dualsae.core.sparse_ops import DecoderDots
     from dualsae.core.topk import topk_indices
+    from dualsae.models.sae import SAE, SAEConfig
     from dualsae.training.config import TrainConfig
     from dualsae.training.step import _member_loss, clip_gradients, make_member
 

@@ -63,8 +63,8 @@ def open_table(binary: str, site: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    from dualsae.store.paired import PairedEmbeddings
     from dualsae.report import ReportOptions, build_report
+    from dualsae.store.paired import PairedEmbeddings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--m", type=int, default=16384)

@@ -66,8 +66,12 @@ def bench(d: int, m: int, k: int, B: int, repeats: int) -> dict:
     t_s = t_d = 0.0
     max_rel = abs(ls - ld) / abs(ld)
     for x in xs[1:]:
-        t0 = time.perf_counter(); ld = dense_step(ref, opt_d, x, k); t_d += time.perf_counter() - t0
-        t0 = time.perf_counter(); ls = sparse_step(sae, opt_s, x); t_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ld = dense_step(ref, opt_d, x, k)
+        t_d += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ls = sparse_step(sae, opt_s, x)
+        t_s += time.perf_counter() - t0
         max_rel = max(max_rel, abs(ls - ld) / abs(ld))
     wdiff = (sae.W_dec.detach() - ref["W_dec"].detach()).abs().max().item()
     return dict(d=d, m=m, k=k, B=B, dense_ms=1e3 * t_d / repeats, sparse_ms=1e3 * t_s / repeats,

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dualsae.models.aligned import AlignedPair
-from dualsae.alignment.permutation import build_permutation, permute_sae
-from dualsae.alignment.correlation import coactivation_correlation
 from dualsae.alignment.assignment import match_latents
-from dualsae.files.atomic import write_json, write_text
-from dualsae.store.paired import open_store
-from dualsae.evaluation.tasks import EvalOptions, evaluate
 from dualsae.alignment.confidence import ConfidenceOptions, encode_all, filter_matching, match_confidence
+from dualsae.alignment.correlation import coactivation_correlation
+from dualsae.alignment.permutation import build_permutation, permute_sae
+from dualsae.evaluation.tasks import EvalOptions, evaluate
+from dualsae.files.atomic import write_json, write_text
+from dualsae.models.aligned import AlignedPair
 from dualsae.models.load import load_model
+from dualsae.store.paired import open_store
 
 SETTINGS = [
     ("all matches (paper)", ConfidenceOptions()),

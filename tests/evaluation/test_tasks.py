@@ -38,7 +38,7 @@ def _model(folder, d=8):
 def _zs_store(folder, d=8, seed=1):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, 30)
-    write_store(folder, rng.normal(size=(30, d)), None, [{"label": int(l), "class_name": f"k{l}"} for l in labels])
+    write_store(folder, rng.normal(size=(30, d)), None, [{"label": int(c), "class_name": f"k{c}"} for c in labels])
     np.save(folder / "class_text.npy", rng.normal(size=(3, 2, d)).astype(np.float32))
     (folder / "classes.json").write_text(json.dumps({"classes": ["k0", "k1", "k2"], "templates": ["a {}", "b {}"]}))
     return folder

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
-from dualsae.extract.sources import FORMATS
 from dualsae.core.distributed import Distributed, resolve_device
-from dualsae.extract.extraction import ExtractConfig, extract, format_summary
 from dualsae.core.errors import DualSAEError
-from dualsae.files.outdir import check_output, claim_output, commit_output, remove_if_unused
+from dualsae.extract.extraction import ExtractConfig, extract, format_summary
+from dualsae.extract.sources import FORMATS, make_source
 from dualsae.files.lock import output_lock
-from dualsae.extract.sources import make_source
-import contextlib
+from dualsae.files.outdir import check_output, claim_output, commit_output, remove_if_unused
 
 DESCRIPTION = """\
 Embed images and captions with a Hugging Face dual encoder (CLIP, MetaCLIP, OpenCLIP in

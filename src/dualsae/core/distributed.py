@@ -27,9 +27,9 @@ from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from dualsae.core.errors import ConfigError, DualSAEError
-import torch.distributed as dist
 
 _ENV = ("RANK", "WORLD_SIZE")
 T = TypeVar("T")

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     # The patterns are valid by construction; silence torch's "beta" / "invariant checks" notices.
     with warnings.catch_warnings():

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from safetensors.torch import save_file
 
 from dualsae.files.faults import fault_point
-from safetensors.torch import save_file
 
 
 def _plain_mode(path: str | os.PathLike[str]) -> None:

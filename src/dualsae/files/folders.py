@@ -2,9 +2,11 @@
 """
 
 from __future__ import annotations
+
 import errno
 import os
 from pathlib import Path
+
 from dualsae.core.errors import ConfigError, DualSAEError
 
 

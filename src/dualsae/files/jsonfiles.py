@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterator
 
-from dualsae.core.errors import DataError, DualSAEError
-from dualsae.core.errors import ConfigError
-from dataclasses import fields
+from dualsae.core.errors import ConfigError, DataError, DualSAEError
 
 
 def read_json_object(path: str | Path, missing_hint: str = "", error: type[DualSAEError] = DataError) -> dict:

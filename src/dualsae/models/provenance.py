@@ -3,17 +3,17 @@ uses it on other rows (align) or on its own training rows (eval, info).
 """
 
 from __future__ import annotations
+
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
 import numpy as np
-from dualsae.store.paired import PairedEmbeddings
+
 from dualsae.models.load import training_rows
-from dualsae.store.fingerprint import _row_ids
-from dualsae.store.fingerprint import resume_mismatch
-from dualsae.store.fingerprint import rows_hash
-from dualsae.store.fingerprint import same_store
-import json
+from dualsae.store.fingerprint import _row_ids, resume_mismatch, rows_hash, same_store
+from dualsae.store.paired import PairedEmbeddings
 
 
 def recorded_fingerprint(model: str | Path) -> dict | None:

@@ -3,14 +3,16 @@ rows read in sorted runs, and the ``meta.jsonl`` rows.
 """
 
 from __future__ import annotations
+
 import os
 from pathlib import Path
 from typing import Any
+
 import numpy as np
+
 from dualsae.core.errors import DataError
 from dualsae.files.jsonfiles import iter_jsonl_objects
 from dualsae.files.outdir import check_finished
-
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 

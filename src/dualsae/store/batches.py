@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dualsae.store.paired import PairedEmbeddings
 from dualsae.core.modalities import MODALITIES
+from dualsae.store.paired import PairedEmbeddings
 
 
 class BatchReader:

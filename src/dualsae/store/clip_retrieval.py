@@ -3,12 +3,15 @@ read in place: :class:`ShardedRows` presents the numbered shards of one modality
 """
 
 from __future__ import annotations
+
 import re
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
-from dualsae.store.arrays import open_npy, read_rows
+
 from dualsae.core.errors import DataError
+from dualsae.store.arrays import open_npy, read_rows
 
 
 class ShardedRows:

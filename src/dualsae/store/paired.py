@@ -22,17 +22,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from dualsae.files.atomic import write_npy, write_text
 from dualsae.core.errors import DataError
 from dualsae.core.modalities import MODALITIES
+from dualsae.files.atomic import write_npy, write_text
+from dualsae.store.arrays import _madvise, check_finite, check_store_finished, open_npy, read_meta, read_rows
 from dualsae.store.clip_retrieval import read_clip_retrieval
-from dualsae.store.arrays import _madvise
-from dualsae.store.arrays import check_finite
-from dualsae.store.arrays import check_store_finished
-from dualsae.store.arrays import open_npy
-from dualsae.store.arrays import read_meta
-from dualsae.store.arrays import read_rows
-
 
 
 @dataclass

@@ -53,7 +53,7 @@ def _write_zs_store(folder, n=30, d=6, C=3, T=2, seed=0):
     centres = np.abs(rng.normal(size=(C, d))) + np.eye(C, d) * 3
     labels = rng.integers(0, C, n)
     images = np.abs(centres[labels] + 0.3 * rng.normal(size=(n, d)))
-    write_store(folder, images, None, [{"label": int(l), "class_name": f"c{l}"} for l in labels])
+    write_store(folder, images, None, [{"label": int(c), "class_name": f"c{c}"} for c in labels])
     class_text = np.stack([centres + 0.1 * rng.normal(size=(C, d)) for _ in range(T)], axis=1).astype(np.float32)
     np.save(folder / "class_text.npy", class_text)
     (folder / "classes.json").write_text(json.dumps({"classes": [f"c{c}" for c in range(C)], "templates": ["a {}.", "the {}."]}))
@@ -74,7 +74,7 @@ def test_zero_shot_store_loads_and_checks(tmp_path):
     with pytest.raises(DataError, match=r"class_text.npy: shape \[4, 2, 6\], expected \[C=3"):
         load_zero_shot_store(tmp_path / "zs")
     _write_zs_store(tmp_path / "zs2")
-    rows = [json.loads(l) for l in (tmp_path / "zs2" / "meta.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "zs2" / "meta.jsonl").read_text().splitlines()]
     rows[4]["label"] = 7
     (tmp_path / "zs2" / "meta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"row 4 field 'label' is 7"):

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from dualsae.alignment.align import align
-
 from dualsae.alignment.correlation import coactivation_correlation
 from dualsae.evaluation.heterogeneity import heterogeneity
 from dualsae.files.atomic import atomic_path
