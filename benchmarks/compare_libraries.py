@@ -297,8 +297,8 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
     (x [B, d] @ W_enc^T, 2 B d m FLOPs) and the top-k over its [B, m] result."""
     import torch.nn.functional as F
 
+    from dualsae.core.block_topk import topk_indices
     from dualsae.core.sparse_ops import DecoderDots
-    from dualsae.core.topk import topk_indices
     from dualsae.models.sae import SAE, SAEConfig
     from dualsae.training.config import TrainConfig
     from dualsae.training.step import _member_loss, clip_gradients, make_member
@@ -322,7 +322,7 @@ def breakdown(d: int, m: int, k: int, B: int, rounds: int) -> list[tuple[str, fl
             pre = F.linear(x - sae.b_dec, sae.W_enc, sae.b_enc)
         t = tick("selection product alone (reference)", t)
         topk_indices(pre, k)
-        t = tick("its top-k alone (dualsae.core.topk; ref.)", t)
+        t = tick("its top-k alone (dualsae.core.block_topk; ref.)", t)
         pre.topk(k, dim=1, sorted=False)
         t = tick("torch.topk of it (reference)", t)
         del pre

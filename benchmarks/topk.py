@@ -1,9 +1,9 @@
-"""Per-row top-k of a [batch, m] pre-activation matrix: dualsae.core.topk (two small top-k's over column
+"""Per-row top-k of a [batch, m] pre-activation matrix: dualsae.core.block_topk (two small top-k's over column
 blocks) against torch.topk, side by side on the same random rows, interleaved rounds.
 
 Shapes: the training step's selection at the library comparison's two settings, the inference batch
 of ``encode``, AuxK's pick of aux_k = d / 2 dead latents, and a few others around them; the block
-column says which path ``dualsae.core.topk`` takes (0: it calls torch.topk itself). Each row checks that
+column says which path ``dualsae.core.block_topk`` takes (0: it calls torch.topk itself). Each row checks that
 the chosen values equal torch.topk's.
 
     python benchmarks/topk.py [--rounds 15] [--threads 2]
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from dualsae.core.topk import block_size, topk_indices
+from dualsae.core.block_topk import block_size, topk_indices
 
 SHAPES = [
     # (batch, m, k, what)

@@ -19,8 +19,8 @@ Everything else is importable from its subpackage; the layers are described in D
 checked by the import-linter contract in pyproject.toml.
 """
 
-from dualsae.alignment.align import AlignmentResult, align
 from dualsae.alignment.confidence import ConfidenceOptions
+from dualsae.alignment.post_hoc import AlignmentResult, align
 from dualsae.core.errors import CheckpointError, ConfigError, DataError, DualSAEError
 from dualsae.evaluation.top_rows import top_examples
 from dualsae.models.aligned import AlignedPair

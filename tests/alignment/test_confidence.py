@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.alignment.align import align
 from dualsae.alignment.confidence import ConfidenceOptions, match_confidence
+from dualsae.alignment.post_hoc import align
 from dualsae.cli import main
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import ConfigError

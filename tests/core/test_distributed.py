@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.alignment.align import align
 from dualsae.alignment.correlation import load_correlation
+from dualsae.alignment.post_hoc import align
 from dualsae.core.distributed import Distributed
 from dualsae.core.errors import ConfigError
 from dualsae.files.lock import output_lock

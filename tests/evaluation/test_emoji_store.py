@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not (EMOJI / "image.npy").is_file(), reason=f"{E
 
 @pytest.fixture(scope="module")
 def trained(emoji):
-    from dualsae.alignment.align import align
+    from dualsae.alignment.post_hoc import align
     from dualsae.training.config import TrainConfig
     from dualsae.training.trainer import train
 

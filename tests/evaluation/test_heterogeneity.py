@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.alignment.align import align
+from dualsae.alignment.post_hoc import align
 from dualsae.evaluation.heterogeneity import BIN_EDGES, bin_index, heterogeneity, heterogeneity_from_folder, top_activating
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE, SAEConfig

@@ -233,7 +233,7 @@ def test_specific_run_warns_and_shared_sae_gets_collapse_rate(site, tmp_path, ca
     s = _global(tmp_path / "spec", "summary")
     assert s["kind"] == "specific" and s["probes"] == [] and "unrelated" in s["warnings"][0]
     # A shared SAE: the collapse rate is computed from the report's codes and equals align's.
-    from dualsae.alignment.align import align
+    from dualsae.alignment.post_hoc import align
     from dualsae.models.pair import SAEPair
     from dualsae.models.sae import SAE, SAEConfig
     from dualsae.store.paired import PairedEmbeddings

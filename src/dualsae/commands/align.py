@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dualsae.alignment.align import align
 from dualsae.alignment.confidence import ConfidenceOptions
 from dualsae.alignment.correlation import coactivation_correlation
+from dualsae.alignment.post_hoc import align
 from dualsae.commands.common import (
     add_split_args,
     data_arg,

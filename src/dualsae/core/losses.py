@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from dualsae.core.block_topk import topk_indices
 from dualsae.core.codes import SparseCodes
-from dualsae.core.topk import topk_indices
 
 _EPS = 1e-12
 

@@ -2,7 +2,7 @@
 
 1. **Modality gap** (App. C, Prop. 2): :func:`modality_gap`.
 2. **Quick shared SAE -> collapse rate** (App. F.2): one small shared TopK SAE trained briefly
-   (:func:`dualsae.training.trainer.train`), then eqs. 5-6 (:func:`dualsae.alignment.align.align`):
+   (:func:`dualsae.training.trainer.train`), then eqs. 5-6 (:func:`dualsae.alignment.post_hoc.align`):
    the share of live latents matched to themselves, ``P(i) = i`` (:func:`quick_collapse`).
 3. **Quick specific pair -> heterogeneity** (Sec. 3, Fig. 2): two small modality-specific SAEs,
    aligned post hoc (eqs. 5-7), and the median cosine distance ``1 - cos(phi_i, psi_j)`` of the
@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from dualsae.alignment.align import align
+from dualsae.alignment.post_hoc import align
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.evaluation.heterogeneity import heterogeneity
 from dualsae.models.pair import SAEPair

@@ -13,13 +13,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings
 
-if TYPE_CHECKING:  # the options' class holds the registry's names; only its type is needed here
-    from dualsae.evaluation.tasks import EvalOptions
+
+class TaskSettings(Protocol):
+    """The settings a task reads (:class:`dualsae.evaluation.tasks.EvalOptions` is one; that module
+    holds the registry of the tasks, so this one names its class only in words)."""
+
+    positives: str
+    group_field: str
+    caption_field: str
+    label_field: str | None
+    concept_field: str | None
+    steering_alpha: float
+    steering_sources: int
+    steering_negatives: int
+    max_concepts: int | None
+    seed: int
+    batch_size: int
+    device: str
+    progress: bool
 
 
 class Skip(Exception):
@@ -34,7 +50,7 @@ class TaskContext:
 
     pair: SAEPair
     store: PairedEmbeddings
-    options: "EvalOptions"
+    options: TaskSettings
     train_store: PairedEmbeddings | None = None
     zeroshot: Any = None
     external: Any = None

@@ -12,7 +12,7 @@ run in this order; each is defined beside its metric:
                       a meta label field (``label_field``, from the training split)
                       (``dualsae.evaluation.metrics.zeroshot``)
 * ``steering``        concept steering mAP / MRR over the values of ``concept_field``
-                      (``dualsae.evaluation.metrics.steering``)
+                      (``dualsae.evaluation.metrics.concept_steering``)
 * ``monosemanticity`` MS score of every latent against an external encoder's embeddings of the
                       same rows (``external``), per modality; sorted curves written beside
                       metrics.json as ``.npy`` and a PNG (``dualsae.evaluation.metrics.monosemanticity``)
@@ -34,10 +34,10 @@ import numpy as np
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.core.modalities import MODALITIES
 from dualsae.evaluation.metrics import (
+    concept_steering,
     monosemanticity,
     reconstruction,
     retrieval,
-    steering,
     zeroshot,
 )
 from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
@@ -54,7 +54,7 @@ REGISTRY: dict[str, Task] = {t.name: t for t in (
     reconstruction.TASK,
     retrieval.TASK,
     zeroshot.TASK,
-    steering.TASK,
+    concept_steering.TASK,
     monosemanticity.TASK,
 )}
 TASKS = tuple(REGISTRY)

@@ -106,7 +106,7 @@ def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
 def _load_model(path: str | Path, device: str = "cpu") -> SAEPair:
     """Load a model as an :class:`SAEPair`.
 
-    * aligned folder (has ``alignment.json``): :class:`dualsae.alignment.align.AlignedPair`;
+    * aligned folder (has ``alignment.json``): :class:`dualsae.alignment.post_hoc.AlignedPair`;
     * run folder: its ``shared/`` SAE (both modalities) or its ``image/`` and ``text/`` SAEs;
     * a bare SAE folder (``config.json`` with field ``sae``): used for both modalities.
     """

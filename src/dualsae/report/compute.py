@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from dualsae.alignment.align import align
 from dualsae.alignment.correlation import CoactivationStats, stats_from_codes
+from dualsae.alignment.post_hoc import align
 from dualsae.core.codes import SparseCodes
 from dualsae.evaluation.heterogeneity import (
     Heterogeneity,

@@ -20,7 +20,7 @@ To add a method: one loss function below and one line in :data:`METHODS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 
@@ -35,8 +35,16 @@ from dualsae.core.losses import (
 from dualsae.models.activations import SAEOutput
 from dualsae.models.sae import SAE
 
-if TYPE_CHECKING:  # config.py reads the method names from this table
-    from dualsae.training.config import TrainConfig
+
+class MethodSettings(Protocol):
+    """The training settings a method's loss reads (:class:`dualsae.training.config.TrainConfig` is
+    one; config.py reads the method names from this table, so this module does not import it)."""
+
+    group_sparse_lambda: float
+    iso_energy_form: str
+
+    @property
+    def beta_iso(self) -> float: ...
 
 
 class Forward(NamedTuple):
@@ -59,7 +67,7 @@ class Forward(NamedTuple):
         return SparseCodes(codes.values[:B], codes.indices[:B], self.sae.m), SparseCodes(codes.values[B:], codes.indices[B:], self.sae.m)
 
 
-LossFunction = Callable[[Forward, "TrainConfig"], dict[str, LossTerm]]
+LossFunction = Callable[[Forward, MethodSettings], dict[str, LossTerm]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ class Method:
     paired: bool
 
 
-def reconstruction(f: Forward, config: "TrainConfig") -> dict[str, LossTerm]:
+def reconstruction(f: Forward, config: MethodSettings) -> dict[str, LossTerm]:
     """eq. 4 per modality plus the activation's regulariser (AuxK or L1): the ``specific`` and ``shared`` loss."""
     B = f.pairs
     terms = {f"mse_{mod}": LossTerm(reconstruction_loss(f.x[i * B:(i + 1) * B], f.out.recon[i * B:(i + 1) * B]))
@@ -84,7 +92,7 @@ def reconstruction(f: Forward, config: "TrainConfig") -> dict[str, LossTerm]:
     return terms
 
 
-def group_sparse(f: Forward, config: "TrainConfig") -> dict[str, LossTerm]:
+def group_sparse(f: Forward, config: MethodSettings) -> dict[str, LossTerm]:
     """Reconstruction + lambda * scale * mean_i sum_j sqrt(z_I,ij^2 + z_T,ij^2) (Kaushik et al.; Prop. 3).
 
     ``scale`` is lambda-dagger, fixed before training (:mod:`dualsae.training.group_sparse_scale`),
@@ -97,7 +105,7 @@ def group_sparse(f: Forward, config: "TrainConfig") -> dict[str, LossTerm]:
     return terms
 
 
-def iso_energy(f: Forward, config: "TrainConfig") -> dict[str, LossTerm]:
+def iso_energy(f: Forward, config: MethodSettings) -> dict[str, LossTerm]:
     """Reconstruction + the Iso-Energy alignment (Dhimoila et al.).
 
     Cosine form: 2 d beta * L_align. The official code's beta weighs L_align against an MSE

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from dualsae.alignment.align import align
+from dualsae.alignment.post_hoc import align
 from dualsae.evaluation.metrics.ground_truth import synthetic_metrics
 from dualsae.experiments.synthetic.plan import SyntheticPlan, Unit
 from dualsae.files.lock import output_lock

@@ -19,7 +19,7 @@ Model diagnostics (:func:`model_diagnostics`), all on the training rows the mode
 aligned on:
 
 * dead fraction per SAE: latents that never fire on that modality's training rows (``sd = 0`` in
-  eq. 5, the live/dead split :func:`dualsae.alignment.align.align` uses); for a shared SAE per modality and for
+  eq. 5, the live/dead split :func:`dualsae.alignment.post_hoc.align` uses); for a shared SAE per modality and for
   both together (dead = fires on neither);
 * collapse rate (App. F.2, shared SAEs only): share of live latents the Hungarian matching of the
   shared encoder's C sends to themselves;
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from dualsae.alignment.align import align
 from dualsae.alignment.correlation import coactivation_correlation
+from dualsae.alignment.post_hoc import align
 from dualsae.evaluation.heterogeneity import heterogeneity
 from dualsae.files.atomic import atomic_path
 from dualsae.models.pair import SAEPair

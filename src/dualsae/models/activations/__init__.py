@@ -6,15 +6,10 @@ To add one: a module with a frozen ``Activation`` dataclass (its parameters name
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from dualsae.models.activations.base import Activation, SAEOutput
+from dualsae.models.activations.base import Activation, ActivationSettings, SAEOutput
 from dualsae.models.activations.batchtopk import BatchTopK
 from dualsae.models.activations.relu import ReLU
 from dualsae.models.activations.topk import TopK
-
-if TYPE_CHECKING:
-    from dualsae.models.sae import SAEConfig
 
 #: Name in ``config.json`` (``SAEConfig.activation``) -> activation class.
 ACTIVATIONS: dict[str, type[Activation]] = {
@@ -24,7 +19,7 @@ ACTIVATIONS: dict[str, type[Activation]] = {
 }
 
 
-def activation_for(config: "SAEConfig") -> Activation:
+def activation_for(config: ActivationSettings) -> Activation:
     """The typed activation of an SAE config (its name looked up in :data:`ACTIVATIONS`)."""
     return ACTIVATIONS[config.activation].from_sae_config(config)
 

@@ -19,15 +19,39 @@ The registry (:mod:`dualsae.models.activations`) maps the name stored in ``confi
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 
 from dualsae.core.codes import SparseCodes
 from dualsae.core.losses import LossTerm, aux_k_loss
 
-if TYPE_CHECKING:  # annotations only: sae.py imports this package
-    from dualsae.models.sae import SAE, SAEConfig
+
+class SAEView(Protocol):
+    """What an activation uses of the SAE it serves (:class:`dualsae.models.sae.SAE` is one). Typed by
+    its shape, not by the class: sae.py imports this package, so this package imports nothing of it."""
+
+    m: int
+    training: bool
+    config: Any  # its SAEConfig (aux_k, aux_coef, ...)
+    W_dec: torch.Tensor  # [m, d]
+    b_dec: torch.Tensor  # [d]
+    threshold: torch.Tensor  # BatchTopK's inference threshold, a 0-d buffer
+    decoder_dots: Any
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def selection_pre_activations(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def gather_pre(self, x: torch.Tensor, idx: torch.Tensor, pre_all: torch.Tensor, pattern: Any) -> torch.Tensor: ...
+
+    def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor, pattern: Any) -> torch.Tensor: ...
+
+
+class ActivationSettings(Protocol):
+    """The stored config an activation reads its parameters from (:class:`dualsae.models.sae.SAEConfig`)."""
+
+    activation: str
 
 
 class SAEOutput(NamedTuple):
@@ -50,27 +74,27 @@ class Activation:
     name: ClassVar[str]
 
     @classmethod
-    def from_sae_config(cls, config: "SAEConfig") -> "Activation":
+    def from_sae_config(cls, config: ActivationSettings) -> "Activation":
         """The activation's parameters, read from the SAE config fields of the same names."""
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
     def validate(self, m: int | None) -> None:
         """Raise ConfigError when a parameter does not fit an SAE of ``m`` latents."""
 
-    def forward(self, sae: "SAE", x: torch.Tensor) -> SAEOutput:
+    def forward(self, sae: SAEView, x: torch.Tensor) -> SAEOutput:
         """Training forward pass. x: [batch, d] -> SAEOutput."""
         raise NotImplementedError
 
-    def encode(self, sae: "SAE", pre: torch.Tensor) -> SparseCodes:
+    def encode(self, sae: SAEView, pre: torch.Tensor) -> SparseCodes:
         """Inference codes. pre: [batch, m] (no autograd) -> SparseCodes [batch, width]."""
         raise NotImplementedError
 
-    def auxiliary_terms(self, sae: "SAE", x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
+    def auxiliary_terms(self, sae: SAEView, x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
         """Regulariser terms of this activation for a batch x: [modalities * B, d] of B pairs (per-pair sums)."""
         return {}
 
 
-def aux_k_terms(sae: "SAE", x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
+def aux_k_terms(sae: SAEView, x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
     """AuxK (Gao et al. 2024) of the TopK family: ``aux_coef * sum_{mod} ||e - e_hat||^2``.
 
     :func:`~dualsae.core.losses.aux_k_loss` averages over the ``modalities * B`` rows; the weight's

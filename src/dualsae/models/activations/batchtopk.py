@@ -5,7 +5,7 @@ threshold estimated during training (an EMA of the smallest selected value)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +14,8 @@ from dualsae.core.codes import SparseCodes
 from dualsae.core.distributed import all_min, batch_topk
 from dualsae.core.losses import LossTerm
 from dualsae.core.sparse_ops import Pattern, sort_rows
-from dualsae.models.activations.base import Activation, SAEOutput, aux_k_terms
+from dualsae.models.activations.base import Activation, SAEOutput, SAEView, aux_k_terms
 from dualsae.models.activations.topk import check_k, topk_codes
-
-if TYPE_CHECKING:
-    from dualsae.models.sae import SAE
 
 
 def flat_topk_to_padded(flat_idx: torch.Tensor, batch: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +50,7 @@ class BatchTopK(Activation):
     def validate(self, m: int | None) -> None:
         check_k(self.k, m)
 
-    def forward(self, sae: "SAE", x: torch.Tensor) -> SAEOutput:
+    def forward(self, sae: SAEView, x: torch.Tensor) -> SAEOutput:
         """x: [batch, d] -> codes [batch, width] (padding masked to 0), recon [batch, d], pre_acts [batch, m].
         In training mode the threshold's EMA takes this batch's smallest selected value."""
         with torch.no_grad():
@@ -70,7 +67,7 @@ class BatchTopK(Activation):
         return SAEOutput(codes, sae.decode_sparse(vals, idx, pattern) + sae.b_dec, pre_all)
 
     @torch.no_grad()
-    def update_threshold(self, sae: "SAE", vals: torch.Tensor, mask: torch.Tensor) -> None:
+    def update_threshold(self, sae: SAEView, vals: torch.Tensor, mask: torch.Tensor) -> None:
         """threshold <- mu * threshold + (1 - mu) * min(selected positive values). vals, mask: [batch, width]."""
         positive = vals[mask & (vals > 0)]
         # The minimum over the global batch (every rank's share under torchrun); +inf: none fired.
@@ -83,7 +80,7 @@ class BatchTopK(Activation):
             mu = self.threshold_momentum
             sae.threshold.mul_(mu).add_((1 - mu) * batch_min)
 
-    def encode(self, sae: "SAE", pre: torch.Tensor) -> SparseCodes:
+    def encode(self, sae: SAEView, pre: torch.Tensor) -> SparseCodes:
         """Pre-activations above the threshold; before any training step (threshold < 0) per-row
         TopK, so an untrained model still works."""
         thr = float(sae.threshold.item())
@@ -91,5 +88,5 @@ class BatchTopK(Activation):
             return topk_codes(pre, self.k, sae.m)
         return SparseCodes.from_dense(pre * (pre > thr))
 
-    def auxiliary_terms(self, sae: "SAE", x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
+    def auxiliary_terms(self, sae: SAEView, x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
         return aux_k_terms(sae, x, out, modalities)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from dualsae.core.block_topk import topk, topk_indices
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import ConfigError
 from dualsae.core.losses import LossTerm
 from dualsae.core.sparse_ops import Pattern
-from dualsae.core.topk import topk, topk_indices
-from dualsae.models.activations.base import Activation, SAEOutput, aux_k_terms
-
-if TYPE_CHECKING:
-    from dualsae.models.sae import SAE
+from dualsae.models.activations.base import Activation, SAEOutput, SAEView, aux_k_terms
 
 
 def check_k(k: int, m: int | None) -> None:
@@ -41,7 +38,7 @@ class TopK(Activation):
     def validate(self, m: int | None) -> None:
         check_k(self.k, m)
 
-    def forward(self, sae: "SAE", x: torch.Tensor) -> SAEOutput:
+    def forward(self, sae: SAEView, x: torch.Tensor) -> SAEOutput:
         """The dense selection product runs without autograd; the k picked pre-activations are
         recomputed with autograd from k gathered encoder rows; decoding is an ``embedding_bag``.
         x: [batch, d] -> codes [batch, k], recon [batch, d], pre_acts [batch, m]."""
@@ -53,8 +50,8 @@ class TopK(Activation):
         codes = SparseCodes(vals, idx, sae.m)
         return SAEOutput(codes, sae.decode_sparse(vals, idx, pattern) + sae.b_dec, pre_all)
 
-    def encode(self, sae: "SAE", pre: torch.Tensor) -> SparseCodes:
+    def encode(self, sae: SAEView, pre: torch.Tensor) -> SparseCodes:
         return topk_codes(pre, self.k, sae.m)
 
-    def auxiliary_terms(self, sae: "SAE", x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
+    def auxiliary_terms(self, sae: SAEView, x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
         return aux_k_terms(sae, x, out, modalities)

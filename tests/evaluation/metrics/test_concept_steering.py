@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dualsae.alignment.permutation import permute_sae
-from dualsae.evaluation.metrics.steering import concept_masks, concept_steering, ranked_ap_rr
+from dualsae.evaluation.metrics.concept_steering import concept_masks, concept_steering, ranked_ap_rr
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings
 from tests.metrics_helpers import dense_codes, identity_sae, random_specific_pair

@@ -1,4 +1,4 @@
-"""dualsae.core.topk: the two-stage block top-k returns torch.topk's values, on random rows, on rows built
+"""dualsae.core.block_topk: the two-stage block top-k returns torch.topk's values, on random rows, on rows built
 to defeat it (all top entries in one block, ties across blocks, NaN) and inside an SAE forward."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dualsae.core.topk import block_size, topk, topk_indices
+from dualsae.core.block_topk import block_size, topk, topk_indices
 from dualsae.models.sae import SAE, SAEConfig
 
 

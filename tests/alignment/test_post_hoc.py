@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.alignment.align import align
 from dualsae.alignment.assignment import match_latents, solve_assignment
 from dualsae.alignment.correlation import (
     CoactivationStats,
@@ -18,6 +17,7 @@ from dualsae.alignment.correlation import (
     load_correlation,
 )
 from dualsae.alignment.permutation import build_permutation, permute_sae
+from dualsae.alignment.post_hoc import align
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import CheckpointError, DataError
 from dualsae.models.aligned import AlignedPair
