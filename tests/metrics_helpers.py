@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
 from dualsae.core.codes import SparseCodes
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE, SAEConfig
+from dualsae.store.paired import write_store
 
 
 def identity_sae(d: int) -> SAE:
@@ -65,3 +68,13 @@ def brute_force_monosemanticity(acts: np.ndarray, ext: np.ndarray) -> np.ndarray
         if w.sum() > 0:
             out[j] = (w * s[iu]).sum() / w.sum()
     return out
+
+
+def make_zeroshot_store(folder, d=8, seed=1):
+    """A zero-shot store: 30 image rows of 3 classes, class_text.npy [3 classes, 2 templates, d], classes.json."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, 30)
+    write_store(folder, rng.normal(size=(30, d)), None, [{"label": int(c), "class_name": f"k{c}"} for c in labels])
+    np.save(folder / "class_text.npy", rng.normal(size=(3, 2, d)).astype(np.float32))
+    (folder / "classes.json").write_text(json.dumps({"classes": ["k0", "k1", "k2"], "templates": ["a {}", "b {}"]}))
+    return folder

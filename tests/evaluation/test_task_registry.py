@@ -4,8 +4,6 @@ printed table and Table 1 iterate the same entries."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
@@ -21,7 +19,7 @@ from dualsae.evaluation.tasks import (
 from dualsae.experiments.table1.table import COLUMNS, _flatten
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings, open_store, write_store
-from tests.metrics_helpers import random_sae
+from tests.metrics_helpers import make_zeroshot_store, random_sae
 
 
 def _store(folder, n=90, d=8, seed=0):
@@ -35,21 +33,12 @@ def _store(folder, n=90, d=8, seed=0):
     return write_store(folder, image, text, meta)
 
 
-def _zs_store(folder, d=8, seed=1):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, 30)
-    write_store(folder, rng.normal(size=(30, d)), None, [{"label": int(c), "class_name": f"k{c}"} for c in labels])
-    np.save(folder / "class_text.npy", rng.normal(size=(3, 2, d)).astype(np.float32))
-    (folder / "classes.json").write_text(json.dumps({"classes": ["k0", "k1", "k2"], "templates": ["a {}", "b {}"]}))
-    return folder
-
-
 def test_every_registered_task_runs_and_fills_its_columns(tmp_path):
     assert TASKS == tuple(REGISTRY) == ("recon", "retrieval", "zeroshot", "steering", "monosemanticity")
     full = PairedEmbeddings.open(_store(tmp_path / "data"))
     test, train = full.split("test"), full.split("train")
     ext = aligned_view(open_store(_store(tmp_path / "ext", d=5, seed=9), same_width=False), test)
-    zs = load_zero_shot_store(_zs_store(tmp_path / "zs"))
+    zs = load_zero_shot_store(make_zeroshot_store(tmp_path / "zs"))
     pair = SAEPair("specific", random_sae(8, 24, 3, seed=1), random_sae(8, 24, 3, seed=2))
     options = EvalOptions(label_field="category", concept_field="category", steering_sources=5, steering_negatives=20,
                           progress=False)

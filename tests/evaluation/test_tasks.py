@@ -13,7 +13,7 @@ from dualsae.evaluation.metrics.retrieval import cross_modal_retrieval
 from dualsae.evaluation.tasks import EvalOptions, evaluate, parse_tasks
 from dualsae.files.atomic import write_json
 from dualsae.store.paired import PairedEmbeddings, write_store
-from tests.metrics_helpers import random_sae
+from tests.metrics_helpers import make_zeroshot_store, random_sae
 
 
 def _store(folder, n=120, d=8, seed=0):
@@ -32,15 +32,6 @@ def _model(folder, d=8):
     write_json(folder / "config.json", {"train": {"method": "specific"}})
     random_sae(d, 24, 3, seed=1).save(folder / "image")
     random_sae(d, 24, 3, seed=2).save(folder / "text")
-    return folder
-
-
-def _zs_store(folder, d=8, seed=1):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, 30)
-    write_store(folder, rng.normal(size=(30, d)), None, [{"label": int(c), "class_name": f"k{c}"} for c in labels])
-    np.save(folder / "class_text.npy", rng.normal(size=(3, 2, d)).astype(np.float32))
-    (folder / "classes.json").write_text(json.dumps({"classes": ["k0", "k1", "k2"], "templates": ["a {}", "b {}"]}))
     return folder
 
 
@@ -63,7 +54,7 @@ def test_eval_skips_tasks_without_inputs(tmp_path, capsys):
 def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
     data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
     ext = _store(tmp_path / "ext", d=5, seed=9)  # another "encoder" of the same 120 rows
-    zs = _zs_store(tmp_path / "zs")
+    zs = make_zeroshot_store(tmp_path / "zs")
     out = tmp_path / "ev" / "metrics.json"
     rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "ev"), "--tasks", "all", "--positives", "row",
                "--zeroshot", str(zs), "--external", str(ext), "--concept-field", "tags", "--no-progress"])
