@@ -11,8 +11,7 @@ import tomllib
 
 from dualsae.diagnose import placement
 from dualsae.diagnose.regime_curve import REGIME_CURVE_FILE, RegimeCurve
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_packaged_references_agree_with_the_committed_fig5_reproduction():

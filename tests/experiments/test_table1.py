@@ -80,5 +80,5 @@ def test_table1_units_diagnostics_and_resume(tmp_path):
     run_table1(plan, out, progress=False, log=lambda s: None, methods=("shared", "specific"))
     assert (out / "units" / "shared_seed0.json").read_text() == before
     (out / "plan.json").write_text(json.dumps({**old, "k": 3}))
-    with pytest.raises(ConfigError, match=r"plan.json: this folder holds a table job with different settings \(training.k\)"):
+    with pytest.raises(ConfigError, match=r"plan.json: this folder holds a table job with different settings \(training.sae.k\)"):
         run_table1(plan, out, progress=False, log=lambda s: None, methods=("shared",))

@@ -91,7 +91,8 @@ class SyntheticPlan:
         return SynthConfig(**{**asdict(self.data), "alpha": 1.0 - distance, "seed": seed})
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """plan.json: the axes, the data set's config and the training config (``TrainConfig.to_dict``)."""
+        return {**asdict(self), "train": self.train.to_dict()}
 
 
 def _old_layout(data: dict) -> dict:

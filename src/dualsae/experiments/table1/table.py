@@ -131,7 +131,8 @@ class Table1Plan:
         return self.training.split
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """plan.json: the plan's own fields and the training config (``TrainConfig.to_dict``)."""
+        return {**asdict(self), "training": self.training.to_dict()}
 
 
 def plan_from_json(data: dict) -> Table1Plan:
@@ -205,7 +206,7 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
         # Dead latents, collapse, matching and heterogeneity of this very model (for specific SAEs
         # the same C gives the post-hoc aligned pair of the next row).
         diag, res = model_diagnostics(pair, train_rows)
-        common = {"train_config": asdict(cfg), "curve": curve.summary(steps_per_epoch(train_rows.n, cfg.batch_size)),
+        common = {"train_config": cfg.to_dict(), "curve": curve.summary(steps_per_epoch(train_rows.n, cfg.batch_size)),
                   "diagnostics": diag, "matched": diag["matched"], "mean_matched_correlation": diag["mean_matched_correlation"]}
         models = [(unit.method, pair)] + ([("specific+posthoc", res.pair)] if unit.method == "specific" else [])
         docs = {}
