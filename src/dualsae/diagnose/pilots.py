@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dualsae.alignment.post_hoc import align
 from dualsae.core.errors import ConfigError, DataError
@@ -102,10 +103,9 @@ def modality_gap(store: PairedEmbeddings, seed: int = 0, batch_size: int = 8192)
     sum_x = torch.zeros(store.d, dtype=torch.float64)
     sum_y = torch.zeros(store.d, dtype=torch.float64)
     pair_cos = rand_cos = 0.0
-    unit = lambda t: t.to(torch.float64) / t.to(torch.float64).norm(dim=1, keepdim=True).clamp_min(1e-12)  # noqa: E731
     for s in range(0, store.n, batch_size):
         pos = np.arange(s, min(s + batch_size, store.n))
-        x, y, y_r = unit(store.read("image", pos)), unit(store.read("text", pos)), unit(store.read("text", perm[pos]))
+        x, y, y_r = (F.normalize(store.read(mod, p).to(torch.float64), dim=1) for mod, p in (("image", pos), ("text", pos), ("text", perm[pos])))
         sum_x += x.sum(0)
         sum_y += y.sum(0)
         pair_cos += float((x * y).sum())

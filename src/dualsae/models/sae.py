@@ -123,10 +123,6 @@ class SAEConfig:
         return config_from_dict(cls, data, source, "SAE config", CheckpointError, required=("d", "m"))
 
 
-def _unit_rows(w: torch.Tensor) -> torch.Tensor:
-    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-7) -> torch.Tensor:
     """Geometric median of the rows of ``x`` ([n, d] -> [d]) by Weiszfeld's algorithm."""
     x = x.double()
@@ -154,7 +150,7 @@ class SAE(nn.Module):
         self.activation = activation_for(config)
         d, m = config.d, config.m
         w = torch.randn(m, d, generator=generator)
-        w = _unit_rows(w)
+        w = F.normalize(w, dim=1)
         self.W_dec = nn.Parameter(w.clone())
         # Encoder initialised as the decoder's transpose (Gao et al. 2024).
         self.W_enc = nn.Parameter(w.clone())
