@@ -15,7 +15,6 @@ from dualsae.alignment.post_hoc import align
 from dualsae.commands.common import (
     add_split_args,
     data_arg,
-    open_data,
     resolve_data,
     resolve_split,
 )
@@ -24,6 +23,7 @@ from dualsae.core.errors import ConfigError
 from dualsae.files.outdir import check_output, written_output
 from dualsae.models.load import load_model
 from dualsae.models.provenance import recorded_fingerprint, store_warnings
+from dualsae.store.paired import open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     pair = load_model(run_dir, device=device)
     confidence = confidence_options(args)
     data = resolve_data(args, run_dir)
-    store = open_data(data)
+    store = open_store(data)
     store.require_pairs("alignment (the coactivation correlation of eq. 5)")
     split, test_fraction, split_seed = resolve_split(args, run_dir)
     rows = store.split(split, test_fraction=test_fraction, seed=split_seed)

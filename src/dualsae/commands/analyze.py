@@ -9,7 +9,6 @@ from pathlib import Path
 from dualsae.commands.common import (
     check_batch_size,
     check_width,
-    open_data,
     resolve_data,
 )
 from dualsae.core.distributed import resolve_device
@@ -22,6 +21,7 @@ from dualsae.evaluation.top_rows import top_examples_many
 from dualsae.files.atomic import write_json
 from dualsae.files.outdir import written_output
 from dualsae.models.load import load_model
+from dualsae.store.paired import open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +82,7 @@ def run_heterogeneity(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     out = Path(args.out)
     job = {"model": str(Path(args.model).resolve()), "data": str(Path(args.data).resolve()) if args.data else None, "split": args.split}
-    store = open_data(args.data).split(args.split) if args.data else None
+    store = open_store(args.data).split(args.split) if args.data else None
     with written_output(out, "analyze heterogeneity", job, "this analysis", overwrite=args.overwrite):
         result, source = heterogeneity_from_folder(args.model, store, batch_size=args.batch_size, device=args.device,
                                                    progress=not args.no_progress)
@@ -111,7 +111,7 @@ def run_top(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     pair = load_model(args.model, device=args.device)
     data = resolve_data(args, args.model)
-    store = open_data(data).split(args.split)
+    store = open_store(data).split(args.split)
     check_width(pair, store, args.model)
     mods = [m for m in (("image", "text") if args.modality == "both" else (args.modality,)) if store.has(m)]
     found = {mod: top_examples_many(pair, store, args.latent, mod, n=args.n, collapse=not args.no_collapse,

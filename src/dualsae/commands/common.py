@@ -7,13 +7,7 @@ from pathlib import Path
 
 from dualsae.core.errors import ConfigError
 from dualsae.models.load import recorded_data, training_rows
-from dualsae.store.paired import PairedEmbeddings, open_store
-
-
-def open_data(path: str | Path, check_values: bool = True, same_width: bool = True) -> PairedEmbeddings:
-    """Open a store folder in any supported layout (dualsae store or clip-retrieval folders).
-    ``same_width=False``: image and text may differ in width (an external encoder's store)."""
-    return open_store(path, check_values=check_values, same_width=same_width)
+from dualsae.store.paired import PairedEmbeddings
 
 
 def data_arg(p: argparse.ArgumentParser, what: str = "store folder (image.npy, text.npy, meta.jsonl; or clip-retrieval output)") -> None:

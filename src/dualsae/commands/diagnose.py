@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, open_data, select_split
+from dualsae.commands.common import add_split_args, select_split
 from dualsae.core.errors import ConfigError
 from dualsae.diagnose.pilots import QuickConfig
 from dualsae.diagnose.placement import diagnose, place_report
@@ -21,6 +21,7 @@ from dualsae.diagnose.regime_curve import (
 from dualsae.diagnose.regime_report import format_report, plot_placement
 from dualsae.files.atomic import write_json, write_text
 from dualsae.files.jsonfiles import read_json_object
+from dualsae.store.paired import open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.store is None:
             raise ConfigError("diagnose: a STORE folder is required (or --from-json FILE, or --regime-curve-out FILE)")
-        store = select_split(open_data(args.store), args)
+        store = select_split(open_store(args.store), args)
         store.require_pairs("the diagnostic")
         quick.resolve(store.n)  # size errors before anything is loaded or trained
         curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()

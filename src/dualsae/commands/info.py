@@ -11,12 +11,12 @@ from dualsae.commands.common import (
     add_split_args,
     check_batch_size,
     check_width,
-    open_data,
     select_split,
 )
 from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
 from dualsae.models.load import flat_train_config, load_model
 from dualsae.models.provenance import store_warnings
+from dualsae.store.paired import open_store
 from dualsae.training.guards import non_finite_tensors
 
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     }
     info["parameters"] = sum(s.n_params() for s in saes.values())
     if args.data:
-        store = select_split(open_data(args.data), args, args.run)
+        store = select_split(open_store(args.data), args, args.run)
         check_width(pair, store, args.run)
         for line in store_warnings(args.run, store, "eval"):
             print(line, file=sys.stderr)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.commands.common import open_data, resolve_split
+from dualsae.commands.common import resolve_split
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.report import ReportOptions, build_report
+from dualsae.store.paired import open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     images = Path(args.images) if args.images else None
     if images is not None and not images.is_dir():
         raise DataError(f"--images {images}: not a folder")
-    store = open_data(args.data)
+    store = open_store(args.data)
     rows = store.split(args.split, *resolve_split(args, args.model)[1:]) if args.split != "all" else store
     # Explained variance is measured on the test split (the model's held-out rows), whatever --split shows.
     split_args = argparse.Namespace(split="test", test_fraction=args.test_fraction, split_seed=args.split_seed)

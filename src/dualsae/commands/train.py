@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, open_data
+from dualsae.commands.common import add_split_args
 from dualsae.commands.flags import Flag, add_flags, dataclass_flags, given
 from dualsae.core.distributed import Distributed, resolve_device
 from dualsae.core.errors import CheckpointError, ConfigError
@@ -22,6 +22,7 @@ from dualsae.files.outdir import (
 )
 from dualsae.models.load import read_run_config
 from dualsae.models.sae import SAEConfig
+from dualsae.store.paired import open_store
 from dualsae.training.config import METHODS, PRESETS, TrainConfig
 from dualsae.training.guards import row_norm_check
 from dualsae.training.trainer import train
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
     config = _config_from_args(args)
     # The config's split (the saved one on --resume) picks the rows, so a resumed run sees the same rows.
-    store = open_data(args.data).split(config.split, test_fraction=config.test_fraction, seed=config.split_seed)
+    store = open_store(args.data).split(config.split, test_fraction=config.test_fraction, seed=config.split_seed)
     dist = Distributed.from_env(device)  # a torchrun rank, or one process (torch.distributed untouched)
     with contextlib.ExitStack() as held:
         def claim() -> None:  # rank 0 (or the one process) only; under torchrun rank 0 alone writes the folder

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualsae.commands.common import data_arg, open_data, resolve_data
+from dualsae.commands.common import data_arg, resolve_data
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.evaluation.top_rows import top_examples
 from dualsae.files.atomic import write_json
 from dualsae.models.load import load_model
+from dualsae.store.paired import open_store
 from dualsae.use.steering import concept_share, latent_fires, steer
 from dualsae.use.translation import latents_for, nearest_rows, translate
 
@@ -84,7 +85,7 @@ def run_translate(args: argparse.Namespace) -> int:
     target = "image" if args.source == "text" else "text"
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
-    store = open_data(data)
+    store = open_store(data)
     store.require_model_width(pair, f"{args.model}'s")
     gallery = store.split(args.split)
     if args.embeddings:
@@ -146,7 +147,7 @@ def run_steer(args: argparse.Namespace) -> int:
         raise ConfigError(f"-n and --sources must be >= 1, found {args.n} and {args.sources}")
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
-    store = open_data(data)
+    store = open_store(data)
     store.require_model_width(pair, f"{args.model}'s")
     gallery = store.split(args.split)
     mod = args.modality

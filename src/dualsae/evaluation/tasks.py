@@ -46,8 +46,7 @@ from dualsae.files.atomic import write_json
 from dualsae.models.load import load_model, training_rows
 from dualsae.models.pair import SAEPair
 from dualsae.models.provenance import store_warnings
-from dualsae.store.paired import PairedEmbeddings
-from dualsae.store.paired import open_store as open_data
+from dualsae.store.paired import PairedEmbeddings, open_store
 
 #: The eval tasks, in the order they run (and Table 1's columns): one line per task.
 REGISTRY: dict[str, Task] = {t.name: t for t in (
@@ -185,7 +184,7 @@ def evaluate_model(
     split_seed = spec["split_seed"] if split_seed is None else split_seed
 
     pair = load_model(model, device=options.device)
-    full = open_data(data)
+    full = open_store(data)
     store = full.split(split, test_fraction=test_fraction, seed=split_seed)
     for line in store_warnings(model, store, "eval"):
         log(line)
@@ -199,7 +198,7 @@ def evaluate_model(
     ext = None
     if external is not None and "monosemanticity" in options.tasks:
         # An external encoder may embed each modality at its own width (e.g. 1280-d image, 384-d text).
-        ext = aligned_view(open_data(external, same_width=False), store)
+        ext = aligned_view(open_store(external, same_width=False), store)
     out = Path(out)
     prefix = out.with_suffix("") if out.suffix else out
     result = evaluate(pair, store, options, train_store=train_store, zeroshot=zs, external=ext,

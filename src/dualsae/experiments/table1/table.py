@@ -33,7 +33,7 @@ from dualsae.evaluation.tasks import _json_safe as safe
 from dualsae.experiments.table1.diagnostics import model_diagnostics, plot_curves
 from dualsae.files.atomic import write_json, write_text
 from dualsae.files.unit_job import UnitJob
-from dualsae.store.paired import open_store as open_data
+from dualsae.store.paired import open_store
 from dualsae.training.config import TrainConfig, steps_per_epoch
 from dualsae.training.curves import CurveRecorder
 from dualsae.training.trainer import train
@@ -176,8 +176,8 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
     out = Path(out)
     job = UnitJob.open(out, plan.to_json(), read_saved=lambda saved: plan_from_json(saved).to_json(), what="table job",
                        rewrite=False)
-    train_rows = open_data(plan.train).split(plan.train_split)
-    full_eval = open_data(plan.eval)
+    train_rows = open_store(plan.train).split(plan.train_split)
+    full_eval = open_store(plan.eval)
     eval_rows = full_eval.split(plan.eval_split)
     try:
         eval_train = full_eval.split("train")
@@ -185,7 +185,7 @@ def run_table1(plan: Table1Plan, out: str | Path, progress: bool = True, log=pri
         eval_train = train_rows
     zs = load_zero_shot_store(plan.zeroshot) if plan.zeroshot else None
     # An external encoder may embed each modality at its own width (e.g. 1280-d image, 384-d text).
-    ext = aligned_view(open_data(plan.external, same_width=False), eval_rows) if plan.external else None
+    ext = aligned_view(open_store(plan.external, same_width=False), eval_rows) if plan.external else None
     tasks = ["recon", "retrieval"]
     if zs is not None or plan.label_field:
         tasks.append("zeroshot")
