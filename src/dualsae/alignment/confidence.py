@@ -31,7 +31,7 @@ re-paired row ``pi(r)`` by binary search: O(N k_I log(N k_T)) per shuffle, indep
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -49,11 +49,14 @@ class ConfidenceOptions:
     is left unmatched (modality-only); the string ``"null"`` means each pair's own null threshold.
     min_support: a matched pair co-firing on fewer rows is left unmatched."""
 
-    shuffles: int = 200
-    quantile: float = 0.99
-    seed: int = 0
-    min_correlation: float | str | None = None
-    min_support: int = 0
+    shuffles: int = field(default=200, metadata={"help": "random re-pairings of the rows for each pair's null threshold; 0 = support only"})
+    quantile: float = field(default=0.99, metadata={"help": "quantile of the shuffled correlations taken as the null threshold",
+                                                    "flag": "--null-quantile"})
+    seed: int = field(default=0, metadata={"cli": False})
+    min_correlation: float | str | None = field(default=None, metadata={
+        "help": "leave matched pairs with a lower coactivation correlation unmatched (modality-only); "
+                "a number, or 'null' for each pair's own permutation-null threshold", "type": str, "default": "keep all"})
+    min_support: int = field(default=0, metadata={"help": "leave matched pairs that co-fire on fewer rows unmatched", "default": "0 = keep all"})
 
     def __post_init__(self) -> None:
         if self.shuffles < 0:

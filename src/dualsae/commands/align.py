@@ -18,6 +18,7 @@ from dualsae.commands.common import (
     resolve_data,
     resolve_split,
 )
+from dualsae.commands.flags import add_flags, dataclass_flags, given
 from dualsae.core.distributed import Distributed, resolve_device
 from dualsae.core.errors import ConfigError
 from dualsae.files.outdir import check_output, written_output
@@ -123,30 +124,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Match-confidence flags, generated from :class:`ConfidenceOptions` (dualsae.alignment.confidence).
+CONFIDENCE_FLAGS = dataclass_flags(ConfidenceOptions)
+
+
 def add_confidence_args(p: argparse.ArgumentParser) -> None:
-    """Match-confidence flags (dualsae.alignment.confidence)."""
-    g = p.add_argument_group("match confidence")
-    g.add_argument("--min-correlation", default=None,
-                   help="leave matched pairs with a lower coactivation correlation unmatched (modality-only); "
-                        "a number, or 'null' for each pair's own permutation-null threshold (default: keep all)")
-    g.add_argument("--min-support", type=int, default=0,
-                   help="leave matched pairs that co-fire on fewer rows unmatched (default: 0 = keep all)")
-    g.add_argument("--shuffles", type=int, default=200,
-                   help="random re-pairings of the rows for each pair's null threshold; 0 = support only (default: 200)")
-    g.add_argument("--null-quantile", type=float, default=0.99,
-                   help="quantile of the shuffled correlations taken as the null threshold (default: 0.99)")
+    add_flags(p.add_argument_group("match confidence"), CONFIDENCE_FLAGS)
 
 
-def confidence_options(args: argparse.Namespace):
-
-    mc = args.min_correlation
+def confidence_options(args: argparse.Namespace) -> ConfidenceOptions:
+    """The ConfidenceOptions of the flags given (the rest: the dataclass's defaults)."""
+    kw = given(args, CONFIDENCE_FLAGS)
+    mc = kw.get("min_correlation")
     if mc is not None and mc != "null":
         try:
-            mc = float(mc)
+            kw["min_correlation"] = float(mc)
         except ValueError:
             raise ConfigError(f"--min-correlation must be a number or 'null', found {mc!r}") from None
-    return ConfidenceOptions(shuffles=args.shuffles, quantile=args.null_quantile, min_correlation=mc,
-                             min_support=args.min_support)
+    return ConfidenceOptions(**kw)
 
 
 def match_summary_lines(corr, matched: dict, confidence: dict | None) -> list[str]:

@@ -8,6 +8,7 @@ A field becomes a flag from its name (``batch_size`` -> ``--batch-size``), its a
 * ``choices``: the accepted values, listed in the help (the config's validation refuses others,
   naming the field, so the error reads the same from the CLI and the library);
 * ``flag``: another option string (e.g. ``--no-scale-free-lambda``);
+* ``type``: the command-line type where the annotation has several (parsed further by the command);
 * ``default``: the default as help text, where the field's own default says nothing (``None``).
 
 Every flag's argparse default is ``None``: :func:`given` returns only what the user typed, so a
@@ -74,7 +75,7 @@ def dataclass_flags(cls: type, *, skip: Iterable[str] = (), nested: dict[str, ty
             continue
         if "help" not in meta:
             raise TypeError(f"{cls.__name__}.{f.name}: no metadata 'help' for its flag (or metadata cli=False)")
-        typ, default = _scalar(f, cls), _default(f)
+        typ, default = meta.get("type") or _scalar(f, cls), _default(f)
         switch = "--no-" if typ is bool and default else "--"
         option = meta.get("flag", switch + f.name.replace("_", "-"))
         out.append(Flag(f.name, option, typ, meta["help"], cls, tuple(meta["choices"]) if "choices" in meta else None,
