@@ -12,6 +12,7 @@ from dualsae.commands.common import (
     resolve_data,
     resolve_split,
 )
+from dualsae.commands.flags import add_flag_groups, dataclass_flags, given
 from dualsae.core.distributed import resolve_device
 from dualsae.core.errors import ConfigError
 from dualsae.evaluation.tasks import (
@@ -39,6 +40,10 @@ under "skipped"). --out is a folder: metrics.json (written atomically), and mono
 and plot beside it."""
 
 
+#: The evaluation options' flags, generated from :class:`EvalOptions` (``--tasks`` is parsed by :func:`parse_tasks`).
+EVAL_FLAGS = dataclass_flags(EvalOptions)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="reconstruction, retrieval, zero-shot, steering, monosemanticity -> metrics.json",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,36 +54,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated subset of recon,retrieval,zeroshot,steering,monosemanticity, or 'all'; a task "
                         "named here that cannot run is an error (default: every task whose inputs are given)")
     p.add_argument("--out", required=True, help="folder for metrics.json (monosemanticity curves and plot go beside it)")
-    g = p.add_argument_group("retrieval")
-    g.add_argument("--positives", choices=("auto", "group", "caption", "row"), default="auto",
-                   help="hits: 'group' = rows sharing meta --group-field are one image (COCO); 'caption' = any row with the "
-                        "query's caption; 'row' = only the paired row; 'auto' = group if every row has the group field, "
-                        "else caption if captions repeat, else row (default: auto)")
-    g.add_argument("--group-field", default="group", help="meta field naming each row's image (default: group)")
-    g.add_argument("--caption-field", default="caption", help="meta field holding the caption (default: caption)")
-    g = p.add_argument_group("zero-shot")
-    g.add_argument("--zeroshot", default=None, help="zero-shot store: image.npy, meta label/class_name, classes.json, class_text.npy [C,T,d]")
-    g.add_argument("--label-field", default=None, help="meta field used as class label for caption-prototype zero-shot (e.g. category)")
-    g = p.add_argument_group("steering")
-    g.add_argument("--concept-field", default=None, help="meta field holding each row's concept (a value, or a list such as tags)")
-    g.add_argument("--alpha", type=float, default=1.0, help="steering strength relative to the mean test image embedding norm (default: 1.0)")
-    g.add_argument("--sources", type=int, default=100, help="source images per concept (default: 100)")
-    g.add_argument("--negatives", type=int, default=1000, help="captions without the concept sampled for latent selection (default: 1000)")
-    g.add_argument("--max-concepts", type=int, default=80, help="most frequent concepts evaluated; 0 = all (default: 80)")
-    g = p.add_argument_group("monosemanticity")
-    g.add_argument("--external", default=None, help="store with an external encoder's embeddings of the same rows as --data")
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
-    g.add_argument("--batch-size", type=int, default=4096)
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_flag_groups(p, EVAL_FLAGS)
+    p.add_argument("--zeroshot", default=None, help="zero-shot store: image.npy, meta label/class_name, classes.json, class_text.npy [C,T,d]")
+    p.add_argument("--external", default=None, help="store with an external encoder's embeddings of the same rows as --data (monosemanticity)")
+    g = p
     g.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
 
-    if args.max_concepts < 0:
+    if args.max_concepts is not None and args.max_concepts < 0:
         raise ConfigError(f"--max-concepts must be >= 0, found {args.max_concepts}")
 
     split, test_fraction, split_seed = resolve_split(args, args.model)
@@ -86,13 +72,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix == ".json" or out.is_file():
         raise ConfigError(f"--out {out}: expected a folder (metrics.json is written inside it), found a file name")
-    options = EvalOptions(
-        tasks=parse_tasks(args.tasks or "all"), positives=args.positives, group_field=args.group_field,
-        caption_field=args.caption_field, label_field=args.label_field, concept_field=args.concept_field,
-        steering_alpha=args.alpha, steering_sources=args.sources, steering_negatives=args.negatives,
-        max_concepts=args.max_concepts or None, seed=args.seed, batch_size=args.batch_size, device=str(resolve_device(args.device)),
-        progress=not args.no_progress,
-    )
+    kw = given(args, EVAL_FLAGS)
+    if "max_concepts" in kw:
+        kw["max_concepts"] = kw["max_concepts"] or None  # --max-concepts 0: every concept
+    kw["device"] = str(resolve_device(kw.get("device", "cpu")))
+    options = EvalOptions(tasks=parse_tasks(args.tasks or "all"), **kw)
     job = {"model": str(Path(args.model).resolve()), "data": str(Path(data).resolve()), "split": split,
            "test_fraction": test_fraction, "split_seed": split_seed}
     with written_output(out, "eval", job, "this evaluation", overwrite=args.overwrite):

@@ -9,7 +9,8 @@ A field becomes a flag from its name (``batch_size`` -> ``--batch-size``), its a
   naming the field, so the error reads the same from the CLI and the library);
 * ``flag``: another option string (e.g. ``--no-scale-free-lambda``);
 * ``type``: the command-line type where the annotation has several (parsed further by the command);
-* ``default``: the default as help text, where the field's own default says nothing (``None``).
+* ``default``: the default as help text, where the field's own default says nothing (``None``);
+* ``group``: the help section the flag is listed under (:func:`add_flag_groups`).
 
 Every flag's argparse default is ``None``: :func:`given` returns only what the user typed, so a
 command can lay it over a preset or a saved config. A field holding a nested config dataclass is
@@ -37,6 +38,7 @@ class Flag:
     choices: tuple[str, ...] | None = None
     default: Any = None
     default_note: str | None = None
+    group: str | None = None
 
     @property
     def is_switch(self) -> bool:
@@ -79,7 +81,7 @@ def dataclass_flags(cls: type, *, skip: Iterable[str] = (), nested: dict[str, ty
         switch = "--no-" if typ is bool and default else "--"
         option = meta.get("flag", switch + f.name.replace("_", "-"))
         out.append(Flag(f.name, option, typ, meta["help"], cls, tuple(meta["choices"]) if "choices" in meta else None,
-                        default, meta.get("default")))
+                        default, meta.get("default"), meta.get("group")))
     return out
 
 
@@ -100,9 +102,19 @@ def add_flags(parser: argparse.ArgumentParser | Any, flags: list[Flag],
             parser.add_argument(flag.option, dest=flag.dest, type=flag.type, default=None, help=text)
 
 
+def add_flag_groups(parser: argparse.ArgumentParser, flags: list[Flag],
+                    default_text: Callable[[Flag], str] = field_default) -> None:
+    """:func:`add_flags`, each flag under the help section its field's metadata ``group`` names."""
+    groups: dict[str | None, list[Flag]] = {}
+    for flag in flags:
+        groups.setdefault(flag.group, []).append(flag)
+    for name, members in groups.items():
+        add_flags(parser.add_argument_group(name) if name else parser, members, default_text)
+
+
 def given(args: argparse.Namespace, flags: list[Flag]) -> dict[str, Any]:
     """{field: value} of the flags the user gave (every generated flag defaults to None)."""
     return {f.dest: getattr(args, f.dest) for f in flags if getattr(args, f.dest, None) is not None}
 
 
-__all__ = ["Flag", "add_flags", "dataclass_flags", "field_default", "given"]
+__all__ = ["Flag", "add_flag_groups", "add_flags", "dataclass_flags", "field_default", "given"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,20 +70,26 @@ class EvalOptions:
     concept_field: meta field whose values (or list elements) are the steering concepts.
     """
 
-    tasks: tuple[str, ...] = TASKS
-    positives: str = "auto"
-    group_field: str = "group"
-    caption_field: str = "caption"
-    label_field: str | None = None
-    concept_field: str | None = None
-    steering_alpha: float = 1.0
-    steering_sources: int = 100
-    steering_negatives: int = 1000
-    max_concepts: int | None = 80
-    seed: int = 0
-    batch_size: int = 4096
-    device: str = "cpu"
-    progress: bool = True
+    tasks: tuple[str, ...] = field(default=TASKS, metadata={"cli": False})  # --tasks: a comma-separated list
+    positives: str = field(default="auto", metadata={"group": "retrieval", "choices": ("auto", "group", "caption", "row"), "help":
+        "hits: 'group' = rows sharing meta --group-field are one image (COCO); 'caption' = any row with the query's caption; "
+        "'row' = only the paired row; 'auto' = group if every row has the group field, else caption if captions repeat, else row"})
+    group_field: str = field(default="group", metadata={"group": "retrieval", "help": "meta field naming each row's image"})
+    caption_field: str = field(default="caption", metadata={"group": "retrieval", "help": "meta field holding the caption"})
+    label_field: str | None = field(default=None, metadata={"group": "zero-shot", "default": "none", "help":
+        "meta field used as class label for caption-prototype zero-shot (e.g. category)"})
+    concept_field: str | None = field(default=None, metadata={"group": "steering", "default": "none", "help":
+        "meta field holding each row's concept (a value, or a list such as tags)"})
+    steering_alpha: float = field(default=1.0, metadata={"group": "steering", "flag": "--alpha", "help":
+        "steering strength relative to the mean test image embedding norm"})
+    steering_sources: int = field(default=100, metadata={"group": "steering", "flag": "--sources", "help": "source images per concept"})
+    steering_negatives: int = field(default=1000, metadata={"group": "steering", "flag": "--negatives", "help":
+        "captions without the concept sampled for latent selection"})
+    max_concepts: int | None = field(default=80, metadata={"group": "steering", "help": "most frequent concepts evaluated; 0 = all"})
+    seed: int = field(default=0, metadata={"group": "run", "help": "seed of every random draw"})
+    batch_size: int = field(default=4096, metadata={"group": "run", "help": "rows encoded at once"})
+    device: str = field(default="cpu", metadata={"group": "run", "help": "cpu, cuda, cuda:N or auto"})
+    progress: bool = field(default=True, metadata={"group": "run", "help": "no progress bars"})
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS]
