@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, select_split
+from dualsae.commands.flags import add_flags, dataclass_flags, given
 from dualsae.core.errors import ConfigError
 from dualsae.diagnose.pilots import QuickConfig
 from dualsae.diagnose.placement import diagnose, place_report
@@ -23,9 +24,11 @@ from dualsae.files.atomic import write_json, write_text
 from dualsae.files.jsonfiles import read_json_object
 from dualsae.store.paired import open_store
 
+#: The quick diagnostic's flags, generated from :class:`QuickConfig`.
+QUICK_FLAGS = dataclass_flags(QuickConfig)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    q = QuickConfig()
     p = sub.add_parser(
         "diagnose", help="which regime of Fig. 5 a store is in, and which method to train",
         description="Before a long training: measure the store's modality gap, train a quick shared SAE "
@@ -36,16 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", nargs="?", default=None, help="store folder with image.npy and text.npy (paired rows)")
     add_split_args(p, "all", model_default=False)
-    p.add_argument("--rows", type=int, default=q.rows, help=f"at most this many pairs, drawn at random (default {q.rows:,})")
-    p.add_argument("--latents", type=int, default=None,
-                   help="m of the quick shared SAE, m/2 per specific SAE (default: largest power of 2 <= rows/4, at most 1024)")
-    p.add_argument("--k", type=int, default=q.k, help=f"TopK K (default {q.k})")
-    p.add_argument("--steps", type=int, default=q.steps, help=f"target optimiser steps per training (default {q.steps})")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per training (default: from --steps and the rows)")
-    p.add_argument("--batch-size", type=int, default=q.batch_size, help=f"pairs per step (default {q.batch_size})")
-    p.add_argument("--top-fraction", type=float, default=q.top_fraction,
-                   help=f"share of best-correlated matched pairs for the heterogeneity median (default {q.top_fraction})")
-    p.add_argument("--seed", type=int, default=q.seed, help=f"seed of the subsample and the trainings (default {q.seed})")
+    add_flags(p, QUICK_FLAGS)
     p.add_argument("--regime-curve", "--calibration", dest="regime_curve", type=Path, default=None,
                    help=f"regime curve file (default: the packaged {REGIME_CURVE_FILE.name}); files of the former "
                         "'calibration' format are read too")
@@ -69,8 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _quick(args: argparse.Namespace) -> QuickConfig:
-    return QuickConfig(rows=args.rows, latents=args.latents, k=args.k, steps=args.steps, epochs=args.epochs,
-                       batch_size=args.batch_size, top_fraction=args.top_fraction, seed=args.seed)
+    return QuickConfig(**given(args, QUICK_FLAGS))
 
 
 def run(args: argparse.Namespace) -> int:

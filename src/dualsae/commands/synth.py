@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from dualsae.commands.flags import add_flags, dataclass_flags, given
 from dualsae.core.distributed import resolve_device
 from dualsae.evaluation.metrics.ground_truth import evaluate_synthetic
 from dualsae.files.atomic import write_json
@@ -15,7 +16,8 @@ from dualsae.files.outdir import claim_output, commit_output
 from dualsae.models.load import load_model
 from dualsae.store.generator import EVAL_SPLIT, SynthConfig, write_synthetic
 
-_DEFAULTS = SynthConfig()
+#: The generator's flags, generated from :class:`SynthConfig` (``--alpha`` / ``--distance`` are written here: one of the two).
+SYNTH_FLAGS = dataclass_flags(SynthConfig)
 
 
 def register(subparsers) -> None:
@@ -36,20 +38,7 @@ def register(subparsers) -> None:
     which.add_argument("--alpha", type=float, help="cos(phi_i, psi_i) of every shared concept, in [-1, 1]")
     which.add_argument("--distance", type=float, help="cosine distance 1 - alpha between phi_i and psi_i (the paper's x-axis)")
     g.add_argument("--out", required=True, type=Path, help="output folder")
-    d = _DEFAULTS
-    g.add_argument("--d", type=int, default=d.d, help=f"embedding dimension (default {d.d})")
-    g.add_argument("--n-shared", type=int, default=d.n_shared, help=f"shared concepts (default {d.n_shared})")
-    g.add_argument("--n-image", type=int, default=d.n_image, help=f"image-only concepts (default {d.n_image})")
-    g.add_argument("--n-text", type=int, default=d.n_text, help=f"text-only concepts (default {d.n_text})")
-    g.add_argument("--eps-max", type=float, default=d.eps_max, help=f"max |cos| between directions of one modality (default {d.eps_max})")
-    g.add_argument("--sparsity", type=float, default=d.sparsity, help=f"s = P(z_i = 0) (default {d.sparsity})")
-    g.add_argument("--rate", type=float, default=d.rate, help=f"rate beta of the Exp activations (default {d.rate})")
-    g.add_argument("--sigma-obs", type=float, default=d.sigma_obs, help=f"observation noise std (default {d.sigma_obs})")
-    g.add_argument("--n-train", type=int, default=d.n_train, help=f"training pairs (default {d.n_train:,})")
-    g.add_argument("--n-eval", type=int, default=d.n_eval, help=f"evaluation pairs, split 'test' (default {d.n_eval:,})")
-    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    g.add_argument("--max-rounds", type=int, default=d.max_rounds,
-                   help=f"rejection-sampling proposal rounds before giving up (default {d.max_rounds})")
+    add_flags(g, SYNTH_FLAGS)
     g.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     g.set_defaults(func=run_generate)
 
@@ -70,11 +59,7 @@ def register(subparsers) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     alpha = args.alpha if args.alpha is not None else 1.0 - args.distance
-    return SynthConfig(
-        alpha=alpha, d=args.d, n_shared=args.n_shared, n_image=args.n_image, n_text=args.n_text,
-        eps_max=args.eps_max, sparsity=args.sparsity, rate=args.rate, sigma_obs=args.sigma_obs,
-        n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, max_rounds=args.max_rounds,
-    )
+    return SynthConfig(alpha=alpha, **given(args, SYNTH_FLAGS))
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -48,14 +48,16 @@ class QuickConfig:
     cannot hold a built TrainConfig itself: ``latents`` and ``epochs`` are resolved from the store.
     """
 
-    rows: int = 16_384
-    latents: int | None = None
-    k: int = 16
-    steps: int = 64
-    epochs: int | None = None
-    batch_size: int = 256
-    top_fraction: float = 0.1
-    seed: int = 0
+    # Metadata ``help``: the text of each field's ``dualsae diagnose`` flag (commands/flags.py).
+    rows: int = field(default=16_384, metadata={"help": "at most this many pairs, drawn at random"})
+    latents: int | None = field(default=None, metadata={"help": "m of the quick shared SAE, m/2 per specific SAE",
+                                                        "default": "largest power of 2 <= rows/4, at most 1024"})
+    k: int = field(default=16, metadata={"help": "TopK K"})
+    steps: int = field(default=64, metadata={"help": "target optimiser steps per training"})
+    epochs: int | None = field(default=None, metadata={"help": "epochs per training", "default": "from --steps and the rows"})
+    batch_size: int = field(default=256, metadata={"help": "pairs per step"})
+    top_fraction: float = field(default=0.1, metadata={"help": "share of best-correlated matched pairs for the heterogeneity median"})
+    seed: int = field(default=0, metadata={"help": "seed of the subsample and the trainings"})
 
     def validate(self) -> None:
         for name in ("rows", "k", "steps", "batch_size"):

@@ -25,7 +25,7 @@ Memory: z is never dense. Rows are generated in chunks of ``CHUNK_ROWS`` as a CS
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -64,19 +64,20 @@ class SynthConfig:
     per direction set before it gives up (eps_max too small for d and n).
     """
 
-    alpha: float = 0.5
-    d: int = 256
-    n_shared: int = 1024
-    n_image: int = 512
-    n_text: int = 512
-    eps_max: float = 0.30
-    sparsity: float = 0.99
-    rate: float = 1.0
-    sigma_obs: float = 0.05
-    n_train: int = 50_000
-    n_eval: int = 10_000
-    seed: int = 0
-    max_rounds: int = 200
+    # Metadata ``help``: the text of each field's ``dualsae synth generate`` flag (commands/flags.py).
+    alpha: float = field(default=0.5, metadata={"cli": False})  # --alpha / --distance, one of the two
+    d: int = field(default=256, metadata={"help": "embedding dimension"})
+    n_shared: int = field(default=1024, metadata={"help": "shared concepts"})
+    n_image: int = field(default=512, metadata={"help": "image-only concepts"})
+    n_text: int = field(default=512, metadata={"help": "text-only concepts"})
+    eps_max: float = field(default=0.30, metadata={"help": "max |cos| between directions of one modality"})
+    sparsity: float = field(default=0.99, metadata={"help": "s = P(z_i = 0)"})
+    rate: float = field(default=1.0, metadata={"help": "rate beta of the Exp activations"})
+    sigma_obs: float = field(default=0.05, metadata={"help": "observation noise std"})
+    n_train: int = field(default=50_000, metadata={"help": "training pairs"})
+    n_eval: int = field(default=10_000, metadata={"help": "evaluation pairs, split 'test'"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    max_rounds: int = field(default=200, metadata={"help": "rejection-sampling proposal rounds before giving up"})
 
     def __post_init__(self) -> None:
         self.validate()
