@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from dualsae.core.codes import SparseCodes
 from dualsae.core.distributed import Distributed
 from dualsae.core.errors import CheckpointError, ConfigError, DataError
 from dualsae.core.progress import tqdm
 from dualsae.files.atomic import save_tensors
+from dualsae.files.tensorfiles import read_tensors
 from dualsae.models.encoding import iter_codes
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
@@ -309,12 +308,7 @@ def load_correlation(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, to
     with ``live_text`` in the shared index space."""
 
     path = Path(folder) / "correlation.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; run 'dualsae align' without --no-correlation, or pass --data to recompute C")
-    try:
-        t = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    t = read_tensors(path, CheckpointError, "run 'dualsae align' without --no-correlation, or pass --data to recompute C")
     missing = sorted({"C", "live_image", "live_text"} - set(t))
     if missing:
         raise CheckpointError(f"{path}: missing tensor(s) {missing}")

@@ -29,8 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from dualsae.core.codes import SparseCodes
@@ -46,6 +44,7 @@ from dualsae.core.sparse_ops import (
 )
 from dualsae.files.atomic import save_tensors, write_json
 from dualsae.files.jsonfiles import config_from_dict, read_json_object
+from dualsae.files.tensorfiles import read_tensors
 from dualsae.models.activations import ACTIVATIONS, activation_for
 from dualsae.models.activations.base import SAEOutput
 
@@ -349,12 +348,7 @@ class SAE(nn.Module):
 def load_checked_tensors(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Read a safetensors file and check it has exactly the expected names and shapes."""
 
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    tensors = read_tensors(path, CheckpointError)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing:

@@ -31,13 +31,13 @@ from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.core.progress import tqdm
 from dualsae.files.atomic import atomic_path, write_json
 from dualsae.files.jsonfiles import config_from_dict, read_json_object
+from dualsae.files.tensorfiles import read_tensors
 from dualsae.store.feature_directions import _shared_text_directions, max_abs_cos, sample_directions
 from dualsae.store.paired import write_store
 
@@ -321,13 +321,7 @@ def load_ground_truth(folder: str | Path) -> GroundTruth:
     except (ConfigError, TypeError) as e:
         raise DataError(f"{meta_path}: field 'config' is invalid ({e})") from None
     gt_path = root / GROUND_TRUTH_FILE
-    if not gt_path.is_file():
-        raise DataError(f"{gt_path}: missing; expected tensors 'phi' and 'psi' [n, d]")
-
-    try:
-        tensors = load_file(str(gt_path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise DataError(f"{gt_path}: not a readable safetensors file ({e})") from None
+    tensors = read_tensors(gt_path, DataError, "expected tensors 'phi' and 'psi' [n, d]", framework="numpy")
     want = (config.n_concepts, config.d)
     out = {}
     for name in ("phi", "psi"):
