@@ -78,3 +78,16 @@ def make_zeroshot_store(folder, d=8, seed=1):
     np.save(folder / "class_text.npy", rng.normal(size=(3, 2, d)).astype(np.float32))
     (folder / "classes.json").write_text(json.dumps({"classes": ["k0", "k1", "k2"], "templates": ["a {}", "b {}"]}))
     return folder
+
+
+def make_category_store(folder, n=120, d=8, seed=0):
+    """A paired store of n rows in 3 colour categories (image = category centre + noise, text = image +
+    noise), with caption, category, tags and split fields in its meta."""
+    rng = np.random.default_rng(seed)
+    cats = rng.choice(["red", "green", "blue"], n)
+    centre = {c: rng.normal(size=d) for c in ("red", "green", "blue")}
+    image = np.stack([centre[c] for c in cats]) + rng.normal(size=(n, d))
+    text = image + 0.5 * rng.normal(size=(n, d))
+    meta = [{"caption": f"{c} thing {i % 5}", "category": str(c), "tags": [str(c), "x" if i % 2 else "y"],
+             "split": "test" if i % 3 == 0 else "train"} for i, c in enumerate(cats)]
+    return write_store(folder, image, text, meta)

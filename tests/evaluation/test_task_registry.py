@@ -4,8 +4,6 @@ printed table and Table 1 iterate the same entries."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from dualsae.evaluation.metrics.zeroshot import load_zero_shot_store
 from dualsae.evaluation.tasks import (
     REGISTRY,
@@ -18,26 +16,15 @@ from dualsae.evaluation.tasks import (
 )
 from dualsae.experiments.table1.table import COLUMNS, _flatten
 from dualsae.models.pair import SAEPair
-from dualsae.store.paired import PairedEmbeddings, open_store, write_store
-from tests.metrics_helpers import make_zeroshot_store, random_sae
-
-
-def _store(folder, n=90, d=8, seed=0):
-    rng = np.random.default_rng(seed)
-    cats = rng.choice(["red", "green", "blue"], n)
-    centre = {c: rng.normal(size=d) for c in ("red", "green", "blue")}
-    image = np.stack([centre[c] for c in cats]) + rng.normal(size=(n, d))
-    text = image + 0.5 * rng.normal(size=(n, d))
-    meta = [{"caption": f"{c} thing {i % 5}", "category": str(c), "split": "test" if i % 3 == 0 else "train"}
-            for i, c in enumerate(cats)]
-    return write_store(folder, image, text, meta)
+from dualsae.store.paired import PairedEmbeddings, open_store
+from tests.metrics_helpers import make_category_store, make_zeroshot_store, random_sae
 
 
 def test_every_registered_task_runs_and_fills_its_columns(tmp_path):
     assert TASKS == tuple(REGISTRY) == ("recon", "retrieval", "zeroshot", "steering", "monosemanticity")
-    full = PairedEmbeddings.open(_store(tmp_path / "data"))
+    full = PairedEmbeddings.open(make_category_store(tmp_path / "data", n=90))
     test, train = full.split("test"), full.split("train")
-    ext = aligned_view(open_store(_store(tmp_path / "ext", d=5, seed=9), same_width=False), test)
+    ext = aligned_view(open_store(make_category_store(tmp_path / "ext", d=5, seed=9, n=90), same_width=False), test)
     zs = load_zero_shot_store(make_zeroshot_store(tmp_path / "zs"))
     pair = SAEPair("specific", random_sae(8, 24, 3, seed=1), random_sae(8, 24, 3, seed=2))
     options = EvalOptions(label_field="category", concept_field="category", steering_sources=5, steering_negatives=20,

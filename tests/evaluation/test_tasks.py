@@ -12,19 +12,8 @@ from dualsae.core.errors import ConfigError, DataError
 from dualsae.evaluation.metrics.retrieval import cross_modal_retrieval
 from dualsae.evaluation.tasks import EvalOptions, evaluate, parse_tasks
 from dualsae.files.atomic import write_json
-from dualsae.store.paired import PairedEmbeddings, write_store
-from tests.metrics_helpers import make_zeroshot_store, random_sae
-
-
-def _store(folder, n=120, d=8, seed=0):
-    rng = np.random.default_rng(seed)
-    cats = rng.choice(["red", "green", "blue"], n)
-    centre = {c: rng.normal(size=d) for c in ("red", "green", "blue")}
-    image = np.stack([centre[c] for c in cats]) + rng.normal(size=(n, d))
-    text = image + 0.5 * rng.normal(size=(n, d))
-    meta = [{"caption": f"{c} thing {i % 5}", "category": str(c), "tags": [str(c), "x" if i % 2 else "y"],
-             "split": "test" if i % 3 == 0 else "train"} for i, c in enumerate(cats)]
-    return write_store(folder, image, text, meta)
+from dualsae.store.paired import PairedEmbeddings
+from tests.metrics_helpers import brute_force_monosemanticity, dense_codes, make_category_store, make_zeroshot_store, random_sae
 
 
 def _model(folder, d=8):
@@ -36,7 +25,7 @@ def _model(folder, d=8):
 
 
 def test_eval_skips_tasks_without_inputs(tmp_path, capsys):
-    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
+    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
     out = tmp_path / "m" / "metrics.json"
     rc = main(["eval", str(model), "--data", str(data), "--out", str(out.parent), "--no-progress"])
     assert rc == 0
@@ -52,8 +41,8 @@ def test_eval_skips_tasks_without_inputs(tmp_path, capsys):
 
 
 def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
-    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
-    ext = _store(tmp_path / "ext", d=5, seed=9)  # another "encoder" of the same 120 rows
+    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
+    ext = make_category_store(tmp_path / "ext", d=5, seed=9)  # another "encoder" of the same 120 rows
     zs = make_zeroshot_store(tmp_path / "zs")
     out = tmp_path / "ev" / "metrics.json"
     rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "ev"), "--tasks", "all", "--positives", "row",
@@ -85,9 +74,8 @@ def test_eval_external_encoder_of_other_widths(tmp_path):
     """An external store with image [N, 7] and text [N, 3] (float16, one encoder per modality) is
     accepted, and each modality's scores equal the O(N^2) definition against its own encoder."""
     from dualsae.models.load import load_model
-    from tests.metrics_helpers import brute_force_monosemanticity, dense_codes
 
-    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
+    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
     rng = np.random.default_rng(4)
     ext = tmp_path / "ext"
     ext.mkdir()
@@ -116,8 +104,8 @@ def test_eval_external_encoder_of_other_widths(tmp_path):
 
 
 def test_eval_errors(tmp_path, capsys):
-    data, model = _store(tmp_path / "data"), _model(tmp_path / "run")
-    bad_ext = _store(tmp_path / "ext", n=50)
+    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
+    bad_ext = make_category_store(tmp_path / "ext", n=50)
     rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "recon,nope"])
     assert rc == 2 and "unknown task(s) ['nope']" in capsys.readouterr().err
     rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "monosemanticity",
@@ -130,6 +118,6 @@ def test_eval_errors(tmp_path, capsys):
 
 
 def test_eval_rejects_wrong_dimension(tmp_path, capsys):
-    data, model = _store(tmp_path / "data", d=6), _model(tmp_path / "run", d=8)
+    data, model = make_category_store(tmp_path / "data", d=6), _model(tmp_path / "run", d=8)
     rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "recon", "--no-progress"])
     assert rc == 2 and "embeddings have dimension d=6, but the model's image SAE (data store) expects d=8" in capsys.readouterr().err
