@@ -15,6 +15,7 @@ from typing import Any
 
 from dualsae.core.errors import CheckpointError, ConfigError
 from dualsae.files.jsonfiles import config_from_dict
+from dualsae.models.load import flat_train_config
 from dualsae.models.sae import SAEConfig
 from dualsae.training.methods import METHODS
 
@@ -207,9 +208,7 @@ class TrainConfig:
     def flat_dict(self) -> dict:
         """Every setting under its own name, the SAE fields beside the training fields (for comparing
         and showing configs: the layout of ``config.json`` before the nesting)."""
-        out = self.to_dict()
-        sae = out.pop("sae")
-        return {"method": out.pop("method"), "latents": out.pop("latents"), **sae, **out}
+        return flat_train_config(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config.json") -> "TrainConfig":
