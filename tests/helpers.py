@@ -65,7 +65,8 @@ def start_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+               "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+        # ROOT/src first: the ranks import this checkout's code, not whichever one the venv was installed from.
         # Output goes to files, not pipes: a rank never blocks on a full pipe nobody reads yet.
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         proc = subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=err, text=True)
