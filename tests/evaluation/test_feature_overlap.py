@@ -85,6 +85,9 @@ def test_random_directions_match_at_the_chance_level_of_their_dimension():
     assert js["decoder"]["thresholds"]["0.7"]["count"] == 0 and js["paulo_belrose_shared"]["0.7"]["count"] == 0
     assert js["decoder"]["best_counterpart"]["0.7"]["chance_share_of_a"] < 1e-40
     assert 0.1 < js["decoder"]["mean"] < 0.3  # Hungarian picks the tail of N(0, 1/512), well above 0
+    # ... which is the level of the reference matching of random directions of the same shapes.
+    assert abs(js["decoder"]["mean"] - js["decoder"]["random_baseline"]["mean"]) < 0.01
+    assert abs(js["encoder"]["mean"] - js["decoder"]["random_baseline"]["mean"]) < 0.01
 
 
 def brute_force_max(score: np.ndarray) -> float:

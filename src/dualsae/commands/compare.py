@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--thresholds", default="0.7,0.9", help="comma-separated cosine thresholds of a shared latent (default: 0.7,0.9)")
     p.add_argument("--max-dense", type=int, default=OverlapOptions.max_dense,
                    help=f"most entries of a dense score matrix the exact solver takes (default: {OverlapOptions.max_dense:,})")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the reference matching of random directions of the same shapes (one more assignment of the same size)")
     p.add_argument("--solver", default="auto", choices=("auto", "scipy", "lapjv"), help="assignment solver (default: auto)")
     p.add_argument("--batch-size", type=int, default=4096, help="rows encoded per step (default: 4096)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -66,7 +68,7 @@ def default_modality(a: NamedSAE, b: NamedSAE) -> str:
 def run(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size)
     opt = OverlapOptions(thresholds=parse_thresholds(args.thresholds), max_dense=args.max_dense, solver=args.solver,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, baseline=not args.no_baseline)
     device = resolve_device(args.device)
     a, b = open_sae(args.a, device), open_sae(args.b, device)
     if a.sae.d != b.sae.d:
@@ -113,6 +115,8 @@ def table_lines(result: Overlap, name_a: str, name_b: str) -> list[str]:
 
     lines.append(row("decoder cosine", result.decoder))
     lines.append(row("encoder cosine", result.encoder))
+    if result.baseline is not None:
+        lines.append(row("random directions", result.baseline))
     small = min(result.m_a, result.m_b)
     pb = "".join(f"{result.pb_shared(t):>8,} ({100 * result.pb_shared(t) / small:5.1f}%)" for t in ts)
     lines.append(f"  {'P&B: enc & dec, same':<24}{'':>40}{pb}")

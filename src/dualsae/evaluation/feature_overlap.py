@@ -51,13 +51,17 @@ class OverlapOptions:
     """thresholds: matched cosine (or correlation) a shared latent reaches (P&B: 0.7); block: rows of the
     score matrix computed at once; max_dense: the most entries of a dense score matrix (the exact
     solver's input; 2^26 float64 = 512 MiB, an 8,192 x 8,192 matching); solver: of
-    :func:`dualsae.alignment.assignment.solve_assignment`; batch_size: rows encoded per step."""
+    :func:`dualsae.alignment.assignment.solve_assignment`; batch_size: rows encoded per step;
+    baseline: also match two sets of random directions of the same shapes ([m_A, d], [m_B, d], drawn with
+    ``baseline_seed``), the cosine two unrelated SAEs reach in d dims by Hungarian matching alone."""
 
     thresholds: tuple[float, ...] = (0.7, 0.9)
     block: int = 4096
     max_dense: int = 1 << 26
     solver: str = "auto"
     batch_size: int = 4096
+    baseline: bool = True
+    baseline_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.thresholds or any(not -1.0 <= t <= 1.0 for t in self.thresholds):
@@ -181,7 +185,8 @@ def activation_matching(stats: CoactivationStats, opt: OverlapOptions) -> Overla
 class Overlap:
     """The result of :func:`compare_saes`. decoder / encoder: matchings by cosine; best_cos: [m_A] each
     A latent's largest decoder cosine with any B latent (not one-to-one); activation: the correlation
-    matching (None without rows); fired_a / fired_b: [m] rows each latent fired on (None without rows)."""
+    matching (None without rows); baseline: the matching of random directions of the same shapes (None
+    when not asked for); fired_a / fired_b: [m] rows each latent fired on (None without rows)."""
 
     d: int
     m_a: int
@@ -191,6 +196,7 @@ class Overlap:
     encoder: OverlapMatch
     best_cos: np.ndarray
     activation: OverlapMatch | None = None
+    baseline: OverlapMatch | None = None
     decoder_cos_of_activation: np.ndarray | None = None
     fired_a: np.ndarray | None = None
     fired_b: np.ndarray | None = None
@@ -219,6 +225,8 @@ class Overlap:
                                             "chance_share_of_a": round(chance_share(self.d, self.m_b, t), 6) if t >= 0 else None}
                                    for t in self.thresholds}
         dec["best_counterpart"]["mean_best_cos"] = round(float(self.best_cos.mean()), 6)
+        if self.baseline is not None:
+            dec["random_baseline"] = {k: v for k, v in self.baseline.summary(self.thresholds).items() if k != "histogram"}
         out: dict[str, Any] = {"format": OVERLAP_FORMAT, **self.info, "d": self.d, "m_a": self.m_a, "m_b": self.m_b,
                                "rectangular": self.m_a != self.m_b, "thresholds": list(self.thresholds),
                                "decoder": dec, "encoder": {**self.encoder.summary(self.thresholds), "pairs": self.encoder.pairs()},
@@ -249,6 +257,10 @@ def compare_saes(sae_a: SAE, sae_b: SAE, rows: PairedEmbeddings | None = None, m
     enc, _ = weight_matching(sae_a.W_enc, sae_b.W_enc, "encoder cosine", opt)
     result = Overlap(sae_a.d, sae_a.m, sae_b.m, tuple(opt.thresholds), dec, enc, cos.max(axis=1))
     del cos
+    if opt.baseline:
+        g = torch.Generator().manual_seed(opt.baseline_seed)
+        result.baseline = weight_matching(torch.randn(sae_a.m, sae_a.d, generator=g, dtype=torch.float64),
+                                          torch.randn(sae_b.m, sae_b.d, generator=g, dtype=torch.float64), "random directions", opt)[0]
     if rows is None:
         return result
     if modality is None:

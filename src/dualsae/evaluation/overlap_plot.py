@@ -1,5 +1,6 @@
 """The figure of ``dualsae compare``: histograms of the matched decoder and encoder cosines (and of the
-matched activation correlations when a store was given), with the 0.7 / 0.9 thresholds marked."""
+matched activation correlations when a store was given), with the 0.7 / 0.9 thresholds marked and, on
+the cosine panels, the matching of random directions of the same shapes as a grey outline."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def plot_overlap(result: Overlap, path: str | Path, title: str = "") -> None:
     for ax, (label, match, color) in zip(axes[0], panels):
         scores = np.clip(match.score, edges[0], edges[-1])
         ax.hist(scores, bins=edges, color=color, alpha=0.8)
+        if result.baseline is not None and label.endswith("cosine"):
+            ax.hist(np.clip(result.baseline.score, edges[0], edges[-1]), bins=edges, histtype="step", color="#555555", lw=1.2,
+                    label=f"random directions, same shapes (mean {result.baseline.score.mean():.2f})")
         small = max(min(match.n_a, match.n_b), 1)
         for t, style in zip(result.thresholds, ("--", ":", "-.")):
             ax.axvline(t, color="black", ls=style, lw=1,
