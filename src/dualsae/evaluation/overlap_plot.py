@@ -22,7 +22,7 @@ def plot_overlap(result: Overlap, path: str | Path, title: str = "") -> None:
     panels = [("decoder cosine", result.decoder, "#1f6fb4"), ("encoder cosine", result.encoder, "#7b5ea7")]
     if result.activation is not None:
         panels.append(("activation correlation (live latents)", result.activation, "#ed6a5a"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     edges = np.linspace(-0.2, 1.0, 49)
     for ax, (label, match, color) in zip(axes[0], panels):
         scores = np.clip(match.score, edges[0], edges[-1])
@@ -38,7 +38,7 @@ def plot_overlap(result: Overlap, path: str | Path, title: str = "") -> None:
         ax.set_xlabel(f"matched {label}")
         ax.set_ylabel("matched pairs")
         ax.set_title(f"{label}: {len(match.a):,} pairs of {match.n_a:,} x {match.n_b:,}", fontsize=9)
-        ax.legend(fontsize=8, frameon=False, loc="upper left")
+        ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: never over a bar
     fig.suptitle(title or "Hungarian matching of SAE A against SAE B", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
