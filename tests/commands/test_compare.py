@@ -11,6 +11,7 @@ import pytest
 from dualsae.cli import main
 from dualsae.files.outdir import read_manifest
 from tests.evaluation.test_feature_overlap import permuted_copy
+from tests.fault_helpers import KILLED, run_cli
 from tests.helpers import make_store
 from tests.metrics_helpers import random_sae
 
@@ -81,3 +82,16 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(folders, capsys, args,
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert expected.format(root=root) in err, err
     assert not (root / "cmp").exists()
+
+
+def test_compare_killed_before_its_figure_is_unfinished_and_the_rerun_finishes_it(folders, capsys):
+    root, _ = folders
+    out = root / "cmp"
+    args = ["compare", str(root / "a"), str(root / "b"), "--out", str(out)]
+    killed = run_cli(args, fault="before-replace:*overlap.png")
+    assert killed.returncode == KILLED, killed.stderr
+    assert (out / "compare.json").is_file() and not (out / "overlap.png").exists()
+    code, _, err = _cli(["report", str(root / "a"), "--data", str(root / "data"), "--out", str(root / "site"), "--compare", str(out)], capsys)
+    assert code == 2 and "unfinished: 'dualsae compare' was stopped while writing it" in err and not (root / "site").exists()
+    assert _cli(args, capsys)[0] == 0  # the same job again finishes its own folder
+    assert read_manifest(out)["complete"] and (out / "overlap.png").is_file()

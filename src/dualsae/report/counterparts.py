@@ -14,6 +14,7 @@ from pathlib import Path
 from dualsae.core.errors import ConfigError
 from dualsae.evaluation.feature_overlap import OVERLAP_FORMAT
 from dualsae.files.jsonfiles import read_json_object
+from dualsae.files.outdir import check_finished
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,12 @@ class Counterparts:
 
 
 def read_counterparts(folder: str | Path) -> Counterparts:
-    """Read ``folder/compare.json`` (or the file itself); one-line errors for a missing or foreign file."""
+    """Read ``folder/compare.json`` (or the file itself); one-line errors for a missing, foreign or
+    unfinished one."""
     path = Path(folder)
-    path = path / "compare.json" if path.is_dir() else path
+    if path.is_dir():
+        check_finished(path, ConfigError)  # a compare killed mid-write: its manifest says unfinished
+        path = path / "compare.json"
     raw = read_json_object(path, "expected the --out folder of 'dualsae compare'", ConfigError)
     if raw.get("format") != OVERLAP_FORMAT:
         raise ConfigError(f"{path}: field 'format' must be {OVERLAP_FORMAT!r}, found {raw.get('format')!r}")
