@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, check_batch_size, resolve_split
+from dualsae.commands.common import add_split_args, resolve_split
+from dualsae.commands.flags import add_flags, dataclass_flags, given
 from dualsae.core.distributed import resolve_device
 from dualsae.core.errors import ConfigError
 from dualsae.evaluation.feature_overlap import Overlap, OverlapMatch, OverlapOptions, compare_saes
@@ -37,17 +38,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", default=None, choices=("image", "text"),
                    help="store column both SAEs encode for --data (default: the member named in A or B, else image)")
     add_split_args(p, "all", model_default=False)
-    p.add_argument("--thresholds", default="0.7,0.9", help="comma-separated cosine thresholds of a shared latent (default: 0.7,0.9)")
-    p.add_argument("--max-dense", type=int, default=OverlapOptions.max_dense,
-                   help=f"most entries of a dense score matrix the exact solver takes (default: {OverlapOptions.max_dense:,})")
-    p.add_argument("--no-baseline", action="store_true",
-                   help="skip the reference matching of random directions of the same shapes (one more assignment of the same size)")
-    p.add_argument("--solver", default="auto", choices=("auto", "scipy", "lapjv"), help="assignment solver (default: auto)")
-    p.add_argument("--batch-size", type=int, default=4096, help="rows encoded per step (default: 4096)")
+    add_flags(p.add_argument_group("matching"), OVERLAP_FLAGS)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace the content of an --out folder that holds something else")
     p.set_defaults(func=run)
+
+
+#: Flags of :class:`OverlapOptions` (dualsae.evaluation.feature_overlap).
+OVERLAP_FLAGS = dataclass_flags(OverlapOptions)
+
+
+def overlap_options(args: argparse.Namespace) -> OverlapOptions:
+    """The OverlapOptions of the flags given (the rest: the dataclass's defaults)."""
+    kw = given(args, OVERLAP_FLAGS)
+    if "thresholds" in kw:
+        kw["thresholds"] = parse_thresholds(kw["thresholds"])
+    if kw.get("batch_size", 1) < 1:
+        raise ConfigError(f"--batch-size must be >= 1, found {kw['batch_size']}")
+    if kw.get("max_dense", 1) < 1:
+        raise ConfigError(f"--max-dense must be >= 1, found {kw['max_dense']}")
+    return OverlapOptions(**kw)
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
@@ -66,9 +77,7 @@ def default_modality(a: NamedSAE, b: NamedSAE) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_batch_size(args.batch_size)
-    opt = OverlapOptions(thresholds=parse_thresholds(args.thresholds), max_dense=args.max_dense, solver=args.solver,
-                         batch_size=args.batch_size, baseline=not args.no_baseline)
+    opt = overlap_options(args)
     device = resolve_device(args.device)
     a, b = open_sae(args.a, device), open_sae(args.b, device)
     if a.sae.d != b.sae.d:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import betainc
 
-from dualsae.alignment.assignment import match_latents
+from dualsae.alignment.assignment import SOLVERS, match_latents
 from dualsae.alignment.correlation import CoactivationStats
 from dualsae.core.errors import ConfigError
 from dualsae.models.encoding import iter_codes
@@ -55,17 +55,22 @@ class OverlapOptions:
     baseline: also match two sets of random directions of the same shapes ([m_A, d], [m_B, d], drawn with
     ``baseline_seed``), the cosine two unrelated SAEs reach in d dims by Hungarian matching alone."""
 
-    thresholds: tuple[float, ...] = (0.7, 0.9)
-    block: int = 4096
-    max_dense: int = 1 << 26
-    solver: str = "auto"
-    batch_size: int = 4096
-    baseline: bool = True
-    baseline_seed: int = 0
+    thresholds: tuple[float, ...] = field(default=(0.7, 0.9), metadata={
+        "help": "comma-separated cosine (and correlation) thresholds of a shared latent", "type": str, "default": "0.7,0.9"})
+    block: int = field(default=4096, metadata={"cli": False})
+    max_dense: int = field(default=1 << 26, metadata={"help": "most entries of a dense score matrix the exact solver takes",
+                                                      "default": f"{1 << 26:,}"})
+    solver: str = field(default="auto", metadata={"help": "assignment solver (auto = lapjv when lapx is installed)", "choices": SOLVERS})
+    batch_size: int = field(default=4096, metadata={"help": "rows encoded per step for --data"})
+    baseline: bool = field(default=True, metadata={
+        "help": "skip the reference matching of random directions of the same shapes (one more assignment of the same size)"})
+    baseline_seed: int = field(default=0, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         if not self.thresholds or any(not -1.0 <= t <= 1.0 for t in self.thresholds):
             raise ConfigError(f"thresholds must be values in [-1, 1], found {list(self.thresholds)}")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, found {self.solver!r}")
         for name in ("block", "max_dense", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, found {getattr(self, name)}")
