@@ -42,3 +42,10 @@ def test_members_of_run_and_shared_folders(tmp_path):
     assert torch.equal(open_sae(str(half)).sae.W_dec, img.W_dec)  # the only SAE of the folder
     with pytest.raises(CheckpointError, match=r"holds no text SAE \(it holds: image\)"):
         open_sae(f"{half}:text")
+
+
+def test_a_folder_of_another_library_is_named_in_one_line(tmp_path):
+    (tmp_path / "saelens").mkdir()
+    (tmp_path / "saelens" / "cfg.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not a dualsae folder"):
+        open_sae(str(tmp_path / "saelens"))

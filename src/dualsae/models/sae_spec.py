@@ -14,6 +14,7 @@ libraries are to be opened through ``dualsae.models.formats.load_sae`` here once
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
     return Path(spec), None
 
 
+def is_dualsae_folder(path: Path) -> bool:
+    """A folder dualsae wrote: an aligned folder, or a run / SAE folder (``config.json`` with ``train`` or ``sae``)."""
+    if (path / "alignment.json").is_file():
+        return True
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and ("train" in raw or "sae" in raw)
+
+
 def open_sae(spec: str, device: str | torch.device = "cpu") -> NamedSAE:
     """The SAE that ``spec`` (``PATH`` or ``PATH:MEMBER``, module docstring) names; one-line errors
     (:class:`CheckpointError`) for a missing folder, an unknown member or a folder of two SAEs named
@@ -59,6 +71,10 @@ def open_sae(spec: str, device: str | torch.device = "cpu") -> NamedSAE:
     if not path.exists():
         raise CheckpointError(f"{path}: no such folder; expected a run folder, an aligned folder or an SAE folder "
                               f"(add ':image' or ':text' to name one SAE of a pair)")
+    if not is_dualsae_folder(path):
+        # The one place another library's folder is to be opened: dualsae.models.formats.load_sae(path, format).
+        raise CheckpointError(f"{path}: not a dualsae folder (no alignment.json, nor config.json with field 'train' or 'sae'); "
+                              f"expected a run folder, an aligned folder or an SAE folder")
     pair = load_model(path, device=device)
     present = [m for m in ("image", "text") if getattr(pair, m) is not None]
     if member is None:
@@ -75,4 +91,4 @@ def open_sae(spec: str, device: str | torch.device = "cpu") -> NamedSAE:
     return NamedSAE(str(spec), path, member, pair.sae_for(member))
 
 
-__all__ = ["MEMBERS", "NamedSAE", "open_sae", "split_spec"]
+__all__ = ["MEMBERS", "NamedSAE", "is_dualsae_folder", "open_sae", "split_spec"]
