@@ -128,7 +128,7 @@ def table_lines(result: Overlap, name_a: str, name_b: str) -> list[str]:
         lines.append(row("random directions", result.baseline))
     small = min(result.m_a, result.m_b)
     pb = "".join(f"{result.pb_shared(t):>8,} ({100 * result.pb_shared(t) / small:5.1f}%)" for t in ts)
-    lines.append(f"  {'P&B: enc & dec, same':<24}{'':>40}{pb}")
+    lines.append(f"  {'P&B: enc+dec agree':<24}{'':>40}{pb}")
     if result.activation is not None:
         d = info["data"]
         lines.append(row(f"activation corr ({d['modality']})", result.activation))
