@@ -5,6 +5,7 @@ them in this order (the order of ``dualsae --help``)."""
 from dualsae.commands import (
     align,
     analyze,
+    compare,
     diagnose,
     evaluate,
     extract,
@@ -16,4 +17,4 @@ from dualsae.commands import (
     translate,
 )
 
-COMMAND_MODULES = (train, info, align, analyze, synth, extract, evaluate, reproduce, translate, diagnose, report)
+COMMAND_MODULES = (train, info, align, compare, analyze, synth, extract, evaluate, reproduce, translate, diagnose, report)

@@ -8,6 +8,7 @@ from pathlib import Path
 from dualsae.commands.common import resolve_split
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.report import ReportOptions, build_report
+from dualsae.report.counterparts import read_counterparts
 from dualsae.store.paired import open_store
 
 
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=1.0, help="steering strength relative to the mean image embedding norm")
     p.add_argument("--caption-field", default="caption", help="meta field holding the caption")
     p.add_argument("--eval", dest="eval_file", default=None, help="metrics.json of 'dualsae eval' to show (default: one in the model folder)")
+    p.add_argument("--compare", default=None,
+                   help="--out folder of 'dualsae compare MODEL[:image|:text] B': adds each latent's counterpart in B (decoder cosine) to the table and pages")
     p.add_argument("--test-fraction", type=float, default=None, help="test share of the seeded split when the store has no 'split' field (default: the model's, else 0.2)")
     p.add_argument("--split-seed", type=int, default=None, help="seed of that split (default: the model's, else 0)")
     p.add_argument("--batch-size", type=int, default=4096)
@@ -59,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     images = Path(args.images) if args.images else None
     if images is not None and not images.is_dir():
         raise DataError(f"--images {images}: not a folder")
+    counterparts = read_counterparts(args.compare) if args.compare else None
+    if counterparts is not None and Path(counterparts.a_path).resolve() != Path(args.model).resolve():
+        print(f"warning: {counterparts.source} compares {counterparts.a_path}, not {args.model}; its counterparts are shown by latent number")
     store = open_store(args.data)
     rows = store.split(args.split, *resolve_split(args, args.model)[1:]) if args.split != "all" else store
     # Explained variance is measured on the test split (the model's held-out rows), whatever --split shows.
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     options = ReportOptions(top=args.top, captions=args.captions, probe_latents=args.probe_latents, probe=probe,
                             alpha=args.alpha, caption_field=args.caption_field, images=images,
                             eval_file=Path(args.eval_file) if args.eval_file else None, batch_size=args.batch_size,
-                            device=args.device, progress=not args.no_progress)
+                            device=args.device, progress=not args.no_progress, counterparts=counterparts)
     summary = build_report(args.model, store, args.out, rows=rows, test=test, options=options,
                            data_label=str(args.data), split_label=args.split, overwrite=args.overwrite)
     for w in summary["warnings"]:

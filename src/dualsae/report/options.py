@@ -22,7 +22,8 @@ class ReportOptions:
     how many latents get translation/steering (the best-correlated ones) unless ``probe`` names them;
     alpha: steering strength relative to the mean image embedding norm; max_correlation_bytes: the
     largest [m, m] float64 correlation the report computes itself (for Fig. 2 / the collapse rate);
-    search_words / search_latents: the most frequent caption words indexed, and latents kept per word."""
+    search_words / search_latents: the most frequent caption words indexed, and latents kept per word;
+    counterparts: each latent's counterpart in another SAE (``--compare``), or None."""
 
     top: int = 12
     captions: int = 40
@@ -39,6 +40,7 @@ class ReportOptions:
     max_correlation_bytes: int = 2_200_000_000
     search_words: int = 50_000
     search_latents: int = 30
+    counterparts: Any = None  # dualsae.report.counterparts.Counterparts of --compare (a column of the table)
     extra: dict = field(default_factory=dict)
 
 

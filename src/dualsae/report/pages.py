@@ -71,6 +71,8 @@ def write_table(tmp: Path, d: ReportData, site: SiteRows, opt: ReportOptions) ->
     }
     if np.isfinite(d.null_thr).any():
         table["null_threshold"] = column(d.null_thr)
+    if opt.counterparts is not None:
+        table.update(opt.counterparts.columns(d.m))
     write_js(tmp / "data" / "latents.js", "latents", table)
 
 

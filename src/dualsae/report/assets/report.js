@@ -226,12 +226,15 @@
     { key: 'freq_image', label: 'freq image', num: true, pct: true },
     { key: 'freq_text', label: 'freq text', num: true, pct: true },
     { key: 'cos', label: 'cos(dec I, dec T)', num: true },
+    { key: 'counterpart_cos', label: 'counterpart in B (cos)', num: true, optional: true },
     { key: 'label', label: 'top caption' }
   ];
   var FILTERS = [
     { key: 'corr', label: 'min corr' }, { key: 'support', label: 'min support' }, { key: 'freq_image', label: 'min freq image' },
     { key: 'freq_text', label: 'min freq text' }, { key: 'cos', label: 'min cos' }
   ];
+  // --compare: latent j's decoder-matched latent in SAE B and their cosine (dualsae compare).
+  function counterpartText(j) { var b = T.counterpart[j]; return b < 0 ? 'none' : 'B ' + b + ' (' + fmt(T.counterpart_cos[j], 3) + ')'; }
   function colValue(key, j) { return key === 'id' ? j : (T[key] ? T[key][j] : null); }
 
   function renderTable(params) {
@@ -304,6 +307,7 @@
         var v = colValue(c.key, j);
         if (c.key === 'id') tr.appendChild(el('td', { cls: 'n' }, [latentLink(j)]));
         else if (c.key === 'label') tr.appendChild(el('td', { cls: 'cap', text: v || '', title: v || '' }));
+        else if (c.key === 'counterpart_cos') tr.appendChild(el('td', { cls: 'n', text: counterpartText(j), title: 'decoder-matched latent of ' + T.counterpart_of }));
         else tr.appendChild(el('td', { cls: c.num ? 'n' : '', text: c.pct ? pct(v) : fmt(v) }));
       });
       body.appendChild(tr);
@@ -401,7 +405,8 @@
         T.null_threshold ? ['null threshold (shuffled pairs, same support)', T.null_threshold[j]] : null,
         ['co-firing support (rows)', T.support[j]],
         ['frequency image / text', pct(T.freq_image[j]) + ' / ' + pct(T.freq_text[j])],
-        ['cos(image decoder, text decoder)', T.cos[j]]
+        ['cos(image decoder, text decoder)', T.cos[j]],
+        T.counterpart ? ['counterpart in ' + T.counterpart_of + ' (decoder cosine)', counterpartText(j)] : null
       ];
       out.push(el('div', { cls: 'panel' }, [kv(stats)]));
       out.push(el('div', { cls: 'grid2', id: 'sides' }, [side(j, 'image', e.image, rowsById), side(j, 'text', e.text, rowsById)]));
