@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "thumb/image/image_path fields or a thumbs/<id>.png folder beside the store (--images overrides).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="aligned folder (dualsae align), run folder (dualsae train) or SAE folder")
+    p.add_argument("model", help="aligned folder (dualsae align), run folder (dualsae train), SAE folder, or the folder "
+                   "'dualsae align' wrote for a shared-SAE run (its collapse.json is then shown as align counted it)")
     p.add_argument("--data", required=True, help="store folder whose rows the report shows")
     p.add_argument("--out", required=True, help="folder for the site (new, empty, or this report's earlier folder, which is replaced)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds anything else (another model's report included)")
@@ -68,11 +69,15 @@ def run(args: argparse.Namespace) -> int:
         test = store.split("test", test_fraction=fraction, seed=seed)
     except DataError:
         test = None  # a store whose 'split' field has no test rows: the overview says so
+    try:
+        train = store.split("train", test_fraction=fraction, seed=seed)  # beside test: the over-fitting check
+    except DataError:
+        train = None
     options = ReportOptions(top=args.top, captions=args.captions, probe_latents=args.probe_latents, probe=probe,
                             alpha=args.alpha, caption_field=args.caption_field, images=images,
                             eval_file=Path(args.eval_file) if args.eval_file else None, batch_size=args.batch_size,
                             device=args.device, progress=not args.no_progress)
-    summary = build_report(args.model, store, args.out, rows=rows, test=test, options=options,
+    summary = build_report(args.model, store, args.out, rows=rows, test=test, train=train, options=options,
                            data_label=str(args.data), split_label=args.split, overwrite=args.overwrite)
     for w in summary["warnings"]:
         print(f"warning: {w}")
