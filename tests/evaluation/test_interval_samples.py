@@ -34,7 +34,8 @@ def _codes(n=400, k=4, m=9, seed=0) -> tuple[SparseCodes, np.ndarray]:
 def test_bins_match_a_brute_force_sort_of_each_column():
     codes, dense = _codes()
     bins, per_bin = 5, 3
-    got = interval_samples(codes, bins=bins, per_bin=per_bin).bins
+    samples = interval_samples(codes, bins=bins, per_bin=per_bin)
+    got = [samples.of(j) for j in range(codes.m)]
     for j in range(codes.m):
         active = np.sort(dense[:, j][dense[:, j] > 0])
         c = len(active)
@@ -57,5 +58,5 @@ def test_bins_match_a_brute_force_sort_of_each_column():
 
 def test_a_latent_on_three_rows_gets_three_bins_of_one_row():
     codes, _ = _codes()
-    got = interval_samples(codes, bins=5, per_bin=3).bins[codes.m - 1]
+    got = interval_samples(codes, bins=5, per_bin=3).of(codes.m - 1)
     assert [(lo, hi, r.tolist()) for lo, hi, r, _ in got] == [(0.5, 0.5, [0]), (0.699999988079071, 0.699999988079071, [1]), (0.8999999761581421, 0.8999999761581421, [2])]

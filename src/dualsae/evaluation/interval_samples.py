@@ -23,11 +23,24 @@ from dualsae.evaluation.top_rows import Entries, active_entries
 
 @dataclass
 class IntervalSamples:
-    """Per latent j: ``bins[j]`` = a list of ``(low, high, rows, values)``, lowest bin first: the bin's
-    smallest and largest activation, and the chosen rows (positions of the codes' rows) with their
-    activations, increasing."""
+    """Flat arrays over all latents (what :meth:`of` slices): latent j's bins are ``bin_start[j]:bin_start[j + 1]``
+    [m + 1]; bin b has its smallest and largest activation ``low[b]`` / ``high[b]`` and its chosen rows
+    ``rows[pick_start[b]:pick_start[b + 1]]`` (positions of the codes' rows) with ``values`` (increasing)."""
 
-    bins: list[list[tuple[float, float, np.ndarray, np.ndarray]]]
+    bin_start: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    pick_start: np.ndarray
+    rows: np.ndarray
+    values: np.ndarray
+
+    def of(self, j: int) -> list[tuple[float, float, np.ndarray, np.ndarray]]:
+        """Latent j's bins, lowest first: ``(low, high, rows, values)``."""
+        out = []
+        for b in range(int(self.bin_start[j]), int(self.bin_start[j + 1])):
+            sl = slice(int(self.pick_start[b]), int(self.pick_start[b + 1]))
+            out.append((float(self.low[b]), float(self.high[b]), self.rows[sl], self.values[sl]))
+        return out
 
 
 def interval_samples(codes: SparseCodes | Entries, m: int | None = None, bins: int = 5, per_bin: int = 3) -> IntervalSamples:
@@ -46,20 +59,18 @@ def interval_samples(codes: SparseCodes | Entries, m: int | None = None, bins: i
     size = ((b + 1) * c + nb - 1) // nb - lo
     r_in = rank - lo
     s = np.minimum(per_bin, size)
-    pick = (r_in * s // size) != ((r_in - 1) * s // size)
-    pick |= r_in == 0
-    out: list[list[tuple[float, float, np.ndarray, np.ndarray]]] = [[] for _ in range(m)]
-    # Bin edges: the values at each bin's first and last rank.
-    edge_lo = np.flatnonzero(r_in == 0)
-    edge_hi = np.flatnonzero(r_in == size - 1)
+    pick = ((r_in * s // size) != ((r_in - 1) * s // size)) | (r_in == 0)
+    # Entries are sorted by (latent, bin): each bin starts where r_in == 0 and ends where r_in == size - 1.
+    starts, ends = np.flatnonzero(r_in == 0), np.flatnonzero(r_in == size - 1)
+    bin_id = np.cumsum(r_in == 0) - 1
     chosen = np.flatnonzero(pick)
-    ck = slot[chosen] * (bins + 1) + b[chosen]
-    for a, z in zip(edge_lo.tolist(), edge_hi.tolist()):
-        j, bb = int(slot[a]), int(b[a])
-        key = j * (bins + 1) + bb
-        sel = chosen[np.searchsorted(ck, key):np.searchsorted(ck, key, side="right")]
-        out[j].append((float(val[a]), float(val[z]), row[sel], val[sel]))
-    return IntervalSamples(out)
+    n_bins = len(starts)
+    return IntervalSamples(
+        bin_start=np.concatenate([[0], np.cumsum(np.bincount(slot[starts], minlength=m))]),
+        low=val[starts], high=val[ends],
+        pick_start=np.concatenate([[0], np.cumsum(np.bincount(bin_id[chosen], minlength=n_bins))]),
+        rows=row[chosen], values=val[chosen],
+    )
 
 
 __all__ = ["IntervalSamples", "interval_samples"]

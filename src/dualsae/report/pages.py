@@ -133,7 +133,7 @@ def write_pages(tmp: Path, d: ReportData, site: SiteRows, probes: dict[int, dict
                     "captions": caption_groups([captions[p] for p in tr[: opt.captions]], tv[: opt.captions], opt.captions),
                     "hist": s.hist[j].tolist(), "max": num(s.max[j]), "fired": int(s.fired[j]),
                     "intervals": [[num(lo), num(hi), [[ref(int(p)), num(v)] for p, v in zip(rows_.tolist(), vals.tolist())]]
-                                  for lo, hi, rows_, vals in d.intervals[mod].bins[j]] if d.intervals else [],
+                                  for lo, hi, rows_, vals in d.intervals[mod].of(j)] if d.intervals else [],
                 }
                 idx, cs = near[mod]
                 entry[f"near_{mod}"] = [[int(a), num(b)] for a, b in zip(idx[j].tolist(), cs[j].tolist())]

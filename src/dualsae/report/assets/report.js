@@ -423,10 +423,11 @@
       if (missing.length) out.push(el('p', { cls: 'warn', text: 'Not in any caption: ' + missing.join(', ') }));
       if (note) out.push(el('p', { cls: 'warn', text: note }));
       var t = el('table', { cls: 'latents', id: 'search-results' });
-      t.appendChild(el('tr', null, ['latent', 'words', 'status', 'image score', 'text score', 'corr', 'top caption'].map(function (h) { return el('th', { text: h }); })));
+      t.appendChild(el('tr', null, ['latent', 'words', 'status', 'image score', 'text score', 'corr', 'labels (image | text side)', 'top caption'].map(function (h) { return el('th', { text: h }); })));
       all.slice(0, 50).forEach(function (j) {
         t.appendChild(el('tr', null, [el('td', { cls: 'n' }, [latentLink(j)]), el('td', { cls: 'n', text: hits[j] + ' of ' + found.length }), el('td', { text: T.status[j] }), el('td', { cls: 'n', text: fmt(score[j][0]) }),
-          el('td', { cls: 'n', text: fmt(score[j][1]) }), el('td', { cls: 'n', text: fmt(T.corr[j]) }), el('td', { cls: 'cap', text: T.label[j] || '' })]));
+          el('td', { cls: 'n', text: fmt(score[j][1]) }), el('td', { cls: 'n', text: fmt(T.corr[j]) }),
+          el('td', { cls: 'cap label-words', text: T.label_image ? (T.label_image[j] || '–') + ' | ' + (T.label_text[j] || '–') : '' }), el('td', { cls: 'cap', text: T.label[j] || '' })]));
       });
       out.push(all.length ? t : el('p', { text: 'No latents found.' }));
       app.replaceChildren.apply(app, out);
