@@ -222,6 +222,16 @@ def test_report_refuses_a_foreign_out_folder_and_writes_nothing(site, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+def test_report_option_errors_are_one_line(site, tmp_path, capsys):
+    base = ["report", str(site / "aligned"), "--data", str(site / "data"), "--out", str(tmp_path / "x")]
+    for flag, value, want in (("--interval-bins", "0", "--interval-bins must be >= 1, found 0"),
+                              ("--low-support", "-1", "--low-support must be >= 0, found -1"),
+                              ("--overfit-ratio", "0", "--overfit-ratio must be > 0, found 0.0")):
+        code, _, err = _cli([*base, flag, value], capsys)
+        assert code == 2 and err.count("\n") == 1 and want in err, err
+    assert not (tmp_path / "x").exists()
+
+
 def test_report_folder_is_owned_locked_and_replaced_whole(site, tmp_path, capsys):
     """The site is written as a unit (manifest with every file's hash, swapped in whole), under a lock
     beside it; another model's report is refused unless --overwrite; a kill mid-swap leaves a complete

@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe", default="", help="comma-separated latents to show translation and steering for instead")
     p.add_argument("--alpha", type=float, default=1.0, help="steering strength relative to the mean image embedding norm")
     p.add_argument("--caption-field", default="caption", help="meta field holding the caption")
+    d = ReportOptions()
+    p.add_argument("--low-support", type=int, default=d.low_support, help="flag matches co-firing on fewer rows as 'low support'")
+    p.add_argument("--label-words", type=int, default=d.label_words, help="caption words per automatic label (0 = no labels)")
+    p.add_argument("--interval-bins", type=int, default=d.interval_bins, help="quantile bins of a latent's activations on its page")
+    p.add_argument("--interval-rows", type=int, default=d.interval_per_bin, help="rows shown per quantile bin")
+    p.add_argument("--overfit-ratio", type=float, default=d.overfit_ratio, help="test MSE / train MSE above which over-fitting is flagged")
     p.add_argument("--eval", dest="eval_file", default=None, help="metrics.json of 'dualsae eval' to show (default: one in the model folder)")
     p.add_argument("--test-fraction", type=float, default=None, help="test share of the seeded split when the store has no 'split' field (default: the model's, else 0.2)")
     p.add_argument("--split-seed", type=int, default=None, help="seed of that split (default: the model's, else 0)")
@@ -48,11 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    for name in ("top", "captions", "batch_size"):
+    for name in ("top", "captions", "batch_size", "interval_bins", "interval_rows"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, found {getattr(args, name)}")
-    if args.probe_latents < 0:
-        raise ConfigError(f"--probe-latents must be >= 0, found {args.probe_latents}")
+    for name in ("probe_latents", "low_support", "label_words"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, found {getattr(args, name)}")
+    if not args.overfit_ratio > 0:
+        raise ConfigError(f"--overfit-ratio must be > 0, found {args.overfit_ratio}")
     try:
         probe = tuple(int(x) for x in args.probe.split(",") if x.strip())
     except ValueError:
@@ -76,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     options = ReportOptions(top=args.top, captions=args.captions, probe_latents=args.probe_latents, probe=probe,
                             alpha=args.alpha, caption_field=args.caption_field, images=images,
                             eval_file=Path(args.eval_file) if args.eval_file else None, batch_size=args.batch_size,
-                            device=args.device, progress=not args.no_progress)
+                            device=args.device, progress=not args.no_progress, low_support=args.low_support,
+                            label_words=args.label_words, interval_bins=args.interval_bins, interval_per_bin=args.interval_rows,
+                            overfit_ratio=args.overfit_ratio)
     summary = build_report(args.model, store, args.out, rows=rows, test=test, train=train, options=options,
                            data_label=str(args.data), split_label=args.split, overwrite=args.overwrite)
     for w in summary["warnings"]:
