@@ -360,6 +360,9 @@ def test_site_renders_in_chromium_and_injected_captions_stay_text(site, chromium
     assert _attr(dom, "data-view") == "latent" and _attr(dom, "data-latent") == hostile
     assert re.search(r'id="thumbs-image".*?<img src="img/r\d+\.png"', dom, re.S)
     assert 'id="side-text"' in dom and 'id="caps-image"' in dom and 'id="intervals-image"' in dom
+    # nearest-latent chips carry the neighbour's label: "12 red · cat (0.83)"
+    chips = re.findall(r'<a href="#latent/(\d+)" title="latent \d+: ([^"]+)">\1 ([^<]+) \((-?[\d.]+)\)</a>', dom)
+    assert chips and all(label == text for _, label, text, _ in chips), chips[:3]
     assert f"<title>dualsae report: latent {hostile}</title>" in dom
     assert "PWNED" not in re.search(r"<title>.*?</title>", dom).group(0)
     assert _attr(dom, "data-pwned") is None
