@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=12, help="top-activating rows shown as thumbnails per latent and modality")
     p.add_argument("--captions", type=int, default=40, help="top rows whose captions are listed (identical ones collapsed)")
     p.add_argument("--probe-latents", type=int, default=6,
-                   help="latents (highest correlation) whose pages show translation and steering; 0 = none")
+                   help="latents (highest support-aware score) whose pages show translation and steering; 0 = none")
     p.add_argument("--probe", default="", help="comma-separated latents to show translation and steering for instead")
     p.add_argument("--alpha", type=float, default=1.0, help="steering strength relative to the mean image embedding norm")
     p.add_argument("--caption-field", default="caption", help="meta field holding the caption")

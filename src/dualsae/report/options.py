@@ -19,7 +19,7 @@ CHUNK = 256
 class ReportOptions:
     """top: rows per latent and modality shown as thumbnails; captions: rows whose captions are collapsed
     (with counts) per latent and modality; nearest: nearest latents by decoder cosine; probe_latents:
-    how many latents get translation/steering (the best-correlated ones) unless ``probe`` names them;
+    how many latents get translation/steering (those of highest support-aware score) unless ``probe`` names them;
     alpha: steering strength relative to the mean image embedding norm; max_correlation_bytes: the
     largest [m, m] float64 correlation the report computes itself (for Fig. 2 / the collapse rate);
     search_words / search_latents: the most frequent caption words indexed, and latents kept per word;
