@@ -69,6 +69,8 @@ def site(tmp_path_factory):
     assert main(["train", "--data", str(data), "--method", "specific", "--latents", "32", "--k", "4", "--batch-size", "32",
                  "--epochs", "6", "--out", str(root / "run"), "--no-progress"]) == 0
     assert main(["align", str(root / "run"), "--data", str(data), "--out", str(root / "aligned"), "--no-progress"]) == 0
+    assert main(["eval", str(root / "aligned"), "--data", str(data), "--out", str(root / "aligned" / "eval"), "--tasks", "recon,retrieval",
+                 "--no-progress"]) == 0
     assert main(["report", str(root / "aligned"), "--data", str(data), "--out", str(root / "site"), "--no-progress"]) == 0
     return root
 
@@ -168,6 +170,40 @@ def test_site_files_and_each_image_copied_once(site):
     assert not any("<" in p.name for p in s.rglob("*"))
 
 
+def test_overview_shows_align_and_eval_numbers_as_written(site):
+    """The Alignment card's live counts are alignment.json's (not recounted on the report's rows), the
+    evaluation table's numbers are metrics.json's, and train / test reconstruction sit side by side."""
+    s = _global(site / "site", "summary")
+    alignment = json.loads((site / "aligned" / "alignment.json").read_text())
+    assert s["live"] == alignment["live"] and s["dead"] == alignment["dead"]
+    assert f"{alignment['rows']:,} rows" in s["live_source"]
+    card = dict(map(tuple, s["alignment_card"]))
+    assert card["live image latents"].startswith(f"{alignment['live']['image']:,} of {alignment['m_image']:,}")
+    assert card["matched pairs"] == f"{alignment['matched_count']:,}"
+    metrics = json.loads((site / "aligned" / "eval" / "metrics.json").read_text())["tasks"]
+    rows = {r["metric"]: r for r in s["eval"]["rows"]}
+    assert rows["MSE image (eq. 4)"]["model"] == pytest.approx(metrics["recon"]["image"]["mse"], abs=5e-5)
+    assert rows["text → image R@5"]["raw"] == pytest.approx(metrics["retrieval"]["embedding_reference"]["text_to_image"]["R@5"], abs=5e-5)
+    rs = s["reconstruction_splits"]["modalities"]["image"]
+    assert rs["test"]["mse"] == pytest.approx(metrics["recon"]["image"]["mse"], rel=1e-4)  # eval and report: the same test rows
+    assert rs["train"]["n_rows"] + rs["test"]["n_rows"] == N
+
+
+def test_table_has_labels_agreement_score_and_pages_interval_samples(site):
+    s = site / "site"
+    table, chunk = _global(s, "latents"), _chunk(s)
+    m = len(table["corr"])
+    for key in ("score", "flags", "label_image", "label_text", "agreement"):
+        assert len(table[key]) == m, key
+    assert any(table["label_text"]) and set(" ".join(table["label_text"]).replace("·", " ").split()) <= set(WORDS)
+    # a latent page: rows from every quantile bin, each with an activation inside its bin
+    e = next(e for e in chunk["latents"].values() if e["image"]["fired"] >= 10)
+    bins = e["image"]["intervals"]
+    assert len(bins) == 5 and all(lo <= v <= hi for lo, hi, rows in bins for _, v in rows)
+    assert all(str(r) in chunk["rows"] for _, _, rows in bins for r, _ in rows)
+    assert bins[-1][1] == pytest.approx(e["image"]["max"], abs=1e-4)
+
+
 def test_search_finds_the_planted_word(site):
     index = _global(site / "site", "search")
     chunk = _chunk(site / "site")
@@ -184,6 +220,16 @@ def test_report_refuses_a_foreign_out_folder_and_writes_nothing(site, tmp_path, 
     code, _, err = _cli(["report", str(site / "aligned"), "--data", str(site / "data"), "--out", str(out)], capsys)
     assert code == 2 and err.count("\n") == 1 and "already holds files written by something else (notes.txt)" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_report_option_errors_are_one_line(site, tmp_path, capsys):
+    base = ["report", str(site / "aligned"), "--data", str(site / "data"), "--out", str(tmp_path / "x")]
+    for flag, value, want in (("--interval-bins", "0", "--interval-bins must be >= 1, found 0"),
+                              ("--low-support", "-1", "--low-support must be >= 0, found -1"),
+                              ("--overfit-ratio", "0", "--overfit-ratio must be > 0, found 0.0")):
+        code, _, err = _cli([*base, flag, value], capsys)
+        assert code == 2 and err.count("\n") == 1 and want in err, err
+    assert not (tmp_path / "x").exists()
 
 
 def test_report_folder_is_owned_locked_and_replaced_whole(site, tmp_path, capsys):
@@ -247,6 +293,30 @@ def test_specific_run_warns_and_shared_sae_gets_collapse_rate(site, tmp_path, ca
     s = _global(tmp_path / "sh", "summary")
     want = align(SAEPair("sae", sae, sae), PairedEmbeddings.open(site / "data"), progress=False).report
     assert s["kind"] == "shared" and s["collapse"]["collapse_rate"] == pytest.approx(want["collapse_rate"])
+    assert any("counted on the report's" in w for w in s["warnings"])
+    # cos(dec I, dec T) is 1 on every latent of a shared SAE: not a column, listed as constant
+    table = _global(tmp_path / "sh", "latents")
+    assert "cos" not in table and table["constant"] == {"cos": 1.0}
+
+
+def test_report_of_a_shared_runs_collapse_folder_shows_aligns_numbers(site, tmp_path, capsys):
+    """align on a shared run writes collapse.json into its own --out; reporting that folder shows align's
+    collapse rate and live counts (counted on align's train rows), not a recount on the report's rows."""
+    data = site / "data"
+    assert main(["train", "--data", str(data), "--method", "shared", "--latents", "16", "--k", "4", "--batch-size", "32",
+                 "--epochs", "2", "--out", str(tmp_path / "shared"), "--no-progress"]) == 0
+    assert main(["align", str(tmp_path / "shared"), "--data", str(data), "--out", str(tmp_path / "collapse"), "--no-progress",
+                 "--shuffles", "0"]) == 0
+    code, _, _ = _cli(["report", str(tmp_path / "collapse"), "--data", str(data), "--out", str(tmp_path / "site"),
+                       "--no-progress", "--probe-latents", "0"], capsys)
+    assert code == 0
+    s = _global(tmp_path / "site", "summary")
+    col = json.loads((tmp_path / "collapse" / "collapse.json").read_text())
+    assert col["rows"] < N  # align counted on the train split, the report shows all rows
+    assert s["collapse"]["collapse_rate"] == col["collapse_rate"] and s["collapse"]["source"].endswith("collapse.json")
+    assert s["live"] == {m: col["live"][m] for m in ("image", "text")}
+    assert not any("counted on the report's" in w for w in s["warnings"])
+    assert s["curve"] and s["config"]["method"] == "shared"  # the run behind the collapse folder
 
 
 # ---------------------------------------------------------------------- in a real browser
@@ -267,8 +337,13 @@ def test_site_renders_in_chromium_and_injected_captions_stay_text(site, chromium
     s = site / "site"
     dom = dump_dom(chromium, page_url(s, "overview"))
     assert _attr(dom, "data-view") == "overview"
-    for part in ('id="overview-cards"', 'id="corr-hist"', 'src="img/heterogeneity.png"', 'id="curve"', "<polyline"):
+    for part in ('id="overview-cards"', 'id="corr-hist"', 'src="img/heterogeneity.png"', 'id="curve"', "<polyline", 'id="eval-table"',
+                 'id="recon-splits"', "image → text R@1"):
         assert part in dom, part
+    assert "{&quot;" not in dom and "recon.image" not in dom  # no raw JSON anywhere
+
+    dom = dump_dom(chromium, page_url(s, "table"))
+    assert ">score ▼<" in dom and ">label (text side)<" in dom and ">agreement<" in dom  # default: support-aware score
 
     dom = dump_dom(chromium, page_url(s, "table?sort=support&dir=desc"))
     assert _attr(dom, "data-view") == "table" and _attr(dom, "data-table-rows") == "16"
@@ -284,7 +359,10 @@ def test_site_renders_in_chromium_and_injected_captions_stay_text(site, chromium
     dom = dump_dom(chromium, page_url(s, f"latent/{hostile}"))
     assert _attr(dom, "data-view") == "latent" and _attr(dom, "data-latent") == hostile
     assert re.search(r'id="thumbs-image".*?<img src="img/r\d+\.png"', dom, re.S)
-    assert 'id="side-text"' in dom and 'id="caps-image"' in dom
+    assert 'id="side-text"' in dom and 'id="caps-image"' in dom and 'id="intervals-image"' in dom
+    # nearest-latent chips carry the neighbour's label: "12 red · cat (0.83)"
+    chips = re.findall(r'<a href="#latent/(\d+)" title="latent \d+: ([^"]+)">\1 ([^<]+) \((-?[\d.]+)\)</a>', dom)
+    assert chips and all(label == text for _, label, text, _ in chips), chips[:3]
     assert f"<title>dualsae report: latent {hostile}</title>" in dom
     assert "PWNED" not in re.search(r"<title>.*?</title>", dom).group(0)
     assert _attr(dom, "data-pwned") is None

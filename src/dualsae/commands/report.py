@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "thumb/image/image_path fields or a thumbs/<id>.png folder beside the store (--images overrides).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="aligned folder (dualsae align), run folder (dualsae train) or SAE folder")
+    p.add_argument("model", help="aligned folder (dualsae align), run folder (dualsae train), SAE folder, or the folder "
+                   "'dualsae align' wrote for a shared-SAE run (its collapse.json is then shown as align counted it)")
     p.add_argument("--data", required=True, help="store folder whose rows the report shows")
     p.add_argument("--out", required=True, help="folder for the site (new, empty, or this report's earlier folder, which is replaced)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds anything else (another model's report included)")
@@ -33,10 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=12, help="top-activating rows shown as thumbnails per latent and modality")
     p.add_argument("--captions", type=int, default=40, help="top rows whose captions are listed (identical ones collapsed)")
     p.add_argument("--probe-latents", type=int, default=6,
-                   help="latents (highest correlation) whose pages show translation and steering; 0 = none")
+                   help="latents (highest support-aware score) whose pages show translation and steering; 0 = none")
     p.add_argument("--probe", default="", help="comma-separated latents to show translation and steering for instead")
     p.add_argument("--alpha", type=float, default=1.0, help="steering strength relative to the mean image embedding norm")
     p.add_argument("--caption-field", default="caption", help="meta field holding the caption")
+    d = ReportOptions()
+    p.add_argument("--low-support", type=int, default=d.low_support, help="flag matches co-firing on fewer rows as 'low support'")
+    p.add_argument("--label-words", type=int, default=d.label_words, help="caption words per automatic label (0 = no labels)")
+    p.add_argument("--interval-bins", type=int, default=d.interval_bins, help="quantile bins of a latent's activations on its page")
+    p.add_argument("--interval-rows", type=int, default=d.interval_per_bin, help="rows shown per quantile bin")
+    p.add_argument("--overfit-ratio", type=float, default=d.overfit_ratio, help="test MSE / train MSE above which over-fitting is flagged")
     p.add_argument("--eval", dest="eval_file", default=None, help="metrics.json of 'dualsae eval' to show (default: one in the model folder)")
     p.add_argument("--compare", default=None,
                    help="--out folder of 'dualsae compare MODEL[:image|:text] B': adds each latent's counterpart in B (decoder cosine) to the table and pages")
@@ -50,11 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    for name in ("top", "captions", "batch_size"):
+    for name in ("top", "captions", "batch_size", "interval_bins", "interval_rows"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, found {getattr(args, name)}")
-    if args.probe_latents < 0:
-        raise ConfigError(f"--probe-latents must be >= 0, found {args.probe_latents}")
+    for name in ("probe_latents", "low_support", "label_words"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, found {getattr(args, name)}")
+    if not args.overfit_ratio > 0:
+        raise ConfigError(f"--overfit-ratio must be > 0, found {args.overfit_ratio}")
     try:
         probe = tuple(int(x) for x in args.probe.split(",") if x.strip())
     except ValueError:
@@ -74,11 +84,17 @@ def run(args: argparse.Namespace) -> int:
         test = store.split("test", test_fraction=fraction, seed=seed)
     except DataError:
         test = None  # a store whose 'split' field has no test rows: the overview says so
+    try:
+        train = store.split("train", test_fraction=fraction, seed=seed)  # beside test: the over-fitting check
+    except DataError:
+        train = None
     options = ReportOptions(top=args.top, captions=args.captions, probe_latents=args.probe_latents, probe=probe,
                             alpha=args.alpha, caption_field=args.caption_field, images=images,
                             eval_file=Path(args.eval_file) if args.eval_file else None, batch_size=args.batch_size,
-                            device=args.device, progress=not args.no_progress, counterparts=counterparts)
-    summary = build_report(args.model, store, args.out, rows=rows, test=test, options=options,
+                            device=args.device, progress=not args.no_progress, low_support=args.low_support,
+                            label_words=args.label_words, interval_bins=args.interval_bins, interval_per_bin=args.interval_rows,
+                            overfit_ratio=args.overfit_ratio, counterparts=counterparts)
+    summary = build_report(args.model, store, args.out, rows=rows, test=test, train=train, options=options,
                            data_label=str(args.data), split_label=args.split, overwrite=args.overwrite)
     for w in summary["warnings"]:
         print(f"warning: {w}")

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import shutil
 import time
 from importlib import resources
 from pathlib import Path
 
+from dualsae.core.errors import ConfigError
 from dualsae.files.faults import fault_point
 from dualsae.files.lock import file_lock_name, output_lock
 from dualsae.files.outdir import (
@@ -42,7 +44,24 @@ from dualsae.report.overview import (
 from dualsae.report.pages import SiteRows, write_latent_files
 from dualsae.store.paired import PairedEmbeddings
 
-ASSETS = ("index.html", "report.css", "report.js")
+ASSETS = ("index.html", "report.css", "dom.js", "views.js", "report.js")
+
+
+def weights_folder(model: Path) -> Path:
+    """The folder to load the SAEs from: ``model`` itself, or for the output folder of ``dualsae align``
+    on a shared-SAE run (``collapse.json``, no SAEs) the run it records as ``source_run``, so that the
+    report shows align's collapse rate (counted on align's rows) instead of recounting it on its own."""
+    if not (model / "collapse.json").is_file() or (model / "config.json").is_file():
+        return model
+    try:
+        src = json.loads((model / "collapse.json").read_text()).get("source_run")
+    except (OSError, ValueError, AttributeError):
+        src = None
+    for cand in ((Path(src), model.parent / Path(src).name) if isinstance(src, str) and src else ()):
+        if (cand / "config.json").is_file():
+            return cand
+    raise ConfigError(f"{model / 'collapse.json'}: field 'source_run' {src!r} is not a run folder from here; "
+                      "report the shared run itself (its collapse rate is then counted on the report's rows)")
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -89,12 +108,13 @@ def report_lock(out: Path):
 
 
 def build_report(model: str | Path, store: PairedEmbeddings, out: str | Path, *, rows: PairedEmbeddings | None = None,
-                 test: PairedEmbeddings | None = None, options: ReportOptions | None = None, data_label: str = "",
-                 split_label: str = "all", overwrite: bool = False) -> dict:
+                 test: PairedEmbeddings | None = None, train: PairedEmbeddings | None = None, options: ReportOptions | None = None,
+                 data_label: str = "", split_label: str = "all", overwrite: bool = False) -> dict:
     """Write the report of ``model`` on ``rows`` (default: every row of ``store``) into ``out``.
 
-    test: rows for the explained variance (the test split); None skips it. Returns a summary dict
-    (counts, timings, warnings) that the CLI prints.
+    model: an aligned folder, a run or SAE folder, or align's collapse folder of a shared run
+    (:func:`weights_folder`). test / train: rows for the reconstruction on the test and the train split,
+    side by side (None skips one). Returns a summary dict (counts, timings, warnings) that the CLI prints.
     """
     opt = options or ReportOptions()
     model, out = Path(model), Path(out)
@@ -104,7 +124,7 @@ def build_report(model: str | Path, store: PairedEmbeddings, out: str | Path, *,
     with report_lock(out):  # a second report into the same --out fails at once, naming this pid
         _recover(out)
         check_out(out, job, overwrite)
-        return _build(ReportJob(model, store, rows if rows is not None else store, test, data_label, split_label), out, opt, job)
+        return _build(ReportJob(model, store, rows if rows is not None else store, test, data_label, split_label, train), out, opt, job)
 
 
 def _recover(out: Path) -> None:
@@ -122,7 +142,7 @@ def _build(job: ReportJob, out: Path, opt: ReportOptions, manifest_job: dict) ->
     """:func:`build_report`'s work, under the lock: compute (:mod:`dualsae.report.compute`), write a
     fresh sibling folder (manifest unfinished first, complete with every file's hash last), then swap it in."""
     t0 = time.perf_counter()
-    pair = load_model(job.model, device=opt.device)
+    pair = load_model(weights_folder(job.model), device=opt.device)
     job.rows.require_pairs("the report (both modalities side by side)")
     job.rows.require_model_width(pair)
     data = compute(job.model, pair, job.rows, opt)
@@ -147,4 +167,4 @@ def _build(job: ReportJob, out: Path, opt: ReportOptions, manifest_job: dict) ->
     return summary
 
 
-__all__ = ["REPORT_FORMAT", "ReportOptions", "build_report", "check_out", "report_lock", "training_curve"]
+__all__ = ["REPORT_FORMAT", "ReportOptions", "build_report", "check_out", "report_lock", "training_curve", "weights_folder"]

@@ -22,11 +22,13 @@ from dualsae.evaluation.heterogeneity import (
     heterogeneity,
     heterogeneity_from_folder,
 )
+from dualsae.evaluation.interval_samples import IntervalSamples, interval_samples
 from dualsae.models.aligned import AlignedPair
 from dualsae.models.encoding import encode_rows
 from dualsae.models.pair import SAEPair
 from dualsae.report import latents as L
 from dualsae.report.options import ReportOptions
+from dualsae.report.ranking import match_flags, support_score
 from dualsae.store.paired import PairedEmbeddings
 
 
@@ -40,7 +42,9 @@ class ReportData:
     null_thr: permutation-null threshold (NaN when not recorded); cos: image/text decoder cosine;
     status: matched / unmatched / image only / text only / both / dead; collapse: App. F.2 summary
     (shared SAE); heterogeneity / het_result / het_note: Fig. 2 as JSON, the result to plot, why
-    it is missing.
+    it is missing; score / flags: the table's support-aware score and flags (:mod:`dualsae.report.ranking`);
+    intervals: per modality, rows from each quantile bin of the activations
+    (:mod:`dualsae.evaluation.interval_samples`).
     """
 
     pair: SAEPair
@@ -58,11 +62,15 @@ class ReportData:
     corr_source: str = ""
     support_source: str = ""
     collapse: dict | None = None
+    collapse_doc: dict | None = None
     heterogeneity: dict | None = None
     het_result: Heterogeneity | None = None
     het_note: str = ""
     warnings: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    score: np.ndarray | None = None
+    flags: list[str] = field(default_factory=list)
+    intervals: dict[str, IntervalSamples] = field(default_factory=dict)
 
     @property
     def m(self) -> int:
@@ -94,6 +102,10 @@ def compute(model: Path, pair: SAEPair, rows: PairedEmbeddings, opt: ReportOptio
                       corr_source="same-index correlation on these rows", support_source="co-firing rows of these rows")
     data.timing["encode_s"] = time.perf_counter() - t0
     _matches(data)
+    live = (st["image"].fired > 0) | (st["text"].fired > 0)
+    data.score = support_score(data.corr, data.support, z=opt.score_z)
+    data.flags = match_flags(data.corr, data.support, data.null_thr, live, low_support=opt.low_support)
+    data.intervals = {mod: interval_samples(codes[mod], bins=opt.interval_bins, per_bin=opt.interval_per_bin) for mod in codes}
     t1 = time.perf_counter()
     _figure2(data, model, rows, opt)
     data.timing["correlation_s"] = time.perf_counter() - t1
@@ -145,6 +157,11 @@ def _figure2(d: ReportData, model: Path, rows: PairedEmbeddings, opt: ReportOpti
         stats = stats_from_codes(d.codes["image"], d.codes["text"])
     if kind == "shared":
         d.collapse = _collapse(model, pair, stats, rows)
+        if (model / "collapse.json").is_file():
+            d.collapse_doc = json.loads((model / "collapse.json").read_text())
+        elif d.collapse is not None:
+            d.warnings.append(f"Collapse rate counted on the report's {rows.n:,} rows: no collapse.json of 'dualsae align' in {model}. "
+                              "Run 'dualsae align RUN --out FOLDER' and report FOLDER to show align's numbers.")
     if stats is None and need_c:
         return
     if not need_c:
@@ -162,7 +179,9 @@ def _figure2(d: ReportData, model: Path, rows: PairedEmbeddings, opt: ReportOpti
 
 
 def _collapse(model: Path, pair: SAEPair, stats: CoactivationStats | None, rows: PairedEmbeddings) -> dict[str, Any] | None:
-    """The App. F.2 summary of a shared SAE: collapse.json of the folder, else computed from ``stats``."""
+    """The App. F.2 summary of a shared SAE: the collapse.json that ``dualsae align`` wrote (in the
+    folder the report was given: align's output folder, or the run folder), else computed from ``stats``
+    on the report's rows (labelled so: those are not align's rows)."""
     path = model / "collapse.json"
     if path.is_file():
         collapse = json.loads(path.read_text())

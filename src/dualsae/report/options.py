@@ -19,10 +19,15 @@ CHUNK = 256
 class ReportOptions:
     """top: rows per latent and modality shown as thumbnails; captions: rows whose captions are collapsed
     (with counts) per latent and modality; nearest: nearest latents by decoder cosine; probe_latents:
-    how many latents get translation/steering (the best-correlated ones) unless ``probe`` names them;
+    how many latents get translation/steering (those of highest support-aware score) unless ``probe`` names them;
     alpha: steering strength relative to the mean image embedding norm; max_correlation_bytes: the
     largest [m, m] float64 correlation the report computes itself (for Fig. 2 / the collapse rate);
     search_words / search_latents: the most frequent caption words indexed, and latents kept per word;
+    score_z / low_support: the support-aware score's interval width and the low-support flag's cut
+    (:mod:`dualsae.report.ranking`); label_words / label_z / label_prior: caption-word labels
+    (:mod:`dualsae.evaluation.caption_labels`); interval_bins / interval_per_bin: quantile bins of a
+    latent's activations and rows shown per bin (:mod:`dualsae.evaluation.interval_samples`);
+    overfit_ratio: test MSE / train MSE above which the overview flags over-fitting;
     counterparts: each latent's counterpart in another SAE (``--compare``), or None."""
 
     top: int = 12
@@ -40,6 +45,14 @@ class ReportOptions:
     max_correlation_bytes: int = 2_200_000_000
     search_words: int = 50_000
     search_latents: int = 30
+    score_z: float = 1.96
+    low_support: int = 5
+    label_words: int = 3
+    label_z: float = 1.96
+    label_prior: float = 100.0
+    interval_bins: int = 5
+    interval_per_bin: int = 3
+    overfit_ratio: float = 1.25
     counterparts: Any = None  # dualsae.report.counterparts.Counterparts of --compare (a column of the table)
     extra: dict = field(default_factory=dict)
 

@@ -1,6 +1,8 @@
 """The report's overview page data (``data/summary.js``): what the model is, its training curve
-(``metrics.jsonl``), explained variance on the test rows, the alignment / collapse summary, Fig. 2,
-and the rows of ``dualsae eval``'s metrics.json when one is found.
+(``metrics.jsonl``), reconstruction on the train and the test rows side by side, the alignment /
+collapse summary as ``dualsae align`` wrote it (live-latent counts included: never recounted on the
+report's rows), Fig. 2, and the evaluation table of ``dualsae eval``'s metrics.json when one is found
+(:mod:`dualsae.report.eval_table`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dualsae.evaluation.tasks import METRICS_FORMAT
 from dualsae.files.jsonfiles import read_json_object
 from dualsae.models.load import flat_train_config
 from dualsae.report.compute import ReportData
+from dualsae.report.eval_table import eval_table, train_test_reconstruction
 from dualsae.report.options import CHUNK, ReportOptions, histogram, num, write_js
 from dualsae.store.paired import PairedEmbeddings
 
@@ -37,6 +40,7 @@ class ReportJob:
     test: PairedEmbeddings | None
     data_label: str = ""
     split_label: str = "all"
+    train: PairedEmbeddings | None = None
 
 
 def _read_jsonl(path: Path, limit: int = 100_000) -> list[dict]:
@@ -53,10 +57,15 @@ def _read_jsonl(path: Path, limit: int = 100_000) -> list[dict]:
 
 
 def run_folder(model: Path, pair) -> Path | None:
-    """The training run behind a model folder: itself, or the ``source_run`` an aligned folder records."""
+    """The training run behind a model folder: itself, or the ``source_run`` an aligned or collapse folder records."""
     if (model / "metrics.jsonl").is_file() or (model / "config.json").is_file():
         return model
-    src = getattr(pair, "alignment", {}).get("source_run")
+    src = (getattr(pair, "alignment", None) or {}).get("source_run")
+    if src is None and (model / "collapse.json").is_file():
+        try:
+            src = json.loads((model / "collapse.json").read_text()).get("source_run")
+        except (ValueError, AttributeError):
+            src = None
     if isinstance(src, str):
         for cand in (Path(src), model.parent / Path(src).name):
             if cand.is_dir():
@@ -92,19 +101,44 @@ def eval_doc(model: Path, eval_file: Path | None) -> dict | None:
     return None
 
 
-def flatten_leaves(obj: Any, prefix: str = "", out: list | None = None, depth: int = 0) -> list:
-    """[[path, value]] of the scalar leaves of a nested dict (eval table rows); long lists are skipped."""
-    out = [] if out is None else out
-    if isinstance(obj, dict) and depth < 5:
-        for k, v in obj.items():
-            flatten_leaves(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1)
-    elif isinstance(obj, bool) or obj is None:
-        pass
-    elif isinstance(obj, (int, float)):
-        out.append([prefix, num(obj, 6)])
-    elif isinstance(obj, str) and len(obj) < 200:
-        out.append([prefix, obj])
-    return out
+def _count(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else "–" if v is None else str(v)
+
+
+def alignment_card(alignment: dict) -> list[list[str]]:
+    """[[label, text]] of alignment.json / collapse.json as ``dualsae align`` wrote it, formatted (no raw JSON)."""
+    a, rows = alignment, []
+    if a.get("rows") is not None:
+        rows.append(["rows aligned on", f"{_count(a['rows'])} (split {a.get('split', '?')})"])
+    live, dead = a.get("live") if isinstance(a.get("live"), dict) else {}, a.get("dead") if isinstance(a.get("dead"), dict) else {}
+    for mod in ("image", "text"):
+        if mod in live:
+            m = a.get(f"m_{mod}")
+            rows.append([f"live {mod} latents", f"{_count(live[mod])}" + (f" of {_count(m)}" if m else "")
+                         + (f" (dead {_count(dead[mod])})" if mod in dead else "")])
+    for k in ("either", "both"):
+        if k in live:
+            rows.append([f"live in {k} modality" if k == "either" else "live in both modalities", _count(live[k])])
+    matched = a.get("matched_count", a.get("matched") if isinstance(a.get("matched"), int) else None)
+    if matched is not None:
+        rows.append(["matched pairs", _count(matched)])
+    un = a.get("unmatched") if isinstance(a.get("unmatched"), dict) else {}
+    if un:
+        rows.append(["image-only / text-only", f"{len(un.get('image_only', [])):,} / {len(un.get('text_only', [])):,}"])
+    if isinstance(a.get("mean_matched_correlation"), (int, float)):
+        rows.append(["mean matched correlation", f"{a['mean_matched_correlation']:.4f}"])
+    conf = a.get("confidence") if isinstance(a.get("confidence"), dict) else None
+    if conf:
+        if conf.get("above_null") is not None:
+            rows.append(["above the permutation null", f"{_count(conf['above_null'])} (q{conf.get('quantile', 0.99):g}, {conf.get('shuffles')} shuffles)"])
+        if conf.get("support_quartiles"):
+            rows.append(["co-firing support q1 / median / q3", " / ".join(f"{v:,}" for v in conf["support_quartiles"])])
+    if a.get("solver"):
+        rows.append(["assignment solver", str(a["solver"])])
+    for k, label in (("source_run", "source run"), ("data", "store")):
+        if a.get(k):
+            rows.append([label, str(a[k])])
+    return rows
 
 
 def _config(run: Path | None) -> dict | None:
@@ -123,11 +157,13 @@ def write_summary(tmp: Path, d: ReportData, job: ReportJob, probes: dict[int, di
     model, pair, rows, kind = job.model, d.pair, job.rows, d.kind
     st = d.stats
     run = run_folder(model, pair)
-    ev = None
+    ev, rec, rec_train = None, None, None
     if job.test is not None:
         rec = reconstruction_metrics(pair, job.test, batch_size=opt.batch_size, device=opt.device)
         ev = {mod: {k: num(rec[mod][k], 5) for k in ("explained_variance", "mse", "mean_l0", "live_latents", "n_rows")}
               for mod in ("image", "text") if mod in rec}
+    if job.train is not None:
+        rec_train = reconstruction_metrics(pair, job.train, batch_size=opt.batch_size, device=opt.device)
     if d.het_result is not None:
         (tmp / "img").mkdir(exist_ok=True)
         plot_heterogeneity(d.het_result, tmp / "img" / "heterogeneity.png", title=f"Heterogeneity (Fig. 2): {model.name}")
@@ -139,6 +175,18 @@ def write_summary(tmp: Path, d: ReportData, job: ReportJob, probes: dict[int, di
     if alignment:
         align_summary = {k: alignment.get(k) for k in ("rows", "split", "solver", "matched_count", "mean_matched_correlation",
                                                          "live", "dead", "data", "source_run") if k in alignment}
+    # Live / dead as align counted them (on its rows) when the folder records them; else on the report's rows.
+    fired_live = {mod: int((st[mod].fired > 0).sum()) for mod in ("image", "text")}
+    live_src = alignment if isinstance(alignment.get("live"), dict) else (d.collapse_doc or {})
+    if all(isinstance(live_src.get("live", {}).get(mod), int) for mod in ("image", "text")):
+        live = {mod: live_src["live"][mod] for mod in ("image", "text")}
+        m_of = {mod: pair.sae_for(mod).m for mod in ("image", "text")}
+        dead = {mod: m_of[mod] - live[mod] for mod in ("image", "text")}
+        live_source = f"as dualsae align counted them on {live_src.get('rows', '?'):,} rows (split {live_src.get('split', '?')})" \
+            if isinstance(live_src.get("rows"), int) else "as dualsae align counted them"
+    else:
+        live, dead = fired_live, {mod: int((st[mod].fired == 0).sum()) for mod in ("image", "text")}
+        live_source = f"firing on the report's {rows.n:,} rows"
     summary = {
         "format": REPORT_FORMAT,
         "title": model.name,
@@ -154,11 +202,15 @@ def write_summary(tmp: Path, d: ReportData, job: ReportJob, probes: dict[int, di
         "warnings": d.warnings,
         "config": _config(run),
         "alignment": align_summary,
+        "alignment_card": alignment_card(alignment or d.collapse_doc or {}) if (alignment or d.collapse_doc) else None,
         "corr_source": d.corr_source,
         "support_source": d.support_source,
         "explained_variance": ev,
-        "live": {mod: int((st[mod].fired > 0).sum()) for mod in ("image", "text")},
-        "dead": {mod: int((st[mod].fired == 0).sum()) for mod in ("image", "text")},
+        "live": live,
+        "dead": dead,
+        "live_source": live_source,
+        "live_on_rows": fired_live,
+        "reconstruction_splits": train_test_reconstruction(rec_train, rec, opt.overfit_ratio),
         "corr_hist": {"edges": CORR_HIST_EDGES, "counts": histogram(np.asarray(matched_vals, dtype=np.float64), CORR_HIST_EDGES),
                       "what": "matched pairs" if kind != "specific" else ""},
         "modality_only": d.modality_only,
@@ -167,7 +219,7 @@ def write_summary(tmp: Path, d: ReportData, job: ReportJob, probes: dict[int, di
         "heterogeneity_png": "img/heterogeneity.png" if d.het_result is not None else None,
         "heterogeneity_note": d.het_note,
         "curve": training_curve(run),
-        "eval": flatten_leaves(doc.get("tasks", doc)) if doc else None,
+        "eval": eval_table(doc) if doc else None,
         "probes": sorted(probes),
         "thumbnails": copier_copied,
         "has_captions": any(isinstance(c, str) for c in captions),
@@ -175,4 +227,4 @@ def write_summary(tmp: Path, d: ReportData, job: ReportJob, probes: dict[int, di
     write_js(tmp / "data" / "summary.js", "summary", summary)
 
 
-__all__ = ["REPORT_FORMAT", "ReportJob", "eval_doc", "flatten_leaves", "run_folder", "training_curve", "write_summary"]
+__all__ = ["REPORT_FORMAT", "ReportJob", "alignment_card", "eval_doc", "run_folder", "training_curve", "write_summary"]

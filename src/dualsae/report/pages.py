@@ -16,8 +16,10 @@ import numpy as np
 from dualsae.evaluation.top_rows import collapse_captions
 from dualsae.report import latents as L
 from dualsae.report.compute import ReportData
+from dualsae.report.concepts import Concepts, latent_concepts
 from dualsae.report.options import CHUNK, ReportOptions, column, js_text, num, write_js
 from dualsae.report.probe import Prober
+from dualsae.report.ranking import constant_columns
 from dualsae.report.thumbs import ThumbCopier
 from dualsae.store.paired import PairedEmbeddings
 
@@ -51,9 +53,12 @@ def caption_groups(captions: list[Any], values: np.ndarray, limit: int) -> list[
     return [[g.caption, g.count, round(float(values[g.first]), 4)] for g in collapse_captions(caps, limit)]
 
 
-def write_table(tmp: Path, d: ReportData, site: SiteRows, opt: ReportOptions) -> None:
-    """``data/latents.js``: one entry per latent and column; the label is the caption repeated most
-    among the latent's top rows (text rows, else image rows; first seen on ties)."""
+def write_table(tmp: Path, d: ReportData, site: SiteRows, opt: ReportOptions, concepts: Concepts) -> None:
+    """``data/latents.js``: one entry per latent and column. ``label`` is the caption repeated most
+    among the latent's top rows (text rows, else image rows; first seen on ties); ``label_image`` /
+    ``label_text`` / ``agreement`` the caption-word labels and concept agreement (:mod:`dualsae.report.concepts`);
+    ``score`` / ``flags`` the support-aware score and flags (:mod:`dualsae.report.ranking`). Numeric
+    columns constant over the run are left out and listed under ``constant``."""
     st = d.stats
     label = []
     for j in range(d.m):
@@ -61,14 +66,21 @@ def write_table(tmp: Path, d: ReportData, site: SiteRows, opt: ReportOptions) ->
         best = caption_groups([site.captions[p] for p in src[: opt.captions]], np.zeros(len(src[: opt.captions])), opt.captions)
         best.sort(key=lambda r: -r[1])  # most repeated caption among the top rows; first seen on ties
         label.append(best[0][0] if best else "")
+    constant = constant_columns({"cos": d.cos})
     table = {
         "m": d.m,
         "n_rows": site.rows.n,
-        "corr": column(d.corr), "support": d.support.tolist(),
+        "score": column(d.score), "corr": column(d.corr), "support": d.support.tolist(), "flags": d.flags,
         "freq_image": column(st["image"].freq, 6), "freq_text": column(st["text"].freq, 6),
         "cos": column(d.cos), "mean_image": column(st["image"].mean_active), "mean_text": column(st["text"].mean_active),
         "status": d.status.tolist(), "label": label,
+        "label_image": concepts.label_text("image"), "label_text": concepts.label_text("text"),
+        "agreement": column(concepts.agreement, 3),
+        "low_support": opt.low_support,
+        "constant": {k: num(v) for k, v in constant.items()},
     }
+    for k in constant:
+        del table[k]
     if np.isfinite(d.null_thr).any():
         table["null_threshold"] = column(d.null_thr)
     if opt.counterparts is not None:
@@ -77,14 +89,15 @@ def write_table(tmp: Path, d: ReportData, site: SiteRows, opt: ReportOptions) ->
 
 
 def run_probes(d: ReportData, rows: PairedEmbeddings, opt: ReportOptions) -> dict[int, dict]:
-    """Translation / steering of ``opt.probe`` or of the ``opt.probe_latents`` best-correlated live latents."""
+    """Translation / steering of ``opt.probe`` or of the ``opt.probe_latents`` live latents of highest
+    support-aware score (:func:`dualsae.report.ranking.support_score`: a pair matched on a few rows is never chosen first)."""
     if d.kind == "specific" or opt.probe_latents + len(opt.probe) == 0:
         return {}
-    st, corr = d.stats, d.corr
+    st, score = d.stats, d.score
     chosen = [int(j) for j in opt.probe if 0 <= int(j) < d.m]
     if not opt.probe:
-        ok = np.flatnonzero(np.isfinite(corr) & (st["image"].fired > 0) & (st["text"].fired > 0))
-        chosen = ok[np.argsort(-corr[ok], kind="stable")][: opt.probe_latents].tolist()
+        ok = np.flatnonzero(np.isfinite(score) & (st["image"].fired > 0) & (st["text"].fired > 0))
+        chosen = ok[np.argsort(-score[ok], kind="stable")][: opt.probe_latents].tolist()
     prober = Prober(d.pair, rows, d.codes["image"], alpha=opt.alpha)
     probes = {}
     for j in chosen:
@@ -121,6 +134,8 @@ def write_pages(tmp: Path, d: ReportData, site: SiteRows, probes: dict[int, dict
                     "top": [[ref(p), num(v)] for p, v in zip(tr[: opt.top].tolist(), tv[: opt.top].tolist())],
                     "captions": caption_groups([captions[p] for p in tr[: opt.captions]], tv[: opt.captions], opt.captions),
                     "hist": s.hist[j].tolist(), "max": num(s.max[j]), "fired": int(s.fired[j]),
+                    "intervals": [[num(lo), num(hi), [[ref(int(p)), num(v)] for p, v in zip(rows_.tolist(), vals.tolist())]]
+                                  for lo, hi, rows_, vals in d.intervals[mod].of(j)] if d.intervals else [],
                 }
                 idx, cs = near[mod]
                 entry[f"near_{mod}"] = [[int(a), num(b)] for a, b in zip(idx[j].tolist(), cs[j].tolist())]
@@ -157,7 +172,10 @@ def write_search(tmp: Path, d: ReportData, site: SiteRows, opt: ReportOptions) -
 def write_latent_files(tmp: Path, d: ReportData, site: SiteRows, opt: ReportOptions) -> dict[int, dict]:
     """Table, probes, pages and search index; returns the probes (latent -> probe)."""
     t = time.perf_counter()
-    write_table(tmp, d, site, opt)
+    concepts = latent_concepts(d, site.captions, opt)
+    d.timing["labels_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    write_table(tmp, d, site, opt, concepts)
     probes = run_probes(d, site.rows, opt)
     d.timing["probe_s"] = time.perf_counter() - t
     write_pages(tmp, d, site, probes, opt)

@@ -7,45 +7,11 @@
   var S = D.summary, T = D.latents;
   var app = document.getElementById('app');
   var PAGE = 50;
-  var SVGNS = 'http://www.w3.org/2000/svg';
 
-  // ------------------------------------------------------------------ DOM helpers
-  function el(tag, props, kids) {
-    var e = document.createElement(tag);
-    if (props) for (var k in props) {
-      if (k === 'text') e.textContent = props[k];
-      else if (k === 'cls') e.className = props[k];
-      else if (k === 'data') for (var d in props.data) e.dataset[d] = props.data[d];
-      else e[k] = props[k];
-    }
-    (kids || []).forEach(function (c) { if (c != null) e.appendChild(typeof c === 'string' ? document.createTextNode(c) : c); });
-    return e;
-  }
-  function svg(tag, attrs) {
-    var e = document.createElementNS(SVGNS, tag);
-    for (var k in attrs) e.setAttribute(k, attrs[k]);
-    return e;
-  }
-  function svgText(x, y, s, anchor) {
-    var t = svg('text', { x: x, y: y, 'text-anchor': anchor || 'start' });
-    t.textContent = s;
-    return t;
-  }
-  function fmt(x, d) {
-    if (x === null || x === undefined || (typeof x === 'number' && !isFinite(x))) return '–';
-    if (typeof x !== 'number') return String(x);
-    if (d === undefined) d = 3;
-    if (Math.abs(x) >= 1000 && Number.isInteger(x)) return x.toLocaleString('en');
-    return Number.isInteger(x) ? String(x) : x.toFixed(d);
-  }
-  function pct(x) { return x === null || x === undefined ? '–' : (100 * x).toFixed(x < 0.001 && x > 0 ? 3 : 2) + '%'; }
-  function latentLink(j, text) { return el('a', { href: '#latent/' + Number(j), text: text === undefined ? String(Number(j)) : text }); }
-  function kv(rows) {
-    var t = el('table', { cls: 'stats' });
-    rows.forEach(function (r) { if (r) t.appendChild(el('tr', null, [el('td', { text: r[0] }), el('td', { cls: 'n' }, [typeof r[1] === 'object' && r[1] !== null ? r[1] : fmt(r[1])])])); });
-    return t;
-  }
-  function card(label, value) { return el('div', { cls: 'card' }, [el('div', { cls: 'muted', text: label }), el('div', { cls: 'v', text: value })]); }
+  // DOM helpers (dom.js) and the views of labels, intervals and the evaluation table (views.js)
+  var U = window.DUALSAE_UI, V = window.DUALSAE_VIEWS;
+  var el = U.el, svg = U.svg, svgText = U.svgText, fmt = U.fmt, pct = U.pct, latentLink = U.latentLink, kv = U.kv, card = U.card;
+
   function setNav(which) {
     ['overview', 'table'].forEach(function (n) { document.getElementById('nav-' + n).className = n === which ? 'active' : ''; });
   }
@@ -124,6 +90,7 @@
     });
     if (S.collapse && S.collapse.collapse_rate !== undefined) cards.appendChild(card('collapse rate (App. F.2)', pct(S.collapse.collapse_rate)));
     out.push(cards);
+    if (S.live_source) out.push(el('p', { cls: 'muted', text: 'Live / dead latents ' + S.live_source + (S.live_on_rows ? '; firing on the report\'s ' + fmt(S.n_rows) + ' rows: image ' + fmt(S.live_on_rows.image) + ', text ' + fmt(S.live_on_rows.text) : '') + '.' }));
     if (!S.explained_variance) out.push(el('p', { cls: 'muted', text: 'Explained variance: no test split given.' }));
 
     var g = el('div', { cls: 'grid2' });
@@ -140,13 +107,15 @@
     if (rest.length) left.appendChild(el('details', null, [el('summary', { text: 'all training settings (' + rest.length + ' more)' }), kv(rest)]));
     g.appendChild(left);
     var right = el('div', { cls: 'panel' });
-    if (S.alignment) {
-      right.appendChild(el('h3', { text: 'Alignment' }));
-      var a = S.alignment, ar = [];
-      Object.keys(a).forEach(function (k) { var v = a[k]; ar.push([k, v !== null && typeof v === 'object' ? JSON.stringify(v) : (v === null ? '–' : v)]); });
-      right.appendChild(kv(ar));
+    if (S.alignment_card) {
+      right.appendChild(el('h3', { text: S.kind === 'shared' ? 'Collapse report (dualsae align)' : 'Alignment (dualsae align)' }));
+      right.appendChild(V.alignmentCard(S.alignment_card));
     }
-    if (S.explained_variance) {
+    if (S.reconstruction_splits) {
+      right.appendChild(el('h3', { text: 'Reconstruction: train vs test split' }));
+      right.appendChild(V.reconSplits(S.reconstruction_splits));
+    }
+    if (S.explained_variance && !S.reconstruction_splits) {
       right.appendChild(el('h3', { text: 'Reconstruction on the test split' }));
       var t = el('table');
       t.appendChild(el('tr', null, ['modality', 'explained variance', 'MSE', 'L0', 'live latents', 'rows'].map(function (h) { return el('th', { text: h }); })));
@@ -163,6 +132,8 @@
     }
     g.appendChild(right);
     out.push(g);
+    if (S.eval && S.eval.rows) out = out.concat(V.evalSection(S.eval));
+    else out.push(el('p', { cls: 'muted', text: 'No metrics.json of dualsae eval beside the model (run dualsae eval MODEL --out MODEL/eval, or pass --eval).' }));
 
     var h = S.corr_hist, total = h.counts.reduce(function (a, b) { return a + b; }, 0);
     out.push(el('h2', { text: 'Matched correlation' }));
@@ -200,12 +171,6 @@
       out.push(sm);
     } else out.push(el('p', { cls: 'muted', text: 'No metrics.jsonl found beside the model.' }));
 
-    if (S.eval) {
-      out.push(el('h2', { text: 'Evaluation (dualsae eval)' }));
-      var et = el('table', { id: 'eval-table' });
-      S.eval.forEach(function (r) { et.appendChild(el('tr', null, [el('td', { text: r[0] }), el('td', { cls: 'n', text: fmt(r[1], 4) })])); });
-      out.push(et);
-    }
     if (S.probes.length) {
       out.push(el('h2', { text: 'Translation and steering' }));
       var pp = el('p', { cls: 'chips' }, [el('span', { text: 'Shown on the pages of latents ' })]);
@@ -217,22 +182,28 @@
   }
 
   // ------------------------------------------------------------------ latent table
+  // optional: drawn only when data/latents.js holds the column (a column constant over the run is left out)
   var COLS = [
     { key: 'id', label: 'latent', num: true },
     { key: 'status', label: 'status' },
+    { key: 'score', label: 'score', num: true, optional: true, title: 'support-aware score: lower 95% bound of the correlation with the co-firing rows as sample size' },
     { key: 'corr', label: S && S.kind === 'aligned' ? 'matched corr' : 'corr (same index)', num: true },
     { key: 'null_threshold', label: 'null thr.', num: true, optional: true },
     { key: 'support', label: 'support', num: true },
+    { key: 'flags', label: 'flags', optional: true, cls: 'flag' },
     { key: 'freq_image', label: 'freq image', num: true, pct: true },
     { key: 'freq_text', label: 'freq text', num: true, pct: true },
-    { key: 'cos', label: 'cos(dec I, dec T)', num: true },
+    { key: 'cos', label: 'cos(dec I, dec T)', num: true, optional: true },
+    { key: 'agreement', label: 'agreement', num: true, optional: true, digits: 3, title: 'concept agreement: cosine of the two sides\' distinctive caption words' },
+    { key: 'label_image', label: 'label (image side)', optional: true, cls: 'cap label-words' },
+    { key: 'label_text', label: 'label (text side)', optional: true, cls: 'cap label-words' },
     { key: 'counterpart_cos', label: 'counterpart in B (cos)', num: true, optional: true },
-    { key: 'label', label: 'top caption' }
+    { key: 'label', label: 'top caption', cls: 'cap', unless: 'label_text' }
   ];
   var FILTERS = [
-    { key: 'corr', label: 'min corr' }, { key: 'support', label: 'min support' }, { key: 'freq_image', label: 'min freq image' },
-    { key: 'freq_text', label: 'min freq text' }, { key: 'cos', label: 'min cos' }
-  ];
+    { key: 'score', label: 'min score' }, { key: 'corr', label: 'min corr' }, { key: 'support', label: 'min support' }, { key: 'agreement', label: 'min agreement' },
+    { key: 'freq_image', label: 'min freq image' }, { key: 'freq_text', label: 'min freq text' }, { key: 'cos', label: 'min cos' }
+  ].filter(function (f) { return T && T[f.key]; });
   // --compare: latent j's decoder-matched latent in SAE B and their cosine (dualsae compare).
   function counterpartText(j) { var b = T.counterpart[j]; return b < 0 ? 'none' : 'B ' + b + ' (' + fmt(T.counterpart_cos[j], 3) + ')'; }
   function colValue(key, j) { return key === 'id' ? j : (T[key] ? T[key][j] : null); }
@@ -240,7 +211,7 @@
   function renderTable(params) {
     setNav('table');
     var t0 = performance.now();
-    var sort = params.get('sort') || (S.kind === 'specific' ? 'freq_image' : 'corr');
+    var sort = params.get('sort') || (S.kind === 'specific' ? 'freq_image' : T.score ? 'score' : 'corr');
     var dir = params.get('dir') || 'desc';
     var page = Math.max(0, parseInt(params.get('page') || '0', 10) || 0);
     var status = params.get('status') || '';
@@ -253,7 +224,7 @@
         if (lim !== null && lim !== '') { var v = colValue(FILTERS[f].key, j); ok = v !== null && v >= parseFloat(lim); }
       }
       if (ok && status && T.status[j] !== status) ok = false;
-      if (ok && q && String(T.label[j]).toLowerCase().indexOf(q) < 0) ok = false;
+      if (ok && q && (String(T.label[j]) + ' ' + (T.label_image ? T.label_image[j] + ' ' + T.label_text[j] : '')).toLowerCase().indexOf(q) < 0) ok = false;
       if (ok) idx.push(j);
     }
     var sign = dir === 'asc' ? 1 : -1;
@@ -292,10 +263,11 @@
 
     var table = el('table', { cls: 'latents', id: 'latent-table' });
     var head = el('tr');
-    var cols = COLS.filter(function (c) { return !c.optional || T[c.key]; });
+    // the top caption goes into the label cells' tooltip when labels are shown (keeps the table within the page)
+    var cols = COLS.filter(function (c) { return (!c.optional || T[c.key]) && !(c.unless && T[c.unless]); });
     cols.forEach(function (c) {
       var arrow = c.key === sort ? (dir === 'asc' ? ' ▲' : ' ▼') : '';
-      var th = el('th', { cls: 'sortable' + (c.num ? ' n' : ''), text: c.label + arrow, title: 'sort by ' + c.label });
+      var th = el('th', { cls: 'sortable' + (c.num ? ' n' : ''), text: c.label + arrow, title: (c.title ? c.title + '; ' : '') + 'sort by ' + c.label });
       th.onclick = function () { go({ sort: c.key, dir: c.key === sort && dir === 'desc' ? 'asc' : 'desc', page: 0 }); };
       head.appendChild(th);
     });
@@ -306,9 +278,9 @@
       cols.forEach(function (c) {
         var v = colValue(c.key, j);
         if (c.key === 'id') tr.appendChild(el('td', { cls: 'n' }, [latentLink(j)]));
-        else if (c.key === 'label') tr.appendChild(el('td', { cls: 'cap', text: v || '', title: v || '' }));
         else if (c.key === 'counterpart_cos') tr.appendChild(el('td', { cls: 'n', text: counterpartText(j), title: 'decoder-matched latent of ' + T.counterpart_of }));
-        else tr.appendChild(el('td', { cls: c.num ? 'n' : '', text: c.pct ? pct(v) : fmt(v) }));
+        else if (c.cls) tr.appendChild(el('td', { cls: c.cls, text: v || '', title: (v || '') + (c.key !== 'label' && T.label[j] ? ' (top caption: ' + T.label[j] + ')' : '') }));
+        else tr.appendChild(el('td', { cls: c.num ? 'n' : '', text: c.pct ? pct(v) : c.digits && v !== null ? v.toFixed(c.digits) : fmt(v) }));
       });
       body.appendChild(tr);
     });
@@ -317,7 +289,11 @@
     var next = el('button', { text: 'next ▶', disabled: page >= pages - 1 }); next.onclick = function () { go({ page: page + 1 }); };
     var pager = el('div', { cls: 'pager' }, [prev, el('span', { id: 'page-info', text: 'page ' + (page + 1) + ' of ' + pages + ' · ' + idx.length.toLocaleString('en') + ' of ' + T.m.toLocaleString('en') + ' latents' }), next]);
     document.title = 'dualsae report: latents';
-    app.replaceChildren(el('h1', { text: 'Latents' }), el('p', { cls: 'muted', text: 'corr: ' + S.corr_source + '; support: ' + S.support_source + '. Click a header to sort.' }), form, pager, table);
+    var notes = 'corr: ' + S.corr_source + '; support: ' + S.support_source + '. Click a header to sort.';
+    if (T.score) notes += ' Default order: score (the correlation\'s lower 95% bound with the co-firing rows as sample size), so a match seen on a few rows sorts low; "low support": fewer than ' + T.low_support + ' co-firing rows.';
+    var hidden = Object.keys(T.constant || {});
+    if (hidden.length) notes += ' Not shown (constant on this run): ' + hidden.map(function (k) { return k + ' = ' + fmt(T.constant[k]); }).join(', ') + '.';
+    app.replaceChildren(el('h1', { text: 'Latents' }), el('p', { cls: 'muted', text: notes }), form, pager, table);
     document.body.dataset.view = 'table';
     document.body.dataset.tableMs = (performance.now() - t0).toFixed(1);
     document.body.dataset.sinceStartMs = performance.now().toFixed(1);
@@ -351,6 +327,10 @@
       p.appendChild(barChart(e.hist, labels, { width: 360, height: 80, alt: mod === 'text', xlabel: 'activation when active' }));
       p.appendChild(el('h3', { text: 'Top-activating rows (' + (mod === 'image' ? 'images' : 'captions; their paired images') + ')' }));
       p.appendChild(thumbGrid(rowsById, e.top, 'thumbs-' + mod));
+      if (e.intervals && e.intervals.length) {
+        p.appendChild(el('h3', { text: 'Samples from activation intervals (quantile bins of the ' + fmt(e.fired) + ' nonzero activations, lowest first)' }));
+        p.appendChild(V.intervals(e.intervals, rowsById, thumbGrid, 'intervals-' + mod));
+      }
       p.appendChild(el('h3', { text: 'Top captions (identical ones collapsed)' }));
       var ul = el('ul', { cls: 'caps', id: 'caps-' + mod });
       var more = el('ul', { cls: 'caps' });
@@ -360,7 +340,7 @@
     } else p.appendChild(el('p', { text: 'Never fires on these rows (dead here).' }));
     p.appendChild(el('h3', { text: 'Nearest latents by ' + mod + ' decoder cosine' }));
     var near = el('div', { cls: 'chips' });
-    e.near.forEach(function (n) { near.appendChild(latentLink(n[0], n[0] + ' (' + fmt(n[1], 2) + ')')); });
+    e.near.forEach(function (n) { near.appendChild(V.labelChip(T, n[0], mod, n[1])); });
     p.appendChild(near);
     return p;
   }
@@ -405,7 +385,11 @@
         T.null_threshold ? ['null threshold (shuffled pairs, same support)', T.null_threshold[j]] : null,
         ['co-firing support (rows)', T.support[j]],
         ['frequency image / text', pct(T.freq_image[j]) + ' / ' + pct(T.freq_text[j])],
-        ['cos(image decoder, text decoder)', T.cos[j]],
+        T.flags && T.flags[j] ? ['flags', el('span', { cls: 'flag', text: T.flags[j] })] : null,
+        T.score ? ['support-aware score (lower 95% bound)', T.score[j]] : null,
+        ['cos(image decoder, text decoder)', T.cos ? T.cos[j] : (T.constant && T.constant.cos !== undefined ? T.constant.cos + ' (every latent)' : null)],
+        T.label_image ? ['label: image side / text side', (T.label_image[j] || '–') + '  |  ' + (T.label_text[j] || '–')] : null,
+        T.agreement ? ['concept agreement of the two sides', T.agreement[j]] : null,
         T.counterpart ? ['counterpart in ' + T.counterpart_of + ' (decoder cosine)', counterpartText(j)] : null
       ];
       out.push(el('div', { cls: 'panel' }, [kv(stats)]));
@@ -444,10 +428,11 @@
       if (missing.length) out.push(el('p', { cls: 'warn', text: 'Not in any caption: ' + missing.join(', ') }));
       if (note) out.push(el('p', { cls: 'warn', text: note }));
       var t = el('table', { cls: 'latents', id: 'search-results' });
-      t.appendChild(el('tr', null, ['latent', 'words', 'status', 'image score', 'text score', 'corr', 'top caption'].map(function (h) { return el('th', { text: h }); })));
+      t.appendChild(el('tr', null, ['latent', 'words', 'status', 'image score', 'text score', 'corr', 'labels (image | text side)', 'top caption'].map(function (h) { return el('th', { text: h }); })));
       all.slice(0, 50).forEach(function (j) {
         t.appendChild(el('tr', null, [el('td', { cls: 'n' }, [latentLink(j)]), el('td', { cls: 'n', text: hits[j] + ' of ' + found.length }), el('td', { text: T.status[j] }), el('td', { cls: 'n', text: fmt(score[j][0]) }),
-          el('td', { cls: 'n', text: fmt(score[j][1]) }), el('td', { cls: 'n', text: fmt(T.corr[j]) }), el('td', { cls: 'cap', text: T.label[j] || '' })]));
+          el('td', { cls: 'n', text: fmt(score[j][1]) }), el('td', { cls: 'n', text: fmt(T.corr[j]) }),
+          el('td', { cls: 'cap label-words', text: T.label_image ? (T.label_image[j] || '–') + ' | ' + (T.label_text[j] || '–') : '' }), el('td', { cls: 'cap', text: T.label[j] || '' })]));
       });
       out.push(all.length ? t : el('p', { text: 'No latents found.' }));
       app.replaceChildren.apply(app, out);
