@@ -24,9 +24,11 @@ from dualsae.diagnose.regime_curve import (
 )
 from dualsae.diagnose.regime_report import plot_placement
 from dualsae.diagnose.store_diagnosis import OBJECTIVE_CHOICES, diagnose_store, objectives_of, redo_report
+from dualsae.diagnose.verdicts import recommend, units_from_table1
 from dualsae.files.atomic import write_json, write_text
 from dualsae.files.jsonfiles import read_json_object
 from dualsae.files.outdir import written_output
+from dualsae.files.unit_job import UnitJob
 from dualsae.store.paired import open_store
 
 #: The quick diagnostic's flags (the synthetic placement), generated from :class:`QuickConfig`.
@@ -72,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
                    help="instead of diagnosing a store: remake a saved diagnose.json's verdicts (--objective, --spread) "
                         "and its synthetic placement (--regime-curve), without training")
+    p.add_argument("--table1", type=Path, default=None, metavar="FOLDER",
+                   help="instead of diagnosing a store: judge a 'reproduce table1' folder's full trainings (its units/) by the "
+                        "pilot's rule (--objective, --spread; shared vs specific + post hoc, and --baselines), to compare with a pilot")
     p.add_argument("--regime-curve-out", "--calibrate", dest="regime_curve_out", type=Path, default=None, metavar="FILE",
                    help="instead of diagnosing a store: run the quick diagnostic on synthetic stores at distances "
                         "0, 0.1, 0.2, 0.3, 0.5, 0.7, 1 and write the regime curve to FILE")
@@ -133,6 +138,28 @@ def _diagnose(args: argparse.Namespace, quick: QuickConfig, log) -> int:
     return 0
 
 
+def _judge_table1(args: argparse.Namespace) -> int:
+    if args.store is not None:
+        raise ConfigError("diagnose: give either STORE or --table1 FOLDER, not both")
+    docs = list(UnitJob(args.table1).finished(ConfigError).values())
+    pilot = PilotConfig(**given(args, PILOT_FLAGS))
+    wanted = set(pilot.methods())
+    units = [u for u in units_from_table1(docs) if u["method"] in wanted]
+    if not {u["method"] for u in units} >= {"shared", "specific"}:
+        raise ConfigError(f"{args.table1 / 'units'}: needs finished shared and specific+posthoc units of 'dualsae reproduce table1', "
+                          f"found {sorted({str(d.get('method')) for d in docs}) or 'none'}")
+    rec = recommend(units, objectives_of(args.objective), pilot.spread)
+    print(f"{args.table1}: {len(units)} full trainings judged by diagnose's rule (mean ± std over seeds, spread {pilot.spread:g})")
+    for name, v in rec["objectives"].items():
+        print(f"  {name}: {v['verdict']}")
+        for c in v["metrics"]:
+            print(f"      {c['text']}")
+    if rec.get("disagreement"):
+        print(f"  {rec['disagreement']}")
+    print(f"recommendation: {rec['overall']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     quick = _quick(args)
@@ -147,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
                                      device=args.device, progress=not args.no_progress, log=log, command=command)
         print(f"wrote the regime curve ({len(table['per_seed'])} runs, {table['source']['seconds']:.0f} s) to {args.regime_curve_out}")
         return 0
+    if args.table1 is not None:
+        return _judge_table1(args)
     if args.from_json is None:
         if args.store is None:
             raise ConfigError("diagnose: a STORE folder is required (or --from-json FILE, or --regime-curve-out FILE)")

@@ -9,6 +9,8 @@ from dualsae.diagnose.regime_report import format_report as format_placement
 from dualsae.diagnose.verdicts import CONTEXT_METRICS, OBJECTIVES, compare
 
 SYNTHETIC_HEADING = "synthetic reference, not your data (the Fig. 5 regime curve, measured on App. E.2 stores of known distance)"
+SYNTHETIC_NOTE = ("context only: the recommendation above is measured on this store; where the synthetic curve suggests "
+                  "otherwise, the measurement counts")
 
 
 def _cell(stats: dict | None, key: str) -> str:
@@ -81,7 +83,7 @@ def format_report(rep: dict) -> str:
     if "pilot" not in rep:  # a report of the format before the pilot: the placement alone
         return SYNTHETIC_HEADING + "\n" + format_placement(rep["synthetic_reference"])
     lines = _header(rep) + format_pilot(rep)
-    lines += ["", SYNTHETIC_HEADING] + ["  " + line for line in format_placement(rep["synthetic_reference"]).splitlines()]
+    lines += ["", SYNTHETIC_HEADING, "  " + SYNTHETIC_NOTE] + ["  " + line for line in format_placement(rep["synthetic_reference"]).splitlines()]
     if rep.get("seconds") is not None:
         lines += ["", f"time: {rep['seconds']:.0f} s wall clock, {rep['cpu_seconds']:.0f} s CPU (this call; a resumed run counts what it ran)"]
     return "\n".join(lines)
@@ -110,10 +112,10 @@ def format_markdown(rep: dict) -> str:
     if rec.get("disagreement"):
         out += ["", rec["disagreement"][0].upper() + rec["disagreement"][1:] + "."]
     out += ["", f"**Recommendation: {rec['overall']}.**"]
-    out += ["", "## " + SYNTHETIC_HEADING, "", "```", format_placement(rep["synthetic_reference"]), "```"]
+    out += ["", "## " + SYNTHETIC_HEADING, "", SYNTHETIC_NOTE[0].upper() + SYNTHETIC_NOTE[1:] + ".", "", "```", format_placement(rep["synthetic_reference"]), "```"]
     if rep.get("seconds") is not None:
         out += ["", f"Time: {rep['seconds']:.0f} s wall clock, {rep['cpu_seconds']:.0f} s CPU."]
     return "\n".join(out) + "\n"
 
 
-__all__ = ["SYNTHETIC_HEADING", "format_markdown", "format_pilot", "format_report"]
+__all__ = ["SYNTHETIC_HEADING", "SYNTHETIC_NOTE", "format_markdown", "format_pilot", "format_report"]

@@ -93,7 +93,7 @@ def plot_placement(rep: dict, path: str | Path) -> None:
         for lo, hi, color, name in ((0.0, CROSSING_FEATURE_RECOVERY, "#d9ead3", "shared ahead"),
                                     (CROSSING_FEATURE_RECOVERY, CROSSING_RECONSTRUCTION, "#fff2cc", "crossover"),
                                     (CROSSING_RECONSTRUCTION, 1.0, "#fde0d0", "specific ahead")):
-            ax.axvspan(lo, hi, color=color, lw=0, label=name)
+            ax.axvspan(lo, hi, color=color, lw=0, label=f"synthetic Fig. 5: {name}")
         ax.plot(d, cal[key], "o-", color="#444444", label="regime curve (synthetic, known distance)")
         ax.axhline(value, color="#1f6fb4", ls="--", lw=1.2, label=f"this store: {value:.3f}")
         if placed is not None:

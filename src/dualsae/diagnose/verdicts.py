@@ -141,7 +141,7 @@ def _why(desc: dict, winners: dict[str, str]) -> str:
         if method == "specific" and "heterogeneity" in desc:
             parts.append(f"the specific pair keeps directions that differ between the modalities (heterogeneity "
                          f"{desc['heterogeneity']['mean']:.2f}), which helps {helps}")
-        elif method != "specific" and "collapse_rate" in desc:
+        elif method == "shared" and "collapse_rate" in desc:
             parts.append(f"collapse {desc['collapse_rate']['mean']:.0%}: a shared SAE puts an image and its caption on one "
                          f"latent index, which helps {helps}")
         else:
@@ -179,4 +179,24 @@ def recommend(units: list[dict], objectives: tuple[str, ...] = tuple(OBJECTIVES)
     return out
 
 
-__all__ = ["CONTEXT_METRICS", "OBJECTIVES", "compare", "describe", "descriptors", "objective_verdict", "recommend", "summarise"]
+#: Table 1 row -> pilot method (the raw specific row is not a cross-modal model; its aligned copy is).
+TABLE1_METHODS = {"shared": "shared", "specific+posthoc": "specific", "group-sparse": "group-sparse", "iso-energy": "iso-energy"}
+
+
+def units_from_table1(docs: list[dict]) -> list[dict]:
+    """Table 1 unit files (``reproduce table1``'s ``units/*.json``: flat metric columns, ``diagnostics``)
+    as pilot units, so the full trainings are judged by the same rule as the pilot."""
+    keys = {key for metrics in OBJECTIVES.values() for key, _, _ in metrics} | {key for key, _, _ in CONTEXT_METRICS}
+    units = []
+    for doc in docs:
+        method = TABLE1_METHODS.get(doc.get("method"))
+        if method is None:
+            continue
+        diag = doc.get("diagnostics") or {}
+        units.append({"method": method, "seed": doc.get("seed"), "metrics": {k: doc.get(k) for k in keys},
+                      "collapse_rate": diag.get("collapse_rate"),
+                      "heterogeneity": ((diag.get("heterogeneity") or {}).get("matched") or {}).get("median")})
+    return units
+
+
+__all__ = ["CONTEXT_METRICS", "TABLE1_METHODS", "units_from_table1", "OBJECTIVES", "compare", "describe", "descriptors", "objective_verdict", "recommend", "summarise"]
