@@ -9,8 +9,9 @@ from dualsae.diagnose.regime_report import format_report as format_placement
 from dualsae.diagnose.verdicts import CONTEXT_METRICS, OBJECTIVES, compare
 
 SYNTHETIC_HEADING = "synthetic reference, not your data (the Fig. 5 regime curve, measured on App. E.2 stores of known distance)"
-SYNTHETIC_NOTE = ("context only: the recommendation above is measured on this store; where the synthetic curve suggests "
-                  "otherwise, the measurement counts")
+SYNTHETIC_NOTE = ("context only: the quick SAEs below are trained on this store only to place it on the curve; the regime "
+                  "curve and the Fig. 5 errors come from synthetic stores; the recommendation above is measured on this store "
+                  "and counts where the synthetic curve suggests otherwise")
 
 
 def _cell(stats: dict | None, key: str) -> str:
@@ -60,7 +61,7 @@ def format_pilot(rep: dict) -> list[str]:
     methods = _methods(rep)
     rows = _rows(rep, methods)
     w = max(len(label) for label, _ in rows) + 2
-    cw = max(22, *(len(c) + 2 for _, cells in rows for c in cells))
+    cw = max(22, *(len(METHOD_NAMES.get(m, m)) + 3 for m in methods), *(len(c) + 2 for _, cells in rows for c in cells))
     lines = ["", f"  {'held-out rows, mean ± std over seeds':<{w}}" + "".join(f"{METHOD_NAMES.get(m, m):>{cw}}" for m in methods)]
     lines += [f"  {label:<{w}}" + "".join(f"{c:>{cw}}" for c in cells) for label, cells in rows]
     rec = rep["recommendation"]

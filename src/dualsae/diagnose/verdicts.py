@@ -171,11 +171,11 @@ def recommend(units: list[dict], objectives: tuple[str, ...] = tuple(OBJECTIVES)
     chosen = sorted(dict.fromkeys(winners.values()), key=lambda m: -sum(w == m for w in winners.values()))
     undecided = [o for o, v in verdicts.items() if v["winner"] is None and v["measured"]]
     if not winners:
-        out["overall"] = "no method is clearly ahead on any objective asked for at this pilot budget; either is a sound choice"
+        out["overall"] = "no method is clearly ahead on any objective asked for, at this pilot budget and spread"
     else:
         out["overall"] = "; ".join(f"{METHOD_NAMES.get(m, m)} for {' and '.join(o for o, w in winners.items() if w == m)}" for m in chosen)
         if undecided:
-            out["overall"] += f"; {' and '.join(undecided)}: no clear winner, either method"
+            out["overall"] += f"; {' and '.join(undecided)}: no clear winner"
     return out
 
 
