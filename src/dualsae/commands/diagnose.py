@@ -1,17 +1,20 @@
-"""``dualsae diagnose``: which Fig. 5 regime a store is in (modality gap, quick collapse rate, quick
-heterogeneity, placed on the distance axis) and the method the paper's results recommend."""
+"""``dualsae diagnose``: a pilot head-to-head of the methods on the store's own rows (held-out split,
+several seeds) and a recommendation per objective from it, with the store's place on the synthetic
+Fig. 5 regime curve beside it as context."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, select_split
+from dualsae.commands.common import add_split_args, resolve_split
 from dualsae.commands.flags import add_flags, dataclass_flags, given
 from dualsae.core.errors import ConfigError
+from dualsae.diagnose.head_to_head import PilotConfig
+from dualsae.diagnose.pilot_report import format_markdown, format_report
 from dualsae.diagnose.pilots import QuickConfig
-from dualsae.diagnose.placement import diagnose, place_report
 from dualsae.diagnose.regime_curve import (
     REGIME_CURVE_DISTANCES,
     REGIME_CURVE_FILE,
@@ -19,36 +22,61 @@ from dualsae.diagnose.regime_curve import (
     RegimeCurve,
     measure_regime_curve,
 )
-from dualsae.diagnose.regime_report import format_report, plot_placement
+from dualsae.diagnose.regime_report import plot_placement
+from dualsae.diagnose.store_diagnosis import OBJECTIVE_CHOICES, diagnose_store, objectives_of, redo_report
+from dualsae.diagnose.verdicts import recommend, units_from_table1
 from dualsae.files.atomic import write_json, write_text
 from dualsae.files.jsonfiles import read_json_object
+from dualsae.files.outdir import written_output
+from dualsae.files.unit_job import UnitJob
 from dualsae.store.paired import open_store
 
-#: The quick diagnostic's flags, generated from :class:`QuickConfig`.
+#: The quick diagnostic's flags (the synthetic placement), generated from :class:`QuickConfig`.
 QUICK_FLAGS = dataclass_flags(QuickConfig)
+#: The pilot head-to-head's flags, generated from :class:`PilotConfig`.
+PILOT_FLAGS = dataclass_flags(PilotConfig)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "diagnose", help="which regime of Fig. 5 a store is in, and which method to train",
-        description="Before a long training: measure the store's modality gap, train a quick shared SAE "
-        "(App. F.2 collapse rate) and a quick pair of modality-specific SAEs aligned post hoc (Fig. 2 "
-        "heterogeneity), place the store on Fig. 5's cosine-distance axis through a regime curve measured "
-        "with the same quick diagnostic on synthetic stores of known distance, and recommend a method. "
+        "diagnose", help="which method to train on a store: a pilot head-to-head on its own rows, per objective",
+        description="Before a long training: train a shared SAE and a pair of modality-specific SAEs (aligned post hoc; "
+        "--baselines adds group-sparse / Iso-Energy) with a small budget on the store's training rows over several seeds, "
+        "measure them on its held-out rows (reconstruction, retrieval R@1/5/10, zero-shot and steering where labels exist, "
+        "MS with --external, collapse, heterogeneity) and recommend a method per objective, or 'no clear winner' when "
+        "the difference is within the spread over seeds. Beside it, as synthetic context, the store is placed on Fig. 5's "
+        "cosine-distance axis through a regime curve measured on synthetic stores of known distance. "
         "With --regime-curve-out FILE (alias --calibrate), measure that curve again instead.",
     )
     p.add_argument("store", nargs="?", default=None, help="store folder with image.npy and text.npy (paired rows)")
+    p.add_argument("--objective", default="all", choices=OBJECTIVE_CHOICES,
+                   help="what the model is for: reconstruction | retrieval | interpretability (steering mAP, MS) | all (default: all)")
+    pilot = p.add_argument_group("pilot head-to-head (measured on the store)")
+    add_flags(pilot, PILOT_FLAGS)
+    pilot.add_argument("--external", type=Path, default=None,
+                       help="store of an external encoder's embeddings of the same rows: adds monosemanticity (MS) to interpretability")
+    pilot.add_argument("--workers", type=int, default=1, help="pilot trainings run at once, in processes (default 1)")
+    pilot.add_argument("--threads", type=int, default=1,
+                       help="torch threads of each training (default 1: on a busy machine one thread is several times faster in "
+                            "wall-clock time than two competing for the cores; 0 = torch's default)")
     add_split_args(p, "all", model_default=False)
-    add_flags(p, QUICK_FLAGS)
+    add_flags(p.add_argument_group("synthetic placement (context): the quick SAEs placed on the regime curve"), QUICK_FLAGS)
     p.add_argument("--regime-curve", "--calibration", dest="regime_curve", type=Path, default=None,
                    help=f"regime curve file (default: the packaged {REGIME_CURVE_FILE.name}); files of the former "
                         "'calibration' format are read too")
-    p.add_argument("--out", type=Path, default=None, help="also write diagnose.json, report.txt and diagnose.png (the placement on the Fig. 5 axis) into this folder")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write diagnose.json, diagnose.md, report.txt and diagnose.png (the synthetic placement) into this folder, "
+                        "written as a unit; it also holds the pilot's finished trainings, so a rerun after a kill resumes "
+                        "(default: a temporary folder, nothing kept)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it holds another job's files")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
-                   help="instead of diagnosing a store: place a saved diagnose.json again with the current (or "
-                        "--regime-curve) curve, without training")
+                   help="instead of diagnosing a store: remake a saved diagnose.json's verdicts (--objective, --spread) "
+                        "and its synthetic placement (--regime-curve), without training")
+    p.add_argument("--table1", type=Path, default=None, metavar="FOLDER",
+                   help="instead of diagnosing a store: judge a 'reproduce table1' folder's full trainings (its units/) by the "
+                        "pilot's rule (--objective, --spread; shared vs specific + post hoc, and --baselines), to compare with a pilot")
     p.add_argument("--regime-curve-out", "--calibrate", dest="regime_curve_out", type=Path, default=None, metavar="FILE",
                    help="instead of diagnosing a store: run the quick diagnostic on synthetic stores at distances "
                         "0, 0.1, 0.2, 0.3, 0.5, 0.7, 1 and write the regime curve to FILE")
@@ -66,6 +94,72 @@ def _quick(args: argparse.Namespace) -> QuickConfig:
     return QuickConfig(**given(args, QUICK_FLAGS))
 
 
+def _write(out: Path, report: dict, text: str) -> None:
+    write_json(out / "diagnose.json", report)
+    write_text(out / "diagnose.md", format_markdown(report))
+    write_text(out / "report.txt", text + "\n")
+    plot_placement(report["synthetic_reference"], out / "diagnose.png")
+
+
+def _diagnose(args: argparse.Namespace, quick: QuickConfig, log) -> int:
+    pilot = PilotConfig(**given(args, PILOT_FLAGS))
+    pilot.validate()
+    objectives_of(args.objective)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, found {args.workers}")
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0, found {args.threads}")
+    split, fraction, seed = resolve_split(args)
+    store = open_store(args.store).split(split, test_fraction=fraction, seed=seed)
+    store.require_pairs("the diagnostic")
+    quick.resolve(store.n)  # size errors before anything is loaded or trained
+    external = open_store(args.external, same_width=False) if args.external is not None else None
+    curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()
+
+    def measure(work: Path) -> dict:
+        return diagnose_store(store, work, pilot, quick, curve, objective=args.objective, test_fraction=fraction,
+                              split_seed=seed, external=external, device=args.device, workers=args.workers,
+                              threads=args.threads or None, log=log)
+
+    if args.out is None:
+        with tempfile.TemporaryDirectory(prefix="dualsae-diagnose-") as tmp:
+            report = measure(Path(tmp))
+        print(format_report(report))
+        return 0
+    job = {"store": str(Path(args.store).resolve()), "split": split, "test_fraction": fraction, "split_seed": seed,
+           "pilot": given(args, PILOT_FLAGS), "quick": given(args, QUICK_FLAGS),
+           "external": str(args.external.resolve()) if args.external else None, "device": args.device}
+    with written_output(args.out, "diagnose", job, "this diagnosis", overwrite=args.overwrite) as out:
+        report = measure(out)
+        text = format_report(report)
+        _write(out, report, text)
+    print(text)
+    print(f"-> {args.out / 'diagnose.md'}, {args.out / 'diagnose.json'}, {args.out / 'diagnose.png'}")
+    return 0
+
+
+def _judge_table1(args: argparse.Namespace) -> int:
+    if args.store is not None:
+        raise ConfigError("diagnose: give either STORE or --table1 FOLDER, not both")
+    docs = list(UnitJob(args.table1).finished(ConfigError).values())
+    pilot = PilotConfig(**given(args, PILOT_FLAGS))
+    wanted = set(pilot.methods())
+    units = [u for u in units_from_table1(docs) if u["method"] in wanted]
+    if not {u["method"] for u in units} >= {"shared", "specific"}:
+        raise ConfigError(f"{args.table1 / 'units'}: needs finished shared and specific+posthoc units of 'dualsae reproduce table1', "
+                          f"found {sorted({str(d.get('method')) for d in docs}) or 'none'}")
+    rec = recommend(units, objectives_of(args.objective), pilot.spread)
+    print(f"{args.table1}: {len(units)} full trainings judged by diagnose's rule (mean ± std over seeds, spread {pilot.spread:g})")
+    for name, v in rec["objectives"].items():
+        print(f"  {name}: {v['verdict']}")
+        for c in v["metrics"]:
+            print(f"      {c['text']}")
+    if rec.get("disagreement"):
+        print(f"  {rec['disagreement']}")
+    print(f"recommendation: {rec['overall']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     quick = _quick(args)
@@ -80,26 +174,27 @@ def run(args: argparse.Namespace) -> int:
                                      device=args.device, progress=not args.no_progress, log=log, command=command)
         print(f"wrote the regime curve ({len(table['per_seed'])} runs, {table['source']['seconds']:.0f} s) to {args.regime_curve_out}")
         return 0
-    if args.from_json is not None:
-        if args.store is not None:
-            raise ConfigError("diagnose: give either STORE or --from-json FILE, not both")
-        saved = read_json_object(args.from_json)
-        curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()
-        report = place_report(saved, curve)
-    else:
+    if args.table1 is not None:
+        return _judge_table1(args)
+    if args.from_json is None:
         if args.store is None:
             raise ConfigError("diagnose: a STORE folder is required (or --from-json FILE, or --regime-curve-out FILE)")
-        store = select_split(open_store(args.store), args)
-        store.require_pairs("the diagnostic")
-        quick.resolve(store.n)  # size errors before anything is loaded or trained
-        curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()
-        report = diagnose(store, quick, curve, device=args.device, progress=not args.no_progress, log=log)
+        return _diagnose(args, quick, log)
+    if args.store is not None:
+        raise ConfigError("diagnose: give either STORE or --from-json FILE, not both")
+    saved = read_json_object(args.from_json)
+    curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()
+    spread = getattr(args, "spread", None)
+    report = redo_report(saved, curve, args.objective, spread)
     text = format_report(report)
     print(text)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json(args.out / "diagnose.json", report)
-        write_text(args.out / "report.txt", text + "\n")
-        plot_placement(report, args.out / "diagnose.png")
-        print(f"-> {args.out / 'diagnose.json'}, {args.out / 'report.txt'}, {args.out / 'diagnose.png'}")
+        with written_output(args.out, "diagnose", {"from_json": str(args.from_json.resolve())}, "this diagnosis",
+                            overwrite=args.overwrite) as out:
+            if "pilot" in report:
+                _write(out, report, text)
+            else:
+                write_text(out / "report.txt", text + "\n")
+                plot_placement(report["synthetic_reference"], out / "diagnose.png")
+        print(f"-> {args.out}")
     return 0

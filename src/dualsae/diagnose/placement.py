@@ -127,19 +127,17 @@ def place(collapse_rate: float | None, heterogeneity_value: float | None, curve:
     return out
 
 
-def diagnose(
+def measure_quick(
     store: PairedEmbeddings,
     quick: QuickConfig = QuickConfig(),
-    curve: RegimeCurve | None = None,
     *,
     device: str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Measure the modality gap, the quick collapse rate and heterogeneity, and place the store on the
-    Fig. 5 axis. ``store`` must hold paired rows; returns the ``diagnose.json`` dict."""
+    """Measure the modality gap and the quick collapse rate and heterogeneity (no placement yet):
+    the part of :func:`diagnose` that trains. ``store`` must hold paired rows."""
     store.require_pairs("the diagnostic")
-    curve = curve or RegimeCurve.load()
     q = quick.resolve(store.n)
     sub = subsample(store, q.rows, q.seed)
     say = log or (lambda s: None)
@@ -150,7 +148,7 @@ def diagnose(
     collapse = quick_collapse(sub, q, device, progress)
     say(f"quick specific SAEs (m={q.latents // 2} each) + post-hoc alignment")
     het = quick_heterogeneity(sub, q, device, progress)
-    report = {
+    return {
         "format": DIAGNOSE_FORMAT,
         "store": str(store.root) if store.root is not None else None,
         "pairs": store.n, "d": store.d,
@@ -160,7 +158,21 @@ def diagnose(
         "heterogeneity": het,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    return place_report(report, curve)
+
+
+def diagnose(
+    store: PairedEmbeddings,
+    quick: QuickConfig = QuickConfig(),
+    curve: RegimeCurve | None = None,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Measure the modality gap, the quick collapse rate and heterogeneity, and place the store on the
+    Fig. 5 axis. ``store`` must hold paired rows; returns the synthetic-reference dict."""
+    report = measure_quick(store, quick, device=device, progress=progress, log=log)
+    return place_report(report, curve or RegimeCurve.load())
 
 
 def place_report(report: dict, curve: RegimeCurve) -> dict:
@@ -194,4 +206,4 @@ def place_report(report: dict, curve: RegimeCurve) -> dict:
 
 
 __all__ = ["CROSSING_FEATURE_RECOVERY", "CROSSING_RECONSTRUCTION", "FIG5_REFERENCE", "FIG5_REFERENCE_FILE", "REGIMES",
-           "DIAGNOSE_FORMAT", "regime_of", "place", "diagnose", "place_report"]
+           "DIAGNOSE_FORMAT", "regime_of", "place", "diagnose", "measure_quick", "place_report"]

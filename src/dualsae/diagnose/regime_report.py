@@ -31,8 +31,7 @@ def format_report(rep: dict) -> str:
     """The terminal report: every number the placement rests on."""
     q, gap, col, het, pl, cal = (rep[k] for k in ("quick", "modality_gap", "collapse", "heterogeneity", "placement", "regime_curve"))
     lines = [
-        f"dualsae diagnose: {rep['store']}  ({rep['pairs']:,} pairs, d = {rep['d']})",
-        f"quick SAEs: {q['rows']:,} pairs (seed {q['seed']}), shared m = {q['latents']}, specific m = {q['latents'] // 2} each, "
+        f"quick SAEs of this store (for the placement only): {q['rows']:,} pairs (seed {q['seed']}), shared m = {q['latents']}, specific m = {q['latents'] // 2} each, "
         f"k = {q['k']}, {q['epochs']} epochs of batch {q['batch_size']}",
         "",
         "modality gap (L2-normalised rows; reported, not used for the placement)",
@@ -50,7 +49,7 @@ def format_report(rep: dict) -> str:
         "  all live pairs by c bin (median distance): " + ", ".join(
             f"{b['bin']} {b['median']:.3f} (n={b['count']:,})" for b in het["bins"] if b["count"]),
         "",
-        "regime curve (the same quick diagnostic on synthetic stores of known distance 1 - alpha)",
+        "regime curve (synthetic: the same quick diagnostic on App. E.2 stores of known distance 1 - alpha)",
         "  distance     " + " ".join(f"{d:>6.2f}" for d in cal["distances"]),
         "  collapse     " + " ".join(f"{v:>6.3f}" for v in cal["collapse_rate"]),
         "  heterog.     " + " ".join(f"{v:>6.3f}" for v in cal["median_top_distance"]),
@@ -66,10 +65,10 @@ def format_report(rep: dict) -> str:
     ref = pl["fig5_at_nearest_distance"]
     lines += [
         f"  regime: {pl['regime'].upper()} (estimated distance {pl['estimate']:.3f}, from the {pl['based_on']})",
-        f"  Fig. 5 at distance {ref['distance']:g}: reconstruction shared {ref['shared']['reconstruction']:.4f} vs specific "
-        f"{ref['specific']['reconstruction']:.4f}; feature recovery shared {ref['shared']['feature_recovery']:.4f} vs "
-        f"specific {ref['specific']['feature_recovery']:.4f}",
-        f"recommendation: {pl['recommendation']}",
+        f"  synthetic Fig. 5 stores (App. E.2, d = 256; not this store) at distance {ref['distance']:g}: reconstruction "
+        f"error shared {ref['shared']['reconstruction']:.4f} vs specific {ref['specific']['reconstruction']:.4f}; feature "
+        f"recovery error shared {ref['shared']['feature_recovery']:.4f} vs specific {ref['specific']['feature_recovery']:.4f}",
+        f"what the synthetic curve alone suggests (not measured on this store): {pl['recommendation']}",
     ]
     lines += [f"note: {n}" for n in rep["notes"]]
     return "\n".join(lines)
@@ -94,7 +93,7 @@ def plot_placement(rep: dict, path: str | Path) -> None:
         for lo, hi, color, name in ((0.0, CROSSING_FEATURE_RECOVERY, "#d9ead3", "shared ahead"),
                                     (CROSSING_FEATURE_RECOVERY, CROSSING_RECONSTRUCTION, "#fff2cc", "crossover"),
                                     (CROSSING_RECONSTRUCTION, 1.0, "#fde0d0", "specific ahead")):
-            ax.axvspan(lo, hi, color=color, lw=0, label=name)
+            ax.axvspan(lo, hi, color=color, lw=0, label=f"synthetic Fig. 5: {name}")
         ax.plot(d, cal[key], "o-", color="#444444", label="regime curve (synthetic, known distance)")
         ax.axhline(value, color="#1f6fb4", ls="--", lw=1.2, label=f"this store: {value:.3f}")
         if placed is not None:
@@ -106,7 +105,8 @@ def plot_placement(rep: dict, path: str | Path) -> None:
     axes[0].set_ylabel("collapse rate")
     axes[1].set_ylabel("median cosine distance, top matches")
     axes[0].legend(fontsize=7, frameon=False, loc="upper right")
-    fig.suptitle(f"{rep['store']}: {pl['regime']} (estimated distance {pl['estimate']:.2f})", fontsize=10)
+    fig.suptitle(f"{rep['store']} placed on the synthetic regime curve (context, not a measurement of the store's methods): "
+                 f"{pl['regime']} (estimated distance {pl['estimate']:.2f})", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, format="png")
