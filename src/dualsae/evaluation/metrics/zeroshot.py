@@ -244,7 +244,7 @@ def _task(ctx: TaskContext) -> dict:
 
 
 def _row(r: dict) -> dict:
-    out = {"zs_top1": r["top1"]}
+    out = {"zs_top1": r["top1"], "zs_mean_per_class": r.get("mean_per_class")}
     if "image_reconstruction" in r:
         out["zs_recon_mse"] = r["image_reconstruction"]["mse"]
     return out
@@ -275,7 +275,8 @@ def _table(r: dict) -> list[TableRow]:
 
 #: ``zeroshot``: latent zero-shot top-1 on a zero-shot store (and its image reconstruction MSE,
 #: Table 1's ImageNet column) or on caption prototypes of a meta label field.
-TASK = Task("zeroshot", _task, (("zs_recon_mse", "Zero-shot set recon. MSE ↓", False), ("zs_top1", "Zero-shot top-1 ↑", True)),
+TASK = Task("zeroshot", _task, (("zs_recon_mse", "Zero-shot set recon. MSE ↓", False), ("zs_top1", "Zero-shot top-1 ↑", True),
+                                ("zs_mean_per_class", "Zero-shot mean/class ↑", True)),
             _row, _lines, _table)
 
 
