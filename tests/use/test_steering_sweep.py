@@ -13,7 +13,7 @@ from dualsae.cli import main
 from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
 from dualsae.store.paired import PairedEmbeddings, write_store
 from dualsae.use.steering import latent_fires
-from dualsae.use.steering_sweep import CALIBRATION_ALPHAS, SweepRow, auto_alpha, modality_warning, strength_sweep
+from dualsae.use.steering_sweep import CALIBRATION_ALPHAS, SweepRow, auto_alpha, modality_warning, strength_sweep, sweep_panel
 from dualsae.use.translation import latents_for
 from tests.helpers import tied_sae
 
@@ -94,6 +94,7 @@ def test_modality_warning_names_one_sided_latents(tmp_path):
     assert "its image decoder column belongs to no live matched image latent" in modality_warning(pair, 5, "image")
     assert "fires on no text row" in modality_warning(pair, 0, "image", fired_other=0)
     assert modality_warning(pair, 0, "image", fired_other=3) is None
+    assert "fires on no image row of the data (dead here)" in modality_warning(pair, 0, "image", fired_other=0, fired_self=0)
 
 
 def test_cli_steer_auto_alpha_sweep_and_warning(tmp_path, capsys):
@@ -114,3 +115,13 @@ def test_cli_steer_auto_alpha_sweep_and_warning(tmp_path, capsys):
     doc2 = json.loads((tmp_path / "s2" / "steer.json").read_text())
     assert doc2["alpha"] == 0.5 and doc2["sweep"] is None
     capsys.readouterr()
+
+
+def test_report_panel_is_the_sweep_with_its_warning(tmp_path):
+    pair, store, _ = _planted(tmp_path, unmatched={"image_only": [2], "text_only": [], "text_only_shared": []})
+    codes = latents_for(pair, store, "image")
+    panel = sweep_panel(pair, store, 2, codes, fired_other=5, n=6)
+    sweep = strength_sweep(pair, store, 2, "image", codes=codes, n=6)
+    assert panel["rows"] == [r._asdict() for r in sweep.rows] and panel["auto_alpha"] == sweep.auto
+    assert "matched in one modality only" in panel["warning"] and "auto alpha" in panel["note"]
+    json.dumps(panel)  # the page's data file is JSON

@@ -172,7 +172,7 @@ def run_steer(args: argparse.Namespace) -> int:
     fires = latent_fires(codes, args.latent)  # [gallery.n], by position
     other = "text" if mod == "image" else "image"
     fired_other = int(latent_fires(latents_for(pair, gallery, other), args.latent).sum()) if gallery.has(other) and pair.sae_for(other) is not None else None
-    warning = modality_warning(pair, args.latent, mod, fired_other)
+    warning = modality_warning(pair, args.latent, mod, fired_other, int(fires.sum()))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     sweep = None
@@ -204,8 +204,12 @@ def run_steer(args: argparse.Namespace) -> int:
     print(f"{args.model}: latent {args.latent} ({mod}) fires on {n_concept:,} of {gallery.n:,} rows of {data} [{args.split}]")
     print("  concept (top rows): " + "; ".join(repr(_short(r["caption"] or "", 40)) for r in top))
     if args.alpha is None:
-        how = (f"auto: half the neighbours of {len(sweep.sources)} steered rows hold the concept" if sweep is not None and sweep.auto is not None
-               else f"auto found no alpha up to {CALIBRATION_ALPHAS[-1]:g} reaching half the neighbours; fallback {FALLBACK_ALPHA:g}")
+        if sweep is None:
+            how = f"auto: the latent fires on {'no' if not fires.any() else 'every'} row, nothing to calibrate on; fallback {FALLBACK_ALPHA:g}"
+        elif sweep.auto is None:
+            how = f"auto found no alpha up to {CALIBRATION_ALPHAS[-1]:g} reaching half the neighbours; fallback {FALLBACK_ALPHA:g}"
+        else:
+            how = f"auto: half the neighbours of {len(sweep.sources)} steered rows hold the concept"
         print(f"  alpha {alpha:.3g} ({how})")
     if sweep is not None and args.sweep:
         print("  alpha sweep (concept share of the neighbours, mean cosine of steered to source, share of steered rows on which the SAE fires J):")

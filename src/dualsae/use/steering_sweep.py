@@ -15,7 +15,7 @@ on the grid (the share grows with alpha; about 5 neighbour searches). Why this t
 person sees ("most of the nearest images now hold the concept"), it needs no labels, and it adapts to
 the latent: measured on emoji (a 512 + 512 aligned pair, 10 epochs; 20 matched latents, 32 test
 sources each, 10 neighbours; README "Steering strength") alpha = 1 gives shares of 0.01-0.44
-(median 0.2); the auto alpha is 1.19-3.36 (median 2.0), where the share is 0.53-0.68 and the steered
+(median 0.2); the auto alpha is 1.19-3.36 (median 2.0), where the share is 0.52-0.68 and the steered
 embedding keeps a cosine of 0.26-0.62 to its source; a rare latent (3 rows) never gets there (0.16 at
 alpha = 8: no alpha is returned and the CLI says so). A first candidate, the smallest alpha at which the SAE fires j on the steered
 embedding at its median activation, was rejected: it is reached at alpha = 0.12-0.21, where the share
@@ -181,13 +181,16 @@ def sweep_lines(sweep: Sweep, indent: str = "  ") -> list[str]:
     return lines + [f"{indent}{note}"]
 
 
-def modality_warning(pair, latent: int, modality: str, fired_other: int | None = None) -> str | None:
+def modality_warning(pair, latent: int, modality: str, fired_other: int | None = None, fired_self: int | None = None) -> str | None:
     """Why steering ``latent`` in ``modality`` may not carry a cross-modal concept, or None.
 
-    An aligned pair's ``alignment.json`` lists latents alive in one SAE only (``unmatched``); for any
-    pair, ``fired_other`` (rows of the other modality on which the latent fires, when measured) = 0
-    means no row of the other modality expresses it."""
+    ``fired_self`` = 0 (rows of ``modality`` on which the latent fires, when measured): dead on the
+    data, no concept to steer toward. An aligned pair's ``alignment.json`` lists latents alive in one
+    SAE only (``unmatched``); for any pair, ``fired_other`` (rows of the other modality on which the
+    latent fires, when measured) = 0 means no row of the other modality expresses it."""
     other = next(m for m in MODALITIES if m != modality)
+    if fired_self == 0:
+        return f"latent {latent} fires on no {modality} row of the data (dead here): there is no concept to steer toward"
     un = (getattr(pair, "alignment", None) or {}).get("unmatched") or {}
     side = "image" if latent in set(un.get("image_only", [])) else "text" if latent in set(un.get("text_only_shared", [])) else None
     if side is not None:
@@ -200,5 +203,21 @@ def modality_warning(pair, latent: int, modality: str, fired_other: int | None =
     return None
 
 
+def sweep_panel(pair, rows: PairedEmbeddings, latent: int, codes: SparseCodes, *, scale: float | None = None,
+                fired_other: int | None = None, alphas: Sequence[float] = SWEEP_ALPHAS, n: int = 6) -> dict:
+    """The report's latent-page panel: the image sweep of ``latent`` over the report's rows (codes: their
+    image codes [rows.n, w]) with its auto alpha, and :func:`modality_warning` (``fired_other``: text rows
+    on which it fires). JSON-ready; ``{"error": why}`` when no sweep can be made (the latent fires on
+    every row or on none)."""
+    warning = modality_warning(pair, latent, "image", fired_other)
+    try:
+        sweep = strength_sweep(pair, rows, latent, "image", alphas=alphas, codes=codes, scale=scale, n=n)
+    except DataError as e:
+        return {"error": str(e), "warning": warning}
+    doc = sweep.to_json()
+    doc.pop("sources")  # positions of no use on the page
+    return {**doc, "warning": warning, "note": sweep_lines(sweep, "")[-1]}
+
+
 __all__ = ["CALIBRATION_ALPHAS", "SWEEP_ALPHAS", "Sweep", "SweepRow", "TARGET_SHARE", "auto_alpha", "latent_activation",
-           "modality_warning", "pick_sources", "strength_sweep", "sweep_lines"]
+           "modality_warning", "pick_sources", "strength_sweep", "sweep_lines", "sweep_panel"]
