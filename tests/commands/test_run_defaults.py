@@ -66,7 +66,7 @@ def test_info_on_a_folder_without_a_recorded_store_says_why(run, tmp_path, capsy
     shutil.copytree(run / "run" / "shared", tmp_path / "sae")
     assert main(["info", str(tmp_path / "sae")]) == 0
     captured = capsys.readouterr()
-    assert "note: no reconstruction lines:" in captured.err and "pass --data STORE" in captured.err
+    assert "note: no reconstruction lines:" in captured.err and "records no store" in captured.err and "pass --data" in captured.err
     assert "MSE" not in captured.out
 
 
@@ -119,3 +119,15 @@ def test_rows_handed_to_a_user_are_absolute_row_ids(run):
     train_row = int(store.split("train").index[0])
     with pytest.raises(DataError, match=f"row {train_row} is not a row of the chosen split"):
         test.read_row_ids("image", [train_row])
+
+
+def test_info_reads_a_shared_runs_collapse_report(run, tmp_path, capsys):
+    assert main(["align", str(run / "run"), "--out", str(tmp_path / "col"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "col" / "collapse.json").read_text())
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "col"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["alignment"]["collapse_rate"] == report["collapse_rate"] and info["source_run"] == str(run / "run")
+    assert info["method"] == "shared" and info["data"]["path"] == str(run / "data")  # the collapse report's store
+    assert main(["info", str(run / "run")]) == 0
+    assert "'dualsae align" in capsys.readouterr().out  # the run alone says where its collapse rate comes from

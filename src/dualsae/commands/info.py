@@ -15,9 +15,10 @@ from dualsae.commands.common import (
     resolve_split,
     select_split,
 )
-from dualsae.core.errors import ConfigError, DataError
+from dualsae.core.errors import CheckpointError, ConfigError, DataError
 from dualsae.evaluation.generalization import generalization_lines, train_test_reconstruction
 from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
+from dualsae.files.jsonfiles import read_json_object
 from dualsae.models.load import flat_train_config, load_model
 from dualsae.models.provenance import store_warnings
 from dualsae.store.paired import open_store
@@ -41,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size)
-    pair = load_model(args.run)
     root = Path(args.run)
+    model = _model_folder(root)
+    pair = load_model(model)
     info: dict = {"path": str(root), "method": pair.method}
     info.update(model_summary(root))
     saes = {"shared": pair.image} if pair.shared else {m: getattr(pair, m) for m in ("image", "text") if getattr(pair, m) is not None}
@@ -58,14 +60,14 @@ def run(args: argparse.Namespace) -> int:
     data = _data_of(args)
     if data is not None:
         full = open_store(data)
-        store = select_split(full, args, args.run)
+        store = select_split(full, args, model)
         check_width(pair, store, args.run)
-        for line in store_warnings(args.run, store, "eval"):
+        for line in store_warnings(model, store, "eval"):
             print(line, file=sys.stderr)
         stats = reconstruction_metrics(pair, store, batch_size=args.batch_size)
         stats.pop("mean", None)
         info["data"] = {"path": data, "split": args.split, **stats}
-        split, fraction, seed = resolve_split(args, args.run)
+        split, fraction, seed = resolve_split(args, model)
         if split == "test":  # the held-out rows: show the training rows' reconstruction beside them
             try:
                 train_rows = full.split("train", test_fraction=fraction, seed=seed)
@@ -88,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if info.get("alignment"):
         for line in alignment_lines(info["alignment"]):
             print(line)
+    elif pair.shared:
+        print(f"  collapse rate (App. F.2): not measured here; 'dualsae align {root} --out FOLDER' writes collapse.json, "
+              "'dualsae info FOLDER' shows it with this run")
     for name, s in info["saes"].items():
         print(f"  {name} SAE: d={s['d']} m={s['m']} k={s['k']} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
     if info.get("generalization"):
@@ -101,6 +106,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_folder(root: Path) -> Path:
+    """The folder holding the weights: ``root`` itself, or for a shared run's collapse report (a folder
+    ``dualsae align`` wrote with ``collapse.json`` and no model) the run it names (``source_run``)."""
+    report = root / "collapse.json"
+    if report.is_file() and not (root / "config.json").is_file():
+        source = read_json_object(report, "dualsae align writes it for a shared run", CheckpointError).get("source_run")
+        if not isinstance(source, str) or not source:
+            raise CheckpointError(f"{report}: field 'source_run' must name the shared run this collapse report measured")
+        return Path(source)
+    return root
+
+
 def _data_of(args: argparse.Namespace) -> str | None:
     """--data, else the store the run records (README: every command defaults to it); None, with a
     note on stderr saying why, when the folder records none on disk (a bare SAE folder)."""
@@ -109,7 +126,8 @@ def _data_of(args: argparse.Namespace) -> str | None:
     try:
         return resolve_data(args, args.run)
     except ConfigError as e:
-        print(f"note: no reconstruction lines: {e}; pass --data STORE", file=sys.stderr)
+        why = str(e) if "--data" in str(e) else f"{e}; pass --data STORE"
+        print(f"note: no reconstruction lines: {why}", file=sys.stderr)
         return None
 
 
