@@ -110,6 +110,11 @@ def test_cli_steer_auto_alpha_sweep_and_warning(tmp_path, capsys):
     rows = doc["sweep"]["rows"]
     assert [r["alpha"] for r in rows] == sorted(r["alpha"] for r in rows)
     assert next(r for r in rows if r["alpha"] == doc["alpha"])["share"] >= 0.5
+    # A higher target share asks for a stronger step (the share grows with alpha).
+    assert main(["steer", str(folder), "--latent", "2", "--target-share", "0.9", "-n", "7", "--out", str(tmp_path / "s9")]) == 0
+    doc9 = json.loads((tmp_path / "s9" / "steer.json").read_text())
+    assert doc9["alpha"] >= doc["alpha"] and doc9["sweep"]["target_share"] == 0.9
+    assert main(["steer", str(folder), "--latent", "2", "--target-share", "0"]) == 2
     # An explicit alpha is used as given and runs no sweep.
     assert main(["steer", str(folder), "--latent", "2", "--alpha", "0.5", "--out", str(tmp_path / "s2")]) == 0
     doc2 = json.loads((tmp_path / "s2" / "steer.json").read_text())

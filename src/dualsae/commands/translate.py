@@ -16,7 +16,7 @@ from dualsae.files.atomic import write_json
 from dualsae.models.load import load_model
 from dualsae.store.paired import open_store
 from dualsae.use.steering import concept_share, latent_fires, steer
-from dualsae.use.steering_sweep import CALIBRATION_ALPHAS, SWEEP_ALPHAS, modality_warning, strength_sweep, sweep_lines
+from dualsae.use.steering_sweep import CALIBRATION_ALPHAS, SWEEP_ALPHAS, TARGET_SHARE, modality_warning, strength_sweep, sweep_lines
 from dualsae.use.translation import latents_for, nearest_rows, translate
 
 
@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--alpha", type=_alpha_arg, default=None,
                    help="steering strength relative to each embedding's norm, or 'auto': the smallest alpha at which half "
                         "the neighbours of steered rows hold the concept (default: auto)")
+    s.add_argument("--target-share", type=float, default=TARGET_SHARE,
+                   help=f"--alpha auto: the share of the steered rows' neighbours that must hold the concept (default: {TARGET_SHARE})")
     s.add_argument("--sweep", action="store_true", help="also print the concept share and cosine to the source over alphas "
                    f"{', '.join(f'{a:g}' for a in SWEEP_ALPHAS)} and the auto alpha")
     s.add_argument("--rows", type=int, nargs="+", default=None, help="source images (absolute rows; default: --sources random rows where J is inactive)")
@@ -158,6 +160,8 @@ def run_steer(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.sources < 1:
         raise ConfigError(f"-n and --sources must be >= 1, found {args.n} and {args.sources}")
+    if not 0 < args.target_share <= 1:
+        raise ConfigError(f"--target-share must be in (0, 1], found {args.target_share}")
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
     store = open_store(data)
@@ -178,7 +182,7 @@ def run_steer(args: argparse.Namespace) -> int:
     sweep = None
     if (args.alpha is None or args.sweep) and fires.any() and not fires.all():
         sweep = strength_sweep(pair, gallery, args.latent, mod, alphas=SWEEP_ALPHAS if args.sweep else (), seed=args.seed,
-                               n=args.n, codes=codes)
+                               n=args.n, codes=codes, target=args.target_share)
     alpha = args.alpha
     if alpha is None:
         alpha = sweep.auto if sweep is not None and sweep.auto is not None else FALLBACK_ALPHA
@@ -209,7 +213,7 @@ def run_steer(args: argparse.Namespace) -> int:
         elif sweep.auto is None:
             how = f"auto found no alpha up to {CALIBRATION_ALPHAS[-1]:g} reaching half the neighbours; fallback {FALLBACK_ALPHA:g}"
         else:
-            how = f"auto: half the neighbours of {len(sweep.sources)} steered rows hold the concept"
+            how = f"auto: {args.target_share:.0%} of the neighbours of {len(sweep.sources)} steered rows hold the concept"
         print(f"  alpha {alpha:.3g} ({how})")
     if sweep is not None and args.sweep:
         print("  alpha sweep (concept share of the neighbours, mean cosine of steered to source, share of steered rows on which the SAE fires J):")
