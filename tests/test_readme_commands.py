@@ -6,7 +6,8 @@
   ``../shared/data/emoji`` and with tiny model sizes (the only substitutions). ``extract`` (needs a
   VLM download), ``reproduce`` (minutes to hours) and ``diagnose`` (trains probes; its own tests run it)
   are only parsed.
-* The README's Python example runs with the same substitutions.
+* The README's Python example runs with the same substitutions, and its second example (opening the
+  folder the workflow's CLI commands wrote) runs after them in the same folder.
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ def _tiny_emoji(folder: Path) -> Path:
     cats = ["smileys", "animals", "food", "travel", "objects", "flags"]
     meta = [{"id": f"e{i}", "caption": f"{cats[z[i]]} {i % 7}", "category": cats[z[i]], "tags": [cats[z[i]]],
              "split": "test" if i % 5 == 0 else "train"} for i in range(n)]
-    return write_store(folder, x.astype(np.float32), y.astype(np.float32), meta)
+    store = write_store(folder, x.astype(np.float32), y.astype(np.float32), meta)
+    # external/: the same rows embedded by another encoder, for the monosemanticity score (--external)
+    rot = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    write_store(folder / "external", (x @ rot).astype(np.float32), (y @ rot).astype(np.float32), [{"id": m["id"]} for m in meta])
+    return store
 
 
 def _substitute(cmd: str, store: Path | None) -> str:
@@ -116,10 +121,19 @@ def test_readme_and_docs_bash_blocks_run(tmp_path, monkeypatch, capsys):
                 if argv[0] == "train" and Path(argv[argv.index("--out") + 1]).exists():
                     continue  # the same run documented twice (README and docs/emoji)
                 code = main(argv)
-                err = capsys.readouterr().err
+                captured = capsys.readouterr()
+                err = captured.err
                 assert code == 0, f"{path.name}: `{cmd}` exited {code}: {err.strip()[-300:]}"
                 ran += 1
+                if argv[0] == "steer":  # the default strength is chosen from the data; --sweep shows it
+                    # (a latent dead on the tiny stand-in store is said to be, instead of a sweep)
+                    assert "<- auto" in captured.out or "--sweep" not in argv or "dead here" in captured.err
     assert ran >= 9
+    # The README's Python block that opens what the CLI wrote (runs/emoji-aligned) runs on that folder.
+    (after_cli,) = [b for b in _blocks((ROOT / "README.md").read_text(), "python") if 'load("runs/emoji-aligned")' in b]
+    scope: dict = {}
+    exec(compile(after_cli.replace("../shared/data/emoji", str(store)), "README.md", "exec"), scope)
+    assert scope["x"].shape[0] == len(scope["top"]) and [r.alpha for r in scope["sweep"].rows] == sorted(r.alpha for r in scope["sweep"].rows)
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
@@ -132,3 +146,5 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert tuple(scope["as_images"].shape) == (2, 16)
     assert set(scope["top"]) == {"image", "text"} and scope["top"]["text"]
+    test = scope["test"]
+    assert scope["best"].numpy().tolist() == [test.image[scope["top"]["image"][0]["row"]].tolist()]  # absolute row id

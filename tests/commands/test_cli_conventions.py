@@ -72,7 +72,8 @@ def test_zero_shot_prints_the_majority_baseline(trained, capsys, tmp_path):
                  "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert doc["tasks"]["zeroshot"]["majority_baseline"] == pytest.approx(0.75)
-    assert "majority class 0.750" in capsys.readouterr().out
+    top1 = next(line for line in capsys.readouterr().out.splitlines() if "top-1" in line)  # the eval table's row
+    assert top1.split()[-3:] == ["0.7500", "majority", "class"]
 
 
 def test_analyze_top_collapses_captions_and_takes_several_latents(trained, tmp_path, capsys):

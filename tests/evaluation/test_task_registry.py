@@ -50,6 +50,7 @@ def test_table1_columns_are_the_registry_columns_in_their_old_order():
         ("i2t_R@1", "I→T R@1 ↑", True), ("i2t_R@5", "I→T R@5 ↑", True), ("i2t_R@10", "I→T R@10 ↑", True),
         ("t2i_R@1", "T→I R@1 ↑", True), ("t2i_R@5", "T→I R@5 ↑", True), ("t2i_R@10", "T→I R@10 ↑", True),
         ("zs_recon_mse", "Zero-shot set recon. MSE ↓", False), ("zs_top1", "Zero-shot top-1 ↑", True),
+        ("zs_mean_per_class", "Zero-shot mean/class ↑", True),
         ("steer_map", "Steering mAP ↑", True), ("steer_mrr", "Steering MRR ↑", True),
         ("mono_image", "Monosemanticity (image) ↑", True), ("mono_text", "Monosemanticity (text) ↑", True),
     )

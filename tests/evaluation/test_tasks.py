@@ -36,7 +36,8 @@ def test_eval_skips_tasks_without_inputs(tmp_path, capsys):
     assert "--external" in doc["skipped"]["monosemanticity"]
     assert doc["tasks"]["retrieval"]["positives"] == "caption"  # auto: captions repeat, no group field
     text = capsys.readouterr()
-    assert "image->text latent" in text.out and "skipped: needs --external" in text.out
+    assert "image→text R@1" in text.out and "monosemanticity: skipped (needs --external" in text.out
+    assert (out.parent / "metrics.md").read_text().count("| retrieval |") == 6  # R@1/5/10 both ways
     assert "skipping zeroshot" in text.err
 
 

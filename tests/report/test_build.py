@@ -182,8 +182,8 @@ def test_overview_shows_align_and_eval_numbers_as_written(site):
     assert card["matched pairs"] == f"{alignment['matched_count']:,}"
     metrics = json.loads((site / "aligned" / "eval" / "metrics.json").read_text())["tasks"]
     rows = {r["metric"]: r for r in s["eval"]["rows"]}
-    assert rows["MSE image (eq. 4)"]["model"] == pytest.approx(metrics["recon"]["image"]["mse"], abs=5e-5)
-    assert rows["text → image R@5"]["raw"] == pytest.approx(metrics["retrieval"]["embedding_reference"]["text_to_image"]["R@5"], abs=5e-5)
+    assert rows["MSE (image)"]["model"] == pytest.approx(metrics["recon"]["image"]["mse"], abs=5e-5)
+    assert rows["text→image R@5"]["raw"] == pytest.approx(metrics["retrieval"]["embedding_reference"]["text_to_image"]["R@5"], abs=5e-5)
     rs = s["reconstruction_splits"]["modalities"]["image"]
     assert rs["test"]["mse"] == pytest.approx(metrics["recon"]["image"]["mse"], rel=1e-4)  # eval and report: the same test rows
     assert rs["train"]["n_rows"] + rs["test"]["n_rows"] == N
@@ -338,7 +338,7 @@ def test_site_renders_in_chromium_and_injected_captions_stay_text(site, chromium
     dom = dump_dom(chromium, page_url(s, "overview"))
     assert _attr(dom, "data-view") == "overview"
     for part in ('id="overview-cards"', 'id="corr-hist"', 'src="img/heterogeneity.png"', 'id="curve"', "<polyline", 'id="eval-table"',
-                 'id="recon-splits"', "image → text R@1"):
+                 'id="recon-splits"', "image→text R@1"):
         assert part in dom, part
     assert "{&quot;" not in dom and "recon.image" not in dom  # no raw JSON anywhere
 

@@ -15,12 +15,13 @@ from dualsae.commands.common import (
 from dualsae.commands.flags import add_flag_groups, dataclass_flags, given
 from dualsae.core.distributed import resolve_device
 from dualsae.core.errors import ConfigError
+from dualsae.evaluation.eval_table import markdown_table, text_table
 from dualsae.evaluation.tasks import (
     EvalOptions,
     evaluate_model,
-    format_table,
     parse_tasks,
 )
+from dualsae.files.atomic import write_text
 from dualsae.files.outdir import written_output
 
 DESCRIPTION = """\
@@ -29,14 +30,17 @@ Evaluate a trained or aligned model on the rows of --data (default: the test spl
                    variance, mean L0, dead-latent fraction, per modality
   retrieval        cross-modal Recall@1/5/10 from the cosine of latent codes (and of the raw
                    embeddings, for reference); --positives picks which gallery items count as hits
-  zeroshot         latent zero-shot top-1: --zeroshot STORE (class prompt embeddings), or caption
+  zeroshot         latent zero-shot top-1 and mean-per-class accuracy: --zeroshot STORE (class prompt embeddings), or caption
                    prototypes of --label-field FIELD built from the training split
   steering         concept steering mAP/MRR over the values of --concept-field FIELD
   monosemanticity  monosemanticity score per latent against --external STORE (same rows, another
                    encoder); sorted curves (.npy) and a plot (.png) beside --out
 Without --tasks, a task whose inputs are missing is skipped with a message. A task named in --tasks
 that is skipped makes the command exit with status 1 (after writing metrics.json, which lists it
-under "skipped"). --out is a folder: metrics.json (written atomically), and monosemanticity curves
+under "skipped"). A --label-field / --concept-field that no row of the store holds is an error
+(exit 2, listing the store's fields). --out is a folder: metrics.json (written atomically),
+metrics.md (the table printed: rows = task metrics, columns = this model, the raw embeddings, a
+baseline: mean embedding, chance, majority class or random ranking), and monosemanticity curves
 and plot beside it."""
 
 
@@ -83,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
         doc = evaluate_model(args.model, data, out / "metrics.json", split=split, options=options, zeroshot=args.zeroshot,
                              external=args.external, test_fraction=test_fraction, split_seed=split_seed,
                              log=lambda s: print(s, file=sys.stderr))
+        write_text(out / "metrics.md", markdown_table(doc))
     print(f"{args.model} ({doc['method']}, m={doc['m']:,}) on {data} [{split}: {doc['n_rows']:,} rows]")
-    print(format_table(doc))
-    print(f"-> {out / 'metrics.json'}")
+    print(text_table(doc))
+    print(f"-> {out / 'metrics.json'}, {out / 'metrics.md'}")
     asked = args.tasks is not None and doc.get("skipped")
     if asked:
         print(f"dualsae: {len(doc['skipped'])} requested task(s) skipped: {', '.join(doc['skipped'])}", file=sys.stderr)

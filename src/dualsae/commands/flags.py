@@ -112,9 +112,18 @@ def add_flag_groups(parser: argparse.ArgumentParser, flags: list[Flag],
         add_flags(parser.add_argument_group(name) if name else parser, members, default_text)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's ``(default: X)`` suffix, left off a help text that already states its default
+    (``"... (default: one in the model folder)"`` must not read ``... (default: None)`` after it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "default" in text.lower() else super()._get_help_string(action)
+
+
 def given(args: argparse.Namespace, flags: list[Flag]) -> dict[str, Any]:
     """{field: value} of the flags the user gave (every generated flag defaults to None)."""
     return {f.dest: getattr(args, f.dest) for f in flags if getattr(args, f.dest, None) is not None}
 
 
-__all__ = ["Flag", "add_flag_groups", "add_flags", "dataclass_flags", "field_default", "given"]
+__all__ = ["DefaultsHelpFormatter", "Flag", "add_flag_groups", "add_flags", "dataclass_flags", "field_default", "given"]

@@ -11,9 +11,14 @@ from dualsae.commands.common import (
     add_split_args,
     check_batch_size,
     check_width,
+    resolve_data,
+    resolve_split,
     select_split,
 )
+from dualsae.core.errors import CheckpointError, ConfigError, DataError
+from dualsae.evaluation.generalization import generalization_lines, train_test_reconstruction
 from dualsae.evaluation.metrics.reconstruction import reconstruction_metrics
+from dualsae.files.jsonfiles import read_json_object
 from dualsae.models.load import flat_train_config, load_model
 from dualsae.models.provenance import store_warnings
 from dualsae.store.paired import open_store
@@ -23,11 +28,12 @@ from dualsae.training.guards import non_finite_tensors
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info", help="print a model's config, size, live/dead latents and reconstruction",
-        description="Print the configuration, parameter count, live/dead latents and (with --data) "
-        "reconstruction MSE and explained variance per modality of a run or aligned folder.",
+        description="Print the configuration, parameter count, live/dead latents and "
+        "reconstruction MSE and explained variance per modality of a run or aligned folder, on the test split "
+        "beside the training split (flagging over-fitting: test/train MSE above 1.25).",
     )
     p.add_argument("run", help="run folder (dualsae train) or aligned folder (dualsae align)")
-    p.add_argument("--data", default=None, help="store to measure reconstruction and live latents on")
+    p.add_argument("--data", default=None, help="store to measure reconstruction and live latents on (default: the store recorded in the model's folder)")
     add_split_args(p, "test")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -36,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size)
-    pair = load_model(args.run)
     root = Path(args.run)
+    model = _model_folder(root)
+    pair = load_model(model)
     info: dict = {"path": str(root), "method": pair.method}
     info.update(model_summary(root))
     saes = {"shared": pair.image} if pair.shared else {m: getattr(pair, m) for m in ("image", "text") if getattr(pair, m) is not None}
@@ -50,14 +57,24 @@ def run(args: argparse.Namespace) -> int:
         for name, s in saes.items()
     }
     info["parameters"] = sum(s.n_params() for s in saes.values())
-    if args.data:
-        store = select_split(open_store(args.data), args, args.run)
+    data = _data_of(args)
+    if data is not None:
+        full = open_store(data)
+        store = select_split(full, args, model)
         check_width(pair, store, args.run)
-        for line in store_warnings(args.run, store, "eval"):
+        for line in store_warnings(model, store, "eval"):
             print(line, file=sys.stderr)
         stats = reconstruction_metrics(pair, store, batch_size=args.batch_size)
         stats.pop("mean", None)
-        info["data"] = {"path": args.data, "split": args.split, **stats}
+        info["data"] = {"path": data, "split": args.split, **stats}
+        split, fraction, seed = resolve_split(args, model)
+        if split == "test":  # the held-out rows: show the training rows' reconstruction beside them
+            try:
+                train_rows = full.split("train", test_fraction=fraction, seed=seed)
+            except DataError:
+                train_rows = None
+            if train_rows is not None and train_rows.n:
+                info["generalization"] = train_test_reconstruction(pair, train_rows, store, batch_size=args.batch_size)
     for name, s in info["saes"].items():
         if s["non_finite_tensors"]:
             print(f"warning: {root}: the {name} SAE has NaN or inf in {', '.join(s['non_finite_tensors'])}; "
@@ -73,13 +90,45 @@ def run(args: argparse.Namespace) -> int:
     if info.get("alignment"):
         for line in alignment_lines(info["alignment"]):
             print(line)
+    elif pair.shared:
+        print(f"  collapse rate (App. F.2): not measured here; 'dualsae align {root} --out FOLDER' writes collapse.json, "
+              "'dualsae info FOLDER' shows it with this run")
     for name, s in info["saes"].items():
         print(f"  {name} SAE: d={s['d']} m={s['m']} k={s['k']} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
+    if info.get("generalization"):
+        print(f"  reconstruction on {data} (eq. 4 MSE; over-fitting: test/train MSE > {info['generalization']['overfit_ratio']:g})")
+        for line in generalization_lines(info["generalization"], "    "):
+            print(line)
     for mod, st in info.get("data", {}).items():
         if isinstance(st, dict):
-            print(f"  {mod:5s} on {args.data} [{args.split}, {st['n_rows']:,} rows]: MSE={st['mse']:.5f}  explained variance={st['explained_variance']:.4f}  "
+            print(f"  {mod:5s} on {data} [{args.split}, {st['n_rows']:,} rows]: MSE={st['mse']:.5f}  explained variance={st['explained_variance']:.4f}  "
                   f"L0={st['mean_l0']:.1f}  live latents={st['live_latents']:,} (dead fraction {st['dead_fraction']:.3f})")
     return 0
+
+
+def _model_folder(root: Path) -> Path:
+    """The folder holding the weights: ``root`` itself, or for a shared run's collapse report (a folder
+    ``dualsae align`` wrote with ``collapse.json`` and no model) the run it names (``source_run``)."""
+    report = root / "collapse.json"
+    if report.is_file() and not (root / "config.json").is_file():
+        source = read_json_object(report, "dualsae align writes it for a shared run", CheckpointError).get("source_run")
+        if not isinstance(source, str) or not source:
+            raise CheckpointError(f"{report}: field 'source_run' must name the shared run this collapse report measured")
+        return Path(source)
+    return root
+
+
+def _data_of(args: argparse.Namespace) -> str | None:
+    """--data, else the store the run records (README: every command defaults to it); None, with a
+    note on stderr saying why, when the folder records none on disk (a bare SAE folder)."""
+    if args.data:
+        return args.data
+    try:
+        return resolve_data(args, args.run)
+    except ConfigError as e:
+        why = str(e) if "--data" in str(e) else f"{e}; pass --data STORE"
+        print(f"note: no reconstruction lines: {why}", file=sys.stderr)
+        return None
 
 
 def model_summary(root: Path) -> dict:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.commands.common import resolve_split
+from dualsae.commands.common import data_arg, resolve_data, resolve_split
+from dualsae.commands.flags import DefaultsHelpFormatter
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.report import ReportOptions, build_report
 from dualsae.report.counterparts import read_counterparts
@@ -22,11 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of its image and text sides, and a caption-word search. Works for an aligned folder, a shared-SAE run "
         "and a specific run (whose indices are unrelated until aligned). Thumbnails come from meta.jsonl's "
         "thumb/image/image_path fields or a thumbs/<id>.png folder beside the store (--images overrides).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("model", help="aligned folder (dualsae align), run folder (dualsae train), SAE folder, or the folder "
                    "'dualsae align' wrote for a shared-SAE run (its collapse.json is then shown as align counted it)")
-    p.add_argument("--data", required=True, help="store folder whose rows the report shows")
+    data_arg(p, "store folder whose rows the report shows")
     p.add_argument("--out", required=True, help="folder for the site (new, empty, or this report's earlier folder, which is replaced)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds anything else (another model's report included)")
     p.add_argument("--images", default=None, help="folder of images: meta thumb/image/image_path relative to it, or <id>.png")
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     counterparts = read_counterparts(args.compare) if args.compare else None
     if counterparts is not None and Path(counterparts.a_path).resolve() != Path(args.model).resolve():
         print(f"warning: {counterparts.source} compares {counterparts.a_path}, not {args.model}; its counterparts are shown by latent number")
-    store = open_store(args.data)
+    data = resolve_data(args, args.model)
+    store = open_store(data)
     rows = store.split(args.split, *resolve_split(args, args.model)[1:]) if args.split != "all" else store
     # Explained variance is measured on the test split (the model's held-out rows), whatever --split shows.
     split_args = argparse.Namespace(split="test", test_fraction=args.test_fraction, split_seed=args.split_seed)
@@ -95,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
                             label_words=args.label_words, interval_bins=args.interval_bins, interval_per_bin=args.interval_rows,
                             overfit_ratio=args.overfit_ratio, counterparts=counterparts)
     summary = build_report(args.model, store, args.out, rows=rows, test=test, train=train, options=options,
-                           data_label=str(args.data), split_label=args.split, overwrite=args.overwrite)
+                           data_label=str(data), split_label=args.split, overwrite=args.overwrite)
     for w in summary["warnings"]:
         print(f"warning: {w}")
     t = summary["timing"]
-    print(f"{args.model} ({summary['kind']}, m={summary['m']:,}) on {summary['rows']:,} rows of {args.data} [{args.split}]: "
+    print(f"{args.model} ({summary['kind']}, m={summary['m']:,}) on {summary['rows']:,} rows of {data} [{args.split}]: "
           f"{summary['thumbnails']:,} thumbnails, translation/steering for latents {summary['probes'] or 'none'}  ({t['total_s']:.1f}s)")
     print(f"  -> {Path(args.out) / 'index.html'}  (open it in a browser; no server needed)")
     return 0

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
+from dualsae.commands.flags import DefaultsHelpFormatter
+from dualsae.core.errors import ConfigError
 from dualsae.experiments.synthetic.job import run_plan
-from dualsae.experiments.synthetic.plan import QUICK, QUICK_SETTINGS, SyntheticPlan
+from dualsae.experiments.synthetic.plan import QUICK, QUICK_SETTINGS, SyntheticPlan, plan_from_json
 from dualsae.experiments.synthetic.results import markdown_table
 from dualsae.experiments.table1 import table as table1
+from dualsae.files.jsonfiles import read_json_object
 from dualsae.files.outdir import resumable_output
+from dualsae.files.unit_job import PLAN_FILE
 
 #: What 'reproduce synthetic' writes, so a folder it wrote before manifests existed is adopted.
 SYNTHETIC_OUTPUTS = ("plan.json", "units", "data", "results.csv", "results.json", "results.md", "fig5.png", "fig6.png")
@@ -26,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "distances (Fig. 5) and the auxiliary-loss baselines over multipliers at distance 0.5 (Fig. 6), align "
         "post hoc, measure the five App. E.3 metrics, and write results.csv/json/md, fig5.png, fig6.png and the "
         "claim checks into --out. Interrupted runs resume: rerun the same command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     s.add_argument("--out", default="runs/synthetic", help="output folder")
     s.add_argument("--quick", action="store_true",
@@ -70,7 +75,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
         "latents": args.latents, "k": args.k, "epochs": tuple(args.epochs) if args.epochs else None,
     }
     given = {k: v for k, v in over.items() if v is not None}
-    plan = SyntheticPlan.from_settings(**{**(QUICK_SETTINGS if args.quick else {}), **given})
+    plan = resumed_plan(Path(args.out), given, args.quick)
     t0 = time.time()
     # One job per folder at a time (lock), temporaries of a killed call swept, folder marked finished at the end.
     with resumable_output(args.out, "reproduce synthetic", {"experiment": "synthetic"}, keep=SYNTHETIC_OUTPUTS):
@@ -82,6 +87,24 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The plan's own fields (not the data set's or the training's): a resume may change these alone on the saved plan.
+_PLAN_FIELDS = {f.name for f in fields(SyntheticPlan)} - {"data", "train"}
+
+
+def resumed_plan(out: Path, given: dict, quick: bool) -> SyntheticPlan:
+    """The plan to run in ``out``: resuming a job folder (``plan.json`` there, no ``--quick``), every setting
+    the user did not give is the folder's (so ``dualsae reproduce synthetic --out docs/synthetic`` resumes a
+    job planned with ``--epochs 10 40`` without repeating them); settings of the plan's axes given on the
+    command line replace the saved ones (extending an axis keeps the finished units). Otherwise (a new folder,
+    ``--quick``, or data / training settings given) the plan of the flags and defaults, which the job folder
+    then accepts only if it extends the saved one."""
+    path = out / PLAN_FILE
+    if path.is_file() and not quick and set(given) <= _PLAN_FIELDS:
+        saved = plan_from_json(read_json_object(path, "delete it to start the job afresh", ConfigError))
+        return replace(saved, **given)
+    return SyntheticPlan.from_settings(**{**(QUICK_SETTINGS if quick else {}), **given})
+
+
 def register_table1(rsub: argparse._SubParsersAction) -> None:
     """``dualsae reproduce table1`` (Sec. 6.2, App. E.4; :mod:`dualsae.experiments.table1.table`)."""
     p = rsub.add_parser(
@@ -90,7 +113,7 @@ def register_table1(rsub: argparse._SubParsersAction) -> None:
         "post-hoc alignment) with the paper's real-data protocol over several seeds, evaluate them on the "
         "evaluation rows, and write table1.md / table1.csv / table1.json (mean ± std, best and second best "
         "marked) into --out. Rerunning the same command resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--train", required=True, help="training store (e.g. CC-3M embeddings)")
     p.add_argument("--eval", required=True, help="evaluation store (e.g. COCO embeddings); may be the training store")

@@ -11,7 +11,8 @@ from pathlib import Path
 from dualsae.commands.common import add_split_args
 from dualsae.commands.flags import Flag, add_flags, dataclass_flags, given
 from dualsae.core.distributed import Distributed, resolve_device
-from dualsae.core.errors import CheckpointError, ConfigError
+from dualsae.core.errors import CheckpointError, ConfigError, DataError
+from dualsae.evaluation.generalization import generalization_lines, train_test_reconstruction
 from dualsae.files.lock import output_lock
 from dualsae.files.outdir import (
     check_output,
@@ -20,7 +21,7 @@ from dualsae.files.outdir import (
     read_manifest,
     sweep_temporaries,
 )
-from dualsae.models.load import read_run_config
+from dualsae.models.load import load_model, read_run_config
 from dualsae.models.sae import SAEConfig
 from dualsae.store.paired import open_store
 from dualsae.training.config import METHODS, PRESETS, TrainConfig
@@ -116,7 +117,31 @@ def run(args: argparse.Namespace) -> int:
     parts = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("mse_") or k in ("l0", "dead_frac"))
     print(f"trained {config.method} ({config.latents_per_sae} latents per SAE, k={config.sae.k}) in {summary['seconds']:.1f}s, "
           f"{summary['steps']} steps -> {args.out}  [{parts}]")
+    for line in _generalization(out, args.data, config, device):
+        print(line)
     return 0
+
+
+#: Rows per split measured after training (an evenly spaced subset beyond it): seconds on any store.
+CHECK_ROWS = 20_000
+
+
+def _generalization(out: Path, data: str, config: TrainConfig, device) -> list[str]:
+    """Train and held-out reconstruction side by side, flagging over-fitting
+    (:mod:`dualsae.evaluation.generalization`); nothing when the run trained on every row."""
+    if config.split != "train":
+        return []
+    full = open_store(data)
+    try:
+        train_rows = full.split("train", test_fraction=config.test_fraction, seed=config.split_seed)
+        test_rows = full.split("test", test_fraction=config.test_fraction, seed=config.split_seed)
+    except DataError:
+        return []
+    if not train_rows.n or not test_rows.n:
+        return []
+    result = train_test_reconstruction(load_model(out, device=device), train_rows, test_rows, max_rows=CHECK_ROWS, device=str(device))
+    return [f"reconstruction of the final model (eq. 4 MSE, up to {CHECK_ROWS:,} rows per split; "
+            f"over-fitting: test/train MSE > {result['overfit_ratio']:g}):", *generalization_lines(result)]
 
 
 def _data_notes(store, config: TrainConfig, allow_outliers: bool) -> list[str]:

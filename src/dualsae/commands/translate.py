@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from dualsae.files.atomic import write_json
 from dualsae.models.load import load_model
 from dualsae.store.paired import open_store
 from dualsae.use.steering import concept_share, latent_fires, steer
+from dualsae.use.steering_sweep import CALIBRATION_ALPHAS, SWEEP_ALPHAS, TARGET_SHARE, modality_warning, strength_sweep, sweep_lines
 from dualsae.use.translation import latents_for, nearest_rows, translate
 
 
@@ -42,12 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "steer", help="steer images along a latent's decoder direction and show how their neighbours move",
         description="x' = x + alpha * |x| * phi_J (phi_J: unit image decoder direction of latent J). For source "
         "images on which latent J is inactive, prints the nearest images before and after steering and the "
-        "share of neighbours on which latent J fires (the concept), before -> after.",
+        "share of neighbours on which latent J fires (the concept), before -> after. The default strength "
+        "(--alpha auto) is the smallest alpha at which half the neighbours of 32 steered rows hold the concept "
+        "(dualsae.use.steering_sweep); --sweep prints that share and the cosine kept to the source over alphas. "
+        "A latent matched in one modality only (or firing on no row of the other) is warned about.",
     )
     s.add_argument("model", help="aligned folder, or any run folder")
     data_arg(s)
     s.add_argument("--latent", type=int, required=True, help="latent index J (shared index of an aligned model)")
-    s.add_argument("--alpha", type=float, default=1.0, help="steering strength relative to each embedding's norm (default: 1.0)")
+    s.add_argument("--alpha", type=_alpha_arg, default=None,
+                   help="steering strength relative to each embedding's norm, or 'auto': the smallest alpha at which half "
+                        "the neighbours of steered rows hold the concept (default: auto)")
+    s.add_argument("--target-share", type=float, default=TARGET_SHARE,
+                   help=f"--alpha auto: the share of the steered rows' neighbours that must hold the concept (default: {TARGET_SHARE})")
+    s.add_argument("--sweep", action="store_true", help="also print the concept share and cosine to the source over alphas "
+                   f"{', '.join(f'{a:g}' for a in SWEEP_ALPHAS)} and the auto alpha")
     s.add_argument("--rows", type=int, nargs="+", default=None, help="source images (absolute rows; default: --sources random rows where J is inactive)")
     s.add_argument("--sources", type=int, default=5, help="random source images when --rows is not given (default: 5)")
     s.add_argument("--seed", type=int, default=0, help="seed of the source draw (default: 0)")
@@ -58,6 +69,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_steer)
 
 
+def _alpha_arg(text: str) -> float | None:
+    """--alpha: a number, or 'auto' (None: chosen from the data)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', found {text!r}") from None
+
+
+#: --alpha auto on a latent whose concept never reaches half the neighbours: the strength used instead.
+FALLBACK_ALPHA = 4.0
+
+
 def _caption(store, row: int) -> str:
     if store.meta is None:
         return ""
@@ -66,16 +91,6 @@ def _caption(store, row: int) -> str:
 
 def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _abs_rows(gallery, rows: list[int], flag: str) -> np.ndarray:
-    """Positions in ``gallery`` of absolute store rows (error when a row is not in it)."""
-    absolute = gallery.rows_of(np.arange(gallery.n))
-    where = {int(r): i for i, r in enumerate(absolute)}
-    missing = [r for r in rows if r not in where]
-    if missing:
-        raise DataError(f"{gallery.root}: {flag} {missing[0]} is not a row of the chosen split ({gallery.n:,} rows)")
-    return np.array([where[r] for r in rows], dtype=np.int64)
 
 
 def run_translate(args: argparse.Namespace) -> int:
@@ -145,6 +160,8 @@ def run_steer(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.sources < 1:
         raise ConfigError(f"-n and --sources must be >= 1, found {args.n} and {args.sources}")
+    if not 0 < args.target_share <= 1:
+        raise ConfigError(f"--target-share must be in (0, 1], found {args.target_share}")
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
     store = open_store(data)
@@ -157,11 +174,23 @@ def run_steer(args: argparse.Namespace) -> int:
     codes = latents_for(pair, gallery, mod)
     # The concept: rows of the gallery on which latent J fires in the steered modality.
     fires = latent_fires(codes, args.latent)  # [gallery.n], by position
+    other = "text" if mod == "image" else "image"
+    fired_other = int(latent_fires(latents_for(pair, gallery, other), args.latent).sum()) if gallery.has(other) and pair.sae_for(other) is not None else None
+    warning = modality_warning(pair, args.latent, mod, fired_other, int(fires.sum()))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    sweep = None
+    if (args.alpha is None or args.sweep) and fires.any() and not fires.all():
+        sweep = strength_sweep(pair, gallery, args.latent, mod, alphas=SWEEP_ALPHAS if args.sweep else (), seed=args.seed,
+                               n=args.n, codes=codes, target=args.target_share)
+    alpha = args.alpha
+    if alpha is None:
+        alpha = sweep.auto if sweep is not None and sweep.auto is not None else FALLBACK_ALPHA
     concept = np.zeros(store.n_total, dtype=bool)  # by absolute row, as nearest_rows returns them
     concept[gallery.rows_of(np.flatnonzero(fires))] = True
     n_concept = int(concept.sum())
     if args.rows:
-        pos = _abs_rows(gallery, args.rows, "--rows")
+        pos = gallery.positions_of(args.rows, "--rows")
     else:
         candidates = np.flatnonzero(~fires)
         rng = np.random.default_rng(args.seed)
@@ -170,7 +199,7 @@ def run_steer(args: argparse.Namespace) -> int:
         raise DataError(f"{data}: latent {args.latent} fires on every {mod} row of split {args.split!r}; no source without the concept")
     src_rows = gallery.rows_of(pos)
     x = gallery.read(mod, pos)
-    steered = steer(pair, x, args.latent, args.alpha, mod)
+    steered = steer(pair, x, args.latent, alpha, mod)
     b_s, b_r = nearest_rows(x, gallery, mod, n=args.n, exclude=src_rows)
     a_s, a_r = nearest_rows(steered, gallery, mod, n=args.n, exclude=src_rows)
     share_b, share_a = concept_share(b_r, concept), concept_share(a_r, concept)
@@ -178,9 +207,22 @@ def run_steer(args: argparse.Namespace) -> int:
     top = top_examples(pair, args.latent, gallery, n=3, modality=mod)[mod]
     print(f"{args.model}: latent {args.latent} ({mod}) fires on {n_concept:,} of {gallery.n:,} rows of {data} [{args.split}]")
     print("  concept (top rows): " + "; ".join(repr(_short(r["caption"] or "", 40)) for r in top))
-    print(f"  steering x' = x + {args.alpha:g} |x| phi_{args.latent}; '+' marks a neighbour on which latent {args.latent} fires")
-    doc = {"model": str(args.model), "data": str(data), "latent": args.latent, "alpha": args.alpha, "modality": mod,
-           "split": args.split, "concept_rows": n_concept, "sources": []}
+    if args.alpha is None:
+        if sweep is None:
+            how = f"auto: the latent fires on {'no' if not fires.any() else 'every'} row, nothing to calibrate on; fallback {FALLBACK_ALPHA:g}"
+        elif sweep.auto is None:
+            how = f"auto found no alpha up to {CALIBRATION_ALPHAS[-1]:g} reaching half the neighbours; fallback {FALLBACK_ALPHA:g}"
+        else:
+            how = f"auto: {args.target_share:.0%} of the neighbours of {len(sweep.sources)} steered rows hold the concept"
+        print(f"  alpha {alpha:.3g} ({how})")
+    if sweep is not None and args.sweep:
+        print("  alpha sweep (concept share of the neighbours, mean cosine of steered to source, share of steered rows on which the SAE fires J):")
+        for line in sweep_lines(sweep, "    "):
+            print(line)
+    print(f"  steering x' = x + {alpha:.3g} |x| phi_{args.latent}; '+' marks a neighbour on which latent {args.latent} fires")
+    doc = {"model": str(args.model), "data": str(data), "latent": args.latent, "alpha": alpha, "alpha_given": args.alpha,
+           "modality": mod, "split": args.split, "concept_rows": n_concept, "warning": warning,
+           "sweep": sweep.to_json() if sweep is not None else None, "sources": []}
     for q, row in enumerate(src_rows.tolist()):
         before = [int(r) for r in b_r[q]]
         after = [int(r) for r in a_r[q]]

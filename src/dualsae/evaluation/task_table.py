@@ -3,7 +3,9 @@ and Table 1 (``experiments/table1``) iterate.
 
 A task is a :class:`Task`: a name, ``run(ctx) -> dict`` (raise :class:`Skip` with the reason when
 its inputs are missing), the Table 1 columns it fills (``columns``: (key, label, higher is better),
-``table_row(result) -> {key: value}``) and the lines it adds to ``dualsae eval``'s printed summary.
+``table_row(result) -> {key: value}``), the lines it adds to ``dualsae eval``'s detailed summary, and its rows
+of the evaluation table (``table(result) -> [TableRow]``: this model, the raw embeddings, a baseline;
+:mod:`dualsae.evaluation.eval_table`).
 Each metric module under ``evaluation/metrics/`` defines its ``TASK``; a new metric is one new file
 plus one line in :data:`dualsae.evaluation.tasks.REGISTRY`.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings
@@ -80,16 +82,32 @@ def fmt(v: Any, spec: str = ".4f") -> str:
 Column = tuple[str, str, bool]
 
 
+class TableRow(NamedTuple):
+    """One row of the evaluation table (:mod:`dualsae.evaluation.eval_table`): a task's metric for this
+    model, for the raw embeddings (None where the metric has no raw-embedding form) and for the
+    baseline named by ``baseline_kind`` (majority class, chance, mean embedding, unsteered source)."""
+
+    task: str
+    metric: str
+    model: float | None
+    raw: float | None = None
+    baseline: float | None = None
+    baseline_kind: str = ""
+    higher_is_better: bool = True
+
+
 @dataclass(frozen=True)
 class Task:
     """name; run(ctx) -> result dict; columns: Table 1 columns (key, label, higher is better);
-    table_row(result) -> {column key: value}; lines(result) -> summary lines."""
+    table_row(result) -> {column key: value}; lines(result) -> summary lines; table(result) -> the
+    task's rows of the evaluation table."""
 
     name: str
     run: Callable[[TaskContext], dict]
     columns: tuple[Column, ...] = ()
     table_row: Callable[[dict], dict] = lambda result: {}
     lines: Callable[[dict], list[str]] = lambda result: []
+    table: Callable[[dict], list[TableRow]] = lambda result: []
 
 
-__all__ = ["Column", "Skip", "Task", "TaskContext", "fmt", "has_field"]
+__all__ = ["Column", "Skip", "TableRow", "Task", "TaskContext", "fmt", "has_field"]

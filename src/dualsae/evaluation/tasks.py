@@ -191,6 +191,7 @@ def evaluate_model(
 
     pair = load_model(model, device=options.device)
     full = open_store(data)
+    check_meta_fields(full, options, zeroshot)
     store = full.split(split, test_fraction=test_fraction, seed=split_seed)
     for line in store_warnings(model, store, "eval"):
         log(line)
@@ -226,6 +227,23 @@ def evaluate_model(
     return doc
 
 
+def check_meta_fields(store: PairedEmbeddings, options: EvalOptions, zeroshot: Any = None) -> None:
+    """A ``label_field`` / ``concept_field`` that no row of the store holds is a misspelling, not a task to
+    skip: ConfigError naming the flag, the file and the fields the store has (``--label-field categroy``)."""
+    asked = [("label_field", "--label-field", options.label_field if "zeroshot" in options.tasks and zeroshot is None else None),
+             ("concept_field", "--concept-field", options.concept_field if "steering" in options.tasks else None)]
+    rows = None
+    for name, flag, value in asked:
+        if not value:
+            continue
+        rows = store.meta_rows() if rows is None else rows
+        present = sorted({k for r in rows for k in r})
+        if value not in present:
+            where = f"{store.root}/meta.jsonl" if store.root is not None else "the store's meta rows"
+            have = ", ".join(present) if present else "none (no meta.jsonl)"
+            raise ConfigError(f"{flag} ({name}) {value!r}: no row of {where} has this field; its fields are: {have}")
+
+
 def _json_safe(obj: Any) -> Any:
     """NaN/inf -> None (JSON has no NaN); numpy scalars -> Python numbers."""
     if isinstance(obj, dict):
@@ -258,5 +276,5 @@ def table_columns(doc: dict) -> dict[str, float | None]:
     return out
 
 
-__all__ = ["EvalOptions", "REGISTRY", "TASKS", "aligned_view", "evaluate", "evaluate_model", "format_table", "parse_tasks",
+__all__ = ["EvalOptions", "REGISTRY", "TASKS", "aligned_view", "check_meta_fields", "evaluate", "evaluate_model", "format_table", "parse_tasks",
            "table_columns"]

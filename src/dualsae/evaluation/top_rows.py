@@ -167,7 +167,10 @@ def top_examples(pair, latent: int, store: PairedEmbeddings, n: int = 10, modali
                  batch_size: int = DEFAULT_BATCH, device: str = "cpu") -> dict[str, list[dict]]:
     """{modality: the ``n`` rows where ``latent`` is most active, each ``{row, activation, caption, meta,
     count}`` with identical captions merged (``count``: firing rows with that caption)} for ``image``,
-    ``text`` or ``both`` (modalities the store lacks are left out)."""
+    ``text`` or ``both`` (modalities the store lacks are left out).
+
+    ``row`` is the *absolute* row number in the store (the one convention of rows handed to a user);
+    on a split view read it with ``store.read_row_ids(modality, [row])``, not ``read`` (positions)."""
 
     mods = MODALITIES if modality == "both" else (modality,)
     for m in mods:

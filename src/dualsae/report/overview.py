@@ -2,7 +2,7 @@
 (``metrics.jsonl``), reconstruction on the train and the test rows side by side, the alignment /
 collapse summary as ``dualsae align`` wrote it (live-latent counts included: never recounted on the
 report's rows), Fig. 2, and the evaluation table of ``dualsae eval``'s metrics.json when one is found
-(:mod:`dualsae.report.eval_table`).
+(:mod:`dualsae.report.eval_section`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dualsae.evaluation.tasks import METRICS_FORMAT
 from dualsae.files.jsonfiles import read_json_object
 from dualsae.models.load import flat_train_config
 from dualsae.report.compute import ReportData
-from dualsae.report.eval_table import eval_table, train_test_reconstruction
+from dualsae.report.eval_section import eval_section, split_reconstruction
 from dualsae.report.options import CHUNK, ReportOptions, histogram, num, write_js
 from dualsae.store.paired import PairedEmbeddings
 
@@ -210,7 +210,7 @@ def write_summary(tmp: Path, d: ReportData, job: ReportJob, probes: dict[int, di
         "dead": dead,
         "live_source": live_source,
         "live_on_rows": fired_live,
-        "reconstruction_splits": train_test_reconstruction(rec_train, rec, opt.overfit_ratio),
+        "reconstruction_splits": split_reconstruction(rec_train, rec, opt.overfit_ratio),
         "corr_hist": {"edges": CORR_HIST_EDGES, "counts": histogram(np.asarray(matched_vals, dtype=np.float64), CORR_HIST_EDGES),
                       "what": "matched pairs" if kind != "specific" else ""},
         "modality_only": d.modality_only,
@@ -219,7 +219,7 @@ def write_summary(tmp: Path, d: ReportData, job: ReportJob, probes: dict[int, di
         "heterogeneity_png": "img/heterogeneity.png" if d.het_result is not None else None,
         "heterogeneity_note": d.het_note,
         "curve": training_curve(run),
-        "eval": eval_table(doc) if doc else None,
+        "eval": eval_section(doc) if doc else None,
         "probes": sorted(probes),
         "thumbnails": copier_copied,
         "has_captions": any(isinstance(c, str) for c in captions),

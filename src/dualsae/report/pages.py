@@ -22,6 +22,7 @@ from dualsae.report.probe import Prober
 from dualsae.report.ranking import constant_columns
 from dualsae.report.thumbs import ThumbCopier
 from dualsae.store.paired import PairedEmbeddings
+from dualsae.use.steering_sweep import sweep_panel
 
 
 @dataclass
@@ -103,6 +104,8 @@ def run_probes(d: ReportData, rows: PairedEmbeddings, opt: ReportOptions) -> dic
     for j in chosen:
         tops = st["text"].top_rows[j]
         probes[j] = prober.probe(j, int(tops[0]) if len(tops) else None)
+        # The alpha sweep and the auto alpha of dualsae steer (dualsae.use.steering_sweep), on the report's rows.
+        probes[j]["sweep"] = sweep_panel(d.pair, rows, j, d.codes["image"], scale=prober.scale, fired_other=int(st["text"].fired[j]))
     return probes
 
 

@@ -142,6 +142,29 @@ class PairedEmbeddings:
         positions = np.asarray(positions, dtype=np.int64)
         return positions if self.index is None else self.index[positions]
 
+    def positions_of(self, rows: Sequence[int] | np.ndarray, what: str = "row") -> np.ndarray:
+        """Positions in this view of absolute row numbers (the inverse of :meth:`rows_of`); a row that is
+        not in the view is a DataError naming it (``what``: how the caller calls it, e.g. ``--rows``)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if self.index is None:
+            bad = rows[(rows < 0) | (rows >= self.n)]
+            if bad.size:
+                raise DataError(f"{self.root}: {what} {int(bad[0])} is out of range; the store has {self.n:,} rows")
+            return rows
+        order = np.argsort(self.index, kind="stable")
+        ordered = self.index[order]
+        at = np.searchsorted(ordered, rows).clip(0, max(self.n - 1, 0))
+        found = ordered[at] == rows if self.n else np.zeros(len(rows), dtype=bool)
+        if not found.all():
+            raise DataError(f"{self.root}: {what} {int(rows[~found][0])} is not a row of the chosen split ({self.n:,} rows)")
+        return order[at]
+
+    def read_row_ids(self, modality: str, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Rows of one modality by *absolute* row number, as :func:`dualsae.top_examples`,
+        :func:`dualsae.use.translation.nearest_rows` and the CLI's ``--rows`` give them: [b, d].
+        (:meth:`read` takes positions within this view; on a split they differ.)"""
+        return self.read(modality, self.positions_of(rows))
+
     def subset(self, positions: Sequence[int] | np.ndarray) -> "PairedEmbeddings":
         """A view of some rows (positions relative to this view). No data is copied."""
         return PairedEmbeddings(self.image, self.text, self.meta, self.root, self.rows_of(np.asarray(positions)))
@@ -176,7 +199,8 @@ class PairedEmbeddings:
 
     # -------------------------------------------------------------- reading
     def read(self, modality: str, positions: np.ndarray | slice | None = None) -> torch.Tensor:
-        """Rows of one modality as float32 tensor [b, d]; reads only those rows from disk."""
+        """Rows of one modality as float32 tensor [b, d] at ``positions`` within this view (absolute row
+        numbers: :meth:`read_row_ids`); reads only those rows from disk."""
         arr = getattr(self, modality)
         if arr is None:
             self.require(modality, "reading")

@@ -37,11 +37,12 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import gammaln
 
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import DataError
 from dualsae.core.progress import tqdm
-from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt, has_field
+from dualsae.evaluation.task_table import Skip, TableRow, Task, TaskContext, fmt, has_field
 from dualsae.models.encoding import encode_rows
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings
@@ -262,9 +263,39 @@ def _lines(r: dict) -> list[str]:
             f"{r['n_concepts']} concepts of '{r['concept_field']}', alpha {r['alpha']})"]
 
 
+def random_ranking(n_items: int, n_relevant: int) -> tuple[float, float]:
+    """Expected AP and RR of a uniformly random ranking of ``n_items`` holding ``n_relevant`` relevant ones.
+
+    RR: the first relevant item sits at rank r with probability C(N - r, R - 1) / C(N, R).
+    AP: the mean over relevant items of the precision at their rank; a relevant item sits at rank t
+    uniformly on 1..N with on average (R - 1)(t - 1) / (N - 1) relevant items ahead of it, so
+    E[AP] = 1/N sum_t (1 + (R - 1)(t - 1) / (N - 1)) / t (precision is linear in that count)."""
+    n, rel = int(n_items), int(n_relevant)
+    if rel <= 0 or n <= 0:
+        return float("nan"), float("nan")
+    r = np.arange(1, n - rel + 2, dtype=np.float64)
+    log_p = gammaln(n - r + 1) - gammaln(rel) - gammaln(n - r - rel + 2) - (gammaln(n + 1) - gammaln(rel + 1) - gammaln(n - rel + 1))
+    rr = float((np.exp(log_p) / r).sum())
+    t = np.arange(1, n + 1, dtype=np.float64)
+    ap = float(((1.0 + (rel - 1) * (t - 1) / max(n - 1, 1)) / t).mean())
+    return ap, rr
+
+
+def _table(r: dict) -> list[TableRow]:
+    """mAP / MRR of the steered sources, of the unsteered sources in the raw embedding space, and of a
+    random ranking of the same gallery (each concept's own relevant count, averaged over concepts)."""
+    per = r.get("per_concept", {}).values()
+    # Each source is left out of its own ranking: N - 1 candidates.
+    chance = [random_ranking(r["n_test_images"] - 1, v["images_with"]) for v in per]
+    c_map = float(np.mean([c[0] for c in chance])) if chance else None
+    c_mrr = float(np.mean([c[1] for c in chance])) if chance else None
+    return [TableRow("steering", "mAP", r["map"], r["map_unsteered"], c_map, "random ranking"),
+            TableRow("steering", "MRR", r["mrr"], r["mrr_unsteered"], c_mrr, "random ranking")]
+
+
 #: ``steering``: concept steering mAP / MRR over the values of ``concept_field`` (Sec. 6.2).
 TASK = Task("steering", _task, (("steer_map", "Steering mAP ↑", True), ("steer_mrr", "Steering MRR ↑", True)),
-            lambda r: {"steer_map": r["map"], "steer_mrr": r["mrr"]}, _lines)
+            lambda r: {"steer_map": r["map"], "steer_mrr": r["mrr"]}, _lines, _table)
 
 
-__all__ = ["TASK", "concept_masks", "concept_steering", "concept_values", "mean_code", "ranked_ap_rr", "select_latent"]
+__all__ = ["TASK", "concept_masks", "concept_steering", "concept_values", "mean_code", "random_ranking", "ranked_ap_rr", "select_latent"]

@@ -37,7 +37,7 @@ from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import DataError
 from dualsae.core.modalities import MODALITIES
 from dualsae.core.progress import tqdm
-from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt
+from dualsae.evaluation.task_table import Skip, TableRow, Task, TaskContext, fmt
 from dualsae.files.atomic import atomic_path, write_npy
 from dualsae.models.encoding import encode_rows
 from dualsae.models.pair import SAEPair
@@ -179,7 +179,8 @@ def _lines(r: dict) -> list[str]:
 #: ``monosemanticity``: MS score of every latent against an external encoder's embeddings of the
 #: same rows, per modality; sorted curves beside metrics.json as ``.npy`` and a PNG.
 TASK = Task("monosemanticity", _task, (("mono_image", "Monosemanticity (image) ↑", True), ("mono_text", "Monosemanticity (text) ↑", True)),
-            lambda r: {f"mono_{mod}": r[mod]["mean"] for mod in MODALITIES if mod in r}, _lines)
+            lambda r: {f"mono_{mod}": r[mod]["mean"] for mod in MODALITIES if mod in r}, _lines,
+            lambda r: [TableRow("monosemanticity", f"MS mean ({mod})", r[mod]["mean"]) for mod in MODALITIES if mod in r])
 
 
 __all__ = ["TASK", "monosemanticity", "monosemanticity_from_codes", "plot_curves", "sorted_curve", "summarize"]

@@ -23,7 +23,7 @@ import torch
 
 from dualsae.core.modalities import MODALITIES
 from dualsae.core.progress import tqdm
-from dualsae.evaluation.task_table import Task, TaskContext, fmt
+from dualsae.evaluation.task_table import TableRow, Task, TaskContext, fmt
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings
 
@@ -111,9 +111,23 @@ def _lines(r: dict) -> list[str]:
     return lines
 
 
+def _table(r: dict) -> list[TableRow]:
+    """MSE and explained variance per modality; the baseline reconstructs every row as the mean embedding
+    (MSE = the total variance mse / (1 - EV), EV = 0). The raw embeddings reconstruct themselves (no row)."""
+    rows = []
+    for mod in MODALITIES:
+        if mod in r:
+            v = r[mod]
+            ev = v["explained_variance"]
+            var = v["mse"] / (1.0 - ev) if ev is not None and np.isfinite(ev) and ev < 1 else None
+            rows.append(TableRow("recon", f"MSE ({mod})", v["mse"], None, var, "mean embedding", False))
+            rows.append(TableRow("recon", f"explained variance ({mod})", ev, None, 0.0, "mean embedding"))
+    return rows
+
+
 #: ``recon``: reconstruction MSE (eq. 4), explained variance, L0, dead latents per modality.
 TASK = Task("recon", _task, (("recon_mse", "Recon. MSE ↓", False),),
-            lambda r: {"recon_mse": r["mean"]["mse"]} if "mean" in r else {}, _lines)
+            lambda r: {"recon_mse": r["mean"]["mse"]} if "mean" in r else {}, _lines, _table)
 
 
 __all__ = ["TASK", "modality_reconstruction", "reconstruction_metrics"]

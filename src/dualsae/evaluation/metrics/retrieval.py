@@ -37,11 +37,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import gammaln
 
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.core.progress import tqdm
-from dualsae.evaluation.task_table import Skip, Task, TaskContext, fmt
+from dualsae.evaluation.task_table import Skip, TableRow, Task, TaskContext, fmt
 from dualsae.models.encoding import encode_rows
 from dualsae.models.pair import SAEPair
 from dualsae.store.paired import PairedEmbeddings
@@ -259,7 +260,38 @@ def _task(ctx: TaskContext) -> dict:
     rk = {"positives": positives, "group_field": o.group_field, "caption_field": o.caption_field}
     res = cross_modal_retrieval(ctx.pair, store, **rk, **ctx.kw)
     res["embedding_reference"] = embedding_retrieval(store, **rk)
+    res["chance"] = chance_recall(build_protocol(store.meta_rows(), positives, o.group_field, o.caption_field))
     return res
+
+
+def _chance_one_way(query_keys: np.ndarray, gallery_keys: np.ndarray, ks: Iterable[int]) -> dict:
+    """Expected Recall@K of a random ranking: a query with p positives among G gallery items misses
+    all of them in K random draws with probability C(G - p, K) / C(G, K); averaged over the queries
+    that have a positive (as :func:`recall_summary`)."""
+    keys, counts = np.unique(np.asarray(gallery_keys), return_counts=True)
+    per_key = dict(zip(keys.tolist(), counts.tolist()))
+    p = np.array([per_key.get(int(k), 0) for k in query_keys], dtype=np.float64)
+    p = p[p > 0]
+    g = float(len(gallery_keys))
+    out = {}
+    for k in ks:
+        if not p.size:
+            out[f"R@{k}"] = float("nan")
+            continue
+        kk = min(float(k), g)
+        # log C(G - p, K) - log C(G, K); C(n, K) = 0 for n < K (a hit is then certain).
+        ok = g - p >= kk
+        miss = np.zeros_like(p)
+        miss[ok] = np.exp(gammaln(g - p[ok] + 1) - gammaln(g - p[ok] - kk + 1) - gammaln(g + 1) + gammaln(g - kk + 1))
+        out[f"R@{k}"] = float((1.0 - miss).mean())
+    return out
+
+
+def chance_recall(proto: RetrievalProtocol, ks: Iterable[int] = DEFAULT_KS) -> dict:
+    """Recall@K both ways of a random ranking under ``proto`` (k / G when each query has one positive)."""
+    ks = tuple(ks)
+    return {"image_to_text": _chance_one_way(proto.image_keys, proto.text_keys, ks),
+            "text_to_image": _chance_one_way(proto.text_keys, proto.image_keys, ks)}
 
 
 def _row(r: dict) -> dict:
@@ -276,14 +308,21 @@ def _lines(r: dict) -> list[str]:
     return lines
 
 
+def _table(r: dict) -> list[TableRow]:
+    ref, chance = r.get("embedding_reference") or {}, r.get("chance") or {}
+    return [TableRow("retrieval", f"{name} R@{k}", r[key][f"R@{k}"], (ref.get(key) or {}).get(f"R@{k}"),
+                     (chance.get(key) or {}).get(f"R@{k}"), "chance")
+            for key, name in (("image_to_text", "image→text"), ("text_to_image", "text→image")) for k in DEFAULT_KS]
+
+
 #: ``retrieval``: latent cross-modal Recall@1/5/10 both ways, and the same protocol on the raw embeddings.
 TASK = Task("retrieval", _task,
             tuple((f"{s}_R@{k}", f"{a} R@{k} ↑", True) for s, a in (("i2t", "I→T"), ("t2i", "T→I")) for k in (1, 5, 10)),
-            _row, _lines)
+            _row, _lines, _table)
 
 
 __all__ = ["TASK",
-    "POSITIVES", "RetrievalProtocol", "auto_positives", "build_protocol", "cross_modal_retrieval",
+    "POSITIVES", "RetrievalProtocol", "auto_positives", "build_protocol", "chance_recall", "cross_modal_retrieval",
     "embedding_retrieval", "first_positive_ranks", "normalize_codes", "recall_summary",
     "retrieval_from_codes", "sparse_scores",
 ]

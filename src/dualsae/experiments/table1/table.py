@@ -264,7 +264,7 @@ def build_table(plan: Table1Plan, out: Path) -> dict:
 
 def _is_percent(col: str) -> bool:
     """Recalls and accuracies are printed in percent with one decimal, as in the paper."""
-    return col.startswith(("i2t", "t2i", "zs_top1"))
+    return col.startswith(("i2t", "t2i", "zs_top1", "zs_mean_per_class"))
 
 
 def _shown(col: str, v: float) -> float:

@@ -365,6 +365,21 @@
       });
       out.push(box);
     }
+    if (pr.sweep) {  // the alpha sweep of dualsae steer --sweep (dualsae.use.steering_sweep)
+      var sw = pr.sweep;
+      out.push(el('h3', { text: 'Steering strength: alpha sweep' }));
+      if (sw.warning) out.push(el('p', { cls: 'warn', text: 'Warning: ' + sw.warning }));
+      if (sw.rows) {
+        var stb = el('table', { cls: 'stats', id: 'alpha-sweep' });
+        stb.appendChild(el('tr', null, ['alpha', 'concept share of neighbours', 'cosine to source', 'SAE fires the latent'].map(function (h) { return el('th', { text: h }); })));
+        sw.rows.forEach(function (r) {
+          stb.appendChild(el('tr', null, [el('td', { text: (+r.alpha).toPrecision(3) + (r.alpha === sw.auto_alpha ? ' (auto)' : '') }),
+            el('td', { text: pct(r.share) }), el('td', { text: (+r.cosine).toFixed(3) }), el('td', { text: pct(r.fires) })]));
+        });
+        out.push(stb);
+        out.push(el('p', { cls: 'muted', text: sw.note }));
+      } else if (sw.error) out.push(el('p', { cls: 'muted', text: sw.error }));
+    }
     return out;
   }
   function renderLatent(j) {

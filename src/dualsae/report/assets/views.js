@@ -6,7 +6,7 @@
   var U = window.DUALSAE_UI;
   var el = U.el, fmt = U.fmt, latentLink = U.latentLink, kv = U.kv;
 
-  // dualsae eval's metrics.json as a Table 1 style table (report/eval_table.py)
+  // dualsae eval's metrics.json as a Table 1 style table (report/eval_section.py)
   function evalSection(ev) {
     var out = [el('h2', { text: 'Evaluation (dualsae eval, ' + (ev.split || '?') + ' split, ' + fmt(ev.n_rows) + ' rows)' })];
     var t = el('table', { id: 'eval-table', cls: 'eval' });
