@@ -1,0 +1,123 @@
+"""Reading other libraries' SAEs (dualsae.models.formats): every fixture was saved by the library's own
+save function, and dualsae's encode / decode of the imported SAE must equal the library's own on those
+real rows to 1e-5 (tests/fixtures/interop/make_fixtures.py; the libraries are not needed here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dualsae.core.errors import CheckpointError, ConfigError
+from dualsae.models.formats import detect_format, load_sae, sae_source
+from dualsae.models.sae import SAE, SAEConfig
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "interop"
+CASES = {  # fixture folder -> (format, dualsae activation)
+    "saelens_standard": ("saelens", "relu"),
+    "saelens_topk": ("saelens", "topk"),
+    "saelens_jumprelu": ("saelens", "jumprelu"),
+    "saelens_batchtopk_inference": ("saelens", "jumprelu"),
+    "saelens_batchtopk_training": ("saelens", "batchtopk"),
+    "saelens_pre6_topk": ("saelens", "topk"),
+    "sparsify_run/layers.0": ("sparsify", "topk"),
+    "sparsify_run/layers.1": ("sparsify", "topk"),
+    "overcomplete_sae": ("overcomplete", "relu"),
+    "overcomplete_topksae": ("overcomplete", "topk"),
+    "overcomplete_batchtopksae": ("overcomplete", "batchtopk"),
+    "overcomplete_jumpsae": ("overcomplete", "jumprelu"),
+    "dictionary_learning_autoencoder": ("dictionary_learning", "relu"),
+    "dictionary_learning_autoencodertopk": ("dictionary_learning", "topk"),
+    "dictionary_learning_batchtopksae": ("dictionary_learning", "batchtopk"),
+    "dictionary_learning_jumpreluautoencoder": ("dictionary_learning", "jumprelu"),
+}
+
+
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach() - b).abs().max())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_imported_sae_encodes_and_decodes_as_its_library(name):
+    folder = FIXTURES / name
+    fmt, activation = CASES[name]
+    assert detect_format(folder) == fmt
+    sae = load_sae(folder)
+    assert sae.config.activation == activation and (sae.d, sae.m) == (16, 32)
+    exp = load_file(str(folder / "expected.safetensors"))
+    codes = sae.encode(exp["rows"])
+    assert _max_abs(codes.to_dense(), exp["codes"]) < 1e-5
+    assert int((codes.values > 0).sum()) == int((exp["codes"] > 0).sum()) > 0  # the same latents fire
+    assert _max_abs(sae.decode(codes), exp["recon"]) < 1e-5
+
+
+def test_versions_recorded():
+    versions = json.loads((FIXTURES / "versions.json").read_text())["libraries"]
+    assert set(versions) >= {"sae-lens", "eai-sparsify", "overcomplete", "dictionary-learning"}
+
+
+def test_sparsify_run_folder_lists_its_hookpoints():
+    assert detect_format(FIXTURES / "sparsify_run") == "sparsify"
+    with pytest.raises(CheckpointError, match=r"sparsify_run/HOOKPOINT: layers\.0, layers\.1"):
+        load_sae(FIXTURES / "sparsify_run")
+
+
+def test_format_override_and_unknown_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="cfg.json: missing"):
+        load_sae(FIXTURES / "dictionary_learning_autoencoder", format="saelens")
+    with pytest.raises(ConfigError, match="--format must be one of"):
+        load_sae(FIXTURES / "saelens_topk", format="nope")
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(CheckpointError, match="not an SAE folder of a known format"):
+        detect_format(tmp_path)
+
+
+def test_one_line_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "saelens"
+    shutil.copytree(FIXTURES / "saelens_topk", bad)
+    cfg = json.loads((bad / "cfg.json").read_text())
+    (bad / "cfg.json").write_text(json.dumps({**cfg, "normalize_activations": "layer_norm"}))
+    with pytest.raises(CheckpointError, match=r"cfg\.json: field 'normalize_activations' is 'layer_norm'"):
+        load_sae(bad)
+    (bad / "cfg.json").write_text(json.dumps({**cfg, "d_sae": 31}))
+    with pytest.raises(CheckpointError, match=r"sae_weights\.safetensors: tensor 'W_enc' has shape \[16, 32\], expected \[16, 31\]"):
+        load_sae(bad)
+    sp = tmp_path / "sparsify"
+    shutil.copytree(FIXTURES / "sparsify_run" / "layers.0", sp)
+    cfg = json.loads((sp / "cfg.json").read_text())
+    (sp / "cfg.json").write_text(json.dumps({**cfg, "transcode": True}))
+    with pytest.raises(CheckpointError, match=r"cfg\.json: field 'transcode' is true"):
+        load_sae(sp)
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    """ae.pt is read with torch.load(weights_only=True): a pickle that calls a function is refused, not run."""
+    folder = tmp_path / "dl"
+    shutil.copytree(FIXTURES / "dictionary_learning_autoencoder", folder)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"encoder.weight": Evil()}, folder / "ae.pt")
+    with pytest.raises(CheckpointError, match=r"ae\.pt: not a state dict torch\.load\(weights_only=True\) can read"):
+        load_sae(folder)
+    assert not marker.exists()
+
+
+def test_source_records_format_and_hashes():
+    src = sae_source(FIXTURES / "saelens_topk")
+    assert src["format"] == "saelens" and set(src["files"]) == {"cfg.json", "sae_weights.safetensors"}
+    assert all(len(h) == 64 for h in src["files"].values())
+
+
+def test_dualsae_folder_loads_through_the_same_entry_point(tmp_path):
+    sae = SAE(SAEConfig(d=8, m=16, k=2))
+    sae.save(tmp_path / "s")
+    assert detect_format(tmp_path / "s") == "dualsae"
+    assert torch.equal(load_sae(tmp_path / "s").W_enc, sae.W_enc)
