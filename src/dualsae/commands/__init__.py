@@ -7,6 +7,7 @@ from dualsae.commands import (
     analyze,
     diagnose,
     evaluate,
+    export,
     extract,
     info,
     report,
@@ -16,4 +17,4 @@ from dualsae.commands import (
     translate,
 )
 
-COMMAND_MODULES = (train, info, align, analyze, synth, extract, evaluate, reproduce, translate, diagnose, report)
+COMMAND_MODULES = (train, info, align, analyze, synth, extract, evaluate, reproduce, translate, diagnose, report, export)

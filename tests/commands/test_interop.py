@@ -1,0 +1,154 @@
+"""Bring your own SAEs (README): ``dualsae align --image A --text B`` on two imported SAEs (one SAELens, one
+sparsify) gives an ordinary aligned folder that info, eval and report open (the report rendered in
+Chromium), recording where each SAE came from; ``dualsae export`` writes SAELens / sparsify folders that
+the real libraries load and whose encode / decode equal dualsae's to 1e-5 (skipped where the library is
+not installed: ``pip install -e '.[interop]'``, which .ci/run does)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dualsae.cli import main
+from dualsae.models.load import load_model
+from dualsae.store.paired import write_store
+from tests.browser import dump_dom, find_chromium, page_url
+from tests.helpers import EMOJI
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "interop"
+IMAGE_SAE = FIXTURES / "saelens_jumprelu"  # d = 16, m = 32, JumpReLU
+TEXT_SAE = FIXTURES / "sparsify_run" / "layers.0"  # d = 16, m = 32, TopK k = 4
+N, D = 600, 16
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def emoji_rows() -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """The first 16 coordinates of 600 emoji pairs (times sqrt(512/16), as the fixtures' rows), with captions."""
+    if not (EMOJI / "image.npy").is_file():
+        pytest.skip(f"{EMOJI} not present")
+    scale = np.sqrt(512 / D)
+    image = (np.load(EMOJI / "image.npy", mmap_mode="r")[:N, :D] * scale).astype(np.float32)
+    text = (np.load(EMOJI / "text.npy", mmap_mode="r")[:N, :D] * scale).astype(np.float32)
+    meta = [json.loads(line) for _, line in zip(range(N), open(EMOJI / "meta.jsonl"))]
+    return image, text, [{"caption": m.get("caption", ""), "split": "test" if i % 5 == 0 else "train"} for i, m in enumerate(meta)]
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory, emoji_rows):
+    root = tmp_path_factory.mktemp("byo")
+    write_store(root / "data", *emoji_rows)
+    assert main(["align", "--image", str(IMAGE_SAE), "--text", str(TEXT_SAE), "--data", str(root / "data"),
+                 "--out", str(root / "aligned"), "--no-progress"]) == 0
+    return root
+
+
+def test_aligned_folder_records_sources_and_keeps_each_sae_exact(aligned, emoji_rows):
+    from dualsae.models.formats import load_sae
+
+    rep = json.loads((aligned / "aligned" / "alignment.json").read_text())
+    assert rep["source_method"] == "imported" and (rep["m_image"], rep["m_text"]) == (32, 32)
+    assert rep["sources"]["image"]["format"] == "saelens" and rep["sources"]["text"]["format"] == "sparsify"
+    assert rep["sources"]["image"]["path"] == str(IMAGE_SAE.resolve())
+    assert set(rep["sources"]["text"]["files"]) == {"cfg.json", "sae.safetensors"}
+    manifest = json.loads((aligned / "aligned" / "manifest.json").read_text())
+    assert manifest["job"]["image"]["files"] == rep["sources"]["image"]["files"]
+    pair = load_model(aligned / "aligned")
+    x = torch.from_numpy(emoji_rows[0][:50])
+    y = torch.from_numpy(emoji_rows[1][:50])
+    # image codes unchanged; text codes are the sparsify SAE's, moved by the permutation (eq. 7)
+    assert torch.allclose(pair.encode("image", x).to_dense(), load_sae(IMAGE_SAE).encode(x, dense=True), atol=1e-6)
+    perm = torch.as_tensor(rep["permutation"])
+    assert torch.allclose(pair.encode("text", y).to_dense()[:, perm], load_sae(TEXT_SAE).encode(y, dense=True), atol=1e-6)
+
+
+def test_info_eval_and_report_open_the_aligned_imports(aligned, capsys):
+    code, out, _ = _cli(["info", str(aligned / "aligned")], capsys)
+    assert code == 0 and "image SAE: d=16 m=32" in out and "jumprelu" in out and "topk" in out
+    code, out, err = _cli(["eval", str(aligned / "aligned"), "--data", str(aligned / "data"), "--tasks", "recon,retrieval",
+                           "--out", str(aligned / "eval")], capsys)
+    assert code == 0, err
+    metrics = json.loads((aligned / "eval" / "metrics.json").read_text())
+    assert {"recon", "retrieval"} <= set(json.dumps(metrics).replace('"', " ").split())
+    code, _, err = _cli(["report", str(aligned / "aligned"), "--data", str(aligned / "data"), "--out", str(aligned / "site"),
+                         "--no-progress"], capsys)
+    assert code == 0, err
+    assert (aligned / "site" / "index.html").is_file()
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found (apt-get install chromium); .ci/run installs it")
+    dom = dump_dom(chromium, page_url(aligned / "site", "overview"))
+    assert re.search(r'<body[^>]*\sdata-view="overview"', dom) and 'id="overview-cards"' in dom
+
+
+def test_align_inputs_errors(aligned, tmp_path, capsys):
+    code, _, err = _cli(["align", "--image", str(IMAGE_SAE), "--data", str(aligned / "data"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--image and --text go together" in err
+    code, _, err = _cli(["align", "--image", str(IMAGE_SAE), "--text", str(FIXTURES / "sparsify_run"), "--data", str(aligned / "data"),
+                         "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "sparsify_run/HOOKPOINT: layers.0, layers.1" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def _export(aligned: Path, to: str, capsys) -> Path:
+    out = aligned / f"export_{to}"
+    code, stdout, err = _cli(["export", str(aligned / "aligned"), "--to", to, "--out", str(out)], capsys)
+    assert code == 0, err
+    return out
+
+
+def test_export_matches_json_and_refusals(aligned, capsys):
+    out = _export(aligned, "saelens", capsys)
+    stats = json.loads((out / "matches.json").read_text())
+    rep = json.loads((aligned / "aligned" / "alignment.json").read_text())
+    assert len(stats["matched"]) == rep["matched_count"] > 0
+    first = stats["matched"][0]
+    assert first["index"] == rep["matched"]["image"][0] and rep["permutation"][first["text_latent_before_alignment"]] == first["index"]
+    assert {"correlation", "support", "null_threshold", "above_null"} <= set(first)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+    # sparsify holds TopK only: the JumpReLU image SAE is refused before anything is written
+    code, _, err = _cli(["export", str(aligned / "aligned"), "--to", "sparsify", "--out", str(aligned / "bad")], capsys)
+    assert code == 2 and "image SAE (jumprelu)" in err and not (aligned / "bad").exists()
+
+
+def test_saelens_loads_the_export_and_encodes_as_dualsae(aligned, emoji_rows, capsys):
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens not installed (pip install -e '.[interop]')")
+    out = _export(aligned, "saelens", capsys) if not (aligned / "export_saelens").exists() else aligned / "export_saelens"
+    pair = load_model(aligned / "aligned")
+    for mod, rows in (("image", emoji_rows[0]), ("text", emoji_rows[1])):
+        theirs = sae_lens.SAE.load_from_disk(str(out / mod))
+        x = torch.from_numpy(rows[:64])
+        ours = pair.encode(mod, x)
+        with torch.no_grad():
+            codes = theirs.encode(x)
+            assert float((codes - ours.to_dense()).abs().max()) < 1e-5
+            assert float((theirs.decode(codes) - pair.decode(mod, ours)).abs().max()) < 1e-5
+
+
+def test_sparsify_loads_a_topk_export_and_encodes_as_dualsae(tmp_path, emoji_rows, capsys):
+    sparsify = pytest.importorskip("sparsify", reason="eai-sparsify not installed (pip install -e '.[interop]')")
+    write_store(tmp_path / "data", *emoji_rows)
+    assert main(["align", "--image", str(FIXTURES / "saelens_topk"), "--text", str(TEXT_SAE), "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "aligned"), "--no-progress"]) == 0
+    assert main(["export", str(tmp_path / "aligned"), "--to", "sparsify", "--out", str(tmp_path / "sp")]) == 0
+    pair = load_model(tmp_path / "aligned")
+    # a sparsify run folder whose hookpoints are the modalities
+    coders = {mod: sparsify.SparseCoder.load_from_disk(tmp_path / "sp" / mod) for mod in ("image", "text")}
+    for mod, rows in (("image", emoji_rows[0]), ("text", emoji_rows[1])):
+        x = torch.from_numpy(rows[:64])
+        ours = pair.encode(mod, x)
+        with torch.no_grad():
+            enc = coders[mod].encode(x)
+            dense = torch.zeros(64, 32).scatter(1, enc.top_indices, enc.top_acts)
+            assert float((dense - ours.to_dense()).abs().max()) < 1e-5
+            assert float((coders[mod].decode(enc.top_acts, enc.top_indices) - pair.decode(mod, ours)).abs().max()) < 1e-5
