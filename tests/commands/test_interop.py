@@ -152,3 +152,39 @@ def test_sparsify_loads_a_topk_export_and_encodes_as_dualsae(tmp_path, emoji_row
             dense = torch.zeros(64, 32).scatter(1, enc.top_indices, enc.top_acts)
             assert float((dense - ours.to_dense()).abs().max()) < 1e-5
             assert float((coders[mod].decode(enc.top_acts, enc.top_indices) - pair.decode(mod, ours)).abs().max()) < 1e-5
+
+
+def test_saes_of_different_widths_and_activations_align(tmp_path, emoji_rows, capsys):
+    """A 48-latent ReLU SAE (SAELens layout, b_dec not subtracted) against a 32-latent TopK one (dualsae
+    folder): the narrower gains 16 latents that never fire (recorded), its own codes are unchanged, and a
+    text latent that never fires is left unmatched like the added ones."""
+    from dualsae.models.formats import load_sae
+    from dualsae.models.formats.reading import build_sae
+    from dualsae.models.formats.saelens import write_saelens
+
+    g = torch.Generator().manual_seed(0)
+    wide = build_sae(W_enc=torch.randn(48, D, generator=g), b_enc=torch.randn(48, generator=g) * 0.1 - 0.5,
+                     W_dec=torch.randn(48, D, generator=g), b_dec=torch.randn(D, generator=g) * 0.1, activation="relu", b_dec_on_input=False)
+    write_saelens(wide, tmp_path / "wide")
+    narrow = load_sae(TEXT_SAE)
+    with torch.no_grad():
+        narrow.b_enc[5] = -1e4  # latent 5 never fires
+    narrow.save(tmp_path / "narrow")
+    write_store(tmp_path / "data", *emoji_rows)
+    code, out, err = _cli(["align", "--image", str(tmp_path / "wide"), "--text", str(tmp_path / "narrow"), "--data", str(tmp_path / "data"),
+                           "--out", str(tmp_path / "aligned"), "--no-progress"], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "aligned" / "alignment.json").read_text())
+    assert (rep["m_image"], rep["m_text"]) == (48, 48) and rep["dead"]["text"] >= 17 and 5 not in rep["matched"]["text"]
+    assert max(rep["matched"]["text"]) < 32  # no added latent is matched
+    src = rep["sources"]
+    assert (src["image"]["format"], src["image"]["latents"], src["image"]["padded_to"]) == ("saelens", 48, None)
+    assert (src["text"]["format"], src["text"]["latents"], src["text"]["padded_to"]) == ("dualsae", 32, 48)
+    pair = load_model(tmp_path / "aligned")
+    x, y = torch.from_numpy(emoji_rows[0][:20]), torch.from_numpy(emoji_rows[1][:20])
+    assert torch.allclose(pair.encode("image", x).to_dense(), wide.encode(x, dense=True), atol=1e-6)
+    perm = torch.as_tensor(rep["permutation"])
+    text_codes = pair.encode("text", y).to_dense()[:, perm]  # back to the text SAE's own order
+    assert torch.allclose(text_codes[:, :32], narrow.encode(y, dense=True), atol=1e-6) and not text_codes[:, 32:].any()
+    assert torch.allclose(pair.decode("text", pair.encode("text", y)), narrow.reconstruct(y), atol=1e-5)
+    assert _cli(["info", str(tmp_path / "aligned")], capsys)[0] == 0

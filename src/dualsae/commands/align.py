@@ -24,6 +24,7 @@ from dualsae.core.distributed import Distributed, resolve_device
 from dualsae.core.errors import ConfigError
 from dualsae.files.outdir import check_output, written_output
 from dualsae.models.formats import FORMATS, load_sae, sae_source
+from dualsae.models.formats.padding import pad_latents
 from dualsae.models.load import load_model
 from dualsae.models.pair import SAEPair
 from dualsae.models.provenance import recorded_fingerprint, store_warnings
@@ -71,7 +72,10 @@ def imported_pair(args: argparse.Namespace, device) -> tuple[SAEPair, dict]:
     if image.d != text.d:
         raise ConfigError(f"--image {args.image} embeds d={image.d}, --text {args.text} d={text.d}; both SAEs must embed the same space")
     sources = {"image": sae_source(args.image, args.format), "text": sae_source(args.text, args.format)}
-    return SAEPair("imported", image.to(device), text.to(device)), sources
+    m = max(image.m, text.m)  # eq. 7 needs one index space: the narrower SAE gains latents that never fire
+    for mod, sae in (("image", image), ("text", text)):
+        sources[mod].update({"latents": sae.m, "activation": sae.config.activation, "padded_to": m if sae.m < m else None})
+    return SAEPair("imported", pad_latents(image, m).to(device), pad_latents(text, m).to(device)), sources
 
 
 def run(args: argparse.Namespace) -> int:
