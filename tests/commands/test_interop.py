@@ -74,7 +74,8 @@ def test_aligned_folder_records_sources_and_keeps_each_sae_exact(aligned, emoji_
 
 def test_info_eval_and_report_open_the_aligned_imports(aligned, capsys):
     code, out, _ = _cli(["info", str(aligned / "aligned")], capsys)
-    assert code == 0 and "image SAE: d=16 m=32" in out and "jumprelu" in out and "topk" in out
+    assert code == 0 and "image SAE: d=16 m=32 jumprelu" in out and "text SAE: d=16 m=32 k=4 topk" in out
+    assert f"image SAE imported from saelens {IMAGE_SAE.resolve()} (32 latents)" in out
     code, out, err = _cli(["eval", str(aligned / "aligned"), "--data", str(aligned / "data"), "--tasks", "recon,retrieval",
                            "--out", str(aligned / "eval")], capsys)
     assert code == 0, err
@@ -89,6 +90,9 @@ def test_info_eval_and_report_open_the_aligned_imports(aligned, capsys):
         pytest.skip("no Chromium found (apt-get install chromium); .ci/run installs it")
     dom = dump_dom(chromium, page_url(aligned / "site", "overview"))
     assert re.search(r'<body[^>]*\sdata-view="overview"', dom) and 'id="overview-cards"' in dom
+    j = json.loads((aligned / "aligned" / "alignment.json").read_text())["matched"]["image"][0]
+    dom = dump_dom(chromium, page_url(aligned / "site", f"latent/{j}"))  # a matched latent: both modalities' top rows
+    assert re.search(rf'<body[^>]*\sdata-latent="{j}"', dom) and 'id="caps-image"' in dom and 'id="side-text"' in dom
 
 
 def test_align_inputs_errors(aligned, tmp_path, capsys):

@@ -121,3 +121,34 @@ def test_dualsae_folder_loads_through_the_same_entry_point(tmp_path):
     sae.save(tmp_path / "s")
     assert detect_format(tmp_path / "s") == "dualsae"
     assert torch.equal(load_sae(tmp_path / "s").W_enc, sae.W_enc)
+
+
+def test_saelens_variants_older_versions_wrote(tmp_path):
+    """log_threshold (training folders), the pre-6.0 fine-tuning scaling_factor (multiplied into the codes
+    before decoding) and a boolean normalize_activations read as SAELens reads them."""
+    from safetensors.torch import save_file
+
+    src = FIXTURES / "saelens_jumprelu"
+    exp = load_file(str(src / "expected.safetensors"))
+    w = load_file(str(src / "sae_weights.safetensors"))
+    cfg = json.loads((src / "cfg.json").read_text())
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    w_log = {k: v for k, v in w.items() if k != "threshold"} | {"log_threshold": w["threshold"].clamp_min(1e-6).log()}
+    save_file(w_log, str(folder / "sae_weights.safetensors"))
+    assert _max_abs(load_sae(folder).encode(exp["rows"]).to_dense(), exp["codes"]) < 1e-5
+
+    std = FIXTURES / "saelens_standard"
+    exp = load_file(str(std / "expected.safetensors"))
+    w = load_file(str(std / "sae_weights.safetensors"))
+    scale = torch.linspace(0.5, 2.0, 32)
+    save_file({**w, "scaling_factor": scale}, str(folder / "sae_weights.safetensors"))
+    old = {k: v for k, v in json.loads((std / "cfg.json").read_text()).items() if k not in ("metadata", "architecture")}
+    (folder / "cfg.json").write_text(json.dumps({**old, "activation_fn_str": "relu", "normalize_activations": False,
+                                                 "finetuning_scaling_factor": True, "sae_lens_version": "3.0.0"}))
+    sae = load_sae(folder)
+    codes = sae.encode(exp["rows"])
+    assert _max_abs(codes.to_dense(), exp["codes"]) < 1e-5  # the codes are the library's
+    want = (exp["codes"] * scale) @ w["W_dec"] + w["b_dec"]
+    assert _max_abs(sae.decode(codes), want) < 1e-5

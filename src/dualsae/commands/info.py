@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         for line in alignment_lines(info["alignment"]):
             print(line)
     for name, s in info["saes"].items():
-        print(f"  {name} SAE: d={s['d']} m={s['m']} k={s['k']} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
+        k = f" k={s['k']}" if s["activation"] in ("topk", "batchtopk") else ""  # ReLU / JumpReLU have no k
+        print(f"  {name} SAE: d={s['d']} m={s['m']}{k} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
     for mod, st in info.get("data", {}).items():
         if isinstance(st, dict):
             print(f"  {mod:5s} on {args.data} [{args.split}, {st['n_rows']:,} rows]: MSE={st['mse']:.5f}  explained variance={st['explained_variance']:.4f}  "
@@ -103,7 +104,7 @@ def model_summary(root: Path) -> dict:
             pass
     if aligned is not None:
         keys = ("rows", "data", "split", "live", "dead", "matched_count", "matched", "mean_matched_correlation", "solver",
-                "collapse_rate", "collapse_rate_of_matched", "collapsed", "confidence")
+                "collapse_rate", "collapse_rate_of_matched", "collapsed", "confidence", "sources")
         summary = {k: aligned[k] for k in keys if k in aligned and k != "matched"}
         if isinstance(aligned.get("matched"), int):
             summary["matched_count"] = aligned["matched"]
@@ -130,4 +131,7 @@ def alignment_lines(a: dict) -> list[str]:
         lines.append(f"    support quartiles {conf.get('support_quartiles')}; above permutation null: "
                      f"{above if above is not None else '-'}; thresholds min_correlation={conf.get('min_correlation')} "
                      f"min_support={conf.get('min_support')} (dropped {conf.get('dropped_by_threshold', 0)})")
+    for mod, src in (a.get("sources") or {}).items():  # SAEs imported by 'dualsae align --image A --text B'
+        padded = f", padded to {src['padded_to']:,}" if src.get("padded_to") else ""
+        lines.append(f"    {mod} SAE imported from {src.get('format')} {src.get('path')} ({src.get('latents', '?')} latents{padded})")
     return lines
