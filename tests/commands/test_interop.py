@@ -18,6 +18,7 @@ from dualsae.cli import main
 from dualsae.models.load import load_model
 from dualsae.store.paired import write_store
 from tests.browser import dump_dom, find_chromium, page_url
+from tests.fault_helpers import KILLED, run_cli
 from tests.helpers import EMOJI
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "interop"
@@ -123,6 +124,19 @@ def test_export_matches_json_and_refusals(aligned, capsys):
     # sparsify holds TopK only: the JumpReLU image SAE is refused before anything is written
     code, _, err = _cli(["export", str(aligned / "aligned"), "--to", "sparsify", "--out", str(aligned / "bad")], capsys)
     assert code == 2 and "image SAE (jumprelu)" in err and not (aligned / "bad").exists()
+
+
+def test_export_killed_between_saes_is_unfinished_and_a_rerun_finishes_it(aligned, tmp_path, capsys):
+    out = tmp_path / "exp"
+    killed = run_cli(["export", aligned / "aligned", "--to", "saelens", "--out", out], fault="export-between-saes")
+    assert killed.returncode == KILLED, killed.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and (out / "image").is_dir() and not (out / "text").exists()
+    code, _, err = _cli(["export", str(aligned / "aligned"), "--to", "sparsify", "--out", str(out)], capsys)
+    assert code == 2 and "already holds files written by 'dualsae export' for another job" in err  # not another job's folder
+    assert _cli(["export", str(aligned / "aligned"), "--to", "saelens", "--out", str(out)], capsys)[0] == 0  # the same job resumes
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and {"image/cfg.json", "text/sae_weights.safetensors", "matches.json"} <= set(manifest["files"])
 
 
 def test_saelens_loads_the_export_and_encodes_as_dualsae(aligned, emoji_rows, capsys):

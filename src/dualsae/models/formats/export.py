@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from dualsae.core.errors import CheckpointError, ConfigError
+from dualsae.files.faults import fault_point
 from dualsae.models.aligned import AlignedPair
 from dualsae.models.formats.saelens import write_saelens
 from dualsae.models.formats.sparsify import write_sparsify
@@ -72,6 +73,8 @@ def export_pair(pair: SAEPair, to: str, folder: Path, model: str) -> dict:
                                       "form: sparsify holds TopK SAEs over x - b_dec only; export it --to saelens")
     files = {}
     for name, sae in parts.items():
+        if files:
+            fault_point("export-between-saes", str(folder))
         files[name] = WRITERS[to](sae.cpu(), folder / name)
     out = {"format": EXPORT_FORMAT, "to": to, "model": str(Path(model).resolve()), "method": pair.method,
            "folders": {name: [f"{name}/{f}" for f in fs] for name, fs in files.items()},
