@@ -23,8 +23,8 @@ from dualsae.commands.flags import add_flags, dataclass_flags, given
 from dualsae.core.distributed import Distributed, resolve_device
 from dualsae.core.errors import ConfigError
 from dualsae.files.outdir import check_output, written_output
-from dualsae.models.formats import FORMATS, load_sae, sae_source
-from dualsae.models.formats.padding import pad_latents
+from dualsae.models.formats import FORMATS
+from dualsae.models.formats.pairing import imported_pair
 from dualsae.models.load import load_model
 from dualsae.models.pair import SAEPair
 from dualsae.models.provenance import recorded_fingerprint, store_warnings
@@ -62,20 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def imported_pair(args: argparse.Namespace, device) -> tuple[SAEPair, dict]:
+def imported_pair_of(args: argparse.Namespace, device) -> tuple[SAEPair, dict]:
     """The pair of ``--image`` and ``--text`` (any supported format) and where each SAE came from."""
     if not (args.image and args.text):
         raise ConfigError("--image and --text go together: give both SAE folders, or a run folder instead")
     if args.data is None:
         raise ConfigError("--data is required with --image/--text (two imported SAEs record no store)")
-    image, text = load_sae(args.image, args.format), load_sae(args.text, args.format)
-    if image.d != text.d:
-        raise ConfigError(f"--image {args.image} embeds d={image.d}, --text {args.text} d={text.d}; both SAEs must embed the same space")
-    sources = {"image": sae_source(args.image, args.format), "text": sae_source(args.text, args.format)}
-    m = max(image.m, text.m)  # eq. 7 needs one index space: the narrower SAE gains latents that never fire
-    for mod, sae in (("image", image), ("text", text)):
-        sources[mod].update({"latents": sae.m, "activation": sae.config.activation, "padded_to": m if sae.m < m else None})
-    return SAEPair("imported", pad_latents(image, m).to(device), pad_latents(text, m).to(device)), sources
+    pair, sources = imported_pair(args.image, args.text, args.format)
+    return SAEPair(pair.method, pair.image.to(device), pair.text.to(device)), sources
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     device = dist.device(device)
     sources = None
     if args.run is None:
-        pair, sources = imported_pair(args, device)
+        pair, sources = imported_pair_of(args, device)
     else:
         pair = load_model(run_dir, device=device)
     confidence = confidence_options(args)
