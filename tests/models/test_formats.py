@@ -152,3 +152,17 @@ def test_saelens_variants_older_versions_wrote(tmp_path):
     assert _max_abs(codes.to_dense(), exp["codes"]) < 1e-5  # the codes are the library's
     want = (exp["codes"] * scale) @ w["W_dec"] + w["b_dec"]
     assert _max_abs(sae.decode(codes), want) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["saelens_topk", "saelens_jumprelu", "saelens_standard", "dictionary_learning_batchtopksae"])
+def test_padded_latents_never_fire_and_keep_the_codes(name):
+    from dualsae.models.formats.padding import pad_latents
+
+    sae = load_sae(FIXTURES / name)
+    exp = load_file(str(FIXTURES / name / "expected.safetensors"))
+    wide = pad_latents(sae, 50)
+    assert wide.m == 50 and wide.config.activation == sae.config.activation
+    codes = wide.encode(exp["rows"] * 3)  # larger inputs than the fixture's, still no added latent fires
+    dense = codes.to_dense()
+    assert not dense[:, 32:].any() and _max_abs(dense[:, :32], sae.encode(exp["rows"] * 3, dense=True)) == 0
+    assert _max_abs(wide.decode(codes), sae.reconstruct(exp["rows"] * 3)) < 1e-6
