@@ -181,7 +181,7 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="1 <= k < m"):
         SAEConfig(d=8, m=16, k=16)
     with pytest.raises(ConfigError, match="activation"):
-        SAEConfig(d=8, m=16, k=2, activation="jumprelu")
+        SAEConfig(d=8, m=16, k=2, activation="gated")
 
 
 def test_sparse_codes_cat_and_permute():
@@ -235,3 +235,30 @@ def test_gather_pre_and_sparse_decode_gradients_equal_dense(input_grad):
     assert abs(loss.item() - loss_ref.item()) <= 1e-5 * loss_ref.item()
     for a, b in zip(grads, grads_ref):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_jumprelu_codes_and_input_offset_against_brute_force(tmp_path):
+    """JumpReLU: z = relu(pre) * [pre > theta_j] with per-latent theta; b_dec_on_input false: pre = W_enc x + b_enc.
+    Saved and loaded with the per-latent threshold; permuting the SAE moves each theta with its latent."""
+    from dualsae.alignment.permutation import permute_sae
+
+    g = torch.Generator().manual_seed(3)
+    sae = SAE(SAEConfig(d=6, m=10, activation="jumprelu", b_dec_on_input=False, dec_bias_init="zero"))
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(6, generator=g))
+        sae.b_enc.copy_(torch.randn(10, generator=g) * 0.1)
+        sae.threshold.copy_(torch.rand(10, generator=g) * 0.5)
+    x = torch.randn(20, 6, generator=g)
+    pre = x @ sae.W_enc.detach().T + sae.b_enc.detach()
+    want = pre.clamp_min(0) * (pre > sae.threshold)
+    assert torch.allclose(sae.encode(x, dense=True), want, atol=1e-6) and 0 < int((want > 0).sum()) < want.numel()
+    sae.save(tmp_path / "j")
+    back = SAE.load(tmp_path / "j")
+    assert back.threshold.shape == (10,) and torch.equal(back.encode(x, dense=True), sae.encode(x, dense=True))
+    perm = torch.randperm(10, generator=g)
+    moved = permute_sae(sae, perm)
+    assert torch.allclose(moved.encode(x, dense=True)[:, perm], want, atol=1e-6)
+    centred = SAE(SAEConfig(d=6, m=10, activation="jumprelu"))
+    centred.load_state_dict(sae.state_dict())
+    pre_c = (x - sae.b_dec.detach()) @ sae.W_enc.detach().T + sae.b_enc.detach()
+    assert torch.allclose(centred.pre_activations(x), pre_c, atol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dualsae.core.errors import CheckpointError
+from dualsae.models.formats import load_sae
 from dualsae.models.sae_spec import open_sae, split_spec
 from tests.metrics_helpers import random_sae
 
@@ -47,5 +48,16 @@ def test_members_of_run_and_shared_folders(tmp_path):
 def test_a_folder_of_another_library_is_named_in_one_line(tmp_path):
     (tmp_path / "saelens").mkdir()
     (tmp_path / "saelens" / "cfg.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="not a dualsae folder"):
+    with pytest.raises(CheckpointError, match="not an SAE folder of a known format"):
         open_sae(str(tmp_path / "saelens"))
+
+
+def test_other_libraries_folders_open_through_their_readers():
+    """A SAELens folder and one hookpoint of a sparsify run name one SAE each (as formats.load_sae reads it)."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "interop"
+    for spec, folder in (("saelens_topk", fixtures / "saelens_topk"), ("sparsify_run/layers.0:image", fixtures / "sparsify_run" / "layers.0")):
+        named = open_sae(str(fixtures / spec))
+        want = load_sae(folder)
+        assert named.path == folder and named.sae.m == want.m and named.sae.d == want.d
+        assert torch.equal(named.sae.W_dec, want.W_dec)
+    assert open_sae(str(fixtures / "sparsify_run/layers.0:image")).member == "image"

@@ -44,7 +44,7 @@ def build_permutation(matching: Matching, m_image: int, m_text: int) -> np.ndarr
 def permute_sae(sae: SAE, perm: np.ndarray | torch.Tensor) -> SAE:
     """A copy of ``sae`` whose latent j is moved to index ``perm[j]`` (eq. 7).
 
-    Encoder rows, encoder bias, decoder columns and the dead-latent counter move together, so
+    Encoder rows, encoder bias, decoder columns, the dead-latent counter and (JumpReLU) the thresholds move together, so
     ``permute_sae(sae, p).encode(x)`` equals ``sae.encode(x).permute(p)`` and decoding is unchanged.
     """
     p = torch.as_tensor(np.asarray(perm), dtype=torch.long, device=sae.W_enc.device)
@@ -56,6 +56,8 @@ def permute_sae(sae: SAE, perm: np.ndarray | torch.Tensor) -> SAE:
         getattr(out, name).data[p] = getattr(sae, name).data
     out.b_enc.data[p] = sae.b_enc.data
     out.samples_since_fired[p] = sae.samples_since_fired
+    if out.threshold.dim() == 1:  # JumpReLU's per-latent thresholds move with their latents
+        out.threshold[p] = sae.threshold
     return out.train(sae.training)
 
 

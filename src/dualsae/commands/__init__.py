@@ -8,6 +8,7 @@ from dualsae.commands import (
     compare,
     diagnose,
     evaluate,
+    export,
     extract,
     info,
     report,
@@ -17,4 +18,4 @@ from dualsae.commands import (
     translate,
 )
 
-COMMAND_MODULES = (train, info, align, compare, analyze, synth, extract, evaluate, reproduce, translate, diagnose, report)
+COMMAND_MODULES = (train, info, align, compare, analyze, synth, extract, evaluate, reproduce, translate, diagnose, report, export)

@@ -1,5 +1,6 @@
 """``dualsae align``: post-hoc alignment of a trained run (eqs. 5-7), or the collapse diagnostic of a
-shared-SAE run (App. F.2)."""
+shared-SAE run (App. F.2); or of any two SAE folders (``--image A --text B``, in any format
+:mod:`dualsae.models.formats` reads: SAELens, sparsify, overcomplete, dictionary_learning, dualsae)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from dualsae.commands.flags import add_flags, dataclass_flags, given
 from dualsae.core.distributed import Distributed, resolve_device
 from dualsae.core.errors import ConfigError
 from dualsae.files.outdir import check_output, written_output
+from dualsae.models.formats import FORMATS
+from dualsae.models.formats.pairing import imported_pair
 from dualsae.models.load import load_model
+from dualsae.models.pair import SAEPair
 from dualsae.models.provenance import recorded_fingerprint, store_warnings
 from dualsae.store.paired import open_store
 
@@ -34,9 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "match live image and text latents with the Hungarian algorithm (eq. 6) and permute the text "
         "SAE (eq. 7). Writes an aligned folder (image/, text/, alignment.json, correlation.safetensors). "
         "For a shared-SAE run (shared, group-sparse, iso-energy) it writes collapse.json instead: the "
-        "share of live latents matched to themselves (App. F.2).",
+        "share of live latents matched to themselves (App. F.2). With --image A --text B instead of a run: "
+        "align two SAE folders of any supported format, widths and activations (SAELens, sparsify, overcomplete, "
+        "dictionary_learning or dualsae; detected, --format overrides) on the paired rows of --data.",
     )
-    p.add_argument("run", help="run folder written by 'dualsae train'")
+    p.add_argument("run", nargs="?", default=None, help="run folder written by 'dualsae train' (or give --image and --text)")
+    p.add_argument("--image", default=None, help="image SAE folder in any supported format (with --text, instead of a run)")
+    p.add_argument("--text", default=None, help="text SAE folder in any supported format (with --image, instead of a run)")
+    p.add_argument("--format", default=None, choices=FORMATS,
+                   help="format of --image and --text (default: detected from each folder's files)")
     data_arg(p, "store folder with paired image.npy and text.npy")
     p.add_argument("--out", required=True, help="folder to write the aligned model or collapse report to")
     add_split_args(p, None)
@@ -52,28 +62,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def imported_pair_of(args: argparse.Namespace, device) -> tuple[SAEPair, dict]:
+    """The pair of ``--image`` and ``--text`` (any supported format) and where each SAE came from."""
+    if not (args.image and args.text):
+        raise ConfigError("--image and --text go together: give both SAE folders, or a run folder instead")
+    if args.data is None:
+        raise ConfigError("--data is required with --image/--text (two imported SAEs record no store)")
+    pair, sources = imported_pair(args.image, args.text, args.format)
+    return SAEPair(pair.method, pair.image.to(device), pair.text.to(device)), sources
+
+
 def run(args: argparse.Namespace) -> int:
 
-    run_dir, out = Path(args.run), Path(args.out)
-    if out.resolve() == run_dir.resolve():
-        raise ConfigError(f"--out {out} is the run folder itself; choose a new folder so the trained SAEs are kept unpermuted")
+    if args.run is not None and (args.image or args.text):
+        raise ConfigError("give a run folder or --image and --text, not both")
+    if args.run is None and not (args.image or args.text):
+        raise ConfigError("expected a run folder, or --image A --text B (two SAE folders)")
+    if args.format and args.run is not None:
+        raise ConfigError("--format applies to --image and --text; a run folder is always dualsae's")
+    run_dir, out = Path(args.run if args.run is not None else args.image), Path(args.out)
+    if out.resolve() in {Path(p).resolve() for p in (args.run, args.image, args.text) if p}:
+        raise ConfigError(f"--out {out} is an input folder itself; choose a new folder so the trained SAEs are kept unpermuted")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
     device = resolve_device(args.device)
     dist = Distributed.from_env(device)  # a torchrun rank, or one process
     device = dist.device(device)
-    pair = load_model(run_dir, device=device)
+    sources = None
+    if args.run is None:
+        pair, sources = imported_pair_of(args, device)
+    else:
+        pair = load_model(run_dir, device=device)
     confidence = confidence_options(args)
     data = resolve_data(args, run_dir)
     store = open_store(data)
     store.require_pairs("alignment (the coactivation correlation of eq. 5)")
-    split, test_fraction, split_seed = resolve_split(args, run_dir)
+    split, test_fraction, split_seed = resolve_split(args, run_dir if sources is None else None)
     rows = store.split(split, test_fraction=test_fraction, seed=split_seed)
     job = {"run": str(run_dir.resolve()), "data": str(Path(data).resolve()), "split": split,
            "test_fraction": test_fraction, "split_seed": split_seed}
+    if sources is not None:  # two imported SAEs: the job is both folders and the files they were read from
+        job = {"image": sources["image"], "text": sources["text"], **{k: v for k, v in job.items() if k != "run"}}
     def check() -> None:  # rank 0 (or the one process); under torchrun every rank stops if it refuses
         rows.require_model_width(pair, f"{run_dir}'s")
-        for line in store_warnings(run_dir, rows, "align"):
+        for line in (store_warnings(run_dir, rows, "align") if sources is None else []):
             print(line, file=sys.stderr)
         check_output(out, "align", job, overwrite=args.overwrite)  # refuse someone else's folder before the work
 
@@ -88,9 +120,11 @@ def run(args: argparse.Namespace) -> int:
     if not dist.is_main:
         return 0
     result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
-                   source=str(run_dir), progress=not args.no_progress, confidence=confidence)
+                   source=str(run_dir) if sources is None else None, progress=not args.no_progress, confidence=confidence)
     result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
-                          "fingerprint": recorded_fingerprint(run_dir)})
+                          "fingerprint": recorded_fingerprint(run_dir) if sources is None else None})
+    if sources is not None:
+        result.report["sources"] = sources  # format, absolute path and SHA-256 of each file of both SAEs
     with written_output(out, "align", job, "this aligned model", overwrite=args.overwrite):  # unfinished until the block ends
         result.save(out, save_correlation=not args.no_correlation)
     rep = result.report
@@ -112,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     live, dead = rep["live"], rep["dead"]
     mean = rep["mean_matched_correlation"]
+    if sources is not None:
+        run_dir = f"{sources['image']['format']} {args.image} + {sources['text']['format']} {args.text}"
     print(f"{run_dir} ({rep['source_method']}) on {rep['rows']:,} rows [{split}], solver {rep['solver']}")
     print(f"  live latents: image {live['image']:,}/{rep['m_image']:,}, text {live['text']:,}/{rep['m_text']:,} "
           f"(dead {dead['image']:,} / {dead['text']:,})")

@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  collapse rate (App. F.2): not measured here; 'dualsae align {root} --out FOLDER' writes collapse.json, "
               "'dualsae info FOLDER' shows it with this run")
     for name, s in info["saes"].items():
-        print(f"  {name} SAE: d={s['d']} m={s['m']} k={s['k']} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
+        k = f" k={s['k']}" if s["activation"] in ("topk", "batchtopk") else ""  # ReLU / JumpReLU have no k
+        print(f"  {name} SAE: d={s['d']} m={s['m']}{k} {s['activation']}  params={s['parameters']:,}  dead at end of training={s['dead_in_training']}")
     if info.get("generalization"):
         print(f"  reconstruction on {data} (eq. 4 MSE; over-fitting: test/train MSE > {info['generalization']['overfit_ratio']:g})")
         for line in generalization_lines(info["generalization"], "    "):
@@ -152,7 +153,7 @@ def model_summary(root: Path) -> dict:
             pass
     if aligned is not None:
         keys = ("rows", "data", "split", "live", "dead", "matched_count", "matched", "mean_matched_correlation", "solver",
-                "collapse_rate", "collapse_rate_of_matched", "collapsed", "confidence")
+                "collapse_rate", "collapse_rate_of_matched", "collapsed", "confidence", "sources")
         summary = {k: aligned[k] for k in keys if k in aligned and k != "matched"}
         if isinstance(aligned.get("matched"), int):
             summary["matched_count"] = aligned["matched"]
@@ -179,4 +180,7 @@ def alignment_lines(a: dict) -> list[str]:
         lines.append(f"    support quartiles {conf.get('support_quartiles')}; above permutation null: "
                      f"{above if above is not None else '-'}; thresholds min_correlation={conf.get('min_correlation')} "
                      f"min_support={conf.get('min_support')} (dropped {conf.get('dropped_by_threshold', 0)})")
+    for mod, src in (a.get("sources") or {}).items():  # SAEs imported by 'dualsae align --image A --text B'
+        padded = f", padded to {src['padded_to']:,}" if src.get("padded_to") else ""
+        lines.append(f"    {mod} SAE imported from {src.get('format')} {src.get('path')} ({src.get('latents', '?')} latents{padded})")
     return lines

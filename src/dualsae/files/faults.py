@@ -7,7 +7,7 @@ power cut or the OOM killer does) when the environment variable ``DUALSAE_FAULT`
 variable (every normal run) a fault point is one dictionary lookup.
 
 Points: ``before-replace`` (:func:`dualsae.files.atomic.atomic_path`, the temporary file is complete and
-not yet renamed; detail = the destination path), ``train-between-saes``, ``align-between-saes``,
+not yet renamed; detail = the destination path), ``train-between-saes``, ``align-between-saes``, ``export-between-saes``,
 ``extract-assembly`` (arrays assembled, ``meta.jsonl``/``extract.json`` not yet written),
 ``report-swap`` (a report's new folder and its old one are mid-exchange).
 """

@@ -4,7 +4,7 @@ Footnote 1 of the paper: experiments use TopK activations, bias terms and *separ
 decoder weights, so the model here is
 
     pre  = W_enc (x - b_dec) + b_enc                     pre:  [batch, m]
-    z    = sigma(pre)            (TopK / BatchTopK / ReLU) z:    [batch, m], at most k non-zero
+    z    = sigma(pre)  (TopK / BatchTopK / ReLU / JumpReLU) z:    [batch, m], at most k non-zero
     x_hat = sum_j z_j w_j + b_dec                         x_hat: [batch, d]
 
 Weights are stored row-wise: ``W_enc[j]`` is the encoder row of latent j and ``W_dec[j]`` is the
@@ -20,6 +20,11 @@ computation (tested in ``tests/test_sae.py``).
 The activation sigma is a typed config of its own (:mod:`dualsae.models.activations`: TopK,
 BatchTopK, ReLU), looked up by the name ``SAEConfig.activation`` that ``config.json`` stores; it
 holds the selection and encoding logic, the SAE the maps they share.
+
+SAEs trained by other libraries (:mod:`dualsae.models.formats`) may not subtract ``b_dec`` before the
+encoder (SAELens with ``apply_b_dec_to_input: false``, dictionary_learning's JumpReLU): config field
+``b_dec_on_input`` false gives ``pre = W_enc x + b_enc`` exactly, rather than folding ``W_enc b_dec``
+into ``b_enc`` (which would round differently from the source library).
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ class SAEConfig:
         mean, or zero.
     l1_coef: L1 coefficient for the ReLU activation only.
     threshold_momentum: EMA momentum of the BatchTopK inference threshold.
+    b_dec_on_input: subtract ``b_dec`` from the input before the encoder (eq. 3 as above, dualsae's own
+        SAEs); false: ``pre = W_enc x + b_enc`` (imported SAEs that were trained that way). Folders
+        written before the field existed load with the default, true.
     """
 
     d: int | None = field(default=None, metadata={"cli": False})
@@ -88,6 +96,7 @@ class SAEConfig:
     dec_bias_init: str = field(default="geometric_median", metadata={"help": "initialisation of b_dec", "choices": DEC_BIAS_INITS})
     l1_coef: float = field(default=1e-3, metadata={"help": "L1 coefficient for --activation relu"})
     threshold_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the BatchTopK inference threshold"})
+    b_dec_on_input: bool = field(default=True, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -138,7 +147,7 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-7) -> to
 
 
 class SAE(nn.Module):
-    """TopK / BatchTopK / ReLU sparse autoencoder with separate encoder and decoder (eq. 3)."""
+    """TopK / BatchTopK / ReLU / JumpReLU sparse autoencoder with separate encoder and decoder (eq. 3)."""
 
     def __init__(self, config: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -156,7 +165,9 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.b_dec = nn.Parameter(torch.zeros(d))
         # BatchTopK inference threshold (Bussmann et al. 2024); negative means "not estimated yet".
-        self.register_buffer("threshold", torch.tensor(-1.0))
+        # JumpReLU: one threshold per latent instead (0: a fresh one acts as ReLU).
+        per_latent = type(self.activation).per_latent_threshold
+        self.register_buffer("threshold", torch.zeros(m) if per_latent else torch.tensor(-1.0))
         # Training samples since each latent last fired (for AuxK's dead-latent mask).
         self.register_buffer("samples_since_fired", torch.zeros(m, dtype=torch.long))
         # dtype of the training forward's selection product only (TrainConfig.selection_dtype):
@@ -178,8 +189,14 @@ class SAE(nn.Module):
     def m(self) -> int:
         return self.config.m
 
+    def input_offset(self) -> torch.Tensor:
+        """What is subtracted from x before the encoder: ``b_dec``, or zeros when ``b_dec_on_input`` is false. -> [d]"""
+        return self.b_dec if self.config.b_dec_on_input else torch.zeros_like(self.b_dec)
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """pre = W_enc (x - b_dec) + b_enc.  x: [batch, d] -> [batch, m]."""
+        """pre = W_enc (x - b_dec) + b_enc (or W_enc x + b_enc, see ``b_dec_on_input``).  x: [batch, d] -> [batch, m]."""
+        if not self.config.b_dec_on_input:
+            return F.linear(x, self.W_enc, self.b_enc)
         return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
 
     def gather_pre(self, x: torch.Tensor, idx: torch.Tensor, pre_all: torch.Tensor,
@@ -193,9 +210,9 @@ class SAE(nn.Module):
         """
         if self.selection_dtype != torch.float32:  # pre_all is approximate: recompute the w values
             with torch.no_grad():
-                exact = torch.einsum("bd,bwd->bw", x - self.b_dec, self.W_enc[idx]) + self.b_enc[idx]
-            return gather_pre_values(x, self.W_enc, self.b_enc, self.b_dec, idx, exact, pattern)
-        return gather_pre(x, self.W_enc, self.b_enc, self.b_dec, idx, pre_all, pattern)
+                exact = torch.einsum("bd,bwd->bw", x - self.input_offset(), self.W_enc[idx]) + self.b_enc[idx]
+            return gather_pre_values(x, self.W_enc, self.b_enc, self.input_offset(), idx, exact, pattern)
+        return gather_pre(x, self.W_enc, self.b_enc, self.input_offset(), idx, pre_all, pattern)
 
     def selection_pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """pre [batch, m] for choosing latents, in ``selection_dtype`` (returned as float32).
@@ -212,9 +229,9 @@ class SAE(nn.Module):
             shape = (x.shape[0], self.m)
             if buf is None or buf.shape != shape or buf.device != x.device or buf.dtype != self.W_enc.dtype:
                 buf = self._selection_buffer = torch.empty(shape, dtype=self.W_enc.dtype, device=x.device)
-            return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc.t(), out=buf)
+            return torch.addmm(self.b_enc, x - self.input_offset(), self.W_enc.t(), out=buf)
         dt = self.selection_dtype
-        return F.linear((x - self.b_dec).to(dt), self.W_enc.to(dt), self.b_enc.to(dt)).float()
+        return F.linear((x - self.input_offset()).to(dt), self.W_enc.to(dt), self.b_enc.to(dt)).float()
 
     def decode(self, codes: SparseCodes | torch.Tensor) -> torch.Tensor:
         """x_hat = sum_j z_j w_j + b_dec (eq. 3).

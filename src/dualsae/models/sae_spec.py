@@ -1,7 +1,8 @@
 """Naming one SAE of a folder on the command line: ``PATH`` or ``PATH:MEMBER``.
 
-A run folder of a shared method, a bare SAE folder (``config.json`` with field ``sae``) and, later, a
-folder in another library's format each hold one SAE: ``PATH`` names it. A specific run folder and an
+A run folder of a shared method, a bare SAE folder (``config.json`` with field ``sae``) and a folder in
+another library's format (SAELens, sparsify, overcomplete, dictionary_learning) each hold one SAE:
+``PATH`` names it (``PATH:image`` / ``PATH:text`` name it too and choose the store column). A specific run folder and an
 aligned folder hold an image and a text SAE: ``PATH:image`` or ``PATH:text`` names one of them (the
 aligned folder's text SAE is the permuted one of eq. 7). For a folder of one shared SAE, ``PATH:image``,
 ``PATH:text`` and ``PATH:shared`` all name it (the modality then is the store column ``compare --data``
@@ -9,7 +10,7 @@ encodes by default).
 The suffix is split off only when it is one of these member names, so a path holding a colon still works.
 
 :func:`open_sae` is the one place that turns such a name into an :class:`SAE`; folders of other
-libraries are to be opened through ``dualsae.models.formats.load_sae`` here once that reader exists.
+libraries are opened through :func:`dualsae.models.formats.load_sae` (format detected).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from dualsae.core.errors import CheckpointError
+from dualsae.models.formats import load_sae
 from dualsae.models.load import load_model
 from dualsae.models.sae import SAE
 
@@ -72,9 +74,8 @@ def open_sae(spec: str, device: str | torch.device = "cpu") -> NamedSAE:
         raise CheckpointError(f"{path}: no such folder; expected a run folder, an aligned folder or an SAE folder "
                               f"(add ':image' or ':text' to name one SAE of a pair)")
     if not is_dualsae_folder(path):
-        # The one place another library's folder is to be opened: dualsae.models.formats.load_sae(path, format).
-        raise CheckpointError(f"{path}: not a dualsae folder (no alignment.json, nor config.json with field 'train' or 'sae'); "
-                              f"expected a run folder, an aligned folder or an SAE folder")
+        # Another library's folder (or a foreign file): load_sae detects the format or names what it found.
+        return NamedSAE(str(spec), path, member, load_sae(path).to(device))
     pair = load_model(path, device=device)
     present = [m for m in ("image", "text") if getattr(pair, m) is not None]
     if member is None:

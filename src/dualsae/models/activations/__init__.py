@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dualsae.models.activations.base import Activation, ActivationSettings, SAEOutput
 from dualsae.models.activations.batchtopk import BatchTopK
+from dualsae.models.activations.jumprelu import JumpReLU
 from dualsae.models.activations.relu import ReLU
 from dualsae.models.activations.topk import TopK
 
@@ -16,6 +17,7 @@ ACTIVATIONS: dict[str, type[Activation]] = {
     TopK.name: TopK,
     BatchTopK.name: BatchTopK,
     ReLU.name: ReLU,
+    JumpReLU.name: JumpReLU,
 }
 
 
@@ -24,4 +26,4 @@ def activation_for(config: ActivationSettings) -> Activation:
     return ACTIVATIONS[config.activation].from_sae_config(config)
 
 
-__all__ = ["ACTIVATIONS", "Activation", "BatchTopK", "ReLU", "SAEOutput", "TopK", "activation_for"]
+__all__ = ["ACTIVATIONS", "Activation", "BatchTopK", "JumpReLU", "ReLU", "SAEOutput", "TopK", "activation_for"]

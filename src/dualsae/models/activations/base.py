@@ -36,7 +36,7 @@ class SAEView(Protocol):
     config: Any  # its SAEConfig (aux_k, aux_coef, ...)
     W_dec: torch.Tensor  # [m, d]
     b_dec: torch.Tensor  # [d]
-    threshold: torch.Tensor  # BatchTopK's inference threshold, a 0-d buffer
+    threshold: torch.Tensor  # BatchTopK's inference threshold (0-d) or JumpReLU's per-latent thresholds [m]
     decoder_dots: Any
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor: ...
@@ -72,6 +72,8 @@ class Activation:
 
     #: The name in ``config.json`` (``SAEConfig.activation``) and on the command line.
     name: ClassVar[str]
+    #: Whether the SAE's ``threshold`` buffer holds one value per latent ([m], JumpReLU) or one scalar (BatchTopK).
+    per_latent_threshold: ClassVar[bool] = False
 
     @classmethod
     def from_sae_config(cls, config: ActivationSettings) -> "Activation":
