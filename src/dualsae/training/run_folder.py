@@ -31,12 +31,14 @@ from dualsae.training.checkpoint import (
 )
 from dualsae.training.config import TrainConfig, steps_per_epoch
 from dualsae.training.guards import check_weights
-from dualsae.training.step import _Member
+from dualsae.training.input_scale import input_scales
+from dualsae.training.step import _Member, member_layout
 
 
 def run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: dict | None = None) -> dict:
-    """The content of ``config.json``: format, the training config, the store it trains on and, for a
-    measured group-sparse scale, its calibration record."""
+    """The content of ``config.json``: format, the training config, the store it trains on (with each
+    SAE's input scale, :mod:`dualsae.training.input_scale`) and, for a measured group-sparse scale,
+    its calibration record."""
     out = {
         "format": RUN_FORMAT,
         "train": config.to_dict(),
@@ -46,6 +48,7 @@ def run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: d
             "d": store.d,
             "modalities": [m for m in ("image", "text") if store.has(m)],
             "fingerprint": store_fingerprint(store),
+            "input_scale": input_scales(config.input_scale, config.seed, member_layout(config, store), store),
         },
     }
     if calibration is not None:
@@ -79,7 +82,7 @@ def check_resume_config(run_dir: Path, config: TrainConfig, store: PairedEmbeddi
         if why:
             raise CheckpointError(f"{cfg_path}: {why}; --resume needs the store and rows the run started on")
     now = run_config_dict(config, store)["data"]
-    for key in ("rows", "d", "modalities"):
+    for key in ("rows", "d", "modalities", "input_scale"):
         if key in old_data and old_data[key] != now[key]:
             raise CheckpointError(f"{cfg_path}: data field '{key}' is {old_data[key]!r} in the saved run, the store given now has {now[key]!r}")
 
@@ -117,6 +120,16 @@ class RunFolder:
             write_json(run_dir / CONFIG_FILE, run_config_dict(self.config, self.store))
         return 0
 
+    def input_scales(self, resume: bool) -> dict[str, float]:
+        """{member name: input scale} of this run: a resumed run's recorded factors (1.0 for a run recorded
+        before input scaling, which trained unscaled), else measured (the same float on every rank)."""
+        if resume and self.path is not None:
+            saved = read_json_object(self.path / CONFIG_FILE, error=CheckpointError).get("data", {}).get("input_scale")
+            if saved is None:
+                return {name: 1.0 for name, _ in member_layout(self.config, self.store)}
+            return {name: float(v) for name, v in saved.items()}
+        return input_scales(self.config.input_scale, self.config.seed, member_layout(self.config, self.store), self.store)
+
     def record_dir(self, resume: bool) -> Path | None:
         """Where the group-sparse scale is read back (resume) or recorded (rank 0), else None."""
         return self.path if self.dist.is_main or resume else None
@@ -150,14 +163,16 @@ class RunFolder:
             save_checkpoint(self.path, members, done)
 
     def finish(self, members: list[_Member], total: int, logs: dict[str, float], calibration: dict | None) -> None:
-        """Save the SAE folder(s) and ``summary.json`` (which marks the run finished), then drop the checkpoint."""
+        """Save the SAE folder(s) (their input scale folded in already) and ``summary.json`` (which marks
+        the run finished), then drop the checkpoint."""
         if not self.writes:
             return
         for i, mem in enumerate(members):
             if i:
                 fault_point("train-between-saes", str(self.path))
             mem.sae.save(self.path / mem.name)
-        summary = {"steps": total, "seconds": round(time.time() - self.t0, 2), "final": logs}
+        summary = {"steps": total, "seconds": round(time.time() - self.t0, 2), "final": logs,
+                   "input_scale": {mem.name: mem.input_scale for mem in members}}
         if calibration is not None:
             summary["calibration"] = calibration
         write_json(self.path / SUMMARY_FILE, summary)
