@@ -35,10 +35,11 @@ from dualsae.training.input_scale import input_scales
 from dualsae.training.step import _Member, member_layout
 
 
-def run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: dict | None = None) -> dict:
+def run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: dict | None = None,
+                    scales: dict[str, float] | None = None) -> dict:
     """The content of ``config.json``: format, the training config, the store it trains on (with each
     SAE's input scale, :mod:`dualsae.training.input_scale`) and, for a measured group-sparse scale,
-    its calibration record."""
+    its calibration record. ``scales``: the input scales when already measured."""
     out = {
         "format": RUN_FORMAT,
         "train": config.to_dict(),
@@ -48,7 +49,7 @@ def run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: d
             "d": store.d,
             "modalities": [m for m in ("image", "text") if store.has(m)],
             "fingerprint": store_fingerprint(store),
-            "input_scale": input_scales(config.input_scale, config.seed, member_layout(config, store), store),
+            "input_scale": scales if scales is not None else input_scales(config.input_scale, config.seed, member_layout(config, store), store),
         },
     }
     if calibration is not None:
@@ -95,6 +96,7 @@ class RunFolder:
         self.config, self.store, self.dist = config, store, dist
         self.writes = self.path is not None and dist.is_main
         self.t0 = time.time()
+        self._measured: dict[str, float] | None = None
 
     def begin(self, members: list[_Member], resume: bool) -> int:
         """Open the folder for this run and return the first step: a new run refuses a folder holding a
@@ -117,7 +119,7 @@ class RunFolder:
         dist.barrier()  # every rank has checked the folder before rank 0 writes into it
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / CONFIG_FILE, run_config_dict(self.config, self.store))
+            write_json(run_dir / CONFIG_FILE, run_config_dict(self.config, self.store, scales=self._measured_scales()))
         return 0
 
     def input_scales(self, resume: bool) -> dict[str, float]:
@@ -128,7 +130,12 @@ class RunFolder:
             if saved is None:
                 return {name: 1.0 for name, _ in member_layout(self.config, self.store)}
             return {name: float(v) for name, v in saved.items()}
-        return input_scales(self.config.input_scale, self.config.seed, member_layout(self.config, self.store), self.store)
+        return self._measured_scales()
+
+    def _measured_scales(self) -> dict[str, float]:
+        if self._measured is None:
+            self._measured = input_scales(self.config.input_scale, self.config.seed, member_layout(self.config, self.store), self.store)
+        return self._measured
 
     def record_dir(self, resume: bool) -> Path | None:
         """Where the group-sparse scale is read back (resume) or recorded (rank 0), else None."""
