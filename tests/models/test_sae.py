@@ -262,3 +262,52 @@ def test_jumprelu_codes_and_input_offset_against_brute_force(tmp_path):
     centred.load_state_dict(sae.state_dict())
     pre_c = (x - sae.b_dec.detach()) @ sae.W_enc.detach().T + sae.b_enc.detach()
     assert torch.allclose(centred.pre_activations(x), pre_c, atol=1e-6)
+
+
+def _inference_reference(W_enc, b_enc, b_dec, W_dec, threshold, x, activation, k):
+    """Inference codes and reconstruction in float64 from the formulas (eq. 3; BatchTopK: pre above the threshold)."""
+    pre = (x - b_dec) @ W_enc.T + b_enc
+    if activation == "topk":
+        z = torch.zeros_like(pre).scatter(1, pre.topk(k, dim=1).indices, 1.0) * pre.clamp_min(0)
+    elif activation in ("batchtopk", "jumprelu"):
+        z = pre * (pre > threshold)
+    else:
+        z = pre.clamp_min(0)
+    return z, z @ W_dec + b_dec
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk", "relu", "jumprelu"])
+@pytest.mark.parametrize("factor", [1e-8, 1e-4, 0.37, 1e4])
+def test_fold_input_scale_makes_the_sae_of_scaled_rows_work_on_raw_rows(activation, factor):
+    """An SAE trained on factor * x, folded, gives on x the trained SAE's codes and reconstruction of factor * x
+    divided by factor (brute force in float64), with W_enc and the unit-norm W_dec unchanged."""
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d=16, m=64, k=4, activation=activation), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # "trained" weights in the units of the scaled rows (norm ~1)
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.2)
+        sae.threshold.fill_(0.05)
+    raw = torch.randn(40, 16, dtype=torch.float64) / 4 / factor  # rows at norm ~1 / factor
+    trained = {k: v.double().clone() for k, v in sae.state_dict().items()}
+    z_ref, x_ref = _inference_reference(trained["W_enc"], trained["b_enc"], trained["b_dec"], trained["W_dec"],
+                                        trained["threshold"], raw * factor, activation, 4)
+    assert (z_ref > 0).any(dim=1).all()  # every row has active latents: the check has something to compare
+    sae.fold_input_scale(factor)
+    z = sae.encode(raw.float(), dense=True).double()
+    x_hat = sae.reconstruct(raw.float()).double()
+    torch.testing.assert_close(z * factor, z_ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(x_hat * factor, x_ref, atol=2e-5, rtol=1e-4)
+    assert torch.equal(sae.W_enc.double(), trained["W_enc"]) and torch.equal(sae.W_dec.double(), trained["W_dec"])
+
+
+def test_fold_input_scale_of_one_changes_nothing_and_refuses_bad_factors():
+    sae = SAE(SAEConfig(d=8, m=16, k=2), generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    sae.fold_input_scale(1.0)
+    assert all(torch.equal(before[k], v) for k, v in sae.state_dict().items())
+    assert float(sae.threshold) == -1.0  # an unestimated threshold stays unestimated when folded
+    sae.fold_input_scale(4.0)
+    assert float(sae.threshold) == -1.0
+    for bad in (0.0, -2.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="input scale"):
+            sae.fold_input_scale(bad)

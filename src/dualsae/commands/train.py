@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("final", {})
     parts = ", ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith("mse_") or k in ("l0", "dead_frac"))
+    scaled = {name: c for name, c in summary.get("input_scale", {}).items() if c != 1.0}
+    if scaled:  # the logged losses are those of the scaled rows; the saved SAEs take raw rows
+        parts += "; losses of the rows x " + ", ".join(f"{c:.4g} ({name})" for name, c in scaled.items()) + ", folded into the saved weights"
     print(f"trained {config.method} ({config.latents_per_sae} latents per SAE, k={config.sae.k}) in {summary['seconds']:.1f}s, "
           f"{summary['steps']} steps -> {args.out}  [{parts}]")
     for line in _generalization(out, args.data, config, device):
@@ -146,7 +149,7 @@ def _generalization(out: Path, data: str, config: TrainConfig, device) -> list[s
 
 def _data_notes(store, config: TrainConfig, allow_outliers: bool) -> list[str]:
     """Refuse outlier rows; say once which modality is missing and when the input scale is far from 1."""
-    notes = row_norm_check(store, allow_outliers)
+    notes = row_norm_check(store, allow_outliers, config.input_scale)
     missing = [m for m in ("image", "text") if not store.has(m)]
     if missing:
         have = "image" if store.has("image") else "text"

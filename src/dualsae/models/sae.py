@@ -335,6 +335,25 @@ class SAE(nn.Module):
         w = self.W_dec.data
         w.div_(w.norm(dim=1, keepdim=True).clamp_min_(1e-12))
 
+    @torch.no_grad()
+    def fold_input_scale(self, factor: float) -> None:
+        """Make this SAE, trained on rows ``factor * x``, work on the raw rows x (in place).
+
+        TopK, BatchTopK, ReLU and JumpReLU are positively homogeneous and eq. 3 is affine, so with
+        ``b_enc``, ``b_dec`` and the threshold (BatchTopK's scalar, JumpReLU's per latent) divided by ``factor``: pre(x) = pre'(factor x) / factor,
+        z(x) = z'(factor x) / factor and x_hat(x) = x_hat'(factor x) / factor, the same latents
+        selected. ``W_enc`` and the unit-norm decoder columns ``W_dec`` are unchanged. 1.0: nothing.
+        """
+        if factor == 1.0:
+            return
+        if not (factor > 0 and torch.isfinite(torch.tensor(factor))):
+            raise ConfigError(f"an input scale must be a finite number > 0, found {factor}")
+        self.b_enc.div_(factor)
+        self.b_dec.div_(factor)
+        t = self.threshold
+        if t.numel() > 1 or float(t) >= 0:  # a negative scalar: BatchTopK's not estimated yet, and stays so
+            t.div_(factor)
+
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

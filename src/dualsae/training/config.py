@@ -17,6 +17,7 @@ from dualsae.core.errors import CheckpointError, ConfigError
 from dualsae.files.jsonfiles import config_from_dict
 from dualsae.models.load import flat_train_config
 from dualsae.models.sae import SAEConfig
+from dualsae.training.input_scale import parse_input_scale
 from dualsae.training.methods import METHODS
 
 SCHEDULES = ("cosine", "constant")
@@ -111,6 +112,11 @@ class TrainConfig:
     selection_dtype: str = field(default="float32", metadata=_help(
         "dtype of the product that picks the active latents only (values and gradients stay float32)",
         choices=SELECTION_DTYPES))
+    # Each SAE trains on its rows times one factor, folded into the saved weights
+    # (dualsae.training.input_scale: why, and why 'auto' leaves unit-norm and App. E.2 data unscaled).
+    input_scale: str = field(default="auto", metadata=_help(
+        "factor the training rows are multiplied by, folded into the saved SAE: auto (1 / median row norm when that "
+        "norm is outside [1/8, 8], else 1), off, or a number"))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +156,7 @@ class TrainConfig:
             raise ConfigError(f"training field 'selection_dtype' must be one of {', '.join(SELECTION_DTYPES)}, found {self.selection_dtype!r}")
         if self.iso_energy_form not in ISO_FORMS:
             raise ConfigError(f"training field 'iso_energy_form' must be one of {', '.join(ISO_FORMS)}, found {self.iso_energy_form!r}")
+        parse_input_scale(self.input_scale)
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"training field 'test_fraction' must be in (0, 1), found {self.test_fraction}")
         for name in ("batch_size", "epochs", "checkpoint_every", "log_every"):

@@ -54,15 +54,19 @@ def _codes(sae, x: torch.Tensor) -> SparseCodes:
     return encode_rows(sae, x, batch_size=_CHUNK, out_device=None, dtype=None)
 
 
-def calibrate(store: "PairedEmbeddings", config: "TrainConfig", device: torch.device) -> dict:
-    """Measure the group-sparse scale for a run of ``config`` on ``store`` (its training rows).
+def calibrate(store: "PairedEmbeddings", config: "TrainConfig", device: torch.device, input_scale: float = 1.0) -> dict:
+    """Measure the group-sparse scale for a run of ``config`` on ``store`` (its training rows), on the rows
+    times the run's ``input_scale`` (the codes the run's loss sees).
 
     Returns ``{"group_sparse_scale": float, "warmup_steps": int, "rows": int}``.
     """
     warm = replace(config, method="shared")
     members = _make_members(warm, store, device)
     sae = members[0].sae
+    members[0].input_scale = input_scale
     sample = {m: store.sample(m, CALIBRATION_ROWS, seed=config.seed).to(device) for m in ("image", "text")}
+    if input_scale != 1.0:
+        sample = {m: rows * input_scale for m, rows in sample.items()}
     sae.init_decoder_bias(torch.cat([sample["image"], sample["text"]]))
     steps = int(round(config.group_sparse_scale_warmup * steps_per_epoch(store.n, config.batch_size) * config.epochs))
     order = _BatchOrder(store.n, config)
@@ -99,7 +103,7 @@ def use_group_sparse_scale(members: list[_Member], config: TrainConfig, store: P
                 )
     else:
         # Deterministic in (config, rows): a resumed run whose config.json lacks it measures the same value.
-        record = calibrate(store, config, device)
+        record = calibrate(store, config, device, members[0].input_scale)
         if cfg_path is not None:
             write_json(cfg_path, run_config_dict(config, store, record))
     for mem in members:

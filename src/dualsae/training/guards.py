@@ -4,9 +4,11 @@ A finite but huge input (1e30 in one cell) squares to inf in float32; the step a
 is NaN, and a run that does not look would save an all-NaN model and exit 0. So
 
 * before training, :func:`row_norm_check` refuses rows whose norm is more than ``OUTLIER_FACTOR``
-  times the median row norm of the training rows (``--allow-outliers`` skips it) and warns once
-  when the median norm is far from 1 (the AdamW step is absolute, so an SAE on inputs scaled by
-  1e-4 barely moves (issue 9 measured explained variance 0.02 on text embeddings x 1e-4));
+  times the median row norm of the training rows (``--allow-outliers`` skips it) and, with
+  ``--input-scale off``, warns once when the median norm is far from 1 (the AdamW step is absolute,
+  so an SAE on inputs scaled by 1e-4 barely moves (issue 9 measured explained variance 0.02 on text
+  embeddings x 1e-4)); the default ``auto`` rescales such rows instead
+  (:mod:`dualsae.training.input_scale`);
 * during training, :func:`check_loss` stops at the first non-finite loss and :func:`check_weights`
   before every checkpoint and the final save, so the last checkpoint on disk is always a good one.
 """
@@ -40,8 +42,9 @@ def row_norms(view: PairedEmbeddings, modality: str, batch_size: int = 65_536) -
     return np.concatenate([b.double().norm(dim=1).numpy() for b in view.iter_rows(modality, batch_size)])
 
 
-def row_norm_check(view: PairedEmbeddings, allow_outliers: bool = False) -> list[str]:
-    """Refuse outlier rows (unless ``allow_outliers``); return warnings about the input scale."""
+def row_norm_check(view: PairedEmbeddings, allow_outliers: bool = False, input_scale: str = "off") -> list[str]:
+    """Refuse outlier rows (unless ``allow_outliers``); return warnings about the input scale (only when
+    ``input_scale`` is ``off``: ``auto`` and a given factor rescale the rows, ``TrainConfig.input_scale``)."""
     warnings = []
     where = view.root if view.root is not None else "the store"
     for mod in ("image", "text"):
@@ -56,10 +59,10 @@ def row_norm_check(view: PairedEmbeddings, allow_outliers: bool = False) -> list
                 raise DataError(f"{where}/{mod}.npy: row {row:,} has norm {norms[bad[0]]:.4g}, {norms[bad[0]] / median:.3g}x the "
                                 f"median row norm {median:.4g} ({len(bad):,} such row(s)); fix the store or pass --allow-outliers")
         lo, hi = NORM_RANGE
-        if not lo <= median <= hi:
+        if input_scale == "off" and not lo <= median <= hi:
             warnings.append(f"warning: {where}/{mod}.npy: median row norm is {median:.3g}; the optimizer step size is absolute, "
-                            f"so training far from norm 1 is slow or unstable; rescale the embeddings (e.g. L2-normalise) "
-                            f"or adjust --lr")
+                            f"so training far from norm 1 is slow or unstable; drop --input-scale off, rescale the embeddings "
+                            f"(e.g. L2-normalise) or adjust --lr")
     return warnings
 
 

@@ -31,12 +31,15 @@ from dualsae.training.checkpoint import (
 )
 from dualsae.training.config import TrainConfig, steps_per_epoch
 from dualsae.training.guards import check_weights
-from dualsae.training.step import _Member
+from dualsae.training.input_scale import input_scales
+from dualsae.training.step import _Member, member_layout
 
 
-def run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: dict | None = None) -> dict:
-    """The content of ``config.json``: format, the training config, the store it trains on and, for a
-    measured group-sparse scale, its calibration record."""
+def run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: dict | None = None,
+                    scales: dict[str, float] | None = None) -> dict:
+    """The content of ``config.json``: format, the training config, the store it trains on (with each
+    SAE's input scale, :mod:`dualsae.training.input_scale`) and, for a measured group-sparse scale,
+    its calibration record. ``scales``: the input scales when already measured."""
     out = {
         "format": RUN_FORMAT,
         "train": config.to_dict(),
@@ -46,6 +49,7 @@ def run_config_dict(config: TrainConfig, store: PairedEmbeddings, calibration: d
             "d": store.d,
             "modalities": [m for m in ("image", "text") if store.has(m)],
             "fingerprint": store_fingerprint(store),
+            "input_scale": scales if scales is not None else input_scales(config.input_scale, config.seed, member_layout(config, store), store),
         },
     }
     if calibration is not None:
@@ -79,7 +83,7 @@ def check_resume_config(run_dir: Path, config: TrainConfig, store: PairedEmbeddi
         if why:
             raise CheckpointError(f"{cfg_path}: {why}; --resume needs the store and rows the run started on")
     now = run_config_dict(config, store)["data"]
-    for key in ("rows", "d", "modalities"):
+    for key in ("rows", "d", "modalities", "input_scale"):
         if key in old_data and old_data[key] != now[key]:
             raise CheckpointError(f"{cfg_path}: data field '{key}' is {old_data[key]!r} in the saved run, the store given now has {now[key]!r}")
 
@@ -92,6 +96,7 @@ class RunFolder:
         self.config, self.store, self.dist = config, store, dist
         self.writes = self.path is not None and dist.is_main
         self.t0 = time.time()
+        self._measured: dict[str, float] | None = None
 
     def begin(self, members: list[_Member], resume: bool) -> int:
         """Open the folder for this run and return the first step: a new run refuses a folder holding a
@@ -114,8 +119,23 @@ class RunFolder:
         dist.barrier()  # every rank has checked the folder before rank 0 writes into it
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / CONFIG_FILE, run_config_dict(self.config, self.store))
+            write_json(run_dir / CONFIG_FILE, run_config_dict(self.config, self.store, scales=self._measured_scales()))
         return 0
+
+    def input_scales(self, resume: bool) -> dict[str, float]:
+        """{member name: input scale} of this run: a resumed run's recorded factors (1.0 for a run recorded
+        before input scaling, which trained unscaled), else measured (the same float on every rank)."""
+        if resume and self.path is not None:
+            saved = read_json_object(self.path / CONFIG_FILE, error=CheckpointError).get("data", {}).get("input_scale")
+            if saved is None:
+                return {name: 1.0 for name, _ in member_layout(self.config, self.store)}
+            return {name: float(v) for name, v in saved.items()}
+        return self._measured_scales()
+
+    def _measured_scales(self) -> dict[str, float]:
+        if self._measured is None:
+            self._measured = input_scales(self.config.input_scale, self.config.seed, member_layout(self.config, self.store), self.store)
+        return self._measured
 
     def record_dir(self, resume: bool) -> Path | None:
         """Where the group-sparse scale is read back (resume) or recorded (rank 0), else None."""
@@ -150,14 +170,16 @@ class RunFolder:
             save_checkpoint(self.path, members, done)
 
     def finish(self, members: list[_Member], total: int, logs: dict[str, float], calibration: dict | None) -> None:
-        """Save the SAE folder(s) and ``summary.json`` (which marks the run finished), then drop the checkpoint."""
+        """Save the SAE folder(s) (their input scale folded in already) and ``summary.json`` (which marks
+        the run finished), then drop the checkpoint."""
         if not self.writes:
             return
         for i, mem in enumerate(members):
             if i:
                 fault_point("train-between-saes", str(self.path))
             mem.sae.save(self.path / mem.name)
-        summary = {"steps": total, "seconds": round(time.time() - self.t0, 2), "final": logs}
+        summary = {"steps": total, "seconds": round(time.time() - self.t0, 2), "final": logs,
+                   "input_scale": {mem.name: mem.input_scale for mem in members}}
         if calibration is not None:
             summary["calibration"] = calibration
         write_json(self.path / SUMMARY_FILE, summary)

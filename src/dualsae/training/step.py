@@ -30,6 +30,8 @@ class _Member:
     opt: torch.optim.Optimizer = field(init=False)
     # Constant the group-sparse lambda is multiplied by (dualsae.training.group_sparse_scale); None = raw lambda.
     gs_scale: float | None = None
+    # Factor this SAE's rows are multiplied by before the forward pass (dualsae.training.input_scale); 1.0 = none.
+    input_scale: float = 1.0
 
 
 def make_adamw(params, config: "TrainConfig") -> torch.optim.Optimizer:
@@ -61,14 +63,18 @@ def clip_gradients(opt: torch.optim.Optimizer, max_norm: float) -> None:
     opt.grad_scale = ((total + 1e-6) / max_norm).clamp_min(1.0)  # type: ignore[attr-defined]
 
 
+def member_layout(config: TrainConfig, store: PairedEmbeddings) -> list[tuple[str, tuple[str, ...]]]:
+    """[(member name, modalities it trains on)]: one SAE per modality present, or one shared SAE on all."""
+    mods = tuple(m for m in ("image", "text") if store.has(m))
+    if not METHODS[config.method].shared:
+        return [(m, (m,)) for m in mods]
+    return [("shared", mods)]
+
+
 def _make_members(config: TrainConfig, store: PairedEmbeddings, device: torch.device) -> list[_Member]:
     gen = torch.Generator().manual_seed(config.seed)
     sae_cfg = config.sae_config(store.d)
-    if not METHODS[config.method].shared:
-        mods = [m for m in ("image", "text") if store.has(m)]
-        return [make_member(m, SAE(sae_cfg, generator=gen), (m,), config, device) for m in mods]
-    mods = tuple(m for m in ("image", "text") if store.has(m))
-    return [make_member("shared", SAE(sae_cfg, generator=gen), mods, config, device)]
+    return [make_member(name, SAE(sae_cfg, generator=gen), mods, config, device) for name, mods in member_layout(config, store)]
 
 
 def make_member(name: str, sae: SAE, modalities: tuple[str, ...], config: TrainConfig,
@@ -88,11 +94,13 @@ def _member_loss(mem: _Member, config: TrainConfig, batch: dict[str, torch.Tenso
     The method's loss function (:data:`dualsae.training.methods.METHODS`) names its terms; the loss
     is their sum (each a mean over the B pairs of a per-pair sum, eq. 4 per modality), each term's
     value is logged under its name, with the SAE's mean active latents ``l0``, its ``dead_frac``
-    and ``loss_<member>``.
+    and ``loss_<member>``. The rows are multiplied by the member's ``input_scale`` first.
     """
     sae = mem.sae
     mods = mem.modalities
     x = torch.cat([batch[m] for m in mods]) if len(mods) > 1 else batch[mods[0]]
+    if mem.input_scale != 1.0:  # 1.0: not even a multiply, so unscaled runs stay bit-identical
+        x = x * mem.input_scale
     out = sae(x)
     terms = METHODS[config.method].loss(Forward(sae, x, out, mods, batch[mods[0]].shape[0], mem.gs_scale), config)
     logs: dict[str, float] = {}

@@ -18,6 +18,9 @@ specific SAE's step sees its own modality's rows of the same pairs. The row orde
 pure function of (seed, epoch) and all other state (weights, AdamW moments, dead-latent counters,
 BatchTopK threshold, step) is checkpointed, so ``resume=True`` ends with the weights an
 uninterrupted run would have produced.
+
+Each SAE trains on its rows times its input scale (:mod:`dualsae.training.input_scale`, 1.0 for rows
+near unit norm), and :func:`finish` folds the factor into the weights before they are saved.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ def train(
     members = _make_members(config, store, device)
     folder = RunFolder(out_dir, config, store, dist)
     start = folder.begin(members, resume)
+    scales = folder.input_scales(resume)
+    for mem in members:
+        mem.input_scale = scales[mem.name]
     calibration = use_group_sparse_scale(members, config, store, device, folder.record_dir(resume), resume)
     initialise(members, store, config, device, dist, fresh=start == 0)
     total = steps_per_epoch(store.n, config.batch_size) * config.epochs
@@ -112,7 +118,7 @@ def initialise(members: list[_Member], store: PairedEmbeddings, config: TrainCon
     if fresh:
         for mem in members:
             sample = torch.cat([store.sample(m, 10_000, seed=config.seed) for m in mem.modalities])
-            mem.sae.init_decoder_bias(sample.to(device))
+            mem.sae.init_decoder_bias(sample.to(device) * mem.input_scale if mem.input_scale != 1.0 else sample.to(device))
     for mem in members:
         dist.broadcast_module(mem.sae)
 
@@ -146,6 +152,8 @@ def finish(members: list[_Member], config: TrainConfig, folder: RunFolder, total
     saes = {mem.name: mem.sae for mem in members}
     pair = SAEPair(config.method, saes["shared"], saes["shared"]) if "shared" in saes else SAEPair(config.method, saes.get("image"), saes.get("text"))
     check_weights(total, ((mem.name, mem.sae) for mem in members), folder.last_good)
+    for mem in members:  # trained on input_scale * x: the saved and returned SAEs take raw rows
+        mem.sae.fold_input_scale(mem.input_scale)
     folder.finish(members, total, logs, calibration)
     folder.dist.barrier()  # every rank returns once the run folder is complete
     for mem in members:
