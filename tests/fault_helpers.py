@@ -76,3 +76,37 @@ def one_line_error(code: int, err: str, *needles: str) -> bool:
     """Exit 2 with exactly one 'dualsae: error:' line on stderr containing every needle."""
     lines = [line for line in err.splitlines() if line.startswith("dualsae: error:")]
     return code == 2 and len(lines) == 1 and "Traceback" not in err and all(n in lines[0] for n in needles)
+
+
+_FORK_SERVER = r"""
+import json, os, sys
+from dualsae.cli import main  # imported once; each case runs in a fork of this process
+results = []
+for argv, fault in json.loads(sys.argv[1]):
+    pid = os.fork()
+    if pid == 0:
+        os.environ.pop("DUALSAE_FAULT", None)
+        if fault:
+            os.environ["DUALSAE_FAULT"] = fault
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    results.append(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def run_cli_killed(cases: list[tuple[list, str | None]], timeout: float = 600) -> list[int]:
+    """Run each ``(dualsae ARGS, DUALSAE_FAULT)`` case in order, each in a fork of one fresh process that
+    imported dualsae once (a kill test per named point without paying the import per point); returns
+    each case's exit status (``KILLED`` for one the fault point killed). The parent runs no torch op
+    before forking, so the children's thread pools start clean."""
+    payload = json.dumps([[[str(a) for a in argv], fault] for argv, fault in cases])
+    r = subprocess.run([sys.executable, "-c", _FORK_SERVER, payload], capture_output=True, text=True, env=cli_env(), timeout=timeout)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULTS ")]
+    assert r.returncode == 0 and lines, r.stdout[-2000:] + r.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULTS "):])

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, select_split
+from dualsae.commands.common import add_split_args, prepare_out_folder, select_split
 from dualsae.commands.flags import add_flags, dataclass_flags, given
 from dualsae.core.errors import ConfigError
 from dualsae.diagnose.pilots import QuickConfig
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     quick = _quick(args)
     quick.validate()
+    prepare_out_folder(args.out)  # a file, a path under a file, a read-only or full disk: one line before the work
     if args.regime_curve_out is not None:
         if args.store is not None:
             raise ConfigError("diagnose: give either STORE or --regime-curve-out FILE, not both")
@@ -97,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
     text = format_report(report)
     print(text)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
         write_json(args.out / "diagnose.json", report)
         write_text(args.out / "report.txt", text + "\n")
         plot_placement(report, args.out / "diagnose.png")

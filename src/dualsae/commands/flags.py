@@ -23,6 +23,8 @@ import argparse
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import Any, Callable, Iterable
 
+from dualsae.core.errors import ConfigError
+
 _SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -117,4 +119,23 @@ def given(args: argparse.Namespace, flags: list[Flag]) -> dict[str, Any]:
     return {f.dest: getattr(args, f.dest) for f in flags if getattr(args, f.dest, None) is not None}
 
 
-__all__ = ["Flag", "add_flag_groups", "add_flags", "dataclass_flags", "field_default", "given"]
+def build_from_flags(cls: type, args: argparse.Namespace, flags: list[Flag], **values: Any) -> Any:
+    """``cls(**given flags, **values)``; a :class:`ConfigError` of its checks that opens with a field's
+    name (``shuffles must be >= 0``) is re-raised naming the flag the user typed (``--shuffles``)."""
+    kw = {**given(args, flags), **values}
+    try:
+        return cls(**kw)
+    except ConfigError as e:
+        raise ConfigError(flag_named(str(e), flags)) from None
+
+
+def flag_named(message: str, flags: list[Flag]) -> str:
+    """``message`` with a leading config field name (``min_support must ...``) replaced by its flag."""
+    for flag in flags:
+        for lead in (f"{flag.dest} ", f"field '{flag.dest}' ", f"training field '{flag.dest}' "):
+            if message.startswith(lead):
+                return f"{flag.option} " + message[len(lead):]
+    return message
+
+
+__all__ = ["Flag", "add_flag_groups", "add_flags", "build_from_flags", "dataclass_flags", "field_default", "flag_named", "given"]

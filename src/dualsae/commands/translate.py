@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualsae.commands.common import data_arg, resolve_data
+from dualsae.commands.common import check_finite_flag, data_arg, prepare_out_folder, read_embeddings_file, resolve_data
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.evaluation.top_rows import top_examples
 from dualsae.files.atomic import write_json
@@ -82,6 +82,7 @@ def run_translate(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, found {args.n}")
+    prepare_out_folder(args.out)
     target = "image" if args.source == "text" else "text"
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
@@ -90,11 +91,7 @@ def run_translate(args: argparse.Namespace) -> int:
     gallery = store.split(args.split)
     if args.embeddings:
         path = Path(args.embeddings)
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: not a readable .npy file ({e})") from None
-        x = np.atleast_2d(x).astype(np.float32)
+        x = read_embeddings_file(path, pair.sae_for(args.source).d)
 
         queries = torch.from_numpy(x)
         labels = [f"{path.name}[{i}]" for i in range(len(x))]
@@ -145,6 +142,8 @@ def run_steer(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.sources < 1:
         raise ConfigError(f"-n and --sources must be >= 1, found {args.n} and {args.sources}")
+    check_finite_flag(args.alpha, "--alpha")
+    prepare_out_folder(args.out)
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
     store = open_store(data)

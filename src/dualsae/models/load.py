@@ -95,12 +95,34 @@ def recorded_data(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
     """Load a model as an :class:`SAEPair` (see :func:`_load_model`), refusing a folder whose writer
-    did not finish and checking its files against the folder's manifest (:mod:`dualsae.files.outdir`)."""
+    did not finish and checking its files' sizes and SHA-256 against the folder's manifest
+    (:mod:`dualsae.files.outdir`). An SAE folder inside a run or an aligned folder (``RUN/image``) has
+    no manifest of its own: the enclosing folder's entries for it are checked.
+
+    The check reads every byte once more (measured in ``benchmarks/verify_on_load.py``, README
+    "Verifying files on load"): cheap beside the load itself, so every load verifies."""
     root = Path(path)
     manifest = check_finished(root) if root.is_dir() else None
     pair = _load_model(root, device)
+    if manifest is None and root.is_dir():
+        root, manifest = _enclosing_manifest(root)
     verify_files(root, manifest)
     return pair
+
+
+def _enclosing_manifest(folder: Path) -> tuple[Path, dict | None]:
+    """(the parent folder, its manifest restricted to the files under ``folder``) when ``folder`` is part
+    of a committed output (a run's ``image/``); else (``folder``, None)."""
+    parent = folder.resolve().parent
+    try:
+        manifest = check_finished(parent) if (parent / "manifest.json").exists() else None
+    except CheckpointError:
+        raise CheckpointError(f"{folder}: lies in {parent}, whose writer did not finish; finish or rerun that first") from None
+    prefix = folder.resolve().name + "/"
+    files = {n: rec for n, rec in ((manifest or {}).get("files") or {}).items() if n.startswith(prefix)}
+    if not files:
+        return folder, None
+    return parent, {**manifest, "files": files}
 
 
 def _load_model(path: str | Path, device: str = "cpu") -> SAEPair:

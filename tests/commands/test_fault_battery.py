@@ -1,0 +1,177 @@
+"""Issue 20's fault classes against the CLI: each test injects the fault the way the battery found it
+(a retrained run, a damaged file, a bad flag value, a refused or killed run, a full disk) and checks
+that the user sees a complete output, a resumable one, or one line (exit 2) naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualsae.cli import main
+from tests.fault_helpers import KILLED, cli, one_line_error, run_cli_killed
+from tests.helpers import make_store
+
+TRAIN = ["--latents", "16", "--k", "2", "--batch-size", "32", "--epochs", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A paired store, a specific run and its alignment. Tests copy, never modify."""
+    root = tmp_path_factory.mktemp("battery")
+    make_store(root / "data", n=200, d=8)
+    assert main(["train", "--data", str(root / "data"), "--out", str(root / "run"), *TRAIN]) == 0
+    assert main(["align", str(root / "run"), "--data", str(root / "data"), "--out", str(root / "al"), "--no-progress"]) == 0
+    return root
+
+
+def _align(run: Path, data: Path, out: Path, *extra) -> list:
+    return ["align", run, "--data", data, "--out", out, "--no-progress", *extra]
+
+
+# ---------------------------------------------------------------------- 1. silently wrong results
+
+
+def test_align_rerun_into_its_folder_drops_the_stale_correlation(base, tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "al"
+    shutil.copytree(base / "run", run)
+    assert cli(_align(run, base / "data", out), capsys)[0] == 0
+    assert (out / "correlation.safetensors").is_file()
+    # Retrain the run in place (another seed), then align again into the same folder without the correlation.
+    assert cli(["train", "--data", base / "data", "--out", run, "--overwrite", "--seed", "5", *TRAIN], capsys)[0] == 0
+    assert cli(_align(run, base / "data", out, "--no-correlation"), capsys)[0] == 0
+    assert not (out / "correlation.safetensors").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "correlation.safetensors" not in manifest["files"]
+    assert set(manifest["files"]) == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                                      and p.name != "manifest.json" and not p.name.startswith(".")}
+    # analyze heterogeneity now needs the data instead of reading the old run's statistics.
+    code, _, err = cli(["analyze", "heterogeneity", out, "--out", tmp_path / "het", "--no-progress", "--data", base / "data"], capsys)
+    assert code == 0, err
+
+
+def test_a_flipped_bit_in_model_safetensors_is_refused_on_every_load(base, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(base / "run", run)
+    path = run / "text" / "model.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x10  # inside the last weight: the file still parses, same size
+    path.write_bytes(bytes(raw))
+    for target in (run, run / "text"):  # the run, and the SAE folder inside it (no manifest of its own)
+        code, _, err = cli(["info", target], capsys)
+        assert one_line_error(code, err, "text/model.safetensors: differs from the file 'dualsae train' wrote"), (target, err)
+    code, _, err = cli(_align(run, base / "data", tmp_path / "al"), capsys)
+    assert one_line_error(code, err, "differs from the file")
+
+
+def _npy(path: Path, array) -> Path:
+    np.save(path, array, allow_pickle=False)
+    return path
+
+
+def test_translate_refuses_meaningless_embeddings_and_steer_a_non_finite_alpha(base, tmp_path, capsys):
+    good = np.ones((2, 8), np.float32)
+    nan, inf = good.copy(), good.copy()
+    nan[1, 2], inf[0, 0] = np.nan, np.inf
+    cases = {
+        "nan": (_npy(tmp_path / "nan.npy", nan), "row 1 contains NaN"),
+        "inf": (_npy(tmp_path / "inf.npy", inf), "row 0 contains inf"),
+        "int64": (_npy(tmp_path / "int.npy", np.ones((2, 8), np.int64)), "holds dtype int64"),
+        "empty": (_npy(tmp_path / "empty.npy", np.zeros((0, 8), np.float32)), "has shape [0, 8]"),
+        "strings": (_npy(tmp_path / "str.npy", np.array([["a"] * 8] * 2)), "holds dtype <U1"),
+        "width": (_npy(tmp_path / "wide.npy", np.ones((2, 9), np.float32)), "expected [q, 8]"),
+    }
+    for name, (path, needle) in cases.items():
+        code, out, err = cli(["translate", base / "al", "--data", base / "data", "--embeddings", path], capsys)
+        assert one_line_error(code, err, path.name, "--embeddings", needle), (name, err)
+    code, _, _ = cli(["translate", base / "al", "--data", base / "data", "--embeddings", _npy(tmp_path / "ok.npy", good)], capsys)
+    assert code == 0
+    for alpha in ("nan", "inf", "-inf"):
+        code, _, err = cli(["steer", base / "al", "--data", base / "data", "--latent", "0", f"--alpha={alpha}"], capsys)
+        assert one_line_error(code, err, "--alpha must be a finite number"), (alpha, err)
+
+
+@pytest.mark.parametrize("command", ["translate", "steer", "diagnose"])
+def test_out_that_is_a_file_or_under_a_file_is_one_line(base, tmp_path, capsys, command):
+    (tmp_path / "file").write_text("x")
+    args = {"translate": ["translate", base / "al", "--data", base / "data", "--rows", "0"],
+            "steer": ["steer", base / "al", "--data", base / "data", "--latent", "0"],
+            "diagnose": ["diagnose", base / "data", "--no-progress"]}[command]
+    for out, needle in ((tmp_path / "file", "is an existing file"), (tmp_path / "file" / "sub", "is a file, not a folder")):
+        code, _, err = cli([*args, "--out", out], capsys)
+        assert one_line_error(code, err, needle), (out, err)
+
+
+def test_out_on_a_read_only_file_system_is_one_line(base, tmp_path):
+    from tests.fault_helpers import run_cli_on_tmpfs
+
+    mnt = tmp_path / "mnt"
+    commands = [["translate", base / "al", "--data", base / "data", "--rows", "0", "--out", mnt / "t"],
+                ["steer", base / "al", "--data", base / "data", "--latent", "0", "--out", mnt / "s"],
+                ["diagnose", base / "data", "--no-progress", "--out", mnt / "d"]]
+    ro = run_cli_on_tmpfs(mnt, "ro,size=64k", commands)
+    assert ro.stdout.splitlines()[-3:] == ["rc=2"] * 3 or [ln for ln in ro.stdout.splitlines() if ln.startswith("rc=")] == ["rc=2"] * 3, ro.stdout + ro.stderr
+    assert ro.stderr.count("(read-only file system)") == 3 and "Traceback" not in ro.stderr
+
+
+# ---------------------------------------------------------------------- 2. runs that get stuck
+
+
+def test_a_refused_train_leaves_no_claim_behind(tmp_path, capsys):
+    make_store(tmp_path / "data", n=50, d=8)
+    make_store(tmp_path / "img", n=50, d=8, text=False)
+    make_store(tmp_path / "two", n=2, d=8, split=False)
+    cases = [
+        (["--data", tmp_path / "data", "--batch-size", "500"], "larger than the"),
+        (["--data", tmp_path / "two", "--split", "all", "--batch-size", "3"], "larger than the"),
+        (["--data", tmp_path / "img", "--method", "iso-energy"], "which method iso-energy needs"),
+    ]
+    for extra, needle in cases:
+        out = tmp_path / "run"
+        code, _, err = cli(["train", *extra, "--out", out, "--latents", "16", "--k", "2", "--epochs", "1", "--no-progress"], capsys)
+        assert one_line_error(code, err, needle), (extra, err)
+        assert not out.exists(), (extra, sorted(p.name for p in out.iterdir()))
+    # The corrected rerun into the same --out is not refused as "another job".
+    code, _, err = cli(["train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--batch-size", "8", "--latents", "16", "--k", "2",
+                        "--epochs", "1", "--no-progress"], capsys)
+    assert code == 0, err
+
+
+KILL_TRAIN = ["--latents", "16", "--k", "2", "--batch-size", "16", "--epochs", "2", "--checkpoint-every", "6", "--no-progress"]
+
+#: Every named point a ``train`` passes (files/faults.py), as DUALSAE_FAULT values.
+TRAIN_POINTS = ["before-replace:*/run/manifest.json", "before-replace:*/run/config.json", "before-replace:*state.safetensors",
+                "before-replace:*image/model.safetensors", "before-replace:*image/config.json", "train-between-saes",
+                "before-replace:*text/model.safetensors", "before-replace:*text/config.json", "before-replace:*summary.json",
+                "train-after-summary", "commit:*/run"]
+
+
+@pytest.fixture(scope="module")
+def train_kills(base) -> dict[str, Path]:
+    """The uninterrupted run, and one run killed at each point of TRAIN_POINTS (one fork server)."""
+    ref = base / "kill-reference"
+    assert main(["train", "--data", str(base / "data"), "--out", str(ref), *map(str, KILL_TRAIN)]) == 0
+    runs = {point: base / "kills" / f"k{i}" / "run" for i, point in enumerate(TRAIN_POINTS)}
+    codes = run_cli_killed([(["train", "--data", base / "data", "--out", run, *KILL_TRAIN], point) for point, run in runs.items()])
+    assert codes == [KILLED] * len(runs), dict(zip(runs, codes))
+    return {"reference": ref, **runs}
+
+
+@pytest.mark.parametrize("point", TRAIN_POINTS)
+def test_train_killed_at_any_point_reads_complete_or_resumes_to_the_uninterrupted_result(base, train_kills, capsys, point):
+    run, uninterrupted = train_kills[point], train_kills["reference"]
+    args = ["train", "--data", base / "data", "--out", run, *KILL_TRAIN]
+    code, _, err = cli(["info", run], capsys)
+    if code != 0:  # not complete: the reader says to resume, and --resume does
+        assert one_line_error(code, err, "unfinished", "dualsae train --resume"), err
+        code, _, err = cli([*args, "--resume"], capsys)
+        assert code == 0, err
+    assert cli(["info", run], capsys)[0] == 0
+    for sae in ("image", "text"):
+        assert (run / sae / "model.safetensors").read_bytes() == (uninterrupted / sae / "model.safetensors").read_bytes(), sae
+    assert not (run / "checkpoint").exists() and not [p for p in run.rglob("*") if ".tmp" in p.name]
+    rows = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [json.loads(line)["step"] for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
