@@ -175,3 +175,46 @@ def test_train_killed_at_any_point_reads_complete_or_resumes_to_the_uninterrupte
     assert not (run / "checkpoint").exists() and not [p for p in run.rglob("*") if ".tmp" in p.name]
     rows = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == [json.loads(line)["step"] for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_truncated_correlation_without_a_manifest_is_one_line(base, tmp_path, capsys):
+    al = tmp_path / "al"
+    shutil.copytree(base / "al", al)
+    (al / "manifest.json").unlink()  # an aligned folder from before manifests: nothing to check the file against
+    with open(al / "correlation.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 7)
+    for args in (["info", al], ["analyze", "top", al, "--latent", "0", "--data", base / "data"]):
+        code, _, err = cli(args, capsys)
+        assert one_line_error(code, err, "correlation.safetensors: not a readable safetensors file"), (args, err)
+
+
+def test_a_matched_list_shorter_than_the_others_is_one_line(base, tmp_path, capsys):
+    al = tmp_path / "al"
+    shutil.copytree(base / "al", al)
+    (al / "manifest.json").unlink()
+    doc = json.loads((al / "alignment.json").read_text())
+    doc["matched"]["correlation"] = doc["matched"]["correlation"][:2]
+    (al / "alignment.json").write_text(json.dumps(doc))
+    code, _, err = cli(["analyze", "top", al, "--latent", "0", "1", "2", "3", "--data", base / "data"], capsys)
+    assert one_line_error(code, err, "alignment.json: field 'matched.correlation' has 2 entries"), err
+
+
+def test_a_manifest_that_is_a_folder_is_refused(base, tmp_path, capsys):
+    al = tmp_path / "al"
+    shutil.copytree(base / "al", al)
+    (al / "manifest.json").unlink()
+    (al / "manifest.json").mkdir()
+    for args in (["info", al], ["analyze", "top", al, "--latent", "0", "--data", base / "data"],
+                 ["eval", al, "--data", base / "data", "--out", tmp_path / "ev", "--tasks", "recon", "--no-progress"]):
+        code, _, err = cli(args, capsys)
+        assert one_line_error(code, err, "manifest.json: unreadable or not a dualsae manifest"), (args, err)
+
+
+def test_eval_on_a_changed_training_store_warns(base, tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    make_store(data, n=400, d=8)
+    assert cli(["train", "--data", data, "--out", run, *TRAIN], capsys)[0] == 0
+    shutil.rmtree(data)
+    make_store(data, n=300, d=8)  # the store the run records, regenerated with fewer rows
+    code, _, err = cli(["eval", run, "--out", tmp_path / "ev", "--tasks", "recon", "--no-progress"], capsys)
+    assert code == 0 and err.count("the training store of") == 1 and "now has 300 rows" in err and "when it had 400" in err, err

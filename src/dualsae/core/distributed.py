@@ -39,6 +39,26 @@ class RankStopped(DualSAEError):
     """Rank 0 failed in :meth:`Distributed.on_main`; this rank stops with it."""
 
 
+#: Folder where each rank started by ``python -m dualsae.launch`` leaves its one-line error, so the
+#: launcher can print the reason after torchrun's own report (:mod:`dualsae.launch`).
+RANK_ERRORS_ENV = "DUALSAE_RANK_ERRORS"
+
+
+def record_rank_error(message: str, error: BaseException) -> None:
+    """Leave ``message`` for the launcher in ``$DUALSAE_RANK_ERRORS/rank-<RANK>.txt`` (nothing without
+    the variable). A rank that only followed another's failure (:class:`RankStopped`) is marked so,
+    which lets the launcher show the cause first."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder:
+        return
+    kind = "follows" if isinstance(error, RankStopped) else "cause"
+    try:
+        with open(os.path.join(folder, f"rank-{os.environ.get('RANK', '0')}.txt"), "w") as f:
+            f.write(f"{kind}\t{message}\n")
+    except OSError:
+        pass  # the error is printed on stderr anyway
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """auto -> cuda when available, else cpu; cuda asked for without one is a one-line error."""
     name = str(device)
