@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from dualsae.launch import _StderrFilter, summary_lines
 from tests.helpers import ROOT, make_store

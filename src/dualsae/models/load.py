@@ -14,7 +14,6 @@ from dualsae.models.aligned import AlignedPair
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
 
-
 #: The live block of C that ``dualsae align`` stores beside an aligned pair.
 CORRELATION_FILE = "correlation.safetensors"
 
