@@ -47,17 +47,19 @@ def can_mount_tmpfs() -> bool:
 
 
 def run_cli_on_tmpfs(mountpoint: Path, options: str, commands: list[list[str]], fill: bool = False,
-                     timeout: float = 300) -> subprocess.CompletedProcess:
+                     timeout: float = 300, copy_out: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``dualsae`` commands (in one Python process) in a private mount namespace where
     ``mountpoint`` is a fresh tmpfs mounted with ``options`` (``ro`` for a read-only one); ``fill``
-    first fills it with zeros (a full disk). Each command's exit status is printed as a line ``rc=N``."""
+    first fills it with zeros (a full disk). Each command's exit status is printed as a line ``rc=N``.
+    ``copy_out``: afterwards copy what the tmpfs holds there (it vanishes with the namespace)."""
     if not can_mount_tmpfs():
         pytest.skip("needs 'unshare --mount' and tmpfs mounts (root in a private mount namespace)")
     mountpoint.mkdir(parents=True, exist_ok=True)
     mnt = shlex.quote(str(mountpoint))
     fill_cmd = f"cat /dev/zero > {mnt}/fill 2>/dev/null; " if fill else ""
-    code = ("import json, sys; from dualsae.cli import main\n"
-            "for argv in json.loads(sys.argv[1]): print(f'rc={main(argv)}', flush=True)")
+    code = ("import json, shutil, sys; from dualsae.cli import main\n"
+            "for argv in json.loads(sys.argv[1]): print(f'rc={main(argv)}', flush=True)\n"
+            + (f"shutil.copytree({str(mountpoint)!r}, {str(copy_out)!r}, dirs_exist_ok=True)\n" if copy_out else ""))
     argv = shlex.quote(json.dumps([[str(a) for a in cmd] for cmd in commands]))
     script = (f"mount -t tmpfs -o {options} tmpfs {mnt} && {{ {fill_cmd}"
               f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {argv}; }}")

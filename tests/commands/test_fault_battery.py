@@ -218,3 +218,65 @@ def test_eval_on_a_changed_training_store_warns(base, tmp_path, capsys):
     make_store(data, n=300, d=8)  # the store the run records, regenerated with fewer rows
     code, _, err = cli(["eval", run, "--out", tmp_path / "ev", "--tasks", "recon", "--no-progress"], capsys)
     assert code == 0 and err.count("the training store of") == 1 and "now has 300 rows" in err and "when it had 400" in err, err
+
+
+# ---------------------------------------------------------------------- 3. one line, not a traceback (report)
+
+
+def test_report_flags_are_checked_and_its_lock_error_names_out(base, tmp_path, capsys):
+    from dualsae.report.build import report_lock
+
+    args = ["report", base / "al", "--data", base / "data", "--out", tmp_path / "site", "--no-progress", "--probe-latents", "0"]
+    for extra, needle in ((["--probe", "9999"], "--probe 9999: not a latent of"), (["--alpha", "nan"], "--alpha must be a finite number"),
+                          (["--device", "tpu9"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu9'"),
+                          (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N, got 'meta'")):
+        code, _, err = cli([*args, *extra], capsys)
+        assert one_line_error(code, err, needle), (extra, err)
+        assert not (tmp_path / "site").exists()
+    with report_lock(tmp_path / "site"):
+        code, _, err = cli(args, capsys)
+    assert one_line_error(code, err, f"{tmp_path / 'site'}: in use by another dualsae process"), err
+
+
+def test_diagnose_on_constant_rows_and_confidence_flags_say_one_line_naming_the_flag(base, tmp_path, capsys):
+    from dualsae.store.paired import write_store
+
+    for name, value in (("zeros", 0.0), ("const", 1.5)):
+        write_store(tmp_path / name, np.full((300, 8), value, np.float32), np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32))
+        code, out, err = cli(["diagnose", tmp_path / name, "--no-progress"], capsys)
+        assert one_line_error(code, err, "every image row sampled (300) is", "all zero" if value == 0 else "constant") and err.count("\n") == 1, err
+    code, _, err = cli(["diagnose", base / "data", "--no-progress", "--batch-size", "500"], capsys)
+    assert one_line_error(code, err, "--batch-size is 500, larger than the 200 pairs"), err
+    code, _, err = cli(["diagnose", base / "data", "--no-progress", "--rows", "0"], capsys)
+    assert one_line_error(code, err, "--rows must be an integer >= 1"), err
+    for extra, needle in ((["--shuffles", "-1"], "--shuffles must be >= 0"), (["--min-support", "-3"], "--min-support must be >= 0"),
+                          (["--null-quantile", "1.5"], "--null-quantile must be in (0, 1)"),
+                          (["--min-correlation", "1.5"], "--min-correlation must be a correlation in [-1, 1]"),
+                          (["--min-correlation", "-2"], "in [-1, 1]"), (["--min-correlation", "nan"], "in [-1, 1]"),
+                          (["--min-correlation", "inf"], "in [-1, 1]")):
+        code, _, err = cli(_align(base / "run", base / "data", tmp_path / "al", *extra), capsys)
+        assert one_line_error(code, err, needle), (extra, err)
+        assert not (tmp_path / "al").exists()
+
+
+def test_a_full_disk_during_training_is_one_line_and_the_run_resumes(tmp_path, capsys):
+    """A real full disk (a tmpfs of 1.2 MB in a private mount namespace): the first checkpoint (~0.8 MB)
+    fits, the second's temporary does not. The run stops with one line; copied to a roomy disk, it resumes
+    to the weights of an uninterrupted run."""
+    from tests.fault_helpers import run_cli_on_tmpfs
+
+    make_store(tmp_path / "data", n=256, d=32)
+    args = ["--data", tmp_path / "data", "--latents", "1024", "--k", "4", "--batch-size", "32", "--epochs", "2",
+            "--checkpoint-every", "4", "--no-progress"]
+    mnt, moved = tmp_path / "mnt", tmp_path / "moved"
+    full = run_cli_on_tmpfs(mnt, "size=1200k", [["train", *args, "--out", mnt / "run"]], copy_out=moved)
+    assert full.stdout.splitlines() == ["rc=2"], full.stdout + full.stderr
+    assert "(no space left on the device)" in full.stderr and "Traceback" not in full.stderr, full.stderr
+    assert full.stderr.count("dualsae: error:") == 1
+    run = moved / "run"
+    assert (run / "checkpoint" / "state.safetensors").is_file() and not [p for p in run.rglob("*") if ".tmp" in p.name]
+    code, _, err = cli(["train", *args, "--out", run, "--resume"], capsys)
+    assert code == 0, err
+    assert cli(["train", *args, "--out", tmp_path / "ref"], capsys)[0] == 0
+    for sae in ("image", "text"):
+        assert (run / sae / "model.safetensors").read_bytes() == (tmp_path / "ref" / sae / "model.safetensors").read_bytes()

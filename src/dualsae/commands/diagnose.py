@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from dualsae.commands.common import add_split_args, prepare_out_folder, select_split
-from dualsae.commands.flags import add_flags, dataclass_flags, given
-from dualsae.core.errors import ConfigError
+from dualsae.commands.flags import add_flags, dataclass_flags, flag_named, given
+from dualsae.core.errors import ConfigError, DataError
 from dualsae.diagnose.pilots import QuickConfig
 from dualsae.diagnose.placement import diagnose, place_report
 from dualsae.diagnose.regime_curve import (
@@ -66,10 +66,29 @@ def _quick(args: argparse.Namespace) -> QuickConfig:
     return QuickConfig(**given(args, QUICK_FLAGS))
 
 
+def _flag_errors(check) -> None:
+    """Run a QuickConfig check; its errors name the flag the user typed, not the config field."""
+    try:
+        check()
+    except ConfigError as e:
+        raise ConfigError(flag_named(str(e), QUICK_FLAGS)) from None
+
+
+def refuse_constant_rows(store, sample: int = 4096) -> None:
+    """One line, before any training, for a modality whose rows are all one vector (all zero, or a
+    constant): no latent could be live, so the diagnostic would run its three stages and fail at the
+    matching with a misleading "raise --steps". Checked on up to ``sample`` rows."""
+    for mod in ("image", "text"):
+        x = store.sample(mod, sample).double()
+        if len(x) > 1 and float((x - x[0]).abs().max()) == 0.0:
+            what = "all zero" if float(x.abs().max()) == 0.0 else "one constant vector"
+            raise DataError(f"{store.root}: every {mod} row sampled ({len(x):,}) is {what}; the diagnostic needs embeddings that vary between rows")
+
+
 def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     quick = _quick(args)
-    quick.validate()
+    _flag_errors(quick.validate)
     prepare_out_folder(args.out)  # a file, a path under a file, a read-only or full disk: one line before the work
     if args.regime_curve_out is not None:
         if args.store is not None:
@@ -92,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("diagnose: a STORE folder is required (or --from-json FILE, or --regime-curve-out FILE)")
         store = select_split(open_store(args.store), args)
         store.require_pairs("the diagnostic")
-        quick.resolve(store.n)  # size errors before anything is loaded or trained
+        _flag_errors(lambda: quick.resolve(store.n))  # size errors before anything is loaded or trained
+        refuse_constant_rows(store)
         curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()
         report = diagnose(store, quick, curve, device=args.device, progress=not args.no_progress, log=log)
     text = format_report(report)

@@ -20,6 +20,7 @@ expanded in place (``nested={"sae": SAEConfig}``).
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import Any, Callable, Iterable
 
@@ -131,10 +132,11 @@ def build_from_flags(cls: type, args: argparse.Namespace, flags: list[Flag], **v
 
 def flag_named(message: str, flags: list[Flag]) -> str:
     """``message`` with a leading config field name (``min_support must ...``) replaced by its flag."""
+    m = re.match(r"^(?:\w+ )?field '(\w+)' |^(\w+) ", message)  # "shuffles must", "diagnose field 'rows' must"
+    name = m and (m.group(1) or m.group(2))
     for flag in flags:
-        for lead in (f"{flag.dest} ", f"field '{flag.dest}' ", f"training field '{flag.dest}' "):
-            if message.startswith(lead):
-                return f"{flag.option} " + message[len(lead):]
+        if flag.dest == name:
+            return f"{flag.option} " + message[m.end():]
     return message
 
 

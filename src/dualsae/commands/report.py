@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.commands.common import resolve_split
+from dualsae.commands.common import check_finite_flag, resolve_split
+from dualsae.core.distributed import resolve_device
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.report import ReportOptions, build_report
 from dualsae.store.paired import open_store
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("top", "captions", "batch_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, found {getattr(args, name)}")
+    check_finite_flag(args.alpha, "--alpha")
+    resolve_device(args.device)
     if args.probe_latents < 0:
         raise ConfigError(f"--probe-latents must be >= 0, found {args.probe_latents}")
     try:

@@ -67,7 +67,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):  # torch also parses 'meta', 'xla', 'mps'...: none of them runs dualsae
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

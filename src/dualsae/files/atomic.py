@@ -99,6 +99,6 @@ def append_jsonl(path: str | os.PathLike[str], row: dict) -> None:
 
 
 def _errno_of(message: str) -> int:
-    """The errno inside a safetensors I/O error's text (``Os { code: 28, ... }``), else EIO."""
-    m = re.search(r"code: (\d+)", message)
+    """The errno inside a safetensors I/O error's text (``os error 28``, ``Os { code: 28, ... }``), else EIO."""
+    m = re.search(r"(?:code: |os error )(\d+)", message)
     return int(m.group(1)) if m else errno.EIO
