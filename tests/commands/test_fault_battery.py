@@ -280,3 +280,91 @@ def test_a_full_disk_during_training_is_one_line_and_the_run_resumes(tmp_path, c
     assert cli(["train", *args, "--out", tmp_path / "ref"], capsys)[0] == 0
     for sae in ("image", "text"):
         assert (run / sae / "model.safetensors").read_bytes() == (tmp_path / "ref" / sae / "model.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------------- 5. every named write point of the other writers
+
+SYNTH = ["--quick", "--distances", "0.5", "--gs-multipliers", "1", "--iso-multipliers", "1", "--latents", "64", "--k", "4",
+         "--epochs", "2", "--n-train", "512", "--n-eval", "128", "--no-progress"]
+TABLE1 = ["--seeds", "0", "--latents", "16", "--k", "2", "--epochs", "1", "--batch-size", "32", "--methods", "specific", "--no-progress"]
+
+#: (command, DUALSAE_FAULT) for every named point (files/faults.py) those writers pass.
+OTHER_POINTS = [
+    ("align", "before-replace:*/out/manifest.json"), ("align", "before-replace:*/out/image/model.safetensors"),
+    ("align", "align-between-saes"), ("align", "before-replace:*/out/text/config.json"),
+    ("align", "before-replace:*/out/alignment.json"), ("align", "before-replace:*/out/correlation.safetensors"), ("align", "commit:*/out"),
+    ("synthetic", "before-replace:*/out/plan.json"), ("synthetic", "before-replace:*/out/units/*"),
+    ("synthetic", "before-replace:*/out/results.json"), ("synthetic", "commit:*/out"),
+    ("table1", "before-replace:*/out/plan.json"), ("table1", "before-replace:*/out/units/*"),
+    ("table1", "before-replace:*/out/table1.json"), ("table1", "commit:*/out"),
+    ("extract", "before-replace:*/out/manifest.json"), ("extract", "before-replace:*/out/.shards/*done.json"), ("extract", "extract-assembly"),
+    ("extract", "before-replace:*/out/image.npy"), ("extract", "before-replace:*/out/extract.json"), ("extract", "commit:*/out"),
+    ("report", "before-replace:*/.out.tmp-*/manifest.json"), ("report", "commit:*/.out.tmp-*"), ("report", "report-swap"),
+]
+
+
+def _command(kind: str, base: Path, inputs: dict, out: Path) -> list:
+    return {
+        "align": _align(base / "run", base / "data", out),
+        "synthetic": ["reproduce", "synthetic", *SYNTH, "--out", out],
+        "table1": ["reproduce", "table1", "--train", base / "data", "--eval", base / "data", *TABLE1, "--out", out],
+        "extract": ["extract", "--model", inputs.get("clip", ""), "--format", "jsonl", "--table", inputs.get("table", ""), "--shard-size", "2",
+                    "--out", out],
+        "report": ["report", base / "al", "--data", base / "data", "--out", out, "--no-progress", "--probe-latents", "1"],
+    }[kind]
+
+
+def _result(kind: str, out: Path):
+    """What must equal the uninterrupted run's (timings left out)."""
+    def untimed(obj):
+        if isinstance(obj, dict):
+            return {k: untimed(v) for k, v in obj.items() if not any(t in k for t in ("second", "time", "_s", "timing"))}
+        return [untimed(v) for v in obj] if isinstance(obj, list) else obj
+    if kind == "align":
+        return (out / "text" / "model.safetensors").read_bytes(), json.loads((out / "alignment.json").read_text())["permutation"]
+    if kind == "synthetic":
+        return untimed(json.loads((out / "results.json").read_text())["rows"])
+    if kind == "table1":
+        return untimed(json.loads((out / "table1.json").read_text())["table"])
+    if kind == "extract":
+        return (out / "image.npy").read_bytes(), (out / "text.npy").read_bytes()
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def other_kills(base, tmp_path_factory) -> dict:
+    pytest.importorskip("transformers")
+    from tests.extract.test_extraction import _build_clip, _table
+
+    root = tmp_path_factory.mktemp("other-kills")
+    _build_clip(root / "clip")
+    table, _, _ = _table(root, 5)
+    inputs = {"clip": root / "clip", "table": table}
+    refs = {kind: root / "ref" / kind / "out" for kind in {k for k, _ in OTHER_POINTS}}
+    cases = [(_command(kind, base, inputs, out), None) for kind, out in refs.items()]
+    killed = {(kind, point): root / f"k{i}" / "out" for i, (kind, point) in enumerate(OTHER_POINTS)}
+    expected = [0] * len(refs)
+    for (kind, point), out in killed.items():
+        if point == "report-swap":  # the swap happens only when a report replaces an earlier one
+            cases.append((_command(kind, base, inputs, out), None))
+            expected.append(0)
+        cases.append((_command(kind, base, inputs, out), point))
+        expected.append(KILLED)
+    codes = run_cli_killed(cases)
+    assert codes == expected, [(c[1], got) for c, got, want in zip(cases, codes, expected) if got != want]
+    return {"inputs": inputs, "refs": refs, "killed": killed}
+
+
+@pytest.mark.parametrize("kind,point", OTHER_POINTS)
+def test_a_kill_at_any_named_point_reads_complete_or_reruns_to_the_uninterrupted_result(base, other_kills, capsys, kind, point):
+    from dualsae.files.outdir import check_finished, read_claim, verify_files
+
+    out, ref = other_kills["killed"][(kind, point)], other_kills["refs"][kind]
+    finished = out.is_dir() and (read_claim(out) or {}).get("complete")
+    if not finished:  # the documented way on: the same command again (a resume for reproduce and extract)
+        code, _, err = cli(_command(kind, base, other_kills["inputs"], out), capsys)
+        assert code == 0, err
+    verify_files(out, check_finished(out))
+    assert _result(kind, out) == _result(kind, ref)
+    # No temporary inside the output (a report killed mid-swap may leave its old copy beside it; the next run removes it).
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
