@@ -7,6 +7,7 @@ import sys
 
 from dualsae import __version__
 from dualsae.commands import COMMAND_MODULES
+from dualsae.core.distributed import record_rank_error
 from dualsae.core.errors import DualSAEError
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DualSAEError as e:
         print(f"dualsae: error: {e}", file=sys.stderr)
+        record_rank_error(f"dualsae: error: {e}", e)  # for python -m dualsae.launch's last line
         return 2
     except KeyboardInterrupt:
         print("dualsae: interrupted", file=sys.stderr)

@@ -79,7 +79,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path / "tiny"), "--no-progress"]) == 2
     assert "at least 64" in capsys.readouterr().err
     assert main(["diagnose", str(tmp_path / "tiny"), "--top-fraction", "0"]) == 2
-    assert "top_fraction" in capsys.readouterr().err
+    assert "--top-fraction must be in (0, 1]" in capsys.readouterr().err  # the flag typed, not the config field (issue 20)
     (tmp_path / "cal.json").write_text(json.dumps({"format": "dualsae.diagnose-calibration/1", "curve": [{"distance": 0}]}))
     with pytest.raises(DataError, match="cal.json: field 'curve'"):
         RegimeCurve.load(tmp_path / "cal.json")

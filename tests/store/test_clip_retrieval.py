@@ -90,3 +90,60 @@ def test_sharded_store_splits_batches_and_trains_like_the_concatenated_store(tmp
     for mod in ("image", "text"):
         for (name, va), vb in zip(a.sae_for(mod).state_dict().items(), b.sae_for(mod).state_dict().values()):
             assert torch.equal(va, vb), f"{mod}.{name} differs between the sharded and the concatenated store"
+
+
+# ---------------------------------------------------------------------- issue 20: damaged clip-retrieval folders
+
+
+def test_a_gap_in_the_shard_numbers_is_an_error_naming_the_missing_shard(tmp_path):
+    make_clip_retrieval(tmp_path / "cr", sizes=(2, 3, 4))
+    for sub, suffix in (("img_emb", ".npy"), ("text_emb", ".npy"), ("metadata", ".parquet")):
+        (tmp_path / "cr" / sub / f"{sub}_1{suffix}").unlink()  # in every folder, so the counts still agree
+    with pytest.raises(DataError, match=r"img_emb/img_emb_1.npy: missing \(img_emb_2.npy follows img_emb_0.npy\)"):
+        open_store(tmp_path / "cr")
+    make_clip_retrieval(tmp_path / "late", sizes=(2, 3))
+    for sub, suffix in (("img_emb", ".npy"), ("text_emb", ".npy"), ("metadata", ".parquet")):
+        (tmp_path / "late" / sub / f"{sub}_0{suffix}").unlink()
+    with pytest.raises(DataError, match=r"img_emb_0.npy: missing \(img_emb_1.npy is the first shard\)"):
+        open_store(tmp_path / "late")
+
+
+def test_eleven_shards_keep_the_row_order_clip_retrieval_wrote(tmp_path):
+    img, txt = make_clip_retrieval(tmp_path / "cr", sizes=tuple(range(1, 12)))
+    store = open_store(tmp_path / "cr")
+    np.testing.assert_array_equal(store.image[:], img)
+    np.testing.assert_array_equal(store.text[:], txt)
+    assert [m["caption"] for m in store.meta] == [f"c{i}" for i in range(len(img))]
+    # The split follows the rows: the same as a plain store of the concatenated arrays.
+    write_store(tmp_path / "flat", img, txt)
+    a = store.split("train", test_fraction=0.25, seed=3)
+    b = open_store(tmp_path / "flat").split("train", test_fraction=0.25, seed=3)
+    np.testing.assert_array_equal(a.image[:], b.image[:])
+
+
+def test_nan_in_a_shard_names_that_shard_file(tmp_path):
+    make_clip_retrieval(tmp_path / "cr", sizes=(5, 3, 4), dtype=np.float32)
+    bad = np.load(tmp_path / "cr" / "img_emb" / "img_emb_2.npy")
+    bad[1, 3] = np.nan
+    np.save(tmp_path / "cr" / "img_emb" / "img_emb_2.npy", bad)
+    with pytest.raises(DataError, match=r"img_emb/img_emb_2.npy: row 1 contains NaN"):
+        open_store(tmp_path / "cr")
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "empty", "folder"])
+def test_damaged_metadata_parquet_is_one_line(tmp_path, damage):
+    make_clip_retrieval(tmp_path / "cr", sizes=(5, 3))
+    p = tmp_path / "cr" / "metadata" / "metadata_1.parquet"
+    raw = p.read_bytes()
+    p.unlink()
+    if damage == "corrupt":
+        p.write_bytes(raw[:8] + bytes(b ^ 0xFF for b in raw[8:-8]) + raw[-8:])
+    elif damage == "truncated":
+        p.write_bytes(raw[: len(raw) // 2])
+    elif damage == "empty":
+        p.write_bytes(b"")
+    else:
+        p.mkdir()
+    with pytest.raises(DataError, match=r"metadata/metadata_1.parquet: (not a readable parquet file|damaged parquet file|is a folder)") as e:
+        open_store(tmp_path / "cr")
+    assert "\n" not in str(e.value)

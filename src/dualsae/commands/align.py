@@ -19,7 +19,7 @@ from dualsae.commands.common import (
     resolve_data,
     resolve_split,
 )
-from dualsae.commands.flags import add_flags, dataclass_flags, given
+from dualsae.commands.flags import add_flags, build_from_flags, dataclass_flags, given
 from dualsae.core.distributed import Distributed, resolve_device
 from dualsae.core.errors import ConfigError
 from dualsae.files.outdir import check_output, written_output
@@ -169,15 +169,18 @@ def add_confidence_args(p: argparse.ArgumentParser) -> None:
 
 
 def confidence_options(args: argparse.Namespace) -> ConfidenceOptions:
-    """The ConfidenceOptions of the flags given (the rest: the dataclass's defaults)."""
-    kw = given(args, CONFIDENCE_FLAGS)
-    mc = kw.get("min_correlation")
+    """The ConfidenceOptions of the flags given (the rest: the dataclass's defaults); errors name the flag."""
+    mc = given(args, CONFIDENCE_FLAGS).get("min_correlation")
+    values = {}
     if mc is not None and mc != "null":
         try:
-            kw["min_correlation"] = float(mc)
+            values["min_correlation"] = float(mc)
         except ValueError:
             raise ConfigError(f"--min-correlation must be a number or 'null', found {mc!r}") from None
-    return ConfidenceOptions(**kw)
+        # A correlation lies in [-1, 1]: 1.5 would leave every pair unmatched, nan none, silently.
+        if not -1 <= values["min_correlation"] <= 1:
+            raise ConfigError(f"--min-correlation must be a correlation in [-1, 1] or 'null', found {mc}")
+    return build_from_flags(ConfidenceOptions, args, CONFIDENCE_FLAGS, **values)
 
 
 def match_summary_lines(corr, matched: dict, confidence: dict | None) -> list[str]:

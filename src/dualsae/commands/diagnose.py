@@ -9,9 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dualsae.commands.common import add_split_args, resolve_split
-from dualsae.commands.flags import add_flags, dataclass_flags, given
-from dualsae.core.errors import ConfigError
+from dualsae.commands.common import add_split_args, prepare_out_folder, resolve_split
+from dualsae.commands.flags import add_flags, dataclass_flags, flag_named, given
+from dualsae.core.errors import ConfigError, DataError
 from dualsae.diagnose.head_to_head import PilotConfig
 from dualsae.diagnose.pilot_report import format_markdown, format_report
 from dualsae.diagnose.pilots import QuickConfig
@@ -94,6 +94,26 @@ def _quick(args: argparse.Namespace) -> QuickConfig:
     return QuickConfig(**given(args, QUICK_FLAGS))
 
 
+def _flag_errors(check, flags=None) -> None:
+    """Run a QuickConfig (or, with ``flags``, a PilotConfig) check; its errors name the flag the user typed,
+    not the config field."""
+    try:
+        check()
+    except ConfigError as e:
+        raise ConfigError(flag_named(str(e), QUICK_FLAGS if flags is None else flags)) from None
+
+
+def refuse_constant_rows(store, sample: int = 4096) -> None:
+    """One line, before any training, for a modality whose rows are all one vector (all zero, or a
+    constant): no latent could be live, so the diagnostic would run its three stages and fail at the
+    matching with a misleading "raise --steps". Checked on up to ``sample`` rows."""
+    for mod in ("image", "text"):
+        x = store.sample(mod, sample).double()
+        if len(x) > 1 and float((x - x[0]).abs().max()) == 0.0:
+            what = "all zero" if float(x.abs().max()) == 0.0 else "one constant vector"
+            raise DataError(f"{store.root}: every {mod} row sampled ({len(x):,}) is {what}; the diagnostic needs embeddings that vary between rows")
+
+
 def _write(out: Path, report: dict, text: str) -> None:
     write_json(out / "diagnose.json", report)
     write_text(out / "diagnose.md", format_markdown(report))
@@ -103,7 +123,7 @@ def _write(out: Path, report: dict, text: str) -> None:
 
 def _diagnose(args: argparse.Namespace, quick: QuickConfig, log) -> int:
     pilot = PilotConfig(**given(args, PILOT_FLAGS))
-    pilot.validate()
+    _flag_errors(pilot.validate, PILOT_FLAGS)
     objectives_of(args.objective)
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, found {args.workers}")
@@ -112,7 +132,8 @@ def _diagnose(args: argparse.Namespace, quick: QuickConfig, log) -> int:
     split, fraction, seed = resolve_split(args)
     store = open_store(args.store).split(split, test_fraction=fraction, seed=seed)
     store.require_pairs("the diagnostic")
-    quick.resolve(store.n)  # size errors before anything is loaded or trained
+    _flag_errors(lambda: quick.resolve(store.n))  # size errors before anything is loaded or trained
+    refuse_constant_rows(store)
     external = open_store(args.external, same_width=False) if args.external is not None else None
     curve = RegimeCurve.load(args.regime_curve) if args.regime_curve else RegimeCurve.load()
 
@@ -163,7 +184,8 @@ def _judge_table1(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     quick = _quick(args)
-    quick.validate()
+    _flag_errors(quick.validate)
+    prepare_out_folder(args.out)  # a file, a path under a file, a read-only or full disk: one line before the work
     if args.regime_curve_out is not None:
         if args.store is not None:
             raise ConfigError("diagnose: give either STORE or --regime-curve-out FILE, not both")

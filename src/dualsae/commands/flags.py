@@ -20,8 +20,11 @@ expanded in place (``nested={"sae": SAEConfig}``).
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import Any, Callable, Iterable
+
+from dualsae.core.errors import ConfigError
 
 _SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -126,4 +129,24 @@ def given(args: argparse.Namespace, flags: list[Flag]) -> dict[str, Any]:
     return {f.dest: getattr(args, f.dest) for f in flags if getattr(args, f.dest, None) is not None}
 
 
-__all__ = ["DefaultsHelpFormatter", "Flag", "add_flag_groups", "add_flags", "dataclass_flags", "field_default", "given"]
+def build_from_flags(cls: type, args: argparse.Namespace, flags: list[Flag], **values: Any) -> Any:
+    """``cls(**given flags, **values)``; a :class:`ConfigError` of its checks that opens with a field's
+    name (``shuffles must be >= 0``) is re-raised naming the flag the user typed (``--shuffles``)."""
+    kw = {**given(args, flags), **values}
+    try:
+        return cls(**kw)
+    except ConfigError as e:
+        raise ConfigError(flag_named(str(e), flags)) from None
+
+
+def flag_named(message: str, flags: list[Flag]) -> str:
+    """``message`` with a leading config field name (``min_support must ...``) replaced by its flag."""
+    m = re.match(r"^(?:\w+ )?field '(\w+)' |^(\w+) ", message)  # "shuffles must", "diagnose field 'rows' must"
+    name = m and (m.group(1) or m.group(2))
+    for flag in flags:
+        if flag.dest == name:
+            return f"{flag.option} " + message[m.end():]
+    return message
+
+
+__all__ = ["DefaultsHelpFormatter", "Flag", "add_flag_groups", "add_flags", "build_from_flags", "dataclass_flags", "field_default", "flag_named", "given"]

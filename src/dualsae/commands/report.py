@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualsae.commands.common import data_arg, resolve_data, resolve_split
+from dualsae.commands.common import check_finite_flag, data_arg, resolve_data, resolve_split
 from dualsae.commands.flags import DefaultsHelpFormatter
+from dualsae.core.distributed import resolve_device
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.report import ReportOptions, build_report
 from dualsae.report.counterparts import read_counterparts
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, found {getattr(args, name)}")
     if not args.overfit_ratio > 0:
         raise ConfigError(f"--overfit-ratio must be > 0, found {args.overfit_ratio}")
+    check_finite_flag(args.alpha, "--alpha")
+    resolve_device(args.device)
     try:
         probe = tuple(int(x) for x in args.probe.split(",") if x.strip())
     except ValueError:

@@ -11,14 +11,16 @@ from pathlib import Path
 from dualsae.commands.common import add_split_args
 from dualsae.commands.flags import Flag, add_flags, dataclass_flags, given
 from dualsae.core.distributed import Distributed, resolve_device
-from dualsae.core.errors import CheckpointError, ConfigError, DataError
+from dualsae.core.errors import CheckpointError, ConfigError, DataError, DualSAEError
 from dualsae.evaluation.generalization import generalization_lines, train_test_reconstruction
 from dualsae.files.lock import output_lock
 from dualsae.files.outdir import (
     check_output,
     claim_output,
     commit_output,
+    read_claim,
     read_manifest,
+    remove_if_unused,
     sweep_temporaries,
 )
 from dualsae.models.load import load_model, read_run_config
@@ -26,6 +28,7 @@ from dualsae.models.sae import SAEConfig
 from dualsae.store.paired import open_store
 from dualsae.training.config import METHODS, PRESETS, TrainConfig
 from dualsae.training.guards import row_norm_check
+from dualsae.training.run_folder import drop_checkpoint, saved_completely
 from dualsae.training.trainer import train
 
 #: Every TrainConfig field a user may set (the SAE fields in the place of ``sae``), from the fields' metadata.
@@ -92,9 +95,15 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
     config = _config_from_args(args)
+    if args.resume and _finish_saved_run(out):
+        return 0
+    if args.resume and _stopped_before_config(out, config):
+        print(f"note: {out} was stopped before its config.json was written; starting the run afresh", file=sys.stderr)
+        args.resume = False
     # The config's split (the saved one on --resume) picks the rows, so a resumed run sees the same rows.
     store = open_store(args.data).split(config.split, test_fraction=config.test_fraction, seed=config.split_seed)
     dist = Distributed.from_env(device)  # a torchrun rank, or one process (torch.distributed untouched)
+    claimed: list[bool] = []  # rank 0 holds the lock and wrote the claim (only then may it remove the folder)
     with contextlib.ExitStack() as held:
         def claim() -> None:  # rank 0 (or the one process) only; under torchrun rank 0 alone writes the folder
             for line in _data_notes(store, config, args.allow_outliers):
@@ -102,10 +111,17 @@ def run(args: argparse.Namespace) -> int:
             _claim_run(out, config, args, check_only=True)  # refuse before the lock file is created in someone's folder
             held.enter_context(output_lock(out, "this run"))  # held until the folder is committed
             _claim_run(out, config, args)
+            claimed.append(True)
 
         try:
             dist.on_main(claim, str(out))  # every rank stops if rank 0 refuses the folder or the data
             train(store, config, out, resume=args.resume, device=device, progress=not args.no_progress, dist=dist)
+        except DualSAEError:
+            # Refused before anything was written (batch larger than the split, a missing modality...):
+            # leave no folder holding only the unfinished claim, which the corrected rerun would refuse.
+            if claimed and not args.resume:
+                remove_if_unused(out)
+            raise
         finally:
             dist.close()
         if dist.is_main:
@@ -147,6 +163,30 @@ def _generalization(out: Path, data: str, config: TrainConfig, device) -> list[s
             f"over-fitting: test/train MSE > {result['overfit_ratio']:g}):", *generalization_lines(result)]
 
 
+def _finish_saved_run(out: Path) -> bool:
+    """``--resume`` of a run killed after its weights and ``summary.json`` were saved but before its
+    manifest was committed (while the checkpoint was removed, or in the commit itself): finish those
+    last steps instead of calling it both unfinished (readers) and finished (resume). Returns whether
+    it did; a committed run is refused as finished, as before."""
+    manifest = read_manifest(out)
+    if manifest is None or manifest.get("complete") or not saved_completely(out):
+        return False
+    with output_lock(out, "this run"):
+        sweep_temporaries(out)
+        drop_checkpoint(out)
+        commit_output(out)
+    print(f"{out}: training had finished (summary.json and the SAE folders were saved); completed its last step (manifest)")
+    return True
+
+
+def _stopped_before_config(out: Path, config: TrainConfig) -> bool:
+    """A folder this very run claimed (its unfinished manifest names this job) but was killed in before
+    ``config.json`` existed: nothing to resume, so ``--resume`` starts it (as the same run without it would)."""
+    manifest = read_claim(out)
+    return (not (out / "config.json").exists() and manifest is not None and not manifest.get("complete")
+            and manifest.get("command") == "train" and manifest.get("job") == check_job(config))
+
+
 def _data_notes(store, config: TrainConfig, allow_outliers: bool) -> list[str]:
     """Refuse outlier rows; say once which modality is missing and when the input scale is far from 1."""
     notes = row_norm_check(store, allow_outliers, config.input_scale)
@@ -158,11 +198,16 @@ def _data_notes(store, config: TrainConfig, allow_outliers: bool) -> list[str]:
     return notes
 
 
+def check_job(config: TrainConfig) -> dict:
+    """The job a run folder's manifest records (as JSON reads it back)."""
+    return json.loads(json.dumps({"config": config.to_dict()}, default=str))
+
+
 def _claim_run(out: Path, config: TrainConfig, args: argparse.Namespace, check_only: bool = False) -> None:
     """Make ``out`` this run's folder (:mod:`dualsae.files.outdir`): a fresh run refuses a folder holding
     anything (a run: pass --resume; else --overwrite); a resume keeps the folder's unfinished manifest
     (a run folder without one, from before manifests, is adopted). ``check_only``: only refuse."""
-    job = {"config": config.to_dict()}
+    job = check_job(config)
     if args.resume:
         if check_only or not out.is_dir():
             return

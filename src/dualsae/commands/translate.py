@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualsae.commands.common import data_arg, resolve_data
+from dualsae.commands.common import check_finite_flag, data_arg, prepare_out_folder, read_embeddings_file, resolve_data
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.evaluation.top_rows import top_examples
 from dualsae.files.atomic import write_json
@@ -97,6 +97,7 @@ def run_translate(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"-n must be >= 1, found {args.n}")
+    prepare_out_folder(args.out)
     target = "image" if args.source == "text" else "text"
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
@@ -105,11 +106,7 @@ def run_translate(args: argparse.Namespace) -> int:
     gallery = store.split(args.split)
     if args.embeddings:
         path = Path(args.embeddings)
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: not a readable .npy file ({e})") from None
-        x = np.atleast_2d(x).astype(np.float32)
+        x = read_embeddings_file(path, pair.sae_for(args.source).d)
 
         queries = torch.from_numpy(x)
         labels = [f"{path.name}[{i}]" for i in range(len(x))]
@@ -162,6 +159,9 @@ def run_steer(args: argparse.Namespace) -> int:
         raise ConfigError(f"-n and --sources must be >= 1, found {args.n} and {args.sources}")
     if not 0 < args.target_share <= 1:
         raise ConfigError(f"--target-share must be in (0, 1], found {args.target_share}")
+    if args.alpha is not None:  # None: auto
+        check_finite_flag(args.alpha, "--alpha")
+    prepare_out_folder(args.out)
     pair = load_model(args.model)
     data = resolve_data(args, args.model)
     store = open_store(data)

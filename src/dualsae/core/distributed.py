@@ -39,6 +39,26 @@ class RankStopped(DualSAEError):
     """Rank 0 failed in :meth:`Distributed.on_main`; this rank stops with it."""
 
 
+#: Folder where each rank started by ``python -m dualsae.launch`` leaves its one-line error, so the
+#: launcher can print the reason after torchrun's own report (:mod:`dualsae.launch`).
+RANK_ERRORS_ENV = "DUALSAE_RANK_ERRORS"
+
+
+def record_rank_error(message: str, error: BaseException) -> None:
+    """Leave ``message`` for the launcher in ``$DUALSAE_RANK_ERRORS/rank-<RANK>.txt`` (nothing without
+    the variable). A rank that only followed another's failure (:class:`RankStopped`) is marked so,
+    which lets the launcher show the cause first."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder:
+        return
+    kind = "follows" if isinstance(error, RankStopped) else "cause"
+    try:
+        with open(os.path.join(folder, f"rank-{os.environ.get('RANK', '0')}.txt"), "w") as f:
+            f.write(f"{kind}\t{message}\n")
+    except OSError:
+        pass  # the error is printed on stderr anyway
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """auto -> cuda when available, else cpu; cuda asked for without one is a one-line error."""
     name = str(device)
@@ -47,7 +67,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):  # torch also parses 'meta', 'xla', 'mps'...: none of them runs dualsae
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

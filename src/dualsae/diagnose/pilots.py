@@ -80,6 +80,9 @@ class QuickConfig:
         latents = self.latents if self.latents is not None else min(1024, 2 ** int(math.log2(rows / 4)))
         if latents // 2 < self.k:
             raise ConfigError(f"diagnose: latents m={latents} gives specific SAEs of m/2={latents // 2} < k={self.k}; raise --latents or lower --k")
+        if self.batch_size > rows:
+            raise ConfigError(f"diagnose field 'batch_size' is {self.batch_size}, larger than the {rows:,} pairs the diagnostic trains on; "
+                              f"use {rows} or less")
         epochs = self.epochs if self.epochs is not None else max(1, math.ceil(self.steps * self.batch_size / rows))
         return replace(self, rows=rows, latents=latents, epochs=epochs)
 

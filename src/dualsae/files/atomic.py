@@ -5,17 +5,22 @@ A reader never sees a half-written file: either the old version or the complete 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from dualsae.core.errors import DualSAEError
 from dualsae.files.faults import fault_point
+from dualsae.files.folders import os_reason
 
 
 def _plain_mode(path: str | os.PathLike[str]) -> None:
@@ -40,7 +45,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     _plain_mode(tmp)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as e:  # a full or read-only disk mid-write: one line; the old file is untouched
+            raise DualSAEError(f"{path}: cannot write it ({os_reason(e)}); the previous version, if any, is kept") from None
         fault_point("before-replace", str(path))
         os.replace(tmp_path, path)
     finally:
@@ -71,13 +79,26 @@ def save_tensors(path: str | os.PathLike[str], tensors: dict, metadata: dict[str
     """Write a dict of torch tensors as safetensors atomically."""
 
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # safetensors wraps the OSError of a full disk in its own error
+            raise OSError(_errno_of(str(e)), str(e).splitlines()[0] if str(e) else "write failed") from None
         # safetensors re-creates the file with mode 0600; give it the mode of the JSON files beside it.
         _plain_mode(tmp)
 
 
 def append_jsonl(path: str | os.PathLike[str], row: dict) -> None:
-    """Append one JSON line and flush it (metrics logs are append-only, not rewritten)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    """Append one JSON line and flush it (metrics logs are append-only, not rewritten). On a full disk
+    the line may be torn: readers of such logs drop a torn last line (``truncate_metrics`` does)."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    except OSError as e:
+        raise DualSAEError(f"{path}: cannot append to it ({os_reason(e)})") from None
+
+
+def _errno_of(message: str) -> int:
+    """The errno inside a safetensors I/O error's text (``os error 28``, ``Os { code: 28, ... }``), else EIO."""
+    m = re.search(r"(?:code: |os error )(\d+)", message)
+    return int(m.group(1)) if m else errno.EIO

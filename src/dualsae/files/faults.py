@@ -7,9 +7,12 @@ power cut or the OOM killer does) when the environment variable ``DUALSAE_FAULT`
 variable (every normal run) a fault point is one dictionary lookup.
 
 Points: ``before-replace`` (:func:`dualsae.files.atomic.atomic_path`, the temporary file is complete and
-not yet renamed; detail = the destination path), ``train-between-saes``, ``align-between-saes``, ``export-between-saes``,
+not yet renamed; detail = the destination path), ``train-between-saes``, ``train-after-summary``
+(``summary.json`` written, the checkpoint not yet removed, the manifest not yet committed), ``align-between-saes``, ``export-between-saes``,
 ``extract-assembly`` (arrays assembled, ``meta.jsonl``/``extract.json`` not yet written),
-``report-swap`` (a report's new folder and its old one are mid-exchange).
+``report-swap`` (a report's new folder and its old one are mid-exchange), ``commit``
+(:func:`dualsae.files.outdir.commit_output`: every file written, the manifest not yet marked complete;
+detail = the folder).
 """
 
 from __future__ import annotations

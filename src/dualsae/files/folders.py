@@ -10,7 +10,8 @@ from pathlib import Path
 from dualsae.core.errors import ConfigError, DualSAEError
 
 
-def _os_reason(e: OSError) -> str:
+def os_reason(e: OSError) -> str:
+    """A short reason for an OSError a user can act on (a full or read-only disk)."""
     if e.errno == errno.ENOSPC:
         return "no space left on the device"
     if e.errno == errno.EROFS:
@@ -30,7 +31,7 @@ def make_folder(path: str | os.PathLike[str]) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DualSAEError(f"{path}: cannot create the folder ({_os_reason(e)})") from None
+        raise DualSAEError(f"{path}: cannot create the folder ({os_reason(e)})") from None
     return path
 
 
@@ -44,7 +45,7 @@ def check_writable(folder: str | os.PathLike[str]) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise DualSAEError(f"{folder}: cannot write here ({_os_reason(e)})") from None
+        raise DualSAEError(f"{folder}: cannot write here ({os_reason(e)})") from None
     finally:
         try:
             probe.unlink()

@@ -34,11 +34,12 @@ def file_lock_name(output_file: str | os.PathLike[str]) -> str:
 
 @contextmanager
 def output_lock(folder: str | os.PathLike[str], what: str = "this output", name: str = LOCK_NAME,
-                wait: bool = False) -> Iterator[Path]:
+                wait: bool = False, output: str | os.PathLike[str] | None = None) -> Iterator[Path]:
     """Hold the exclusive lock ``folder/name`` (folder and file created if needed) for the ``with`` block.
 
     ``wait``: block until the holder releases it (parallel workers of one job that need the same
-    file, e.g. a data set one of them generates) instead of failing at once."""
+    file, e.g. a data set one of them generates) instead of failing at once. ``output``: the path the
+    busy error names (default ``folder``): a lock kept beside its output (a report) names the output."""
 
     path = make_folder(folder) / name
     try:
@@ -50,7 +51,7 @@ def output_lock(folder: str | os.PathLike[str], what: str = "this output", name:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderBusyError(f"{path.parent}: in use by another dualsae process (pid {holder}); "
+            raise FolderBusyError(f"{output if output is not None else path.parent}: in use by another dualsae process (pid {holder}); "
                                   f"wait for it to finish or write {what} elsewhere") from None
         try:
             os.ftruncate(fd, 0)

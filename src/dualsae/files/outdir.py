@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator
 
 from dualsae.core.errors import CheckpointError, ConfigError, DualSAEError
 from dualsae.files.atomic import write_json
+from dualsae.files.faults import fault_point
 from dualsae.files.folders import check_writable, make_folder
 from dualsae.files.lock import output_lock
 
@@ -149,6 +150,7 @@ def commit_output(folder: str | os.PathLike[str], files: Iterable[str] | None = 
     if manifest is None:
         raise CheckpointError(f"{folder / MANIFEST}: missing; commit_output needs a folder claimed with claim_output")
     names = _listed_files(folder) if files is None else list(files)
+    fault_point("commit", str(folder))
     manifest["files"] = {n: {"bytes": (folder / n).stat().st_size, "sha256": _sha256(folder / n)} for n in names}
     manifest["complete"] = True
     write_json(folder / MANIFEST, manifest)
@@ -160,9 +162,11 @@ def check_finished(folder: str | os.PathLike[str], error: type[DualSAEError] = C
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
-        if (folder / MANIFEST).is_file():
+        if (folder / MANIFEST).exists():
             raise error(f"{folder / MANIFEST}: unreadable or not a dualsae manifest; the folder's writer did not finish cleanly")
-        return None
+        manifest = _claim_in_flight(folder)
+        if manifest is None:
+            return None
     if not manifest.get("complete"):
         command = manifest.get("command", "?")
         how = ("resume it with 'dualsae train --resume'" if command == "train"
@@ -170,6 +174,26 @@ def check_finished(folder: str | os.PathLike[str], error: type[DualSAEError] = C
         raise error(f"{folder}: unfinished: 'dualsae {command}' was stopped while writing it (manifest.json says "
                     f"complete: false); {how}")
     return manifest
+
+
+def read_claim(folder: str | os.PathLike[str]) -> dict | None:
+    """The folder's manifest, or the one its writer was killed renaming into place (complete: false)."""
+    return read_manifest(folder) or _claim_in_flight(Path(folder))
+
+
+def _claim_in_flight(folder: Path) -> dict | None:
+    """The manifest a writer killed before its first rename left as a temporary (``.manifest.json.*.tmp.json``):
+    the folder is that writer's unfinished output, though no ``manifest.json`` exists yet."""
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob(f".{MANIFEST}.*")):
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(raw, dict) and raw.get("format") == MANIFEST_FORMAT:
+            return {**raw, "complete": False}
+    return None
 
 
 def verify_files(folder: str | os.PathLike[str], manifest: dict | None, error: type[DualSAEError] = CheckpointError) -> None:
@@ -199,12 +223,40 @@ def written_output(folder: str | os.PathLike[str], command: str, job: dict[str, 
     check_output(folder, command, job, overwrite=overwrite)
     with output_lock(folder, what):
         path = claim_output(folder, command, job, overwrite=overwrite)
+        before = _file_identities(path)
         try:
             yield path
         except DualSAEError:
             remove_if_unused(folder)
             raise
+        remove_unwritten(path, before)
         commit_output(folder)
+
+
+def _file_identities(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """{relative path: (inode, mtime_ns, size)} of the files :func:`commit_output` would list."""
+    return {name: _identity(folder / name) for name in _listed_files(folder)}
+
+
+def remove_unwritten(folder: Path, before: dict[str, tuple[int, int, int]]) -> list[str]:
+    """Delete the files of an earlier run of the same job that this run did not write again (same inode,
+    mtime and size as when the folder was claimed: every write here is a rename of a new file), and the
+    folders they leave empty. Without it a rerun that writes less (``align --no-correlation``, or a
+    retrained shared run whose alignment is now a collapse report) would list the old files beside the
+    new ones in its manifest, and a reader would take stale statistics for this run's."""
+    stale = [n for n, ident in before.items() if (folder / n).is_file() and _identity(folder / n) == ident]
+    for name in stale:
+        (folder / name).unlink()
+        for parent in (folder / name).parents:
+            if parent == folder or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    return stale
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from typing import Any
 
 import safetensors.numpy
 import safetensors.torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from dualsae.core.errors import DualSAEError
 
@@ -29,4 +29,19 @@ def read_tensors(path: str | os.PathLike[str], error: type[DualSAEError], missin
         raise error(f"{path}: not a readable safetensors file ({e})") from None
 
 
-__all__ = ["read_tensors"]
+def check_tensor_file(path: str | os.PathLike[str], error: type[DualSAEError]) -> list[str]:
+    """The tensor names of ``path`` after checking, without reading the tensors, that its header parses
+    and that the file holds every byte the header promises (a truncated or torn file fails here);
+    raise ``error`` in one line naming the file otherwise. Costs one header read."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {'is a folder' if path.is_dir() else 'missing'}; expected a safetensors file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise error(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                    "truncated or damaged") from None
+
+
+__all__ = ["check_tensor_file", "read_tensors"]

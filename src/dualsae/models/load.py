@@ -9,9 +9,13 @@ from typing import Any
 from dualsae.core.errors import CheckpointError, ConfigError
 from dualsae.files.jsonfiles import read_json_object
 from dualsae.files.outdir import check_finished, verify_files
+from dualsae.files.tensorfiles import check_tensor_file
 from dualsae.models.aligned import AlignedPair
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
+
+#: The live block of C that ``dualsae align`` stores beside an aligned pair.
+CORRELATION_FILE = "correlation.safetensors"
 
 
 def flat_train_config(train: dict) -> dict:
@@ -95,12 +99,53 @@ def recorded_data(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str = "cpu") -> SAEPair:
     """Load a model as an :class:`SAEPair` (see :func:`_load_model`), refusing a folder whose writer
-    did not finish and checking its files against the folder's manifest (:mod:`dualsae.files.outdir`)."""
+    did not finish and checking its files' sizes and SHA-256 against the folder's manifest
+    (:mod:`dualsae.files.outdir`). An SAE folder inside a run or an aligned folder (``RUN/image``) has
+    no manifest of its own: the enclosing folder's entries for it are checked.
+
+    The check reads every byte once more (measured in ``benchmarks/verify_on_load.py``, README
+    "Verifying files on load"): cheap beside the load itself, so every load verifies."""
     root = Path(path)
     manifest = check_finished(root) if root.is_dir() else None
     pair = _load_model(root, device)
+    if manifest is None and root.is_dir():
+        if (root / CORRELATION_FILE).exists():  # no manifest to check it against: at least its header and size
+            check_tensor_file(root / CORRELATION_FILE, CheckpointError)
+        root, manifest = _enclosing_manifest(root)
     verify_files(root, manifest)
     return pair
+
+
+def check_matched(alignment: dict, path: Path, m_image: int, m_text: int) -> None:
+    """An alignment's ``matched`` lists (image, text, correlation, support, null_threshold) must be of
+    one length, their indices latents of the SAEs: a shorter list would fail a reader mid-way."""
+    matched = alignment.get("matched")
+    if matched is None:
+        return
+    if not isinstance(matched, dict) or not isinstance(matched.get("image"), list) or not isinstance(matched.get("text"), list):
+        raise CheckpointError(f"{path}: field 'matched' must be an object with lists 'image' and 'text'")
+    n = len(matched["image"])
+    for key, val in matched.items():
+        if isinstance(val, list) and len(val) != n:
+            raise CheckpointError(f"{path}: field 'matched.{key}' has {len(val)} entries, 'matched.image' {n}; one entry per matched pair expected")
+    for key, m in (("image", m_image), ("text", m_text)):
+        if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < m for i in matched[key]):
+            raise CheckpointError(f"{path}: field 'matched.{key}' holds an entry that is not a latent index in [0, {m})")
+
+
+def _enclosing_manifest(folder: Path) -> tuple[Path, dict | None]:
+    """(the parent folder, its manifest restricted to the files under ``folder``) when ``folder`` is part
+    of a committed output (a run's ``image/``); else (``folder``, None)."""
+    parent = folder.resolve().parent
+    try:
+        manifest = check_finished(parent) if (parent / "manifest.json").exists() else None
+    except CheckpointError:
+        raise CheckpointError(f"{folder}: lies in {parent}, whose writer did not finish; finish or rerun that first") from None
+    prefix = folder.resolve().name + "/"
+    files = {n: rec for n, rec in ((manifest or {}).get("files") or {}).items() if n.startswith(prefix)}
+    if not files:
+        return folder, None
+    return parent, {**manifest, "files": files}
 
 
 def _load_model(path: str | Path, device: str = "cpu") -> SAEPair:
@@ -114,8 +159,9 @@ def _load_model(path: str | Path, device: str = "cpu") -> SAEPair:
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a folder; expected a run folder from 'dualsae train' or 'dualsae align'")
     if (root / "alignment.json").is_file():
-
-        return AlignedPair.load(root, device=device)
+        pair = AlignedPair.load(root, device=device)
+        check_matched(pair.alignment, root / "alignment.json", pair.image.m, pair.text.m)
+        return pair
     cfg_path = root / "config.json"
     if cfg_path.is_file():
         raw = read_json_object(cfg_path, error=CheckpointError)

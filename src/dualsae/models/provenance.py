@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from dualsae.models.load import training_rows
+from dualsae.core.errors import DualSAEError
+from dualsae.models.load import recorded_data, training_rows
 from dualsae.store.fingerprint import _row_ids, resume_mismatch, rows_hash, same_store
 from dualsae.store.paired import PairedEmbeddings
 
@@ -48,6 +49,22 @@ def training_overlap(recorded: dict, model: str | Path, view: PairedEmbeddings) 
     return int(np.isin(_row_ids(view), _row_ids(train), assume_unique=True).sum())
 
 
+def _changed_training_store(recorded: dict, model: str | Path, view: PairedEmbeddings) -> str | None:
+    """A warning when ``view`` is read from the very folder ``model`` records as its training store but
+    that store is no longer the one it was trained on (rows added or removed, or rewritten): the held-out
+    split is then drawn over other rows, and may hold training rows. Another folder is simply another store."""
+    try:
+        recorded_path = recorded_data(model)
+    except DualSAEError:
+        return None
+    if view.root is None or Path(view.root).resolve() != recorded_path.resolve() or same_store(recorded, view):
+        return None
+    then, now = recorded.get("store_rows"), view.n_total
+    what = f"{now:,} rows, {model} was trained on it when it had {then:,}" if then != now else \
+        f"other contents than when {model} was trained on it (its sampled rows hash differently)"
+    return f"warning: {view.root}: the training store of {model} now has {what}; its split may mix training rows into these numbers"
+
+
 def store_warnings(model: str | Path, view: PairedEmbeddings, purpose: str) -> list[str]:
     """Loud one-line warnings about using ``view`` with ``model`` for ``purpose``:
 
@@ -61,6 +78,9 @@ def store_warnings(model: str | Path, view: PairedEmbeddings, purpose: str) -> l
     if purpose == "align":
         why = resume_mismatch(recorded, view)
         return [f"warning: {where}: {why}; aligning {model} on rows it was not trained on"] if why else []
+    changed = _changed_training_store(recorded, model, view)
+    if changed:
+        return [changed]
     overlap = training_overlap(recorded, model, view)
     if overlap:
         return [f"warning: {where}: {overlap:,} of the {view.n:,} rows used here were training rows of {model}; "

@@ -104,7 +104,7 @@ def check_out(out: Path, job: dict, overwrite: bool = False) -> None:
 
 def report_lock(out: Path):
     """The report's lock: ``.NAME.lock`` beside ``out`` (not inside it: the folder is swapped whole)."""
-    return output_lock(out.parent, "this report", name=file_lock_name(out))
+    return output_lock(out.parent, "this report", name=file_lock_name(out), output=out)
 
 
 def build_report(model: str | Path, store: PairedEmbeddings, out: str | Path, *, rows: PairedEmbeddings | None = None,
@@ -143,6 +143,10 @@ def _build(job: ReportJob, out: Path, opt: ReportOptions, manifest_job: dict) ->
     fresh sibling folder (manifest unfinished first, complete with every file's hash last), then swap it in."""
     t0 = time.perf_counter()
     pair = load_model(weights_folder(job.model), device=opt.device)
+    m = max(pair.sae_for(mod).m for mod in ("image", "text") if getattr(pair, mod, None) is not None)
+    outside = [j for j in opt.probe if not 0 <= j < m]
+    if outside:  # dropped silently before: the user asked for pages that would not exist
+        raise ConfigError(f"--probe {outside[0]}: not a latent of {job.model} (latents 0 to {m - 1})")
     job.rows.require_pairs("the report (both modalities side by side)")
     job.rows.require_model_width(pair)
     data = compute(job.model, pair, job.rows, opt)

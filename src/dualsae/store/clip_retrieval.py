@@ -97,10 +97,19 @@ class ShardedRows:
 
 
 def _numbered(folder: Path, prefix: str, suffix: str) -> list[Path]:
-    """``folder/prefix_<i><suffix>`` files sorted by the number i (so 10 follows 9)."""
+    """``folder/prefix_<i><suffix>`` files sorted by the number i (so 10 follows 9: the order
+    clip-retrieval wrote the rows in). The numbers must be 0, 1, ..., n-1: a gap means a shard is
+    missing, and reading on would silently shift every later row's position (and the split)."""
     pat = re.compile(rf"^{re.escape(prefix)}_(\d+){re.escape(suffix)}$")
-    hits = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pat.match(p.name))]
-    return [p for _, p in sorted(hits)]
+    hits = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pat.match(p.name)))
+    for expected, (number, path) in enumerate(hits):
+        if number != expected:
+            where = f"{path.name} follows {hits[expected - 1][1].name}" if expected else f"{path.name} is the first shard"
+            raise DataError(f"{folder / f'{prefix}_{expected}{suffix}'}: missing ({where}); expected shards numbered 0, 1, 2, ... "
+                            "without a gap (a missing shard would shift every later row)")
+        if not path.is_file():
+            raise DataError(f"{path}: is {'a folder' if path.is_dir() else 'not a regular file'}; expected a {suffix} shard file")
+    return [p for _, p in hits]
 
 
 def _shard_number(p: Path) -> str:
@@ -151,7 +160,11 @@ def _match_shards(img: ShardedRows, txt: ShardedRows) -> None:
 
 
 def _read_parquet_meta(paths: list[Path], emb: ShardedRows) -> list[dict]:
-    import pyarrow.parquet as pq
+    try:  # optional: only clip-retrieval metadata needs it
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{paths[0].parent}: reading metadata_<i>.parquet needs pyarrow (pip install pyarrow)") from None
 
     if len(paths) != len(emb.paths):
         raise DataError(f"{paths[0].parent}: {len(paths)} metadata shards, {len(emb.paths)} embedding shards; expected one metadata_<i>.parquet per shard")
@@ -159,13 +172,23 @@ def _read_parquet_meta(paths: list[Path], emb: ShardedRows) -> list[dict]:
     for p, ep, n in zip(paths, emb.paths, emb.lengths):
         if _shard_number(p) != _shard_number(ep):
             raise DataError(f"{p}: shard number differs from {ep.name}; expected the same shard numbers")
-        pf = pq.ParquetFile(p)
-        cols = pf.schema_arrow.names
+        try:
+            pf = pq.ParquetFile(p)
+            cols = pf.schema_arrow.names
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise DataError(f"{p}: not a readable parquet file ({_first_line(e)}); expected the metadata clip-retrieval writes") from None
         if pf.metadata.num_rows != n:
             raise DataError(f"{p}: has {pf.metadata.num_rows:,} rows, {ep.name} has {n:,}; expected one metadata row per embedding")
         if not cols:
             rows += [{} for _ in range(int(n))]
             continue
-        table = pf.read(columns=cols)
-        rows += table.to_pylist()
+        try:
+            rows += pf.read(columns=cols).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise DataError(f"{p}: damaged parquet file ({_first_line(e)})") from None
     return rows
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -26,7 +26,7 @@ from dualsae.core.errors import DataError
 from dualsae.core.modalities import MODALITIES
 from dualsae.files.atomic import write_npy, write_text
 from dualsae.store.arrays import _madvise, check_finite, check_store_finished, open_npy, read_meta, read_rows
-from dualsae.store.clip_retrieval import read_clip_retrieval
+from dualsae.store.clip_retrieval import ShardedRows, read_clip_retrieval
 
 
 @dataclass
@@ -85,7 +85,10 @@ class PairedEmbeddings:
         if check_values:
             for mod in MODALITIES:
                 arr = getattr(self, mod)
-                if arr is not None:
+                if isinstance(arr, ShardedRows):  # name the shard file (and its row) that holds the bad value
+                    for shard, path in zip(arr.shards, arr.paths):
+                        check_finite(shard, str(path))
+                elif arr is not None:
                     check_finite(arr, str(base / f"{mod}.npy"))
 
     # -------------------------------------------------------------- shape

@@ -18,7 +18,9 @@ from dualsae.models.run_schema import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     METRICS_FILE,
+    MODALITY_FOLDERS,
     RUN_FORMAT,
+    SHARED_FOLDER,
     SUMMARY_FILE,
 )
 from dualsae.store.fingerprint import resume_mismatch, store_fingerprint
@@ -86,6 +88,21 @@ def check_resume_config(run_dir: Path, config: TrainConfig, store: PairedEmbeddi
     for key in ("rows", "d", "modalities", "input_scale"):
         if key in old_data and old_data[key] != now[key]:
             raise CheckpointError(f"{cfg_path}: data field '{key}' is {old_data[key]!r} in the saved run, the store given now has {now[key]!r}")
+
+
+def saved_completely(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds the end of a finished training: ``summary.json`` (written after every
+    SAE folder) and those SAE folders. A kill after it (while the checkpoint is removed, or before the
+    manifest is committed) leaves such a folder; :func:`drop_checkpoint` and a commit finish it."""
+    if not (run_dir / SUMMARY_FILE).is_file():
+        return False
+    saved = [run_dir / name for name in (SHARED_FOLDER, *MODALITY_FOLDERS) if (run_dir / name).is_dir()]
+    return bool(saved) and all((p / "model.safetensors").is_file() and (p / "config.json").is_file() for p in saved)
+
+
+def drop_checkpoint(run_dir: Path) -> None:
+    """Remove the checkpoint of a finished run (what :meth:`RunFolder.finish` does last)."""
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
 
 
 class RunFolder:
@@ -183,4 +200,5 @@ class RunFolder:
         if calibration is not None:
             summary["calibration"] = calibration
         write_json(self.path / SUMMARY_FILE, summary)
-        shutil.rmtree(self.path / CHECKPOINT_DIR, ignore_errors=True)
+        fault_point("train-after-summary", str(self.path))
+        drop_checkpoint(self.path)
