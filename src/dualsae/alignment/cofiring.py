@@ -1,0 +1,114 @@
+"""The cross sums of paper eq. 5 for co-firing pairs only: ``S_ij = sum_rows z_I,i z_T,j`` is non-zero
+only when latents i and j fire on a common row, so with TopK codes it is kept as a sorted run of
+pair keys ``i * m_T + j`` (int64) with their float64 sums and int32 co-firing counts, never as an
+``[m_I, m_T]`` matrix.
+
+Each batch contributes its ``k_I x k_T`` active-pair products per row to a buffer; when the buffer
+holds ``buffer_pairs`` products (or as many as the run, whichever is larger, so merging is amortised
+O(log) per product) it is sorted, reduced (unique keys, summed values) and merged into the run. Sums
+are exact float64 additions; only their order differs from the dense accumulator's.
+
+Memory: 20 bytes per distinct co-firing pair in the run (8 key + 8 sum + 4 count), plus, while a
+merge runs, about 40 bytes per pair of run + buffer (the concatenation, the sort's permutation and
+the inverse index). ``image_block = (lo, hi)`` keeps only the pairs of image latents in ``[lo, hi)``:
+a tile. When all pairs do not fit, :func:`dualsae.alignment.correlation.coactivation_correlation`
+streams the store once per tile (exact; cost grows with the number of tiles, memory does not).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Products buffered before a merge (~2.4e8 bytes of buffer at 24 bytes per product).
+BUFFER_PAIRS = 10_000_000
+BYTES_PER_PAIR = 20
+
+
+class CofiringSums:
+    """S_ij and co-firing counts over pairs (i, j) that co-fire on some row.
+
+    keys: [P] int64 sorted distinct ``i * m_text + j``; sums: [P] float64 S_ij; counts: [P] int32 rows
+    on which both fire (``z_I,i != 0`` and ``z_T,j != 0``).
+    """
+
+    def __init__(self, m_image: int, m_text: int, image_block: tuple[int, int] | None = None,
+                 buffer_pairs: int = BUFFER_PAIRS) -> None:
+        self.m_image, self.m_text = int(m_image), int(m_text)
+        self.image_block = None if image_block is None else (int(image_block[0]), int(image_block[1]))
+        self.buffer_pairs = int(buffer_pairs)
+        self._keys = torch.zeros(0, dtype=torch.long)
+        self._sums = torch.zeros(0, dtype=torch.float64)
+        self._counts = torch.zeros(0, dtype=torch.int32)
+        self._buf: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._buffered = 0
+        self.peak_pairs = 0  # largest run + buffer held at a merge (for the memory statement)
+
+    # ------------------------------------------------------------------ accumulation
+    def add(self, vi: torch.Tensor, ii: torch.Tensor, vt: torch.Tensor, it: torch.Tensor) -> None:
+        """Add the active-pair products of paired rows: ``vi, ii: [rows, k_I]`` (coalesced values,
+        float64, and indices), ``vt, it: [rows, k_T]``. Zero values contribute nothing and are skipped."""
+        ai = vi != 0
+        at = vt != 0
+        if self.image_block is not None:
+            lo, hi = self.image_block
+            ai &= (ii >= lo) & (ii < hi)
+        both = ai.unsqueeze(2) & at.unsqueeze(1)  # [rows, k_I, k_T]
+        if not bool(both.any()):
+            return
+        prod = (vi.unsqueeze(2) * vt.unsqueeze(1))[both]
+        key = (ii.unsqueeze(2) * self.m_text + it.unsqueeze(1))[both]
+        self._buf.append((key.cpu(), prod.cpu(), torch.ones(len(key), dtype=torch.int32)))
+        self._buffered += len(key)
+        if self._buffered >= max(self.buffer_pairs, len(self._keys)):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        keys = torch.cat([self._keys] + [b[0] for b in self._buf])
+        sums = torch.cat([self._sums] + [b[1] for b in self._buf])
+        counts = torch.cat([self._counts] + [b[2] for b in self._buf])
+        self.peak_pairs = max(self.peak_pairs, len(keys))
+        self._buf, self._buffered = [], 0
+        self._keys, self._sums, self._counts = _reduce(keys, sums, counts)
+
+    def merge(self, other: "CofiringSums") -> "CofiringSums":
+        """Add another shard's sums (in place); returns self."""
+        k, s, c = other.entries()
+        self._buf.append((k, s, c.clone()))
+        self._flush()
+        return self
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys [P] int64 sorted, sums [P] float64, counts [P] int32) of every co-firing pair so far."""
+        self._flush()
+        return self._keys, self._sums, self._counts
+
+    def set_entries(self, keys: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """Replace the run by already reduced, sorted entries (e.g. gathered from all ranks and reduced)."""
+        self._buf, self._buffered = [], 0
+        self._keys, self._sums, self._counts = keys, sums, counts
+
+    def __len__(self) -> int:
+        return len(self.entries()[0])
+
+    @property
+    def nbytes(self) -> int:
+        k, s, c = self.entries()
+        return k.numel() * 8 + s.numel() * 8 + c.numel() * 4
+
+
+def _reduce(keys: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted distinct keys with their values summed: ([U] int64, [U] float64, [U] int32)."""
+    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
+    out_s = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, sums)
+    out_c = torch.zeros(len(uniq), dtype=torch.int32).index_add_(0, inv, counts)
+    return uniq, out_s, out_c
+
+
+def reduce_entries(keys: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Public form of the sort-unique-sum step (used to combine the parts gathered from ranks)."""
+    return _reduce(keys, sums, counts)
+
+
+__all__ = ["BUFFER_PAIRS", "BYTES_PER_PAIR", "CofiringSums", "reduce_entries"]
