@@ -113,8 +113,8 @@ def save_sparse_correlation(folder: str | Path, sc: SparseCorrelation, live_text
     """Write ``folder/correlation.safetensors`` in format /2: the live latents (``live_text`` in the shared
     index space after eq. 7, ``live_text_original`` before it), ``a``, ``b`` and the co-firing entries."""
     path = Path(folder) / "correlation.safetensors"
-    t = {"live_image": torch.as_tensor(sc.live_image, dtype=torch.long), "live_text": torch.as_tensor(np.asarray(live_text_shared), dtype=torch.long),
-         "live_text_original": torch.as_tensor(sc.live_text, dtype=torch.long), "a": torch.from_numpy(sc.a), "b": torch.from_numpy(sc.b),
+    t = {"live_image": torch.tensor(np.asarray(sc.live_image), dtype=torch.long), "live_text": torch.tensor(np.asarray(live_text_shared), dtype=torch.long),
+         "live_text_original": torch.tensor(np.asarray(sc.live_text), dtype=torch.long), "a": torch.tensor(sc.a), "b": torch.tensor(sc.b),
          "pair_rows": torch.from_numpy(sc.rows.astype(np.int32)), "pair_cols": torch.from_numpy(sc.cols.astype(np.int32)),
          "pair_values": torch.from_numpy(sc.values), "pair_counts": torch.from_numpy(sc.counts.astype(np.int32))}
     save_tensors(path, t, metadata={"format": SPARSE_CORRELATION_FORMAT})
