@@ -32,6 +32,12 @@ def rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process (user + system): on a shared machine wall time mostly measures the others."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return round(r.ru_utime + r.ru_stime, 1)
+
+
 def make_codes(n: int, m: int, k: int, k_random: int, topics: int, seed: int, batch: int):
     """Yields (image codes, text codes) batches; deterministic in ``seed``."""
     from dualsae.core.codes import SparseCodes
@@ -68,7 +74,7 @@ def stage_stats(a) -> dict:
     pairs = len(stats.pairs)
     sc = stats.sparse_correlation()
     save_sparse_correlation(out, sc, sc.live_text)
-    return {"stage": "stats", "wall_s": round(time.perf_counter() - t0, 1), "accumulate_s": round(t_acc, 1), "peak_rss_gib": round(rss_gib(), 2),
+    return {"stage": "stats", "wall_s": round(time.perf_counter() - t0, 1), "accumulate_s": round(t_acc, 1), "peak_rss_gib": round(rss_gib(), 2), "cpu_s": cpu_s(),
             "cofiring_pairs": pairs, "run_bytes": stats.pairs.nbytes, "peak_pairs_at_merge": stats.pairs.peak_pairs,
             "live": list(sc.shape), "file_bytes": (out / "correlation.safetensors").stat().st_size, "tiles": a.tiles}
 
@@ -86,7 +92,7 @@ def stage_assign(a) -> dict:
     wall = time.perf_counter() - t0
     np.save(out / "matched_image.npy", mt.image)
     np.save(out / "matched_text.npy", mt.text)
-    rep = {"stage": "assign", "wall_s": round(wall, 1), "load_s": round(t_load, 1), "peak_rss_gib": round(rss_gib(), 2),
+    rep = {"stage": "assign", "wall_s": round(wall, 1), "load_s": round(t_load, 1), "peak_rss_gib": round(rss_gib(), 2), "cpu_s": cpu_s(),
            "total": mt.total, "matched": len(mt.image),
            **{k: mt.info[k] for k in ("candidates_initial", "candidates_final", "rounds", "relaxation_rounds", "timing", "certificate")}}
     # The rank-one check alone at this size and at 4x: envelope vs blocked scan (same minimum).
@@ -128,7 +134,7 @@ def stage_save(a) -> dict:
     folder = out / "aligned"
     aligned.save(folder)
     save_sparse_correlation(folder, sc, perm[sc.live_text])
-    return {"stage": "save", "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_gib": round(rss_gib(), 2),
+    return {"stage": "save", "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_gib": round(rss_gib(), 2), "cpu_s": cpu_s(),
             "folder_bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())}
 
 
@@ -137,7 +143,7 @@ def stage_heterogeneity(a) -> dict:
 
     t0 = time.perf_counter()
     res, _ = heterogeneity_from_folder(Path(a.out) / "aligned", None, progress=False)
-    return {"stage": "heterogeneity", "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_gib": round(rss_gib(), 2),
+    return {"stage": "heterogeneity", "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_gib": round(rss_gib(), 2), "cpu_s": cpu_s(),
             "counts": [b["count"] for b in res.bins], "negative": res.negative_count}
 
 

@@ -140,15 +140,19 @@ def check_all_pairs(sc: SparseCorrelation, u: np.ndarray, v: np.ndarray, tol: fl
     else:
         bound = blocked_rank_one_min(sc.a, sc.b, u, v)
     starts = sc.row_starts()
-    for i in np.flatnonzero(bound < -tol):  # the bound may be set by a co-firing column: scan the row exactly
-        r_row = u[i] + v + sc.a[i] * sc.b
-        r_row[sc.cols[starts[i] : starts[i + 1]]] = np.inf  # co-firing pairs were checked by their exact value
-        bound[i] = r_row.min()
-        bad = np.flatnonzero(r_row < -tol)
-        if len(bad):
-            bad = bad[np.argsort(r_row[bad], kind="stable")[:max_per_row]]
-            add_r.append(np.full(len(bad), i))
-            add_c.append(bad)
+    failing = np.flatnonzero(bound < -tol)  # the bound may be set by a co-firing column: scan these rows exactly
+    block = max(1, (1 << 24) // max(n_t, 1))
+    for s in range(0, len(failing), block):
+        rows = failing[s : s + block]
+        r_blk = u[rows, None] + v[None, :] + sc.a[rows, None] * sc.b[None, :]  # [block, n_T]
+        for q, i in enumerate(rows):  # co-firing pairs were checked by their exact value above
+            r_blk[q, sc.cols[starts[i] : starts[i + 1]]] = np.inf
+        bound[rows] = r_blk.min(1)
+        bq, bc = np.nonzero(r_blk < -tol)
+        if len(bq):
+            sel = _most_violating(bq, r_blk[bq, bc], max_per_row)
+            add_r.append(rows[bq[sel]])
+            add_c.append(bc[sel])
     if n_i:
         worst = max(worst, float(-bound.min()))
     return worst, _cat(add_r), _cat(add_c)

@@ -4,20 +4,24 @@ pair keys ``i * m_T + j`` (int64) with their float64 sums and int32 co-firing co
 ``[m_I, m_T]`` matrix.
 
 Each batch contributes its ``k_I x k_T`` active-pair products per row to a buffer; when the buffer
-holds ``buffer_pairs`` products (or as many as the run, whichever is larger, so merging is amortised
-O(log) per product) it is sorted, reduced (unique keys, summed values) and merged into the run. Sums
+holds ``buffer_pairs`` products (or a quarter of the run, whichever is larger, so a product is merged
+O(1) times on average) it is sorted and reduced (unique keys, summed values) and merged into the run
+by binary search (keys present add in place, new keys are inserted; the run is never re-sorted). Sums
 are exact float64 additions; only their order differs from the dense accumulator's.
 
-Memory: 20 bytes per distinct co-firing pair in the run (8 key + 8 sum + 4 count), plus, while a
-merge runs, about 40 bytes per pair of run + buffer (the concatenation, the sort's permutation and
-the inverse index). ``image_block = (lo, hi)`` keeps only the pairs of image latents in ``[lo, hi)``:
-a tile. When all pairs do not fit, :func:`dualsae.alignment.correlation.coactivation_correlation`
-streams the store once per tile (exact; cost grows with the number of tiles, memory does not).
+Memory: 20 bytes per distinct co-firing pair in the run (8 key + 8 sum + 4 count); a merge holds the
+old and the new run (40 bytes a pair) plus the buffer (24 bytes a product, at most a quarter of the
+run). ``image_block = (lo, hi)`` keeps only the pairs of image latents in ``[lo, hi)``: a tile.
+When all pairs do not fit, :func:`dualsae.alignment.correlation.coactivation_correlation` streams
+the store once per tile (exact; cost grows with the number of tiles, memory does not).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.distributed as dist
 
 # Products buffered before a merge (~2.4e8 bytes of buffer at 24 bytes per product).
 BUFFER_PAIRS = 10_000_000
@@ -59,23 +63,45 @@ class CofiringSums:
         key = (ii.unsqueeze(2) * self.m_text + it.unsqueeze(1))[both]
         self._buf.append((key.cpu(), prod.cpu(), torch.ones(len(key), dtype=torch.int32)))
         self._buffered += len(key)
-        if self._buffered >= max(self.buffer_pairs, len(self._keys)):
+        if self._buffered >= max(self.buffer_pairs, len(self._keys) // 4):
             self._flush()
 
     def _flush(self) -> None:
+        """Reduce the buffer and merge it into the sorted run: keys already in the run add in place, new
+        keys are placed by binary search (no re-sort of the run), so a merge holds the run twice at most."""
         if not self._buf:
             return
-        keys = torch.cat([self._keys] + [b[0] for b in self._buf])
-        sums = torch.cat([self._sums] + [b[1] for b in self._buf])
-        counts = torch.cat([self._counts] + [b[2] for b in self._buf])
-        self.peak_pairs = max(self.peak_pairs, len(keys))
+        bk, bs, bc = _reduce(torch.cat([b[0] for b in self._buf]), torch.cat([b[1] for b in self._buf]), torch.cat([b[2] for b in self._buf]))
         self._buf, self._buffered = [], 0
-        self._keys, self._sums, self._counts = _reduce(keys, sums, counts)
+        run = len(self._keys)
+        self.peak_pairs = max(self.peak_pairs, run + len(bk))
+        if run == 0:
+            self._keys, self._sums, self._counts = bk, bs, bc
+            return
+        pos = torch.searchsorted(self._keys, bk)
+        hit = self._keys[pos.clamp_max(run - 1)] == bk
+        self._sums.index_add_(0, pos[hit], bs[hit])
+        self._counts.index_add_(0, pos[hit], bc[hit])
+        new = ~hit
+        if not bool(new.any()):
+            return
+        nk, ns, nc = bk[new], bs[new], bc[new]
+        slots = pos[new] + torch.arange(len(nk))  # the t-th new key lands after the run keys below it and t new ones
+        old = torch.ones(run + len(nk), dtype=torch.bool)
+        old[slots] = False
+        out = []
+        for run_t, new_t in ((self._keys, nk), (self._sums, ns), (self._counts, nc)):
+            o = torch.empty(run + len(nk), dtype=run_t.dtype)
+            o[slots] = new_t
+            o[old] = run_t  # boolean assignment fills the remaining slots in order
+            out.append(o)
+        self._keys, self._sums, self._counts = out
 
     def merge(self, other: "CofiringSums") -> "CofiringSums":
         """Add another shard's sums (in place); returns self."""
+        self._flush()
         k, s, c = other.entries()
-        self._buf.append((k, s, c.clone()))
+        self._buf.append((k, s, c))  # _flush reduces them into new tensors
         self._flush()
         return self
 
@@ -111,4 +137,17 @@ def reduce_entries(keys: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor)
     return _reduce(keys, sums, counts)
 
 
-__all__ = ["BUFFER_PAIRS", "BYTES_PER_PAIR", "CofiringSums", "reduce_entries"]
+def gather_ragged(t: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Concatenation over ranks of 1-D tensors of different lengths (padded to the longest for all_gather)."""
+    n = torch.tensor([len(t)], dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, n, group=group)
+    longest = max(int(x) for x in sizes)
+    padded = torch.zeros(longest, dtype=t.dtype)
+    padded[: len(t)] = t.cpu()
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p[: int(k)] for p, k in zip(parts, sizes)]).to(t.device)
+
+
+__all__ = ["BUFFER_PAIRS", "BYTES_PER_PAIR", "CofiringSums", "gather_ragged", "reduce_entries"]

@@ -25,36 +25,34 @@ without densifying).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from dualsae.alignment.cofiring import CofiringSums, reduce_entries
-from dualsae.alignment.sparse_correlation import (
-    DENSE_ENTRIES_LIMIT,
-    SPARSE_CORRELATION_FORMAT,
-    SparseCorrelation,
-    sparse_from_tensors,
+from dualsae.alignment.cofiring import CofiringSums, gather_ragged, reduce_entries
+from dualsae.alignment.correlation_file import (  # re-exported: the file's readers and writer live there
+    CORRELATION_FORMAT,
+    load_correlation,
+    load_sparse_correlation,
+    load_stored_correlation,
+    save_correlation,
 )
+from dualsae.alignment.sparse_correlation import SPARSE_CORRELATION_FORMAT, SparseCorrelation
 from dualsae.core.codes import SparseCodes
 from dualsae.core.distributed import Distributed
-from dualsae.core.errors import CheckpointError, ConfigError, DataError
+from dualsae.core.errors import ConfigError, DataError
 from dualsae.core.progress import tqdm
-from dualsae.files.atomic import save_tensors
-from dualsae.files.tensorfiles import read_tensors
 from dualsae.models.encoding import iter_codes
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
 from dualsae.store.paired import PairedEmbeddings
 
-CORRELATION_FORMAT = "dualsae.correlation/1"
-
 # Cross-product scatter is done in row chunks so the [rows, k_I, k_T] temporaries stay ~2M entries.
 _PAIRS_PER_CHUNK = 2_000_000
 STATS_MODES = ("auto", "dense", "sparse")
+_ENTRIES_PER_CHUNK = 1 << 23
 # stats="auto" keeps the dense [m_I, m_T] float64 accumulator up to this many entries (128 MiB), sparse above.
 DENSE_STATS_ENTRIES = 1 << 24
 
@@ -215,7 +213,7 @@ class CoactivationStats:
             dist.all_reduce(t, group=group)
         self.n = int(round(n.item()))
         if self.pairs is not None:
-            self.pairs.set_entries(*reduce_entries(*(_gather_ragged(t, group) for t in self.pairs.entries())))
+            self.pairs.set_entries(*reduce_entries(*(gather_ragged(t, group) for t in self.pairs.entries())))
         return self
 
     # ------------------------------------------------------------------ results
@@ -281,22 +279,33 @@ class CoactivationStats:
         li, lt = live_i.nonzero().flatten(), live_t.nonzero().flatten()
         if self.pairs is not None:
             keys, sums, counts = self.pairs.entries()
-            counts = counts.long()
         else:
             flat = self.cross.cpu().view(-1)
             keys = flat.nonzero().flatten()
-            sums, counts = flat[keys], torch.zeros(len(keys), dtype=torch.long)
-        i, j = keys // self.m_text, keys % self.m_text
+            sums, counts = flat[keys], torch.zeros(len(keys), dtype=torch.int32)
         pos_i = torch.full((self.m_image,), -1, dtype=torch.long)
         pos_i[li] = torch.arange(len(li))
         pos_t = torch.full((self.m_text,), -1, dtype=torch.long)
         pos_t[lt] = torch.arange(len(lt))
-        keep = (pos_i[i] >= 0) & (pos_t[j] >= 0)
-        rows, cols, sums, counts = pos_i[i[keep]], pos_t[j[keep]], sums[keep], counts[keep]
         root_n = float(self.n) ** 0.5
         u_i, u_t = 1.0 / (sd_i[li] * root_n), 1.0 / (sd_t[lt] * root_n)
         a, b = mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt]
-        values = sums * u_i[rows] * u_t[cols] - a[rows] * b[cols]
+        # Filled in chunks into preallocated outputs: peak memory is the run plus the result (28 bytes a pair),
+        # not a dozen full-length temporaries.
+        p = len(keys)
+        rows, cols = torch.empty(p, dtype=torch.long), torch.empty(p, dtype=torch.long)
+        values, cnt = torch.empty(p, dtype=torch.float64), torch.empty(p, dtype=torch.int32)
+        filled = 0
+        for s in range(0, p, _ENTRIES_PER_CHUNK):
+            k = keys[s : s + _ENTRIES_PER_CHUNK]
+            pi, pj = pos_i[k // self.m_text], pos_t[k % self.m_text]
+            keep = (pi >= 0) & (pj >= 0)  # pairs of dead latents (constant values) are left out
+            pi, pj = pi[keep], pj[keep]
+            e = filled + len(pi)
+            rows[filled:e], cols[filled:e], cnt[filled:e] = pi, pj, counts[s : s + _ENTRIES_PER_CHUNK][keep]
+            values[filled:e] = sums[s : s + _ENTRIES_PER_CHUNK][keep] * u_i[pi] * u_t[pj] - a[pi] * b[pj]
+            filled = e
+        rows, cols, values, counts = rows[:filled], cols[:filled], values[:filled], cnt[:filled]
         return SparseCorrelation(li.numpy(), lt.numpy(), a.numpy(), b.numpy(), rows.numpy(), cols.numpy(),
                                  values.numpy(), counts.numpy())
 
@@ -396,19 +405,6 @@ def _stream(sae_i: SAE, sae_t: SAE, store: PairedEmbeddings, batch_size: int, de
     return stats
 
 
-def _gather_ragged(t: torch.Tensor, group: Any = None) -> torch.Tensor:
-    """Concatenation over ranks of 1-D tensors of different lengths (padded to the longest for all_gather)."""
-    n = torch.tensor([len(t)], dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(sizes, n, group=group)
-    longest = max(int(x) for x in sizes)
-    padded = torch.zeros(longest, dtype=t.dtype)
-    padded[: len(t)] = t.cpu()
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[: int(k)] for p, k in zip(parts, sizes)]).to(t.device)
-
-
 def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int = 4096,
                      same_index: bool = False, sparse: bool = False) -> CoactivationStats:
     """eq. 5's statistics from codes already computed (codes_i [N, k_I], codes_t [N, k_T], row r of
@@ -418,61 +414,6 @@ def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int
         stats.update(SparseCodes(codes_i.values[s : s + batch_size], codes_i.indices[s : s + batch_size], codes_i.m),
                      SparseCodes(codes_t.values[s : s + batch_size], codes_t.indices[s : s + batch_size], codes_t.m))
     return stats
-
-
-def save_correlation(folder: str | Path, c: torch.Tensor, live_image: Any, live_text: Any,
-                     live_text_original: Any) -> Path:
-    """Write ``folder/correlation.safetensors``: the live block of C [n_I, n_T] as float32 with
-    ``live_image`` (shared index = image index), ``live_text`` (text latents in the shared index space,
-    after eq. 7) and ``live_text_original`` (before it)."""
-    path = Path(folder) / "correlation.safetensors"
-    save_tensors(path, {"C": c.to(torch.float32), "live_image": torch.as_tensor(live_image),
-                        "live_text": torch.as_tensor(live_text), "live_text_original": torch.as_tensor(live_text_original)},
-                 metadata={"format": CORRELATION_FORMAT})
-    return path
-
-
-def _read_correlation_file(folder: str | Path) -> tuple[Path, dict]:
-    path = Path(folder) / "correlation.safetensors"
-    return path, read_tensors(path, CheckpointError, "run 'dualsae align' without --no-correlation, or pass --data to recompute C")
-
-
-def load_sparse_correlation(folder: str | Path) -> SparseCorrelation:
-    """``correlation.safetensors`` of an aligned folder as a :class:`SparseCorrelation` (text latents in the
-    shared index space): a /2 file as stored, a /1 (dense) file with every entry explicit."""
-    path, t = _read_correlation_file(folder)
-    if "pair_values" in t:
-        return sparse_from_tensors(path, t)
-    c, li, lt = _dense_from_tensors(path, t)
-    return SparseCorrelation.from_dense(c, li.numpy(), lt.numpy())
-
-
-def load_stored_correlation(folder: str | Path) -> SparseCorrelation | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``correlation.safetensors`` as stored: a :class:`SparseCorrelation` for a /2 file, else the /1
-    triple ``(C, live_image, live_text)`` of :func:`load_correlation` (text latents in the shared index space)."""
-    path, t = _read_correlation_file(folder)
-    return sparse_from_tensors(path, t) if "pair_values" in t else _dense_from_tensors(path, t)
-
-
-def load_correlation(folder: str | Path, limit: int = DENSE_ENTRIES_LIMIT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read ``correlation.safetensors`` of an aligned folder: ``(C [n_I, n_T], live_image, live_text)``
-    with ``live_text`` in the shared index space. A sparse (/2) file is densified (float32, as /1
-    stores it) when it has at most ``limit`` entries, else refused (use :func:`load_sparse_correlation`)."""
-    path, t = _read_correlation_file(folder)
-    if "pair_values" in t:
-        sc = sparse_from_tensors(path, t)
-        return sc.dense(limit).to(torch.float32), torch.from_numpy(sc.live_image), torch.from_numpy(sc.live_text)
-    return _dense_from_tensors(path, t)
-
-
-def _dense_from_tensors(path: Path, t: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    missing = sorted({"C", "live_image", "live_text"} - set(t))
-    if missing:
-        raise CheckpointError(f"{path}: missing tensor(s) {missing}")
-    c, li, lt = t["C"], t["live_image"].long(), t["live_text"].long()
-    if tuple(c.shape) != (len(li), len(lt)):
-        raise CheckpointError(f"{path}: tensor 'C' has shape {list(c.shape)}, expected [{len(li)}, {len(lt)}] from live_image/live_text")
-    return c, li, lt
 
 
 __all__ = ["CORRELATION_FORMAT", "DENSE_STATS_ENTRIES", "SPARSE_CORRELATION_FORMAT", "STATS_MODES", "CoactivationStats",

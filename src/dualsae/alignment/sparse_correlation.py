@@ -38,7 +38,7 @@ class SparseCorrelation:
     live_image: [n_I] int64 image latents (row a <-> live_image[a]); live_text: [n_T] (column b);
     a: [n_I] float64 mu_i / sd_i; b: [n_T] float64 mu_j / sd_j (c = -a_i b_j off the co-firing pairs);
     rows, cols: [P] int64 live positions of the co-firing pairs, sorted by ``rows * n_T + cols``;
-    values: [P] float64 their exact c; counts: [P] int64 rows on which both latents fire.
+    values: [P] float64 their exact c; counts: [P] int32 rows on which both latents fire.
     """
 
     live_image: np.ndarray
@@ -106,7 +106,7 @@ class SparseCorrelation:
         c = np.asarray(c.detach().cpu().numpy() if isinstance(c, torch.Tensor) else c, dtype=np.float64)
         rows, cols = np.divmod(np.arange(c.size, dtype=np.int64), c.shape[1])
         return cls(np.asarray(live_image, dtype=np.int64), np.asarray(live_text, dtype=np.int64), np.zeros(c.shape[0]),
-                   np.zeros(c.shape[1]), rows, cols, c.reshape(-1), np.zeros(c.size, dtype=np.int64))
+                   np.zeros(c.shape[1]), rows, cols, c.reshape(-1), np.zeros(c.size, dtype=np.int32))
 
 
 def save_sparse_correlation(folder: str | Path, sc: SparseCorrelation, live_text_shared: Any) -> Path:
@@ -130,7 +130,7 @@ def sparse_from_tensors(path: Path, t: dict) -> SparseCorrelation:
     li, lt = t["live_image"].long().numpy(), t["live_text"].long().numpy()
     a, b = t["a"].double().numpy(), t["b"].double().numpy()
     rows, cols = t["pair_rows"].long().numpy(), t["pair_cols"].long().numpy()
-    vals, counts = t["pair_values"].double().numpy(), t["pair_counts"].long().numpy()
+    vals, counts = t["pair_values"].double().numpy(), t["pair_counts"].int().numpy()
     if len(a) != len(li) or len(b) != len(lt):
         raise CheckpointError(f"{path}: 'a' has {len(a)} entries for {len(li)} live image latents, 'b' {len(b)} for {len(lt)} live text latents")
     if not (len(rows) == len(cols) == len(vals) == len(counts)):
