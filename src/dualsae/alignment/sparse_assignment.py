@@ -52,10 +52,11 @@ class SparseSolveOptions:
 def _top_per_group(groups: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest ``values`` within each group.
 
-    One float sort on ``group * 4 - value`` (|c| <= 1, so groups never interleave); values closer than
-    the key's rounding (~1e-10 at 262,144 groups) may swap ranks, which only changes which of two
-    near-equal pairs is a candidate, never the certified result."""
-    order = np.argsort(groups * 4.0 - values)
+    One integer sort on ``group << 40 | (1 - value) quantised to 40 bits`` (|c| <= 1): about twice as fast
+    as a float sort and never interleaves groups. Values closer than 2^-39 may swap ranks, which only
+    changes which of two near-equal pairs is a candidate, never the certified result."""
+    q = np.rint((1.0 - np.clip(values, -1.0, 1.0)) * float((1 << 39) - 1)).astype(np.int64)
+    order = np.argsort((groups.astype(np.int64) << 40) | q, kind="stable")
     g = groups[order]
     first = np.searchsorted(g, g)
     return order[(np.arange(len(g)) - first) < k]

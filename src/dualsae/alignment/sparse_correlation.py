@@ -130,6 +130,7 @@ def sparse_from_tensors(path: Path, t: dict) -> SparseCorrelation:
     li, lt = t["live_image"].long().numpy(), t["live_text"].long().numpy()
     a, b = t["a"].double().numpy(), t["b"].double().numpy()
     rows, cols = t["pair_rows"].long().numpy(), t["pair_cols"].long().numpy()
+    del t["pair_rows"], t["pair_cols"]  # the int32 copies are not kept beside the int64 ones
     vals, counts = t["pair_values"].double().numpy(), t["pair_counts"].int().numpy()
     if len(a) != len(li) or len(b) != len(lt):
         raise CheckpointError(f"{path}: 'a' has {len(a)} entries for {len(li)} live image latents, 'b' {len(b)} for {len(lt)} live text latents")

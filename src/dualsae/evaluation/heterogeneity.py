@@ -208,26 +208,26 @@ def _heterogeneity_sparse(image_dec: torch.Tensor, text_dec: torch.Tensor, sc: S
     chunk = max(1, (1 << 24) // max(1, phi.shape[1]))
     visited = 0
 
-    def add(rows: np.ndarray, cols: np.ndarray, c: np.ndarray) -> None:
-        for s in range(0, len(rows), chunk):
-            r, k = torch.from_numpy(rows[s : s + chunk]), torch.from_numpy(cols[s : s + chunk])
-            dist = (1.0 - torch.bmm(phi[r].unsqueeze(1), psi[k].unsqueeze(2)).view(-1)).numpy()
-            bins = bin_index(c[s : s + chunk])
-            for b, a in enumerate(acc):
-                a.add(dist[bins == b])
+    def add(rows: np.ndarray, cols: np.ndarray, c: np.ndarray) -> int:
+        """Distances of the pairs with c >= 0 among these, into the bins; returns how many."""
+        keep = c >= 0
+        r, k = torch.from_numpy(rows[keep]), torch.from_numpy(cols[keep])
+        dist = (1.0 - torch.bmm(phi[r].unsqueeze(1), psi[k].unsqueeze(2)).view(-1)).numpy()
+        bins = bin_index(c[keep])
+        for b, a in enumerate(acc):
+            a.add(dist[bins == b])
+        return len(r)
 
-    nonneg = np.flatnonzero(sc.values >= 0)
-    add(sc.rows[nonneg], sc.cols[nonneg], sc.values[nonneg])
-    visited += len(nonneg)
+    for s in range(0, sc.nnz, chunk):  # chunk by chunk: no full-length copies of the entries
+        visited += add(sc.rows[s : s + chunk], sc.cols[s : s + chunk], sc.values[s : s + chunk])
     # Rank-one pairs with -a_i b_j >= 0 exist only where a sign allows it (not for non-negative codes).
     mixed = np.flatnonzero(((sc.a <= 0) & (sc.b >= 0).any()) | ((sc.a >= 0) & (sc.b <= 0).any())) if sc.shape[1] else np.zeros(0, np.int64)
     starts = sc.row_starts()
     for i in mixed:
         c_row = -sc.a[i] * sc.b
         c_row[sc.cols[starts[i] : starts[i + 1]]] = -np.inf  # co-firing pairs were visited above
-        cols = np.flatnonzero(c_row >= 0)
-        add(np.full(len(cols), i), cols, c_row[cols])
-        visited += len(cols)
+        for s in range(0, len(c_row), chunk):
+            visited += add(np.full(min(chunk, len(c_row) - s), i), np.arange(s, min(s + chunk, len(c_row))), c_row[s : s + chunk])
     n_i, n_t = sc.shape
     return _finish(acc, n_i * n_t - visited, n_i, n_t, image_dec, text_dec, matched)
 
