@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dualsae.core.codes import SparseCodes
+
 # Products buffered before a merge (~2.4e8 bytes of buffer at 24 bytes per product).
 BUFFER_PAIRS = 10_000_000
 BYTES_PER_PAIR = 20
@@ -124,6 +126,30 @@ class CofiringSums:
         return k.numel() * 8 + s.numel() * 8 + c.numel() * 4
 
 
+def coalesce_codes(codes: SparseCodes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values (float64) and indices of ``codes`` with repeated indices in a row summed.
+
+    TopK codes never repeat an index, but padded / concatenated codes may repeat one with a
+    non-zero value; sums and cross products are bilinear and need no care, sums of *squares* do.
+    Returns ``(values [batch, w], indices [batch, w])``; freed slots are (0.0, 0).
+    """
+    vals = codes.values.detach().to(torch.float64)
+    idx = codes.indices
+    if idx.shape[1] < 2:
+        return vals, idx
+    idx_sorted, order = idx.sort(dim=1)
+    repeated = idx_sorted[:, 1:] == idx_sorted[:, :-1]
+    if not bool(repeated.any()):
+        return vals, idx
+    vals_sorted = vals.gather(1, order)
+    new_group = torch.ones_like(idx_sorted, dtype=torch.bool)
+    new_group[:, 1:] = ~repeated
+    pos = new_group.long().cumsum(1) - 1
+    out_v = torch.zeros_like(vals_sorted).scatter_add_(1, pos, vals_sorted)
+    out_i = torch.zeros_like(idx_sorted).scatter_(1, pos, idx_sorted)
+    return out_v, out_i
+
+
 def _reduce(keys: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sorted distinct keys with their values summed: ([U] int64, [U] float64, [U] int32)."""
     uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
@@ -150,4 +176,4 @@ def gather_ragged(t: torch.Tensor, group: Any = None) -> torch.Tensor:
     return torch.cat([p[: int(k)] for p, k in zip(parts, sizes)]).to(t.device)
 
 
-__all__ = ["BUFFER_PAIRS", "BYTES_PER_PAIR", "CofiringSums", "gather_ragged", "reduce_entries"]
+__all__ = ["BUFFER_PAIRS", "BYTES_PER_PAIR", "CofiringSums", "coalesce_codes", "gather_ragged", "reduce_entries"]

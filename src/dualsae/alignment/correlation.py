@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dualsae.alignment.cofiring import CofiringSums, gather_ragged, reduce_entries
+from dualsae.alignment.cofiring import CofiringSums, coalesce_codes, gather_ragged, reduce_entries
 from dualsae.alignment.correlation_file import (  # re-exported: the file's readers and writer live there
     CORRELATION_FORMAT,
     load_correlation,
@@ -55,30 +55,6 @@ STATS_MODES = ("auto", "dense", "sparse")
 _ENTRIES_PER_CHUNK = 1 << 23
 # stats="auto" keeps the dense [m_I, m_T] float64 accumulator up to this many entries (128 MiB), sparse above.
 DENSE_STATS_ENTRIES = 1 << 24
-
-
-def _coalesce(codes: SparseCodes) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values (float64) and indices of ``codes`` with repeated indices in a row summed.
-
-    TopK codes never repeat an index, but padded / concatenated codes may repeat one with a
-    non-zero value; sums and cross products are bilinear and need no care, sums of *squares* do.
-    Returns ``(values [batch, w], indices [batch, w])``; freed slots are (0.0, 0).
-    """
-    vals = codes.values.detach().to(torch.float64)
-    idx = codes.indices
-    if idx.shape[1] < 2:
-        return vals, idx
-    idx_sorted, order = idx.sort(dim=1)
-    repeated = idx_sorted[:, 1:] == idx_sorted[:, :-1]
-    if not bool(repeated.any()):
-        return vals, idx
-    vals_sorted = vals.gather(1, order)
-    new_group = torch.ones_like(idx_sorted, dtype=torch.bool)
-    new_group[:, 1:] = ~repeated
-    pos = new_group.long().cumsum(1) - 1
-    out_v = torch.zeros_like(vals_sorted).scatter_add_(1, pos, vals_sorted)
-    out_i = torch.zeros_like(idx_sorted).scatter_(1, pos, idx_sorted)
-    return out_v, out_i
 
 
 class CoactivationStats:
@@ -133,8 +109,8 @@ class CoactivationStats:
                 f"codes have m_image={codes_i.m}, m_text={codes_t.m}; these statistics were made for "
                 f"m_image={self.m_image}, m_text={self.m_text}"
             )
-        vi, ii = _coalesce(codes_i.to(self.device))
-        vt, it = _coalesce(codes_t.to(self.device))
+        vi, ii = coalesce_codes(codes_i.to(self.device))
+        vt, it = coalesce_codes(codes_t.to(self.device))
         self.n += codes_i.batch
         self._add_marginals(vi, ii, self.sum_i, self.sumsq_i, self.fired_i)
         self._add_marginals(vt, it, self.sum_t, self.sumsq_t, self.fired_t)
