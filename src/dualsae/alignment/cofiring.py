@@ -163,17 +163,18 @@ def reduce_entries(keys: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor)
     return _reduce(keys, sums, counts)
 
 
-def gather_ragged(t: torch.Tensor, group: Any = None) -> torch.Tensor:
-    """Concatenation over ranks of 1-D tensors of different lengths (padded to the longest for all_gather)."""
-    n = torch.tensor([len(t)], dtype=torch.long)
+def gather_ragged(t: torch.Tensor, group: Any = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Concatenation over ranks of 1-D tensors of different lengths (padded to the longest for all_gather),
+    communicated on ``device`` (the group's: CUDA under nccl) and returned on the CPU."""
+    n = torch.tensor([len(t)], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size(group))]
     dist.all_gather(sizes, n, group=group)
     longest = max(int(x) for x in sizes)
-    padded = torch.zeros(longest, dtype=t.dtype)
-    padded[: len(t)] = t.cpu()
+    padded = torch.zeros(longest, dtype=t.dtype, device=device)
+    padded[: len(t)] = t.to(device)
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[: int(k)] for p, k in zip(parts, sizes)]).to(t.device)
+    return torch.cat([p[: int(k)].cpu() for p, k in zip(parts, sizes)])
 
 
 __all__ = ["BUFFER_PAIRS", "BYTES_PER_PAIR", "CofiringSums", "coalesce_codes", "gather_ragged", "reduce_entries"]

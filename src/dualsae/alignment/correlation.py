@@ -189,7 +189,7 @@ class CoactivationStats:
             dist.all_reduce(t, group=group)
         self.n = int(round(n.item()))
         if self.pairs is not None:
-            self.pairs.set_entries(*reduce_entries(*(gather_ragged(t, group) for t in self.pairs.entries())))
+            self.pairs.set_entries(*reduce_entries(*(gather_ragged(t, group, self.device) for t in self.pairs.entries())))
         return self
 
     # ------------------------------------------------------------------ results
