@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from dualsae.alignment.post_hoc import align
 from dualsae.evaluation.heterogeneity import BIN_EDGES, bin_index, heterogeneity, heterogeneity_from_folder, top_activating
@@ -144,3 +145,54 @@ def test_analyze_commands(tmp_path, capsys):
     # A latent outside [0, m) is a one-line error.
     assert main(["analyze", "top", str(tmp_path / "aligned"), "--data", str(store), "--latent", "99"]) == 2
     assert "latent must be in [0, 24)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_sparse_heterogeneity_equals_dense(signed):
+    """Fig. 2 from a sparse C (co-firing pairs with c >= 0, rank-one rest only where signs allow c >= 0)
+    equals the dense path on the same C: counts exactly, means and quartiles to float32 rounding."""
+    from dualsae.alignment.correlation import stats_from_codes
+    from dualsae.core.codes import SparseCodes
+
+    gen = torch.Generator().manual_seed(1 + signed)
+    n, m, k, d = 800, 60, 4, 12
+    codes = []
+    for _ in range(2):
+        vals = torch.rand(n, k, generator=gen)
+        if signed:  # negative values: some means < 0, so some rank-one entries -a_i b_j are >= 0
+            vals = vals - 0.45
+        codes.append(SparseCodes(vals, torch.randint(0, m, (n, k), generator=gen), m))
+    stats = stats_from_codes(*codes)
+    c, li, lt = stats.correlation()
+    sc = stats.sparse_correlation()
+    assert signed == bool(((-np.outer(sc.a, sc.b)) >= 0).any())
+    img, txt = torch.randn(m, d, generator=gen), torch.randn(m, d, generator=gen)
+    dense = heterogeneity(img, txt, c, li, lt, block_rows=7)
+    sparse = heterogeneity(img, txt, sc, None, None)
+    assert sparse.negative_count == dense.negative_count and sparse.pairs == dense.pairs
+    for a, b in zip(sparse.bins, dense.bins):
+        assert a["count"] == b["count"]
+        if a["count"]:
+            for key in ("mean", "q1", "median", "q3", "min", "max"):
+                assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert np.abs(sparse.hists - dense.hists).sum() <= 2 * 4  # at most a few values move one 1e-4 histogram bin
+
+
+def test_heterogeneity_from_sparse_aligned_folder(tmp_path):
+    """An aligned folder written with sparse statistics (correlation/2) gives the dense folder's Fig. 2."""
+    pair, x, y = _planted(seed=5)
+    store = PairedEmbeddings(x, y)
+    folder_d = align(pair, store, batch_size=500, progress=False).save(tmp_path / "dense")
+    res = align(pair, store, batch_size=500, progress=False, stats_mode="sparse", solver="sparse")
+    assert res.report["statistics"] == "sparse" and res.report["solver_details"]["certificate"]["certified"]
+    folder_s = res.save(tmp_path / "sparse")
+    with safe_open(str(folder_s / "correlation.safetensors"), "pt") as f:
+        assert f.metadata()["format"] == "dualsae.correlation/2" and "C" not in f.keys()
+    dense, _ = heterogeneity_from_folder(folder_d)
+    sparse, _ = heterogeneity_from_folder(folder_s)
+    assert [b["count"] for b in sparse.bins] == [b["count"] for b in dense.bins]
+    assert sparse.negative_count == dense.negative_count
+    for a, b in zip(sparse.bins, dense.bins):
+        if a["count"]:
+            assert a["mean"] == pytest.approx(b["mean"], abs=1e-5)
+    assert sparse.matched == pytest.approx(dense.matched)

@@ -13,9 +13,15 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from dualsae.alignment.confidence import arrays_json
+from dualsae.alignment.sparse_assignment import SparseSolveOptions, solve_sparse
+from dualsae.alignment.sparse_correlation import SparseCorrelation
 from dualsae.core.errors import ConfigError, DataError
 
 SOLVERS = ("auto", "scipy", "lapjv")
+#: ``align --solver``: the dense solvers, ``dense`` (the best installed one), ``sparse`` (certified, any size).
+ALIGN_SOLVERS = ("auto", "dense", "sparse", "scipy", "lapjv")
+# solver="auto" solves densely up to this many live pairs (4,096 x 4,096: 128 MiB float64), sparsely above.
+DENSE_SOLVE_ENTRIES = 4096 * 4096
 
 
 def _lap_available() -> bool:
@@ -80,6 +86,7 @@ class Matching:
     text_only: np.ndarray
     total: float
     solver: str
+    info: dict | None = None  # the sparse solver's candidates, rounds and certificate (None for a dense solve)
 
     @property
     def mean_corr(self) -> float | None:
@@ -110,6 +117,29 @@ def match_latents(c: torch.Tensor | np.ndarray, live_i: Any, live_t: Any, solver
     )
 
 
+def pick_solver(solver: str, n_image: int, n_text: int) -> str:
+    """The solver ``align`` uses: ``sparse`` or a dense one (``scipy`` / ``lapjv``) for ``solver`` in
+    ALIGN_SOLVERS and a live block of ``n_image x n_text`` (auto: dense up to DENSE_SOLVE_ENTRIES)."""
+    if solver not in ALIGN_SOLVERS:
+        raise ConfigError(f"solver must be one of {', '.join(ALIGN_SOLVERS)}, found {solver!r}")
+    if solver == "auto":
+        solver = "dense" if n_image * n_text <= DENSE_SOLVE_ENTRIES else "sparse"
+    if solver == "dense":
+        solver = "lapjv" if _lap_available() else "scipy"
+    return solver
+
+
+def match_sparse(sc: SparseCorrelation, options: SparseSolveOptions = SparseSolveOptions()) -> Matching:
+    """Eq. 6 over all live pairs of a sparse C (:func:`dualsae.alignment.sparse_assignment.solve_sparse`),
+    certified optimal; ``Matching.info`` holds the certificate."""
+    rows, cols, total, info = solve_sparse(sc, options)
+    li, lt = sc.live_image, sc.live_text
+    matched_i, matched_t = li[rows], lt[cols]
+    return Matching(image=matched_i, text=matched_t, corr=sc.lookup(rows, cols), live_image=li, live_text=lt,
+                    image_only=np.setdiff1d(li, matched_i), text_only=np.setdiff1d(lt, matched_t), total=total,
+                    solver="sparse", info=info)
+
+
 def matching_json(mt: Matching, confidence: Any = None) -> dict:
     """The matched lists of alignment.json / collapse.json (with the confidence arrays when measured)."""
     out = {
@@ -122,4 +152,5 @@ def matching_json(mt: Matching, confidence: Any = None) -> dict:
     return out
 
 
-__all__ = ["SOLVERS", "Matching", "match_latents", "matching_json", "solve_assignment"]
+__all__ = ["ALIGN_SOLVERS", "DENSE_SOLVE_ENTRIES", "SOLVERS", "Matching", "match_latents", "match_sparse", "matching_json",
+           "pick_solver", "solve_assignment"]

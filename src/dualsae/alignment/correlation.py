@@ -12,58 +12,49 @@ With ``same_index=True`` only the diagonal ``C[j, j]`` is kept (``S`` is then ``
 on which both latents j fire): the report's same-index correlation and co-firing support, for
 models whose full ``[m_I, m_T]`` matrix is not needed.
 
+Sparse statistics (``sparse=True``, :mod:`dualsae.alignment.cofiring`): the same marginals, and ``S_ij``
+only for pairs that co-fire (sorted pair keys, float64 sums, co-firing counts), so memory is
+O(m_I + m_T + P) for P co-firing pairs instead of O(m_I m_T); every other pair has the rank-one
+closed form c_ij = -mu_i mu_j / (sd_i sd_j) (:class:`dualsae.alignment.sparse_correlation.SparseCorrelation`).
+:func:`coactivation_correlation` picks dense or sparse by size (``stats="auto"``).
+
 ``correlation.safetensors`` (:func:`save_correlation` / :func:`load_correlation`) stores the live
-block of C beside an aligned folder.
+block of C beside an aligned folder: format /1 dense, /2 sparse (:func:`load_sparse_correlation` reads both
+without densifying).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from dualsae.alignment.cofiring import CofiringSums, coalesce_codes, gather_ragged, reduce_entries
+from dualsae.alignment.correlation_file import (  # re-exported: the file's readers and writer live there
+    CORRELATION_FORMAT,
+    load_correlation,
+    load_sparse_correlation,
+    load_stored_correlation,
+    save_correlation,
+)
+from dualsae.alignment.sparse_correlation import SPARSE_CORRELATION_FORMAT, SparseCorrelation
 from dualsae.core.codes import SparseCodes
 from dualsae.core.distributed import Distributed
-from dualsae.core.errors import CheckpointError, ConfigError, DataError
+from dualsae.core.errors import ConfigError, DataError
 from dualsae.core.progress import tqdm
-from dualsae.files.atomic import save_tensors
-from dualsae.files.tensorfiles import read_tensors
 from dualsae.models.encoding import iter_codes
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
 from dualsae.store.paired import PairedEmbeddings
 
-CORRELATION_FORMAT = "dualsae.correlation/1"
-
 # Cross-product scatter is done in row chunks so the [rows, k_I, k_T] temporaries stay ~2M entries.
 _PAIRS_PER_CHUNK = 2_000_000
-
-
-def _coalesce(codes: SparseCodes) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values (float64) and indices of ``codes`` with repeated indices in a row summed.
-
-    TopK codes never repeat an index, but padded / concatenated codes may repeat one with a
-    non-zero value; sums and cross products are bilinear and need no care, sums of *squares* do.
-    Returns ``(values [batch, w], indices [batch, w])``; freed slots are (0.0, 0).
-    """
-    vals = codes.values.detach().to(torch.float64)
-    idx = codes.indices
-    if idx.shape[1] < 2:
-        return vals, idx
-    idx_sorted, order = idx.sort(dim=1)
-    repeated = idx_sorted[:, 1:] == idx_sorted[:, :-1]
-    if not bool(repeated.any()):
-        return vals, idx
-    vals_sorted = vals.gather(1, order)
-    new_group = torch.ones_like(idx_sorted, dtype=torch.bool)
-    new_group[:, 1:] = ~repeated
-    pos = new_group.long().cumsum(1) - 1
-    out_v = torch.zeros_like(vals_sorted).scatter_add_(1, pos, vals_sorted)
-    out_i = torch.zeros_like(idx_sorted).scatter_(1, pos, idx_sorted)
-    return out_v, out_i
+STATS_MODES = ("auto", "dense", "sparse")
+_ENTRIES_PER_CHUNK = 1 << 23
+# stats="auto" keeps the dense [m_I, m_T] float64 accumulator up to this many entries (128 MiB), sparse above.
+DENSE_STATS_ENTRIES = 1 << 24
 
 
 class CoactivationStats:
@@ -76,13 +67,18 @@ class CoactivationStats:
     sum_i, sumsq_i, fired_i: [m_I] sum of z_I,i, of z_I,i^2, and rows where z_I,i != 0
     sum_t, sumsq_t, fired_t: [m_T] same for text latents
     cross:    [m_I, m_T] S_ij = sum over rows of z_I,i z_T,j; with ``same_index`` only its diagonal
-              [min(m_I, m_T)], and ``cofired`` [min(m_I, m_T)]: rows where both latents j fire
+              [min(m_I, m_T)], and ``cofired`` [min(m_I, m_T)]: rows where both latents j fire;
+              with ``sparse`` None, and ``pairs`` (:class:`CofiringSums`) holds S_ij of the co-firing pairs
+    image_block: (lo, hi) with ``sparse``: only pairs of image latents in [lo, hi) are kept (one tile)
     """
 
-    def __init__(self, m_image: int, m_text: int, device: str | torch.device = "cpu", same_index: bool = False) -> None:
+    def __init__(self, m_image: int, m_text: int, device: str | torch.device = "cpu", same_index: bool = False,
+                 sparse: bool = False, image_block: tuple[int, int] | None = None) -> None:
         self.m_image = int(m_image)
         self.m_text = int(m_text)
         self.same_index = bool(same_index)
+        self.sparse = bool(sparse) and not self.same_index
+        self.pairs: CofiringSums | None = None
         self.device = torch.device(device)
         f64 = dict(dtype=torch.float64, device=self.device)
         self.n = 0
@@ -96,6 +92,9 @@ class CoactivationStats:
             m = min(self.m_image, self.m_text)
             self.cross = torch.zeros(m, **f64)
             self.cofired = torch.zeros(m, dtype=torch.long, device=self.device)
+        elif self.sparse:
+            self.cross = None
+            self.pairs = CofiringSums(self.m_image, self.m_text, image_block=image_block)
         else:
             self.cross = torch.zeros(self.m_image, self.m_text, **f64)
 
@@ -110,14 +109,18 @@ class CoactivationStats:
                 f"codes have m_image={codes_i.m}, m_text={codes_t.m}; these statistics were made for "
                 f"m_image={self.m_image}, m_text={self.m_text}"
             )
-        vi, ii = _coalesce(codes_i.to(self.device))
-        vt, it = _coalesce(codes_t.to(self.device))
+        vi, ii = coalesce_codes(codes_i.to(self.device))
+        vt, it = coalesce_codes(codes_t.to(self.device))
         self.n += codes_i.batch
         self._add_marginals(vi, ii, self.sum_i, self.sumsq_i, self.fired_i)
         self._add_marginals(vt, it, self.sum_t, self.sumsq_t, self.fired_t)
         rows_per_chunk = max(1, _PAIRS_PER_CHUNK // max(1, vi.shape[1] * vt.shape[1]))
         if self.same_index:
             self._add_same_index(vi, ii, vt, it, rows_per_chunk)
+            return
+        if self.pairs is not None:
+            for s in range(0, vi.shape[0], rows_per_chunk):
+                self.pairs.add(vi[s : s + rows_per_chunk], ii[s : s + rows_per_chunk], vt[s : s + rows_per_chunk], it[s : s + rows_per_chunk])
             return
         # S_ij += z_I,i z_T,j over the k_I x k_T active pairs of each row: one flat scatter-add
         # into the [m_I * m_T] view (exact in float64; inactive entries add 0).
@@ -154,11 +157,25 @@ class CoactivationStats:
                 f"cannot merge statistics of m_image={other.m_image}, m_text={other.m_text} into "
                 f"m_image={self.m_image}, m_text={self.m_text}"
             )
-        if other.same_index != self.same_index:
-            raise ConfigError("cannot merge same-index statistics with full-matrix ones")
+        if other.same_index != self.same_index or other.sparse != self.sparse:
+            raise ConfigError("cannot merge statistics of different kinds (same-index, dense, sparse)")
         self.n += other.n
-        for name in ("sum_i", "sumsq_i", "fired_i", "sum_t", "sumsq_t", "fired_t", "cross") + (("cofired",) if self.same_index else ()):
+        for name in ("sum_i", "sumsq_i", "fired_i", "sum_t", "sumsq_t", "fired_t") + (("cofired",) if self.same_index else ()):
             getattr(self, name).add_(getattr(other, name).to(self.device))
+        if self.pairs is not None:
+            self.pairs.merge(other.pairs)
+        elif self.cross is not None:
+            self.cross.add_(other.cross.to(self.device))
+        return self
+
+    def add_tile(self, other: "CoactivationStats") -> "CoactivationStats":
+        """Append the co-firing pairs of a later tile (the same rows, image latents of a higher block;
+        its marginals are the same and ignored). Returns self."""
+        keys, sums, counts = self.pairs.entries()
+        k2, s2, c2 = other.pairs.entries()
+        if len(keys) and len(k2) and int(k2[0]) <= int(keys[-1]):
+            raise ConfigError("tiles must be added in increasing image-latent blocks")
+        self.pairs.set_entries(torch.cat([keys, k2]), torch.cat([sums, s2]), torch.cat([counts, c2]))
         return self
 
     def all_reduce(self, group: Any = None) -> "CoactivationStats":
@@ -167,10 +184,12 @@ class CoactivationStats:
         if not (dist.is_available() and dist.is_initialized()):
             return self
         n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.device)
-        extra = (self.cofired,) if self.same_index else ()
-        for t in (n, self.sum_i, self.sumsq_i, self.fired_i, self.sum_t, self.sumsq_t, self.fired_t, self.cross, *extra):
+        extra = (self.cofired,) if self.same_index else ((self.cross,) if self.cross is not None else ())
+        for t in (n, self.sum_i, self.sumsq_i, self.fired_i, self.sum_t, self.sumsq_t, self.fired_t, *extra):
             dist.all_reduce(t, group=group)
         self.n = int(round(n.item()))
+        if self.pairs is not None:
+            self.pairs.set_entries(*reduce_entries(*(gather_ragged(t, group, self.device) for t in self.pairs.entries())))
         return self
 
     # ------------------------------------------------------------------ results
@@ -203,6 +222,9 @@ class CoactivationStats:
             raise ConfigError("these statistics hold only the same-index diagonal; use same_index_correlation()")
         if self.n < 2:
             raise DataError(f"the coactivation correlation needs at least 2 paired rows, found {self.n}")
+        if self.pairs is not None:  # densify the sparse form (small m only; refused above DENSE_ENTRIES_LIMIT)
+            sc = self.sparse_correlation()
+            return sc.dense(), torch.from_numpy(sc.live_image), torch.from_numpy(sc.live_text)
         mu_i, sd_i, live_i = self._moments(self.sum_i, self.sumsq_i, self.fired_i)
         mu_t, sd_t, live_t = self._moments(self.sum_t, self.sumsq_t, self.fired_t)
         li, lt = live_i.nonzero().flatten(), live_t.nonzero().flatten()
@@ -216,6 +238,52 @@ class CoactivationStats:
         c.mul_((1.0 / (sd_t[lt] * root_n)).unsqueeze(0))
         c.addr_(mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt], alpha=-1.0)
         return c, li, lt
+
+    @torch.no_grad()
+    def sparse_correlation(self) -> SparseCorrelation:
+        """The live block of C (eq. 5) as co-firing entries + rank-one remainder, never densified.
+
+        For dense statistics the co-firing entries are the non-zero S_ij. Values are computed as
+        :meth:`correlation` computes them, so ``sparse_correlation().dense()`` equals ``correlation()[0]``.
+        """
+        if self.same_index:
+            raise ConfigError("these statistics hold only the same-index diagonal; use same_index_correlation()")
+        if self.n < 2:
+            raise DataError(f"the coactivation correlation needs at least 2 paired rows, found {self.n}")
+        mu_i, sd_i, live_i = (t.cpu() for t in self._moments(self.sum_i, self.sumsq_i, self.fired_i))
+        mu_t, sd_t, live_t = (t.cpu() for t in self._moments(self.sum_t, self.sumsq_t, self.fired_t))
+        li, lt = live_i.nonzero().flatten(), live_t.nonzero().flatten()
+        if self.pairs is not None:
+            keys, sums, counts = self.pairs.entries()
+        else:
+            flat = self.cross.cpu().view(-1)
+            keys = flat.nonzero().flatten()
+            sums, counts = flat[keys], torch.zeros(len(keys), dtype=torch.int32)
+        pos_i = torch.full((self.m_image,), -1, dtype=torch.long)
+        pos_i[li] = torch.arange(len(li))
+        pos_t = torch.full((self.m_text,), -1, dtype=torch.long)
+        pos_t[lt] = torch.arange(len(lt))
+        root_n = float(self.n) ** 0.5
+        u_i, u_t = 1.0 / (sd_i[li] * root_n), 1.0 / (sd_t[lt] * root_n)
+        a, b = mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt]
+        # Filled in chunks into preallocated outputs: peak memory is the run plus the result (28 bytes a pair),
+        # not a dozen full-length temporaries.
+        p = len(keys)
+        rows, cols = torch.empty(p, dtype=torch.long), torch.empty(p, dtype=torch.long)
+        values, cnt = torch.empty(p, dtype=torch.float64), torch.empty(p, dtype=torch.int32)
+        filled = 0
+        for s in range(0, p, _ENTRIES_PER_CHUNK):
+            k = keys[s : s + _ENTRIES_PER_CHUNK]
+            pi, pj = pos_i[k // self.m_text], pos_t[k % self.m_text]
+            keep = (pi >= 0) & (pj >= 0)  # pairs of dead latents (constant values) are left out
+            pi, pj = pi[keep], pj[keep]
+            e = filled + len(pi)
+            rows[filled:e], cols[filled:e], cnt[filled:e] = pi, pj, counts[s : s + _ENTRIES_PER_CHUNK][keep]
+            values[filled:e] = sums[s : s + _ENTRIES_PER_CHUNK][keep] * u_i[pi] * u_t[pj] - a[pi] * b[pj]
+            filled = e
+        rows, cols, values, counts = rows[:filled], cols[:filled], values[:filled], cnt[:filled]
+        return SparseCorrelation(li.numpy(), lt.numpy(), a.numpy(), b.numpy(), rows.numpy(), cols.numpy(),
+                                 values.numpy(), counts.numpy())
 
     @torch.no_grad()
     def same_index_correlation(self) -> tuple[np.ndarray, np.ndarray]:
@@ -243,11 +311,19 @@ def coactivation_correlation(
     device: str | torch.device = "cpu",
     progress: bool = True,
     dist: Distributed | None = None,
+    stats: str = "auto",
+    tiles: int = 1,
 ) -> CoactivationStats:
     """Stream the store's paired rows through each modality's SAE and accumulate eq. 5's statistics.
 
     Under torchrun (``dist``) rank r encodes batches r, r + world, ... and the statistics are
-    summed over ranks (they are additive), so every rank returns those of all N rows.
+    summed over ranks (they are additive; the sparse pairs are gathered and reduced), so every rank
+    returns those of all N rows.
+
+    stats: ``dense`` ([m_I, m_T] float64 accumulator), ``sparse`` (co-firing pairs only) or ``auto``
+    (dense up to ``DENSE_STATS_ENTRIES`` entries). tiles: with sparse statistics, split the image
+    latents into this many blocks and stream the store once per block, so only one block's co-firing
+    pairs are held while accumulating (for pair sets larger than memory; exact).
 
     pair_or_saes: an :class:`SAEPair` (its ``sae_for('image')`` / ``sae_for('text')``; the same SAE
     twice for a shared model) or a tuple ``(image_sae, text_sae)``.
@@ -263,15 +339,40 @@ def coactivation_correlation(
         store.require_width(sae.d, f"the {name} SAE")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, found {batch_size}")
+    sparse = resolve_stats_mode(stats, sae_i.m, sae_t.m) == "sparse"
+    if tiles < 1 or (tiles > 1 and not sparse):
+        raise ConfigError(f"tiles must be >= 1 and needs sparse statistics when > 1, found tiles={tiles} with {'sparse' if sparse else 'dense'} statistics")
     sae_i, sae_t = sae_i.to(device).eval(), sae_t.to(device).eval()
-    stats = CoactivationStats(sae_i.m, sae_t.m, device=device)
+    bounds = np.linspace(0, sae_i.m, tiles + 1).round().astype(int)
+    out = None
+    for t in range(tiles):
+        block = (int(bounds[t]), int(bounds[t + 1])) if tiles > 1 else None
+        part = _stream(sae_i, sae_t, store, batch_size, device, progress, dist, sparse, block,
+                       desc="coactivation" if tiles == 1 else f"coactivation tile {t + 1}/{tiles}")
+        out = part if out is None else out.add_tile(part)
+    return out
+
+
+def resolve_stats_mode(stats: str, m_image: int, m_text: int) -> str:
+    """``dense`` or ``sparse`` for ``stats`` in STATS_MODES (auto: dense up to DENSE_STATS_ENTRIES entries)."""
+    if stats not in STATS_MODES:
+        raise ConfigError(f"stats must be one of {', '.join(STATS_MODES)}, found {stats!r}")
+    if stats == "auto":
+        return "dense" if m_image * m_text <= DENSE_STATS_ENTRIES else "sparse"
+    return stats
+
+
+def _stream(sae_i: SAE, sae_t: SAE, store: PairedEmbeddings, batch_size: int, device: Any, progress: bool,
+            dist: Distributed | None, sparse: bool, block: tuple[int, int] | None, desc: str) -> CoactivationStats:
+    """One pass over the store: the statistics (of one tile of image latents when ``block``)."""
+    stats = CoactivationStats(sae_i.m, sae_t.m, device=device, sparse=sparse, image_block=block)
     n = store.n
     chunks = range(-(-n // batch_size))
     if dist is not None:
         chunks = dist.shards(len(chunks))
     mine = sum(min(batch_size, n - i * batch_size) for i in chunks)
     kw = dict(batch_size=batch_size, device=device, out_device=None, dtype=None, chunks=chunks)
-    with tqdm(total=mine, desc="coactivation", unit="pair", disable=not progress, leave=False) as bar:
+    with tqdm(total=mine, desc=desc, unit="pair", disable=not progress, leave=False) as bar:
         for (pos, ci), (_, ct) in zip(iter_codes(sae_i, store, "image", **kw), iter_codes(sae_t, store, "text", **kw)):
             stats.update(ci, ct)
             bar.update(len(pos))
@@ -281,42 +382,16 @@ def coactivation_correlation(
 
 
 def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int = 4096,
-                     same_index: bool = False) -> CoactivationStats:
+                     same_index: bool = False, sparse: bool = False) -> CoactivationStats:
     """eq. 5's statistics from codes already computed (codes_i [N, k_I], codes_t [N, k_T], row r of
-    each one pair), accumulated in row batches of ``batch_size``."""
-    stats = CoactivationStats(codes_i.m, codes_t.m, same_index=same_index)
+    each one pair), accumulated in row batches of ``batch_size`` (``sparse``: co-firing pairs only)."""
+    stats = CoactivationStats(codes_i.m, codes_t.m, same_index=same_index, sparse=sparse)
     for s in range(0, codes_i.batch, batch_size):
         stats.update(SparseCodes(codes_i.values[s : s + batch_size], codes_i.indices[s : s + batch_size], codes_i.m),
                      SparseCodes(codes_t.values[s : s + batch_size], codes_t.indices[s : s + batch_size], codes_t.m))
     return stats
 
 
-def save_correlation(folder: str | Path, c: torch.Tensor, live_image: Any, live_text: Any,
-                     live_text_original: Any) -> Path:
-    """Write ``folder/correlation.safetensors``: the live block of C [n_I, n_T] as float32 with
-    ``live_image`` (shared index = image index), ``live_text`` (text latents in the shared index space,
-    after eq. 7) and ``live_text_original`` (before it)."""
-    path = Path(folder) / "correlation.safetensors"
-    save_tensors(path, {"C": c.to(torch.float32), "live_image": torch.as_tensor(live_image),
-                        "live_text": torch.as_tensor(live_text), "live_text_original": torch.as_tensor(live_text_original)},
-                 metadata={"format": CORRELATION_FORMAT})
-    return path
-
-
-def load_correlation(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read ``correlation.safetensors`` of an aligned folder: ``(C [n_I, n_T], live_image, live_text)``
-    with ``live_text`` in the shared index space."""
-
-    path = Path(folder) / "correlation.safetensors"
-    t = read_tensors(path, CheckpointError, "run 'dualsae align' without --no-correlation, or pass --data to recompute C")
-    missing = sorted({"C", "live_image", "live_text"} - set(t))
-    if missing:
-        raise CheckpointError(f"{path}: missing tensor(s) {missing}")
-    c, li, lt = t["C"], t["live_image"].long(), t["live_text"].long()
-    if tuple(c.shape) != (len(li), len(lt)):
-        raise CheckpointError(f"{path}: tensor 'C' has shape {list(c.shape)}, expected [{len(li)}, {len(lt)}] from live_image/live_text")
-    return c, li, lt
-
-
-__all__ = ["CORRELATION_FORMAT", "CoactivationStats", "coactivation_correlation", "load_correlation",
+__all__ = ["CORRELATION_FORMAT", "DENSE_STATS_ENTRIES", "SPARSE_CORRELATION_FORMAT", "STATS_MODES", "CoactivationStats",
+           "coactivation_correlation", "load_correlation", "load_sparse_correlation", "load_stored_correlation", "resolve_stats_mode",
            "save_correlation", "stats_from_codes"]

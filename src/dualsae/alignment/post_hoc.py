@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
-from dualsae.alignment.assignment import Matching, match_latents, matching_json
+from dualsae.alignment.assignment import Matching, match_latents, match_sparse, matching_json, pick_solver
 from dualsae.alignment.collapse import collapse_report
 from dualsae.alignment.confidence import assess_matching
 from dualsae.alignment.correlation import CoactivationStats, coactivation_correlation
 from dualsae.alignment.correlation import save_correlation as write_correlation
 from dualsae.alignment.permutation import build_permutation, permute_sae
+from dualsae.alignment.sparse_assignment import SparseSolveOptions
+from dualsae.alignment.sparse_correlation import SparseCorrelation, save_sparse_correlation
 from dualsae.core.errors import ConfigError
 from dualsae.files.atomic import write_json
 from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
@@ -36,19 +38,21 @@ class AlignmentResult:
 
     kind: ``aligned`` (specific SAEs -> :attr:`pair`) or ``collapse`` (shared SAE, App. F.2 report).
     report: the JSON written beside the model (``alignment.json`` or ``collapse.json``).
-    correlation: live block of C [n_I, n_T] (float64); live_image / live_text: original indices.
+    correlation: live block of C [n_I, n_T] (float64), or its :class:`SparseCorrelation` when the
+    statistics were sparse (never densified); live_image / live_text: original indices.
     """
 
     kind: str
     report: dict
     matching: Matching
-    correlation: torch.Tensor
+    correlation: torch.Tensor | SparseCorrelation
     pair: AlignedPair | None = None
 
     def save(self, folder: str | Path, save_correlation: bool = True) -> Path:
         """Write the aligned pair (``image/``, ``text/``, ``alignment.json``) or ``collapse.json``, and
-        ``correlation.safetensors``: the live block of C (float32) with ``live_image`` (shared index
-        = image index) and ``live_text`` (text latents in the *shared* index space, i.e. after eq. 7)."""
+        ``correlation.safetensors``: the live block of C (float32, format /1; format /2 for a sparse C) with
+        ``live_image`` (shared index = image index) and ``live_text`` (text latents in the *shared* index
+        space, i.e. after eq. 7)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.pair is not None:
@@ -59,8 +63,11 @@ class AlignmentResult:
             perm = None
         if save_correlation:
             live_t = torch.as_tensor(self.matching.live_text)
-            write_correlation(folder, self.correlation, self.matching.live_image,
-                              perm[live_t] if perm is not None else live_t.clone(), live_t)
+            shared = perm[live_t] if perm is not None else live_t.clone()
+            if isinstance(self.correlation, SparseCorrelation):
+                save_sparse_correlation(folder, self.correlation, shared)
+            else:
+                write_correlation(folder, self.correlation, self.matching.live_image, shared, live_t)
         return folder
 
 
@@ -75,6 +82,9 @@ def align(
     source: str | None = None,
     progress: bool = True,
     confidence: Any = None,
+    stats_mode: str = "auto",
+    tiles: int = 1,
+    sparse_options: SparseSolveOptions = SparseSolveOptions(),
 ) -> AlignmentResult:
     """Align a trained pair post hoc (eqs. 5-7), or, for a shared SAE, measure its collapse (App. F.2).
 
@@ -85,18 +95,32 @@ def align(
     threshold and the thresholds that leave weak matches unmatched; needs ``store``), or None (the
     report then has no support / null_threshold; experiments that align many runs skip the cost).
     ``dualsae align`` always passes one.
+    stats_mode / tiles: dense or sparse statistics of eq. 5 (see
+    :func:`dualsae.alignment.correlation.coactivation_correlation`); solver: ``auto`` (dense up to
+    :data:`dualsae.alignment.assignment.DENSE_SOLVE_ENTRIES` live pairs, else sparse), ``dense``, ``sparse``
+    (certified optimum of eq. 6 over all pairs, ``sparse_options``), ``scipy`` or ``lapjv``.
     """
     t0 = time.perf_counter()
     if stats is None:
         if store is None:
             raise ConfigError("align needs a store of paired rows or precomputed CoactivationStats")
-        stats = coactivation_correlation(pair, store, batch_size=batch_size, device=device, progress=progress)
+        stats = coactivation_correlation(pair, store, batch_size=batch_size, device=device, progress=progress,
+                                         stats=stats_mode, tiles=tiles)
     t_corr = time.perf_counter()
-    c, li, lt = stats.correlation()
-    matching = match_latents(c, li, lt, solver=solver)
+    li, lt = stats.live()
+    used = pick_solver(solver, len(li), len(lt))
+    c: torch.Tensor | SparseCorrelation
+    if used == "sparse":
+        c = stats.sparse_correlation()
+        matching = match_sparse(c, sparse_options)
+    else:
+        c, li, lt = stats.correlation()
+        matching = match_latents(c, li, lt, solver=used)
+        c = c.cpu()
     t_assign = time.perf_counter()
     timing = {"correlation_s": round(t_corr - t0, 3), "assignment_s": round(t_assign - t_corr, 3)}
-    common = {"source_run": source, "source_method": pair.method, "rows": stats.n}
+    common = {"source_run": source, "source_method": pair.method, "rows": stats.n,
+              "statistics": "sparse" if stats.sparse else "dense", "solver_details": _solver_details(matching, stats)}
     conf, conf_section = None, {}
     if confidence is not None:
         if store is None:
@@ -106,7 +130,7 @@ def align(
         timing["confidence_s"] = round(time.perf_counter() - t_assign, 3)
     if pair.shared:
         report = {**collapse_report(matching, stats.m_image, conf), **conf_section, **common, "timing": timing}
-        return AlignmentResult("collapse", report, matching, c.cpu())
+        return AlignmentResult("collapse", report, matching, c)
     sae_i, sae_t = pair.sae_for("image"), pair.sae_for("text")
     perm = build_permutation(matching, sae_i.m, sae_t.m)
     text_aligned = permute_sae(sae_t, perm)
@@ -132,7 +156,20 @@ def align(
         "timing": {**timing, "total_s": round(time.perf_counter() - t0, 3)},
     }
     aligned = AlignedPair("aligned", sae_i, text_aligned, report)
-    return AlignmentResult("aligned", report, matching, c.cpu(), aligned)
+    return AlignmentResult("aligned", report, matching, c, aligned)
+
+
+def _solver_details(matching: Matching, stats: CoactivationStats) -> dict:
+    """alignment.json's record of how eq. 6 was solved: the solver, and for the sparse one its candidate
+    counts, rounds and certificate (largest dual violation <= tolerance)."""
+    out: dict = {"solver": matching.solver}
+    if stats.pairs is not None:
+        out["cofiring_pairs"] = len(stats.pairs)
+    if matching.info is not None:
+        out.update(matching.info)
+    else:
+        out["certificate"] = None  # a dense exact solver (scipy / lapjv): optimal by the solver's own proof
+    return out
 
 
 __all__ = ["AlignmentResult", "align"]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dualsae.alignment.assignment import ALIGN_SOLVERS
 from dualsae.alignment.confidence import ConfidenceOptions
-from dualsae.alignment.correlation import coactivation_correlation
+from dualsae.alignment.correlation import STATS_MODES, coactivation_correlation
 from dualsae.alignment.post_hoc import align
 from dualsae.commands.common import (
     add_split_args,
@@ -51,8 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder to write the aligned model or collapse report to")
     add_split_args(p, None)
     p.add_argument("--batch-size", type=int, default=4096, help="rows encoded per step (default: 4096)")
-    p.add_argument("--solver", default="auto", choices=("auto", "scipy", "lapjv"),
-                   help="assignment solver: lapjv (lapx), scipy, or auto = lapjv when lapx is installed (default: auto)")
+    p.add_argument("--solver", default="auto", choices=ALIGN_SOLVERS,
+                   help="assignment solver (eq. 6): sparse (candidate pairs, certified optimal over all pairs by dual "
+                        "potentials), dense (lapjv when lapx is installed, else scipy), scipy, lapjv, or auto = dense up to "
+                        "4,096 x 4,096 live latents, sparse above (default: auto)")
+    p.add_argument("--stats", default="auto", choices=STATS_MODES,
+                   help="coactivation statistics (eq. 5): dense [m_I, m_T] sums, sparse (co-firing pairs only), or auto = "
+                        "dense up to 4,096 x 4,096 latents, sparse above (default: auto)")
+    p.add_argument("--tiles", type=int, default=1,
+                   help="with sparse statistics, stream the store once per block of image latents so only one block's "
+                        "co-firing pairs are in memory (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu; under torchrun cuda is each rank's own GPU)")
     p.add_argument("--no-correlation", action="store_true",
                    help="do not write correlation.safetensors (the live block of C; 'dualsae analyze heterogeneity' then needs --data)")
@@ -85,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is an input folder itself; choose a new folder so the trained SAEs are kept unpermuted")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
+    if args.tiles < 1:
+        raise ConfigError(f"--tiles must be >= 1, found {args.tiles}")
     device = resolve_device(args.device)
     dist = Distributed.from_env(device)  # a torchrun rank, or one process
     device = dist.device(device)
@@ -114,13 +125,15 @@ def run(args: argparse.Namespace) -> int:
         dist.on_main(check, str(out))
         if dist.enabled:  # each rank streams its batches; the eq. 5 sums are all-reduced; rank 0 goes on
             stats = coactivation_correlation(pair, rows, batch_size=args.batch_size, device=device,
-                                             progress=not args.no_progress and dist.is_main, dist=dist)
+                                             progress=not args.no_progress and dist.is_main, dist=dist,
+                                             stats=args.stats, tiles=args.tiles)
     finally:
         dist.close()
     if not dist.is_main:
         return 0
     result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
-                   source=str(run_dir) if sources is None else None, progress=not args.no_progress, confidence=confidence)
+                   source=str(run_dir) if sources is None else None, progress=not args.no_progress, confidence=confidence,
+                   stats_mode=args.stats, tiles=args.tiles)
     result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
                           "fingerprint": recorded_fingerprint(run_dir) if sources is None else None})
     if sources is not None:
@@ -156,6 +169,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  mean matched correlation {mean:.4f}" if mean is not None else "  mean matched correlation: none matched")
     for line in match_summary_lines(result.matching.corr, rep["matched"], rep.get("confidence")):
         print(line)
+    cert = rep["solver_details"].get("certificate")
+    if cert is not None:
+        print(f"  certificate: largest dual violation {cert['max_dual_violation']:.2e} (tolerance {cert['tolerance']:.0e}), "
+              f"duality gap {cert['duality_gap']:.2e}: {'optimal over all pairs' if cert['certified'] else 'NOT certified'}; "
+              f"{rep['solver_details']['candidates_final']:,} candidate pairs, {rep['solver_details']['rounds']} round(s)")
     print(f"  -> {out}  (correlation {t['correlation_s']:.1f}s, assignment {t['assignment_s']:.1f}s)")
     return 0
 

@@ -15,6 +15,14 @@ covers the whole low-c bin at m = 8192, since most pairs with no coactivation ha
 0). Quartiles are exact (``numpy.quantile``, linear interpolation) when the values were kept, else
 read from the histogram (error at most 1e-4); ``quantiles_exact`` in the summary says which.
 
+Sparse C (:class:`dualsae.alignment.sparse_correlation.SparseCorrelation`, any m): a pair that never
+co-fires has c_ij = -a_i b_j, which is < 0 whenever both latents' means are positive (non-negative
+codes), so it falls in no bin and is only counted; distances are then computed for the co-firing
+pairs with c >= 0 alone (float32 unit columns gathered in chunks of ``2^24 / d`` pairs; the
+distances then agree with the dense path's to ~1e-7), and the rank-one remainder is
+enumerated only for the rows where a sign makes -a_i b_j >= 0 possible (never for TopK codes).
+The counts are the same as the dense path's.
+
 Where C comes from: ``dualsae align`` writes the live block of C to ``correlation.safetensors`` in
 the aligned folder (text latents in the shared index space), and :func:`heterogeneity_from_folder`
 reads it; with a store it recomputes C instead (needed for a folder aligned with
@@ -31,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualsae.alignment.correlation import coactivation_correlation, load_correlation
+from dualsae.alignment.correlation import coactivation_correlation, load_stored_correlation
+from dualsae.alignment.sparse_correlation import SparseCorrelation
 from dualsae.core.errors import ConfigError
 from dualsae.evaluation.top_rows import top_examples_many
 from dualsae.files.atomic import atomic_path
@@ -149,8 +158,11 @@ def heterogeneity(
 
     image_dec: [m_I, d] decoder columns (row i = phi_i); text_dec: [m_T, d] (row j = psi_j);
     c: [n_I, n_T] live block of C, row a <-> image latent live_i[a], column b <-> text latent live_t[b];
+    or a :class:`SparseCorrelation` (then live_i / live_t may be None: its own live lists are used);
     matched: optional (image indices, text indices) of matched pairs, summarised separately.
     """
+    if isinstance(c, SparseCorrelation):
+        return _heterogeneity_sparse(image_dec, text_dec, c, max_exact=max_exact, matched=matched)
     c_np = c.detach().cpu().numpy() if isinstance(c, torch.Tensor) else np.asarray(c)
     li = torch.as_tensor(np.asarray(live_i), dtype=torch.long)
     lt = torch.as_tensor(np.asarray(live_t), dtype=torch.long)
@@ -168,6 +180,11 @@ def heterogeneity(
         negative += int((bins < 0).sum())
         for b, a in enumerate(acc):
             a.add(dist[bins == b])
+    return _finish(acc, negative, len(li), len(lt), image_dec, text_dec, matched)
+
+
+def _finish(acc: list[_BinAccumulator], negative: int, n_i: int, n_t: int, image_dec: torch.Tensor, text_dec: torch.Tensor,
+            matched: tuple[np.ndarray, np.ndarray] | None) -> Heterogeneity:
     summaries = [a.summary(BIN_LABELS[b], BIN_EDGES[b], BIN_EDGES[b + 1]) for b, a in enumerate(acc)]
     matched_summary = None
     if matched is not None and len(matched[0]):
@@ -175,7 +192,44 @@ def heterogeneity(
         d = (1.0 - (F.normalize(image_dec.detach().double(), dim=1)[mi] * F.normalize(text_dec.detach().double(), dim=1)[mt]).sum(1)).numpy()
         q1, med, q3 = np.quantile(d, (0.25, 0.5, 0.75))
         matched_summary = {"count": int(len(d)), "mean": float(d.mean()), "q1": float(q1), "median": float(med), "q3": float(q3)}
-    return Heterogeneity(summaries, np.stack([a.hist for a in acc]), negative, int(len(li) * len(lt)), len(li), len(lt), matched_summary)
+    return Heterogeneity(summaries, np.stack([a.hist for a in acc]), negative, int(n_i * n_t), n_i, n_t, matched_summary)
+
+
+@torch.no_grad()
+def _heterogeneity_sparse(image_dec: torch.Tensor, text_dec: torch.Tensor, sc: SparseCorrelation, *, max_exact: int,
+                          matched: tuple[np.ndarray, np.ndarray] | None) -> Heterogeneity:
+    """Fig. 2 from a sparse C (module docstring): only pairs with c >= 0 are visited."""
+    if image_dec.shape[1] != text_dec.shape[1]:
+        raise ConfigError(f"image decoder has d={image_dec.shape[1]}, text decoder d={text_dec.shape[1]}")
+    # float32 unit columns: the gathers are the cost (P x d); distances keep ~1e-7, far below the 1e-4 histogram bins.
+    phi = F.normalize(image_dec.detach().double(), dim=1)[torch.from_numpy(sc.live_image)].float()
+    psi = F.normalize(text_dec.detach().double(), dim=1)[torch.from_numpy(sc.live_text)].float()
+    acc = [_BinAccumulator(max_exact) for _ in BIN_LABELS]
+    chunk = max(1, (1 << 24) // max(1, phi.shape[1]))
+    visited = 0
+
+    def add(rows: np.ndarray, cols: np.ndarray, c: np.ndarray) -> int:
+        """Distances of the pairs with c >= 0 among these, into the bins; returns how many."""
+        keep = c >= 0
+        r, k = torch.from_numpy(rows[keep]), torch.from_numpy(cols[keep])
+        dist = (1.0 - torch.bmm(phi[r].unsqueeze(1), psi[k].unsqueeze(2)).view(-1)).numpy()
+        bins = bin_index(c[keep])
+        for b, a in enumerate(acc):
+            a.add(dist[bins == b])
+        return len(r)
+
+    for s in range(0, sc.nnz, chunk):  # chunk by chunk: no full-length copies of the entries
+        visited += add(sc.rows[s : s + chunk], sc.cols[s : s + chunk], sc.values[s : s + chunk])
+    # Rank-one pairs with -a_i b_j >= 0 exist only where a sign allows it (not for non-negative codes).
+    mixed = np.flatnonzero(((sc.a <= 0) & (sc.b >= 0).any()) | ((sc.a >= 0) & (sc.b <= 0).any())) if sc.shape[1] else np.zeros(0, np.int64)
+    starts = sc.row_starts()
+    for i in mixed:
+        c_row = -sc.a[i] * sc.b
+        c_row[sc.cols[starts[i] : starts[i + 1]]] = -np.inf  # co-firing pairs were visited above
+        for s in range(0, len(c_row), chunk):
+            visited += add(np.full(min(chunk, len(c_row) - s), i), np.arange(s, min(s + chunk, len(c_row))), c_row[s : s + chunk])
+    n_i, n_t = sc.shape
+    return _finish(acc, n_i * n_t - visited, n_i, n_t, image_dec, text_dec, matched)
 
 
 def heterogeneity_from_folder(
@@ -192,14 +246,20 @@ def heterogeneity_from_folder(
 
     folder = Path(folder)
     pair = load_model(folder, device=device)
+    c: Any
+    li = lt = None
     if store is not None:
         stats = coactivation_correlation(pair, store, batch_size=batch_size, device=device, progress=progress)
-        c, li, lt = stats.correlation()
+        if stats.sparse:
+            c = stats.sparse_correlation()
+        else:
+            c, li, lt = stats.correlation()
         source = f"recomputed on {store.n:,} rows of {store.root}"
     else:
         if not isinstance(pair, AlignedPair):
             raise ConfigError(f"{folder}: not an aligned folder (no alignment.json), so no stored correlation; pass --data to compute C")
-        c, li, lt = load_correlation(folder)
+        stored = load_stored_correlation(folder)
+        c, li, lt = (stored, None, None) if isinstance(stored, SparseCorrelation) else stored
         source = str(folder / "correlation.safetensors")
     matched = None
     if isinstance(pair, AlignedPair) and "matched" in pair.alignment:

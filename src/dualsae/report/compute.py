@@ -145,16 +145,14 @@ def _matches(d: ReportData) -> None:
 
 def _figure2(d: ReportData, model: Path, rows: PairedEmbeddings, opt: ReportOptions) -> None:
     """Fig. 2 (heterogeneity) and, for a shared SAE, the App. F.2 collapse rate: from the folder's
-    correlation.safetensors / collapse.json, else from C computed on the report's codes when it fits."""
+    correlation.safetensors / collapse.json, else from C computed on the report's codes (sparse statistics
+    above ``max_correlation_bytes`` of dense ones)."""
     pair, kind = d.pair, d.kind
     stats: CoactivationStats | None = None
     need_c = kind != "aligned" or not (model / "correlation.safetensors").is_file()
-    big = pair.sae_for("image").m * pair.sae_for("text").m * 8
-    if need_c and big > opt.max_correlation_bytes:
-        d.het_note = (f"not computed: the {pair.sae_for('image').m:,} x {pair.sae_for('text').m:,} correlation needs "
-                      f"{big / 1e9:.1f} GB (limit {opt.max_correlation_bytes / 1e9:.1f} GB)")
-    elif need_c:
-        stats = stats_from_codes(d.codes["image"], d.codes["text"])
+    if need_c:  # above the dense limit the co-firing pairs only (sparse statistics), never an [m_I, m_T] array
+        big = pair.sae_for("image").m * pair.sae_for("text").m * 8
+        stats = stats_from_codes(d.codes["image"], d.codes["text"], sparse=big > opt.max_correlation_bytes)
     if kind == "shared":
         d.collapse = _collapse(model, pair, stats, rows)
         if (model / "collapse.json").is_file():
@@ -162,12 +160,10 @@ def _figure2(d: ReportData, model: Path, rows: PairedEmbeddings, opt: ReportOpti
         elif d.collapse is not None:
             d.warnings.append(f"Collapse rate counted on the report's {rows.n:,} rows: no collapse.json of 'dualsae align' in {model}. "
                               "Run 'dualsae align RUN --out FOLDER' and report FOLDER to show align's numbers.")
-    if stats is None and need_c:
-        return
     if not need_c:
         result, source = heterogeneity_from_folder(model, None, progress=False)
     else:
-        c, li, lt = stats.correlation()
+        c, li, lt = (stats.sparse_correlation(), None, None) if stats.sparse else stats.correlation()
         matched = None
         if kind == "aligned":
             shared_idx = np.flatnonzero(~np.isnan(d.corr))

@@ -1,0 +1,174 @@
+"""An optimality certificate for the assignment of paper eq. 6 over *all* pairs of a sparse C.
+
+Eq. 6 with n_I <= n_T live latents (transpose otherwise) is the LP ``max sum c_ij x_ij`` with every
+row matched once and every column at most once. Its dual: ``min sum_i u_i + sum_j v_j`` subject to
+``u_i + v_j >= c_ij`` for all (i, j) and ``v_j >= 0``. A matching M and duals (u, v) with
+
+* every reduced cost ``r_ij = u_i + v_j - c_ij >= -tol`` (all n_I x n_T pairs) and ``v >= 0``,
+* ``r_ij = 0`` on M and ``v_j = 0`` on unmatched columns (so the duality gap is 0),
+
+prove M optimal: any matching's total is at most ``sum u + sum v = total(M)`` up to ``n_I * tol``.
+
+Duals (:func:`dual_potentials`): for an optimal matching of the candidate graph, ``v`` is the
+shortest-path distance in its residual graph over column nodes (arc ``j -> M(i)`` of length
+``c_{i,M(i)} - c_ij`` for every candidate (i, j); a reference node z with ``j -> z`` and
+``z -> free column`` arcs of length 0 encodes ``v >= 0 = v_free``), by vectorised Bellman-Ford
+relaxation from all nodes at 0. An improving alternating path would be a negative cycle, so the
+relaxation converges exactly when M is optimal on the candidates; ``u_i = c_{i,M(i)} - v_{M(i)}``.
+
+Check (:func:`check_all_pairs`): co-firing pairs by their exact c; every other pair has
+``c_ij = -a_i b_j`` (rank one), so per row ``min_j r_ij >= u_i + min_j (v_j + a_i b_j)``, a lower
+envelope of the lines ``y = b_j x + v_j`` evaluated at ``x = a_i``: O((n_I + n_T) log n_T) for all rows
+(:func:`lower_envelope`). Only rows whose envelope bound fails are scanned exactly (O(n_T) each), and
+their violating pairs returned for the next solve round. :func:`blocked_rank_one_min` is the O(n_I n_T)
+blocked reference of the same minimum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dualsae.alignment.sparse_correlation import SparseCorrelation
+from dualsae.core.errors import DataError
+
+# Reduced costs are sums of O(1) float64 terms along alternating paths: 1e-9 is far above their rounding.
+CERTIFICATE_TOL = 1e-9
+
+
+def dual_potentials(n_t: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, match: np.ndarray,
+                    max_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Duals (u [n_I], v [n_T]) of a matching optimal on the candidate edges.
+
+    rows, cols, vals: [E] candidate edges (live positions, exact c); match: [n_I] column of each row
+    (every row matched, n_I <= n_T; the matched edges must be among the candidates). Returns
+    ``(u, v, rounds)``; raises DataError when the relaxation does not converge (M not optimal on the
+    candidates: a negative cycle).
+    """
+    n_i = len(match)
+    matched_val = np.full(n_i, np.nan)
+    on_match = cols == match[rows]
+    matched_val[rows[on_match]] = vals[on_match]
+    if np.isnan(matched_val).any():
+        raise DataError("dual potentials: a matched pair is not among the candidate edges")
+    off = ~on_match
+    src, dst = cols[off], match[rows[off]]
+    length = matched_val[rows[off]] - vals[off]
+    free = np.ones(n_t, dtype=bool)
+    free[match] = False
+    src_t, dst_t, len_t = torch.from_numpy(src), torch.from_numpy(dst), torch.from_numpy(length)
+    free_t = torch.from_numpy(free)
+    dist = torch.zeros(n_t, dtype=torch.float64)
+    z = 0.0
+    limit = max_rounds if max_rounds is not None else n_t + 2
+    for rounds in range(1, limit + 1):
+        new = dist.scatter_reduce(0, dst_t, dist[src_t] + len_t, reduce="amin", include_self=True)
+        z_new = min(z, float(new.min()))
+        new[free_t] = new[free_t].clamp_max(z_new)
+        if z_new == z and torch.equal(new, dist):
+            break
+        dist, z = new, z_new
+    else:
+        raise DataError(f"dual potentials did not converge in {limit} relaxation rounds: the matching is not optimal on its candidates")
+    v = dist.numpy() - z
+    u = matched_val - v[match]
+    return u, v, rounds
+
+
+def lower_envelope(slopes: np.ndarray, intercepts: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``min_j (slopes[j] * x_q + intercepts[j])`` for every query ``x: [Q]`` -> [Q], in
+    O((J + Q) log J): the lower hull of the lines (convex hull trick) and a binary search per query."""
+    order = np.lexsort((intercepts, -slopes))  # slope descending, then intercept ascending
+    s, c = slopes[order], intercepts[order]
+    keep = np.ones(len(s), dtype=bool)
+    keep[1:] = s[1:] != s[:-1]  # equal slopes: the lowest intercept (first) only
+    s, c = s[keep].tolist(), c[keep].tolist()
+    hs: list[float] = []
+    hc: list[float] = []
+    for sj, cj in zip(s, c):
+        # The last hull line is useless if the new line crosses the one before it no later than it does.
+        while len(hs) >= 2 and (cj - hc[-2]) * (hs[-2] - hs[-1]) <= (hc[-1] - hc[-2]) * (hs[-2] - sj):
+            hs.pop()
+            hc.pop()
+        hs.append(sj)
+        hc.append(cj)
+    hs_a, hc_a = np.asarray(hs), np.asarray(hc)
+    if len(hs_a) == 1:
+        return hs_a[0] * x + hc_a[0]
+    # Line h is minimal on [x_{h-1,h}, x_{h,h+1}]; breakpoints increase along the hull.
+    bx = (hc_a[1:] - hc_a[:-1]) / (hs_a[:-1] - hs_a[1:])
+    h = np.searchsorted(bx, x)
+    out = hs_a[h] * x + hc_a[h]
+    # Guard against rounding at a breakpoint: the neighbouring lines are candidates too.
+    for dh in (-1, 1):
+        nb = np.clip(h + dh, 0, len(hs_a) - 1)
+        out = np.minimum(out, hs_a[nb] * x + hc_a[nb])
+    return out
+
+
+def blocked_rank_one_min(a: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray, block: int = 256) -> np.ndarray:
+    """The reference of the envelope check: ``min_j (u_i + v_j + a_i b_j)`` per row by dense blocks,
+    O(n_I n_T) time, O(block n_T) memory. Returns [n_I]."""
+    out = np.empty(len(a))
+    for s in range(0, len(a), block):
+        out[s : s + block] = (u[s : s + block, None] + v[None, :] + a[s : s + block, None] * b[None, :]).min(1)
+    return out
+
+
+def check_all_pairs(sc: SparseCorrelation, u: np.ndarray, v: np.ndarray, tol: float = CERTIFICATE_TOL,
+                    max_per_row: int = 8, rank_one: str = "envelope") -> tuple[float, np.ndarray, np.ndarray]:
+    """Largest dual violation over all n_I x n_T pairs, and violating pairs to add as candidates.
+
+    sc: the correlation (n_I <= n_T); u: [n_I], v: [n_T]. Returns ``(violation, rows, cols)``:
+    violation = max(0, max over pairs of -r_ij, max_j -v_j), exact for co-firing pairs and for scanned
+    rows, an upper bound (the envelope's) for rows that pass; rows/cols: up to ``max_per_row``
+    most-violating pairs (r < -tol) per row. rank_one: ``envelope`` or ``blocked`` (reference).
+    """
+    n_i, n_t = sc.shape
+    worst = max(0.0, float(-v.min()) if n_t else 0.0)
+    add_r, add_c = [], []
+    if sc.nnz:
+        r = u[sc.rows] + v[sc.cols] - sc.values
+        worst = max(worst, float(-r.min()))
+        bad = np.flatnonzero(r < -tol)
+        if len(bad):
+            sel = _most_violating(sc.rows[bad], r[bad], max_per_row)
+            add_r.append(sc.rows[bad][sel])
+            add_c.append(sc.cols[bad][sel])
+    if rank_one == "envelope":
+        bound = u + lower_envelope(sc.b, v, sc.a)
+    else:
+        bound = blocked_rank_one_min(sc.a, sc.b, u, v)
+    starts = sc.row_starts()
+    failing = np.flatnonzero(bound < -tol)  # the bound may be set by a co-firing column: scan these rows exactly
+    block = max(1, (1 << 24) // max(n_t, 1))
+    for s in range(0, len(failing), block):
+        rows = failing[s : s + block]
+        r_blk = u[rows, None] + v[None, :] + sc.a[rows, None] * sc.b[None, :]  # [block, n_T]
+        for q, i in enumerate(rows):  # co-firing pairs were checked by their exact value above
+            r_blk[q, sc.cols[starts[i] : starts[i + 1]]] = np.inf
+        bound[rows] = r_blk.min(1)
+        bq, bc = np.nonzero(r_blk < -tol)
+        if len(bq):
+            sel = _most_violating(bq, r_blk[bq, bc], max_per_row)
+            add_r.append(rows[bq[sel]])
+            add_c.append(bc[sel])
+    if n_i:
+        worst = max(worst, float(-bound.min()))
+    return worst, _cat(add_r), _cat(add_c)
+
+
+def _cat(xs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, dtype=np.int64)
+
+
+def _most_violating(rows: np.ndarray, r: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` most negative ``r`` of each row (rows: [Q] row of each entry)."""
+    by_r = np.argsort(r, kind="stable")
+    order = by_r[np.argsort(rows[by_r], kind="stable")]
+    rs = rows[order]
+    first = np.searchsorted(rs, rs)  # start of each entry's row run
+    return order[(np.arange(len(rs)) - first) < k]
+
+
+__all__ = ["CERTIFICATE_TOL", "blocked_rank_one_min", "check_all_pairs", "dual_potentials", "lower_envelope"]
