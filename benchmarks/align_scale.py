@@ -149,7 +149,7 @@ def align_stages(pair, store, stats_mode: str, solver: str, folder: Path, rss: P
 
 def _solver_names() -> tuple[str, str]:
     """(the scalable solver, the dense one) among those the installed dualsae offers."""
-    names = getattr(assignment_module, "SOLVERS", ("auto",))
+    names = getattr(assignment_module, "ALIGN_SOLVERS", None) or getattr(assignment_module, "SOLVERS", ("auto",))
     return ("sparse" if "sparse" in names else "auto"), ("dense" if "dense" in names else "auto")
 
 

@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=65_536, help="latents per modality (default 65,536)")
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--field", default="category", help="label / concept field of the store's meta")
-    ap.add_argument("--only", default=None, help="comma-separated subset of the commands below")
+    ap.add_argument("--only", default=None, help="comma-separated subset of the commands below, and page-draw")
+    ap.add_argument("--repeat", type=int, default=5, help="page draws of the report's latent table")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,12 +103,35 @@ def main() -> None:
         "translate": ["translate", str(model), "--data", data, "--rows", "0", "1", "2"],
         "steer": ["steer", str(model), "--data", data, "--latent", "7"],
     }
-    only = args.only.split(",") if args.only else list(commands)
+    only = args.only.split(",") if args.only else [*commands, "page-draw"]
     print(f"{'command':<10} {'wall s':>8} {'peak RSS GiB':>13} {'exit':>5}   log")
     for name in only:
+        if name == "page-draw":
+            page_draw(out / "report", args.repeat)
+            continue
         log = out / f"{name}.log"
         wall, peak, rc = run(name, commands[name], log)
         print(f"{name:<10} {wall:>8.1f} {peak:>13.2f} {rc:>5}   {log}", flush=True)
+
+
+def page_draw(site: Path, repeat: int) -> None:
+    """The report's latent table opened in headless Chromium ``repeat`` times, as benchmarks/report_table.py
+    measures it: the page's own record of filter + sort of all m latents + one drawn page (``data-table-ms``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from report_table import open_table
+
+    from tests.browser import find_chromium
+
+    binary = find_chromium()
+    if binary is None or not (site / "index.html").is_file():
+        print(f"page draw: skipped ({'no Chromium' if binary is None else f'no report in {site}'})")
+        return
+    runs = sorted(open_table(binary, site) for _ in range(repeat))
+    table = sorted(r[0] for r in runs)
+    size = (site / "data" / "latents.js").stat().st_size / 1e6
+    print(f"page draw: table render {table[len(table) // 2]:.1f} ms median of {repeat} (min {table[0]:.1f}, "
+          f"max {table[-1]:.1f}); data/latents.js {size:.1f} MB", flush=True)
 
 
 if __name__ == "__main__":
