@@ -111,7 +111,8 @@ def trained_pair(store_dir: Path, n: int, m: int, args: argparse.Namespace, out:
                                      checkpoint_every=10**9, log_every=50)
     t0 = time.perf_counter()
     pair = train(store.subset(np.arange(rows)), config, out_dir=run, progress=False)
-    print(f"  trained m={m:,} for {args.train_steps} steps of {args.batch} in {time.perf_counter() - t0:.0f} s", flush=True)
+    steps = config.epochs * math.ceil(rows / args.batch)
+    print(f"  trained m={m:,}: {steps} steps of {args.batch} over {rows:,} rows in {time.perf_counter() - t0:.0f} s", flush=True)
     return pair
 
 
