@@ -106,7 +106,8 @@ def trained_pair(store_dir: Path, n: int, m: int, args: argparse.Namespace, out:
         return load(run).pair
     store = open_store(store_dir).split("train")
     rows = min(store.n, args.train_steps * args.batch)
-    config = TrainConfig.from_preset("real", method="specific", latents=m, k=args.k, batch_size=args.batch,
+    # "latents" is the shared SAE's m; each specific SAE gets half of it.
+    config = TrainConfig.from_preset("real", method="specific", latents=2 * m, k=args.k, batch_size=args.batch,
                                      epochs=max(1, math.ceil(args.train_steps * args.batch / rows)),
                                      checkpoint_every=10**9, log_every=50)
     t0 = time.perf_counter()
