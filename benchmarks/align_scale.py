@@ -103,7 +103,10 @@ def trained_pair(store_dir: Path, n: int, m: int, args: argparse.Namespace, out:
     """A specific pair of m latents trained for ``args.train_steps`` steps (reused when already there)."""
     run = out / f"train-N{n}-m{m}"
     if (run / "summary.json").exists():
-        return load(run).pair
+        pair = load(run).pair
+        if pair.sae_for("image").m == m:
+            return pair
+        raise SystemExit(f"{run}: holds SAEs of {pair.sae_for('image').m:,} latents, not {m:,}; remove it to retrain")
     store = open_store(store_dir).split("train")
     rows = min(store.n, args.train_steps * args.batch)
     # "latents" is the shared SAE's m; each specific SAE gets half of it.
