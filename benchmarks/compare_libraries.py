@@ -63,6 +63,8 @@ LIBRARIES = ("dualsae", "sparsify", "saelens", "overcomplete")
 #: ``--old-src DIR``: an earlier checkout's ``src`` loaded as package ``dualsae_old`` (library "dualsae-old").
 OLD_PACKAGE = "dualsae_old"
 LR = 5e-4
+#: dualsae's activation (``--activation``); the other libraries run TopK.
+ACTIVATION = "topk"
 Step = Callable[[torch.Tensor], None]
 
 
@@ -88,6 +90,8 @@ def _bare_package(name: str, dist: str) -> None:
 def version(lib: str) -> str:
     if lib == "dualsae-old":
         return "earlier checkout (--old-src)"
+    if lib == "dualsae-f32":
+        return "this tree, float32 selection product"
     dist = {"dualsae": "dualsae", "sparsify": "eai-sparsify", "saelens": "sae-lens", "overcomplete": "overcomplete"}[lib]
     try:
         return importlib.metadata.version(dist)
@@ -103,8 +107,8 @@ def dualsae_step(d: int, m: int, k: int, dead: float) -> Step:
     from dualsae.training.config import TrainConfig
     from dualsae.training.step import _step, make_member
 
-    config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR)
-    sae = SAE(SAEConfig(d=d, m=m, k=k), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig.from_preset("real", method="specific", k=k, lr=LR, activation=ACTIVATION)
+    sae = SAE(SAEConfig(d=d, m=m, k=k, activation=ACTIVATION), generator=torch.Generator().manual_seed(0))
     sae.samples_since_fired[: int(dead * m)] = sae.config.dead_window
     mem = make_member("image", sae, ("image",), config)
 
@@ -112,6 +116,23 @@ def dualsae_step(d: int, m: int, k: int, dead: float) -> Step:
         _step([mem], config, {"image": x}, LR)
         if dead:  # keep the same latents dead every step (comparable AuxK work each round)
             sae.samples_since_fired[: int(dead * m)] = sae.config.dead_window
+
+    return step
+
+
+def dualsae_f32_step(d: int, m: int, k: int, dead: float) -> Step:
+    """dualsae's step with the float32 selection product (the bfloat16 screen of
+    dualsae.core.screened_topk switched off): the same selection, computed the plain way."""
+    import dualsae.models.sae as sae_module
+
+    inner = dualsae_step(d, m, k, dead)
+
+    def step(x: torch.Tensor) -> None:
+        saved, sae_module.SCREEN_MIN_LATENTS = sae_module.SCREEN_MIN_LATENTS, m + 1
+        try:
+            inner(x)
+        finally:
+            sae_module.SCREEN_MIN_LATENTS = saved
 
     return step
 
@@ -258,7 +279,8 @@ def dualsae_old_step(d: int, m: int, k: int, dead: float) -> Step:
     return step
 
 
-FACTORIES = {"dualsae": dualsae_step, "dualsae-old": dualsae_old_step, "sparsify": sparsify_step, "saelens": saelens_step, "overcomplete": overcomplete_step}
+FACTORIES = {"dualsae": dualsae_step, "dualsae-f32": dualsae_f32_step, "dualsae-old": dualsae_old_step,
+             "sparsify": sparsify_step, "saelens": saelens_step, "overcomplete": overcomplete_step}
 
 
 # ---------------------------------------------------------------------- timing
@@ -368,6 +390,38 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
 
 
+def peak_rss(lib: str, setting: dict, steps: int, dead: float, threads: int, old_src: str | None) -> tuple[float, float]:
+    """(RSS after the model, optimizer and two warm-up steps, peak RSS over ``steps`` more steps), MiB, of
+    ``lib`` alone in a fresh Python process (the interleaved run holds every library at once, and the
+    peak of a process never comes down, so it cannot say which library's step needs what)."""
+    import json
+    import subprocess
+
+    code = (
+        "import json, sys, torch\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "import compare_libraries as cl\n"
+        f"torch.set_num_threads({threads})\n"
+        "cl.keep_freed_memory()\n"
+        + (f"cl.load_old_dualsae({old_src!r})\n" if old_src else "")
+        + f"s = {setting!r}\n"
+        "gen = torch.Generator().manual_seed(1)\n"
+        f"xs = [torch.randn(s['B'], s['d'], generator=gen) for _ in range({steps})]\n"
+        f"cl.ACTIVATION = {ACTIVATION!r}\n"
+        f"step = cl.FACTORIES[{lib!r}](s['d'], s['m'], s['k'], {dead!r})\n"
+        "step(xs[0]); step(xs[0])\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
+        "setup = rss()\n"
+        "for x in xs: step(x)\n"
+        # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's (fork), which holds every library.
+        "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0] / 1024\n"
+        "print(json.dumps([setup, hwm]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ.copy())
+    setup, peak = json.loads(out.stdout.strip().splitlines()[-1])
+    return setup, peak
+
+
 def available(libs: list[str]) -> tuple[list[str], dict[str, str]]:
     ok, missing = [], {}
     for lib in libs:
@@ -388,6 +442,12 @@ def main() -> None:
     ap.add_argument("--dead", type=float, default=0.0, help="fraction of latents marked dead in every library (AuxK runs)")
     ap.add_argument("--overcomplete-auxk", action="store_true", help="overcomplete with its top_k_auxiliary_loss")
     ap.add_argument("--setting", type=int, default=None, help="run only setting 0 or 1")
+    ap.add_argument("--size", default=None, metavar="D,M,K,B",
+                    help="run this one setting instead (e.g. 768,65536,32,1024: the wide SAE of issue 17)")
+    ap.add_argument("--activation", default="topk", choices=("topk", "batchtopk"),
+                    help="dualsae's activation (the other libraries always run TopK)")
+    ap.add_argument("--memory", action="store_true",
+                    help="also each library's peak RSS over its steps, each in a fresh process (see peak_rss)")
     ap.add_argument("--breakdown", action="store_true", help="also time the phases of dualsae's step")
     ap.add_argument("--cold", action="store_true",
                     help="no untimed step before each library's timed steps in a round")
@@ -401,6 +461,8 @@ def main() -> None:
         load_old_dualsae(args.old_src)
         if "dualsae-old" not in args.libs.split(","):
             args.libs += ",dualsae-old"
+    global ACTIVATION
+    ACTIVATION = args.activation
     torch.set_num_threads(args.threads)
     if not args.os_malloc:
         keep_freed_memory()
@@ -409,11 +471,14 @@ def main() -> None:
         raise SystemExit(f"dualsae is not importable: {missing.get('dualsae')}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} interleaved rounds x {args.steps} steps"
           f"{' (cold: no untimed step first)' if args.cold else ' after one untimed step'}; dead fraction {args.dead}; "
-          f"malloc {'glibc defaults' if args.os_malloc else 'keeps freed memory'}")
+          f"malloc {'glibc defaults' if args.os_malloc else 'keeps freed memory'}; dualsae's activation {args.activation}")
     print("versions: " + ", ".join(f"{lib} {version(lib)}" for lib in libs))
     for lib, why in missing.items():
         print(f"skipped {lib}: {why}")
     settings = SETTINGS if args.setting is None else [SETTINGS[args.setting]]
+    if args.size:
+        d, m, k, B = (int(v) for v in args.size.split(","))
+        settings = [dict(d=d, m=m, k=k, B=B)]
     for s in settings:
         times = compare(**s, libs=libs, rounds=args.rounds, steps=args.steps, dead=args.dead,
                         overcomplete_auxk=args.overcomplete_auxk, warm=not args.cold)
@@ -424,6 +489,12 @@ def main() -> None:
             t = times[lib]
             lo, med = min(t), statistics.median(t)
             print(f"  {lib:<13} {1e3 * lo:>8.1f} {1e3 * med:>10.1f} | {lo / base_min:>11.2f}x {med / base_med:>6.2f}x", flush=True)
+        if args.memory:
+            print(f"  peak RSS, each library alone in a fresh process ({args.steps} steps after 2 warm-up steps; MiB):")
+            print(f"  {'library':<13} {'after setup':>12} {'peak':>8} {'peak - setup':>13}")
+            for lib in libs:
+                setup, peak = peak_rss(lib, s, args.steps, args.dead, args.threads, args.old_src)
+                print(f"  {lib:<13} {setup:>12.0f} {peak:>8.0f} {peak - setup:>13.0f}", flush=True)
         if args.breakdown:
             rows = breakdown(s["d"], s["m"], s["k"], s["B"], args.rounds)
             flops = 2 * s["B"] * s["d"] * s["m"]

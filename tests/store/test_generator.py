@@ -121,6 +121,20 @@ def test_write_and_reload(tmp_path, data):
     assert meta["measured"]["max_abs_cos_image"] <= cfg.eps_max
 
 
+def test_pages_released_while_writing_keep_the_data(tmp_path, data, monkeypatch):
+    """The writer drops its written pages every RELEASE_EVERY chunks (bounded memory for a 17 GB store):
+    with a release after every chunk the files still hold exactly the in-memory data."""
+    import dualsae.store.generator as gen
+
+    monkeypatch.setattr(gen, "RELEASE_EVERY", 1)
+    monkeypatch.setattr(gen, "CHUNK_ROWS", 700)
+    cfg = data.config
+    out = write_synthetic(cfg, tmp_path / "s", progress=False)
+    ref = gen.generate(cfg)
+    np.testing.assert_array_equal(np.load(out / "image.npy"), ref.image)
+    np.testing.assert_array_equal(np.load(out / "text.npy"), ref.text)
+
+
 def test_same_seed_same_files(tmp_path):
     cfg = small(n_train=3000, n_eval=2000)  # two runs with one seed must agree byte for byte
     a = write_synthetic(cfg, tmp_path / "a", progress=False)

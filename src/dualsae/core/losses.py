@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from dualsae.core.block_topk import topk_indices
 from dualsae.core.codes import SparseCodes
+from dualsae.core.screened_topk import Screen, Selection, certified_topk
 
 _EPS = 1e-12
 
@@ -149,10 +150,13 @@ def iso_energy_dot(zi: SparseCodes, zt: SparseCodes) -> torch.Tensor:
     return -sparse_dot(zi, zt).mean()
 
 
-def aux_k_loss(sae, x: torch.Tensor, residual: torch.Tensor, pre_acts: torch.Tensor) -> torch.Tensor:
+def aux_k_loss(sae, x: torch.Tensor, residual: torch.Tensor, pre_acts: torch.Tensor,
+               selection: Selection | None = None) -> torch.Tensor:
     """AuxK (Gao et al. 2024): reconstruct the (detached) residual from the top dead latents.
 
     x: [batch, d] input; residual: x - x_hat, [batch, d] (detached here); pre_acts: [batch, m] no-grad.
+    ``selection``: the forward's certified bfloat16 screen (pre_acts is then its approximation), so the
+    dead latents are chosen by their float32 pre-activations as without it.
     Returns ||e - e_hat||^2 summed over d, mean over batch; 0 when no latent is dead.
     """
     dead = sae.dead_mask()
@@ -161,8 +165,21 @@ def aux_k_loss(sae, x: torch.Tensor, residual: torch.Tensor, pre_acts: torch.Ten
         return x.new_zeros(())
     k_aux = min(sae.config.effective_aux_k, n_dead)
     masked = pre_acts.masked_fill(~dead.unsqueeze(0), float("-inf"))
-    idx = topk_indices(masked, k_aux).sort(dim=1).values
-    vals = F.relu(sae.gather_pre(x, idx, pre_acts))
+    if selection is None:
+        idx = topk_indices(masked, k_aux).sort(dim=1).values
+        vals = F.relu(sae.gather_pre(x, idx, pre_acts))
+    else:
+        live = ~dead
+
+        def exact(rows: torch.Tensor | None, cand: torch.Tensor) -> torch.Tensor:
+            return selection.exact(rows, cand).masked_fill(live[cand], float("-inf"))
+
+        def dense(rows: torch.Tensor) -> torch.Tensor:
+            return selection.dense(rows).masked_fill(live.unsqueeze(0), float("-inf"))
+
+        with torch.no_grad():
+            idx, values = certified_topk(Screen(masked, selection.screen.base), k_aux, exact, dense)
+        vals = F.relu(sae.gather_pre_exact(x, idx, values))
     e_hat = sae.decode_sparse(vals, idx)
     return (residual.detach() - e_hat).pow(2).sum(dim=1).mean()
 

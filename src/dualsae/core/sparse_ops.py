@@ -42,7 +42,8 @@ def sort_rows(idx: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, .
 class Pattern:
     """The selected (row, latent) pairs of one forward pass, in both groupings.
 
-    idx: [batch, w], sorted per row (the row grouping, for ``embedding_bag`` over weight rows).
+    idx: [batch, w], sorted per row (the row grouping, for ``embedding_bag`` over weight rows; only
+    :meth:`sampled_dots` alone accepts rows in any order, as it reads the latent grouping only).
     The latent grouping (the transpose) is what the weight gradients need: ``order`` sorts the
     flattened entries by latent (stable, so by row within a latent), ``rows`` holds each sorted
     entry's batch row and ``offsets`` [m] where each latent's entries start. Built once and shared

@@ -39,6 +39,7 @@ from torch import nn
 from dualsae.core.codes import SparseCodes
 from dualsae.core.distributed import all_sum
 from dualsae.core.errors import CheckpointError, ConfigError
+from dualsae.core.screened_topk import Selection, bf16_matmul_is_fast, screen_product
 from dualsae.core.sparse_ops import (
     DecoderDots,
     Pattern,
@@ -54,6 +55,10 @@ from dualsae.models.activations import ACTIVATIONS, activation_for
 from dualsae.models.activations.base import SAEOutput
 
 DEC_BIAS_INITS = ("geometric_median", "mean", "zero")
+#: Smallest width (and batch) whose training selection runs through the certified bfloat16 screen
+#: (dualsae.core.screened_topk); below it the float32 product is cheap enough (benchmarks/wide_step.py).
+SCREEN_MIN_LATENTS = 16_384
+SCREEN_MIN_ROWS = 64
 SAE_FORMAT = "dualsae.sae/1"
 
 
@@ -232,6 +237,43 @@ class SAE(nn.Module):
             return torch.addmm(self.b_enc, x - self.input_offset(), self.W_enc.t(), out=buf)
         dt = self.selection_dtype
         return F.linear((x - self.input_offset()).to(dt), self.W_enc.to(dt), self.b_enc.to(dt)).float()
+
+    def selection_screen(self, x: torch.Tensor) -> Selection | None:
+        """The certified bfloat16 screen of the training selection (:mod:`dualsae.core.screened_topk`),
+        or None where the float32 product runs instead: a float32 selection (``selection_dtype``) on a
+        CPU with bfloat16 kernels, at least ``SCREEN_MIN_LATENTS`` latents and ``SCREEN_MIN_ROWS`` rows.
+
+        x: [batch, d]. The selection made from it is the float32 product's; only the [batch, m] tensor
+        handed to AuxK (``SAEOutput.pre_acts``) is the approximate bfloat16 one.
+        """
+        if (self.selection_dtype != torch.float32 or x.dtype != torch.float32 or self.m < SCREEN_MIN_LATENTS
+                or x.shape[0] < SCREEN_MIN_ROWS or not bf16_matmul_is_fast(x.device)):
+            return None
+        xc = x - self.b_dec
+        W, b = self.W_enc.detach(), self.b_enc.detach()
+        out = None
+        if self.reuse_selection_memory:
+            buf = self._selection_buffer
+            shape = (x.shape[0], self.m)
+            if buf is None or buf.shape != shape or buf.dtype != torch.bfloat16 or buf.device != x.device:
+                buf = self._selection_buffer = torch.empty(shape, dtype=torch.bfloat16, device=x.device)
+            out = buf
+        screen = screen_product(xc, W, b, out=out)
+
+        def exact(rows: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+            xr = xc if rows is None else xc.index_select(0, rows)
+            return Pattern(idx, self.m).sampled_dots(xr, W) + b[idx]
+
+        def dense(rows: torch.Tensor) -> torch.Tensor:
+            return F.linear(xc.index_select(0, rows), W, b)
+
+        return Selection(screen, exact, dense)
+
+    def gather_pre_exact(self, x: torch.Tensor, idx: torch.Tensor, values: torch.Tensor,
+                         pattern: Pattern | None = None) -> torch.Tensor:
+        """As :meth:`gather_pre`, the forward values given (float32 pre-activations at idx, [batch, w],
+        from the screened selection): the same gradients through the w selected encoder rows."""
+        return gather_pre_values(x, self.W_enc, self.b_enc, self.b_dec, idx, values, pattern)
 
     def decode(self, codes: SparseCodes | torch.Tensor) -> torch.Tensor:
         """x_hat = sum_j z_j w_j + b_dec (eq. 3).

@@ -25,6 +25,7 @@ Memory: z is never dense. Rows are generated in chunks of ``CHUNK_ROWS`` as a CS
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -38,6 +39,7 @@ from dualsae.core.progress import tqdm
 from dualsae.files.atomic import atomic_path, write_json
 from dualsae.files.jsonfiles import config_from_dict, read_json_object
 from dualsae.files.tensorfiles import read_tensors
+from dualsae.store.arrays import _madvise
 from dualsae.store.feature_directions import _shared_text_directions, max_abs_cos, sample_directions
 from dualsae.store.paired import write_store
 
@@ -49,6 +51,8 @@ TRAIN_SPLIT, EVAL_SPLIT = "train", "test"
 # not depend on how the caller consumes the chunks (generate() and write_synthetic() agree), but
 # changing this constant changes the data for a given seed.
 CHUNK_ROWS = 4096
+#: Chunks written between two releases of the output files' pages (64 x 4,096 rows x d 768 x 2 files: 1.6 GB).
+RELEASE_EVERY = 64
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,12 @@ def write_synthetic(config: SynthConfig, out_dir: str | Path, progress: bool = T
             mx[start : start + len(x)] = x
             my[start : start + len(y)] = y
             nnz += z.nnz
+            if (start // CHUNK_ROWS + 1) % RELEASE_EVERY == 0:
+                # Written pages count as resident until dropped: flush them and let them go, so a
+                # 2.8M x 768 store (17 GB) is written in the memory of RELEASE_EVERY chunks.
+                for mm in (mx, my):
+                    mm.flush()
+                    _madvise(mm, mmap.MADV_DONTNEED)
         mx.flush()
         my.flush()
         del mx, my

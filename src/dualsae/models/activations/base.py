@@ -25,6 +25,7 @@ import torch
 
 from dualsae.core.codes import SparseCodes
 from dualsae.core.losses import LossTerm, aux_k_loss
+from dualsae.core.screened_topk import Selection
 
 
 class SAEView(Protocol):
@@ -47,6 +48,10 @@ class SAEView(Protocol):
 
     def decode_sparse(self, vals: torch.Tensor, idx: torch.Tensor, pattern: Any) -> torch.Tensor: ...
 
+    def selection_screen(self, x: torch.Tensor) -> Selection | None: ...
+
+    def gather_pre_exact(self, x: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, pattern: Any = None) -> torch.Tensor: ...
+
 
 class ActivationSettings(Protocol):
     """The stored config an activation reads its parameters from (:class:`dualsae.models.sae.SAEConfig`)."""
@@ -59,12 +64,16 @@ class SAEOutput(NamedTuple):
 
     codes:    sparse codes with autograd on ``values`` (``[batch, width]``)
     recon:    reconstruction x_hat, ``[batch, d]``
-    pre_acts: full pre-activations ``[batch, m]`` *without* autograd (for AuxK's dead-latent pick)
+    pre_acts: full pre-activations ``[batch, m]`` *without* autograd (for AuxK's dead-latent pick);
+              the bfloat16 screen's approximation when ``selection`` is set
+    selection: the certified screen the selection came from (:mod:`dualsae.core.screened_topk`), so
+              that AuxK selects exactly too; None: ``pre_acts`` is the float32 product itself
     """
 
     codes: SparseCodes
     recon: torch.Tensor
     pre_acts: torch.Tensor
+    selection: Selection | None = None
 
 
 class Activation:
@@ -104,5 +113,5 @@ def aux_k_terms(sae: SAEView, x: torch.Tensor, out: SAEOutput, modalities: int) 
     """
     if sae.config.aux_coef <= 0:
         return {}
-    aux = aux_k_loss(sae, x, x - out.recon, out.pre_acts)
+    aux = aux_k_loss(sae, x, x - out.recon, out.pre_acts, out.selection)
     return {"aux": LossTerm(aux, sae.config.aux_coef * modalities)}

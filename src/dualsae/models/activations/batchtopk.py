@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from dualsae.core.codes import SparseCodes
-from dualsae.core.distributed import all_min, batch_topk
+from dualsae.core.distributed import all_min, batch_topk, current
 from dualsae.core.losses import LossTerm
+from dualsae.core.screened_topk import certified_batch_topk
 from dualsae.core.sparse_ops import Pattern, sort_rows
 from dualsae.models.activations.base import Activation, SAEOutput, SAEView, aux_k_terms
 from dualsae.models.activations.topk import check_k, topk_codes
@@ -53,18 +54,32 @@ class BatchTopK(Activation):
     def forward(self, sae: SAEView, x: torch.Tensor) -> SAEOutput:
         """x: [batch, d] -> codes [batch, width] (padding masked to 0), recon [batch, d], pre_acts [batch, m].
         In training mode the threshold's EMA takes this batch's smallest selected value."""
-        with torch.no_grad():
-            pre_all = sae.selection_pre_activations(x)
         batch = x.shape[0]
-        # Under torchrun the k * batch selection is over the global batch (dualsae.core.distributed).
-        flat = batch_topk(F.relu(pre_all).flatten(), self.k * batch)
+        flat = None
+        with torch.no_grad():
+            # Under torchrun the selection is over the global batch: the screen (one process) is not used.
+            selection = None if current() is not None else sae.selection_screen(x)
+            if selection is not None:  # wide SAE on a CPU: the same selection from the certified screen
+                flat = certified_batch_topk(selection.screen, self.k * batch, selection.exact, selection.dense)
+            if flat is None:
+                selection = None
+                pre_all = sae.selection_pre_activations(x)
+                # Under torchrun the k * batch selection is over the global batch (dualsae.core.distributed).
+                flat = batch_topk(F.relu(pre_all).flatten(), self.k * batch)
+            else:
+                pre_all = selection.screen.approx
         idx, mask = sort_rows(*flat_topk_to_padded(flat, batch, sae.m))
         pattern = Pattern(idx, sae.m)
-        vals = F.relu(sae.gather_pre(x, idx, pre_all, pattern)) * mask
+        if selection is None:
+            vals = F.relu(sae.gather_pre(x, idx, pre_all, pattern)) * mask
+        else:
+            with torch.no_grad():
+                exact = selection.exact(None, idx)
+            vals = F.relu(sae.gather_pre_exact(x, idx, exact, pattern)) * mask
         if sae.training:
             self.update_threshold(sae, vals.detach(), mask)
         codes = SparseCodes(vals, idx, sae.m)
-        return SAEOutput(codes, sae.decode_sparse(vals, idx, pattern) + sae.b_dec, pre_all)
+        return SAEOutput(codes, sae.decode_sparse(vals, idx, pattern) + sae.b_dec, pre_all, selection)
 
     @torch.no_grad()
     def update_threshold(self, sae: SAEView, vals: torch.Tensor, mask: torch.Tensor) -> None:

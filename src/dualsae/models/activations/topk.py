@@ -12,6 +12,7 @@ from dualsae.core.block_topk import topk, topk_indices
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import ConfigError
 from dualsae.core.losses import LossTerm
+from dualsae.core.screened_topk import certified_topk
 from dualsae.core.sparse_ops import Pattern
 from dualsae.models.activations.base import Activation, SAEOutput, SAEView, aux_k_terms
 
@@ -43,12 +44,21 @@ class TopK(Activation):
         recomputed with autograd from k gathered encoder rows; decoding is an ``embedding_bag``.
         x: [batch, d] -> codes [batch, k], recon [batch, d], pre_acts [batch, m]."""
         with torch.no_grad():
-            pre_all = sae.selection_pre_activations(x)
-        idx = topk_indices(pre_all, self.k).sort(dim=1).values
-        pattern = Pattern(idx, sae.m)
-        vals = F.relu(sae.gather_pre(x, idx, pre_all, pattern))
+            selection = sae.selection_screen(x)
+        if selection is None:
+            with torch.no_grad():
+                pre_all = sae.selection_pre_activations(x)
+            idx = topk_indices(pre_all, self.k).sort(dim=1).values
+            pattern = Pattern(idx, sae.m)
+            vals = F.relu(sae.gather_pre(x, idx, pre_all, pattern))
+        else:  # wide SAE on a CPU: the same selection from the certified bfloat16 screen
+            with torch.no_grad():
+                idx, exact = certified_topk(selection.screen, self.k, selection.exact, selection.dense)
+            pre_all = selection.screen.approx
+            pattern = Pattern(idx, sae.m)
+            vals = F.relu(sae.gather_pre_exact(x, idx, exact, pattern))
         codes = SparseCodes(vals, idx, sae.m)
-        return SAEOutput(codes, sae.decode_sparse(vals, idx, pattern) + sae.b_dec, pre_all)
+        return SAEOutput(codes, sae.decode_sparse(vals, idx, pattern) + sae.b_dec, pre_all, selection)
 
     def encode(self, sae: SAEView, pre: torch.Tensor) -> SparseCodes:
         return topk_codes(pre, self.k, sae.m)
