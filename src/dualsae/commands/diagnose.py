@@ -12,7 +12,7 @@ from pathlib import Path
 from dualsae.commands.common import add_split_args, prepare_out_folder, resolve_split
 from dualsae.commands.flags import add_flags, dataclass_flags, flag_named, given
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.diagnose.head_to_head import PilotConfig
+from dualsae.diagnose.head_to_head import PilotConfig, resolve_label_field
 from dualsae.diagnose.pilot_report import format_markdown, format_report
 from dualsae.diagnose.pilots import QuickConfig
 from dualsae.diagnose.regime_curve import (
@@ -132,6 +132,7 @@ def _diagnose(args: argparse.Namespace, quick: QuickConfig, log) -> int:
     split, fraction, seed = resolve_split(args)
     store = open_store(args.store).split(split, test_fraction=fraction, seed=seed)
     store.require_pairs("the diagnostic")
+    resolve_label_field(store, pilot.label_field)  # a misspelt field first: it is what the user typed
     _flag_errors(lambda: quick.resolve(store.n))  # size errors before anything is loaded or trained
     refuse_constant_rows(store)
     external = open_store(args.external, same_width=False) if args.external is not None else None
@@ -150,7 +151,8 @@ def _diagnose(args: argparse.Namespace, quick: QuickConfig, log) -> int:
     job = {"store": str(Path(args.store).resolve()), "split": split, "test_fraction": fraction, "split_seed": seed,
            "pilot": given(args, PILOT_FLAGS), "quick": given(args, QUICK_FLAGS),
            "external": str(args.external.resolve()) if args.external else None, "device": args.device}
-    with written_output(args.out, "diagnose", job, "this diagnosis", overwrite=args.overwrite) as out:
+    with written_output(args.out, "diagnose", job, "this diagnosis", overwrite=args.overwrite,
+                        resumes=("pilot", "placement")) as out:  # the pilot and placement units resume
         report = measure(out)
         text = format_report(report)
         _write(out, report, text)

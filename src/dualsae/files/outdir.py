@@ -213,17 +213,20 @@ def verify_files(folder: str | os.PathLike[str], manifest: dict | None, error: t
 
 @contextmanager
 def written_output(folder: str | os.PathLike[str], command: str, job: dict[str, Any], what: str,
-                   overwrite: bool = False) -> Iterator[Path]:
+                   overwrite: bool = False, resumes: Iterable[str] = ()) -> Iterator[Path]:
     """The three steps of the module docstring around a ``with`` block: refuse a foreign folder
     (before the lock file is created in it), hold its lock, claim it (which also checks it is
     writable, before any work), and commit it when the block ends. A block that fails with a
     one-line error leaves no folder that holds only an unfinished manifest (which a corrected rerun
-    would then refuse as another job's)."""
+    would then refuse as another job's). ``resumes``: subfolders of resumable units
+    (:class:`dualsae.files.unit_job.UnitJob`) the block reuses from an earlier run of this job; their
+    files are this run's result too, never removed as stale by :func:`remove_unwritten`."""
 
     check_output(folder, command, job, overwrite=overwrite)
     with output_lock(folder, what):
         path = claim_output(folder, command, job, overwrite=overwrite)
-        before = _file_identities(path)
+        kept = tuple(f"{r.strip('/')}/" for r in resumes)
+        before = {n: i for n, i in _file_identities(path).items() if not n.startswith(kept)}
         try:
             yield path
         except DualSAEError:
