@@ -62,9 +62,14 @@ def top_cosines(u_a: torch.Tensor, u_b: torch.Tensor, k: int, block: int) -> tup
 def _row_tops(u_a: torch.Tensor, u_b: torch.Tensor, rows: np.ndarray, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``ks[q]`` largest cosines of each row ``rows[q]`` of A: (rows [E], cols [E], values [E], tau [Q])."""
     m_b = u_b.shape[0]
-    blk = (u_a[torch.as_tensor(rows)] @ u_b.T).clamp_(-1.0, 1.0)
-    v, i = blk.topk(int(ks.max()), dim=1)
-    v, i = v.numpy(), i.numpy()
+    step = max(1, BLOCK_ENTRIES // max(m_b, 1))
+    vs, is_ = [], []
+    for s in range(0, len(rows), step):
+        blk = (u_a[torch.as_tensor(rows[s : s + step])] @ u_b.T).clamp_(-1.0, 1.0)  # [step, m_B]
+        v, i = blk.topk(int(ks.max()), dim=1)
+        vs.append(v)
+        is_.append(i)
+    v, i = torch.cat(vs).numpy(), torch.cat(is_).numpy()
     keep = np.arange(v.shape[1])[None, :] < ks[:, None]
     tau = np.where(ks < m_b, v[np.arange(len(rows)), np.minimum(ks, v.shape[1]) - 1], -1.0)
     return np.broadcast_to(rows[:, None], v.shape)[keep], i[keep], v[keep], tau
