@@ -66,13 +66,31 @@ def test_planted_permutation_through_the_cli(folders, capsys):
     assert js["decoder"]["thresholds"]["0.9"]["share"] == 1.0 and "activation" not in js
 
 
+def test_sparse_solver_through_the_cli_matches_the_dense_one_and_records_its_certificate(folders, capsys):
+    root, perm = folders
+    out = {}
+    for solver in ("dense", "sparse"):
+        code, _, err = _cli(["compare", str(root / "a"), str(root / "b"), "--data", str(root / "data"), "--out", str(root / solver),
+                             "--solver", solver, "--candidates", "4", "--no-progress"], capsys)
+        assert code == 0, err
+        out[solver] = json.loads((root / solver / "compare.json").read_text())
+    js, dense = out["sparse"], out["dense"]
+    assert js["counterpart"]["b"] == perm.tolist()
+    for block in ("decoder", "encoder", "activation"):
+        assert js[block]["solver"] == "sparse" and "sparse_solver" not in dense[block]
+        assert js[block]["sparse_solver"]["certificate"]["certified"], block
+        assert js[block]["total"] == pytest.approx(dense[block]["total"], abs=1e-6)
+        assert js[block]["thresholds"] == dense[block]["thresholds"]
+    assert js["decoder"]["sparse_solver"]["k"] == 4
+
+
 @pytest.mark.parametrize("args,expected", [
     (["{root}/missing", "{root}/a"], "missing: no such folder"),
     (["{root}/run", "{root}/a"], "holds two SAEs (specific: image and text); name one as"),
     (["{root}/a", "{root}/small"], "has d=8, {root}/a has d=12"),
     (["{root}/a", "{root}/b", "--data", "{root}/narrow"], "embeddings have dimension d=8, but {root}/a expects d=12"),
     (["{root}/a", "{root}/b", "--thresholds", "0.7,high"], "--thresholds must be comma-separated numbers in [0, 1], found '0.7,high'"),
-    (["{root}/a", "{root}/b", "--max-dense", "10"], "above the dense exact solver's limit of 10 (--max-dense)"),
+    (["{root}/a", "{root}/b", "--max-dense", "10", "--solver", "dense"], "above the dense exact solver's limit of 10 (--max-dense)"),
 ])
 def test_bad_inputs_are_one_line_errors_and_write_nothing(folders, capsys, args, expected):
     root, _ = folders

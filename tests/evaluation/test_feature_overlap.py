@@ -96,16 +96,21 @@ def brute_force_max(score: np.ndarray) -> float:
     return max(s[np.arange(s.shape[0]), list(cols)].sum() for cols in itertools.permutations(range(s.shape[1]), s.shape[0]))
 
 
+@pytest.mark.parametrize("solver", ["dense", "sparse"])
 @pytest.mark.parametrize("m_a,m_b", [(6, 6), (5, 7), (7, 4)])
-def test_matching_total_equals_brute_force(m_a, m_b, tmp_path):
+def test_matching_total_equals_brute_force(m_a, m_b, solver, tmp_path):
     a, b = random_sae(8, m_a, 2, seed=m_a), random_sae(8, m_b, 2, seed=10 + m_b)
+    opt = OverlapOptions(solver=solver, candidates=2)  # 2 exact cosines per latent: the sparse path must re-solve
     for w_a, w_b, kind in ((a.W_dec, b.W_dec, "decoder cosine"), (a.W_enc, b.W_enc, "encoder cosine")):
-        match, cos = weight_matching(w_a, w_b, kind, OverlapOptions())
+        match, best = weight_matching(w_a, w_b, kind, opt)
+        cos = cosine_matrix(w_a, w_b)
         assert len(match.a) == min(m_a, m_b) and len(set(match.b.tolist())) == len(match.b)
         assert match.total == pytest.approx(brute_force_max(cos), abs=1e-9)
         assert match.total == pytest.approx(cos[match.a, match.b].sum(), abs=1e-12)
+        np.testing.assert_allclose(best, cos.max(axis=1), atol=1e-12)
     make_store(tmp_path / "s", n=300, d=8)
-    res = compare_saes(a, b, PairedEmbeddings.open(tmp_path / "s"), "text")
+    res = compare_saes(a, b, PairedEmbeddings.open(tmp_path / "s"), "text", opt)
+    assert res.activation.solver == ("sparse" if solver == "sparse" else res.decoder.solver)
     # The correlation matching against brute force on its live block, recomputed here with numpy.
     x = PairedEmbeddings.open(tmp_path / "s").read("text").float()
     za, zb = a.encode(x, dense=True).detach().double().numpy(), b.encode(x, dense=True).detach().double().numpy()
@@ -147,4 +152,64 @@ def test_wrong_width_and_too_large_matrices_are_one_line_errors():
     with pytest.raises(ConfigError, match="d=12.*d=8"):
         compare_saes(random_sae(12, 4, 2, seed=0), random_sae(8, 4, 2, seed=0))
     with pytest.raises(ConfigError, match=r"40 x 50 score matrix .* limit of 100 \(--max-dense\)"):
-        compare_saes(random_sae(8, 40, 2, seed=0), random_sae(8, 50, 2, seed=0), opt=OverlapOptions(max_dense=100))
+        compare_saes(random_sae(8, 40, 2, seed=0), random_sae(8, 50, 2, seed=0), opt=OverlapOptions(max_dense=100, solver="dense"))
+
+
+def assert_same_overlap(sparse, dense, thresholds=(0.7, 0.9)):
+    """The sparse path's totals and shares equal the dense path's, and each sparse matching is certified."""
+    for name in ("decoder", "encoder", "baseline", "activation"):
+        s, d = getattr(sparse, name), getattr(dense, name)
+        if d is None:
+            assert s is None
+            continue
+        assert s.solver == "sparse" and d.solver != "sparse"
+        assert s.total == pytest.approx(d.total, abs=1e-8), name
+        assert len(set(s.b.tolist())) == len(s.b) == len(d.b)
+        for t in thresholds:
+            assert s.count_ge(t) == d.count_ge(t), (name, t)
+        cert = s.summary(thresholds)["sparse_solver"]["certificate"]
+        assert cert["certified"] and cert["max_dual_violation"] <= cert["tolerance"]
+    np.testing.assert_allclose(sparse.best_cos, dense.best_cos, atol=1e-12)
+
+
+@pytest.mark.parametrize("m_a,m_b,d", [(300, 260, 16), (512, 512, 64)])
+def test_sparse_path_equals_dense_on_random_saes(m_a, m_b, d, tmp_path):
+    a, b = random_sae(d, m_a, 4, seed=m_a), random_sae(d, m_b, 4, seed=m_b + 1)
+    make_store(tmp_path / "s", n=400, d=d)
+    rows = PairedEmbeddings.open(tmp_path / "s")
+    dense = compare_saes(a, b, rows, "image", OverlapOptions(solver="dense"))
+    sparse = compare_saes(a, b, rows, "image", OverlapOptions(solver="sparse"))
+    assert_same_overlap(sparse, dense)
+    # m_A x m_B above max_dense: auto takes the sparse path.
+    auto = compare_saes(a, b, opt=OverlapOptions(max_dense=1000, baseline=False))
+    assert auto.decoder.solver == "sparse" and auto.decoder.total == pytest.approx(dense.decoder.total, abs=1e-8)
+    js = sparse.to_json()
+    assert js["decoder"]["sparse_solver"]["listed_final"] < m_a * m_b
+    assert js["activation"]["sparse_solver"]["certificate"]["certified"]
+
+
+def test_sparse_path_recovers_a_planted_permutation():
+    d, m = 32, 400
+    a = random_sae(d, m, 4, seed=3)
+    perm = np.random.default_rng(4).permutation(m)
+    b = permuted_copy(a, perm, noise=0.02)
+    sparse = compare_saes(a, b, opt=OverlapOptions(solver="sparse"))
+    assert sparse.decoder.b.tolist() == perm.tolist() and sparse.encoder.b.tolist() == perm.tolist()
+    assert_same_overlap(sparse, compare_saes(a, b, opt=OverlapOptions(solver="dense")))
+
+
+def test_sparse_path_on_ties():
+    """Rows drawn from 10 directions (exact duplicates): every latent ties with 26-30 others at cosine 1,
+    more than the candidates listed, so the bound tau_i = 1 equals the listed values."""
+    d = 16
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.randn(10, d, generator=g, dtype=torch.float64)
+    a, b = random_sae(d, 300, 4, seed=0), random_sae(d, 260, 4, seed=1)
+    with torch.no_grad():
+        a.W_dec.copy_(dirs[torch.randperm(300, generator=g) % 10])
+        b.W_dec.copy_(dirs[torch.randperm(260, generator=g) % 10])
+    opt = dict(baseline=False)
+    sparse = compare_saes(a, b, opt=OverlapOptions(solver="sparse", candidates=16, **opt))
+    dense = compare_saes(a, b, opt=OverlapOptions(solver="dense", **opt))
+    assert_same_overlap(sparse, dense)
+    assert sparse.decoder.count_ge(0.9) == 260 and sparse.decoder.total == pytest.approx(260.0, abs=1e-9)

@@ -18,10 +18,15 @@ Widths may differ: the matching is rectangular, K = min(m_A, m_B) pairs (live co
 correlation). Shares are taken over the smaller side (``share``: count / min(n_A, n_B)); ``share_of_a``
 and ``share_of_b`` give the count over each side's own latents.
 
-Scale: the score matrices are dense, [m_A, m_B] float64, built in row blocks. Above
-``OverlapOptions.max_dense`` entries the comparison stops with a one-line error; the matrix is built by
-:func:`cosine_matrix` and solved by :func:`match_scores` alone, so a candidate-list (sparse) solver
-can replace the pair later.
+Scale: up to ``OverlapOptions.max_dense`` entries (``solver`` auto or dense) the score matrices are
+dense, [m_A, m_B] float64, built in row blocks (:func:`cosine_matrix`) and solved by
+:func:`match_scores`. Above it (or with ``solver`` sparse) both matchings use ``align``'s certified
+sparse solver (:func:`dualsae.alignment.assignment.match_sparse`) over all pairs: the activation
+correlation exactly as ``align`` does (sparse co-firing statistics, rank-one rest), the cosines on an
+upper-bound problem (each latent's ``candidates`` largest cosines exact, every other pair bounded by
+its row's k-th largest, re-solved until the matching uses exact pairs only:
+:mod:`dualsae.evaluation.sparse_cosine`). Both are exact; each sparse matching's certificate is in
+``compare.json``.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from scipy.special import betainc
 
-from dualsae.alignment.assignment import SOLVERS, match_latents
+from dualsae.alignment.assignment import ALIGN_SOLVERS, match_latents, match_sparse
 from dualsae.alignment.correlation import CoactivationStats
+from dualsae.alignment.sparse_assignment import SparseSolveOptions
 from dualsae.core.errors import ConfigError
+from dualsae.evaluation.sparse_cosine import match_cosine_sparse
 from dualsae.models.encoding import iter_codes
 from dualsae.models.sae import SAE
 from dualsae.store.paired import PairedEmbeddings
@@ -50,8 +57,10 @@ HIST_EDGES = tuple(np.round(np.linspace(-1.0, 1.0, 81), 4).tolist())
 class OverlapOptions:
     """thresholds: matched cosine (or correlation) a shared latent reaches (P&B: 0.7); block: rows of the
     score matrix computed at once; max_dense: the most entries of a dense score matrix (the exact
-    solver's input; 2^26 float64 = 512 MiB, an 8,192 x 8,192 matching); solver: of
-    :func:`dualsae.alignment.assignment.solve_assignment`; batch_size: rows encoded per step;
+    solver's input; 2^26 float64 = 512 MiB, an 8,192 x 8,192 matching); solver: ``auto`` (dense up to
+    max_dense entries, sparse above), ``dense``, ``sparse`` (certified, any size), or a dense one of
+    :func:`dualsae.alignment.assignment.solve_assignment` (``scipy``, ``lapjv``); candidates: exact
+    cosines listed per latent (each side) by the sparse cosine matching; batch_size: rows encoded per step;
     baseline: also match two sets of random directions of the same shapes ([m_A, d], [m_B, d], drawn with
     ``baseline_seed``), the cosine two unrelated SAEs reach in d dims by Hungarian matching alone."""
 
@@ -60,7 +69,10 @@ class OverlapOptions:
     block: int = field(default=4096, metadata={"cli": False})
     max_dense: int = field(default=1 << 26, metadata={"help": "most entries of a dense score matrix the exact solver takes",
                                                       "default": f"{1 << 26:,}"})
-    solver: str = field(default="auto", metadata={"help": "assignment solver (auto = lapjv when lapx is installed)", "choices": SOLVERS})
+    solver: str = field(default="auto", metadata={
+        "help": "assignment solver: auto (dense up to --max-dense entries, certified sparse above), dense (lapjv when lapx is installed, "
+                "else scipy), sparse, scipy or lapjv", "choices": ALIGN_SOLVERS})
+    candidates: int = field(default=32, metadata={"help": "sparse solver: exact cosines listed per latent of each SAE (more: fewer re-solves)"})
     batch_size: int = field(default=4096, metadata={"help": "rows encoded per step for --data"})
     baseline: bool = field(default=True, metadata={
         "help": "skip the reference matching of random directions of the same shapes (one more assignment of the same size)"})
@@ -69,11 +81,21 @@ class OverlapOptions:
     def __post_init__(self) -> None:
         if not self.thresholds or any(not -1.0 <= t <= 1.0 for t in self.thresholds):
             raise ConfigError(f"thresholds must be values in [-1, 1], found {list(self.thresholds)}")
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, found {self.solver!r}")
-        for name in ("block", "max_dense", "batch_size"):
+        if self.solver not in ALIGN_SOLVERS:
+            raise ConfigError(f"solver must be one of {', '.join(ALIGN_SOLVERS)}, found {self.solver!r}")
+        for name in ("block", "max_dense", "batch_size", "candidates"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, found {getattr(self, name)}")
+
+
+def is_sparse(n_a: int, n_b: int, opt: OverlapOptions) -> bool:
+    """Whether an ``n_a x n_b`` matching takes the sparse path (``solver`` sparse, or auto above max_dense)."""
+    return opt.solver == "sparse" or (opt.solver == "auto" and n_a * n_b > opt.max_dense)
+
+
+def dense_solver(solver: str) -> str:
+    """The dense solver name :func:`match_latents` takes (auto / dense: the best installed)."""
+    return "auto" if solver in ("auto", "dense") else solver
 
 
 def check_dense(n_a: int, n_b: int, what: str, max_dense: int) -> None:
@@ -81,7 +103,7 @@ def check_dense(n_a: int, n_b: int, what: str, max_dense: int) -> None:
     if n_a * n_b > max_dense:
         raise ConfigError(f"{what}: the {n_a:,} x {n_b:,} score matrix has {n_a * n_b:,} entries, above the dense exact "
                           f"solver's limit of {max_dense:,} (--max-dense); compare narrower SAEs or raise the limit "
-                          f"(memory {8 * n_a * n_b / 2**30:.1f} GiB); no sparse candidate solver exists yet")
+                          f"(memory {8 * n_a * n_b / 2**30:.1f} GiB), or use --solver auto or sparse")
 
 
 def cosine_matrix(w_a: torch.Tensor, w_b: torch.Tensor, block: int = 4096) -> np.ndarray:
@@ -121,6 +143,7 @@ class OverlapMatch:
     n_b: int
     total: float
     solver: str
+    certificate: dict | None = None  # the sparse solver's info (listed pairs, rounds, certificate); None when dense
 
     def count_ge(self, t: float) -> int:
         return int((self.score >= t).sum())
@@ -131,6 +154,8 @@ class OverlapMatch:
         out: dict[str, Any] = {"kind": self.kind, "matched": len(self.a), "n_a": self.n_a, "n_b": self.n_b,
                                "shares_over": "the smaller side (min(n_a, n_b) latents)", "total": round(self.total, 6),
                                "mean": round(float(self.score.mean()), 6) if len(self.score) else None, "solver": self.solver}
+        if self.certificate is not None:
+            out["sparse_solver"] = self.certificate
         out["thresholds"] = {str(t): {"count": self.count_ge(t), "share": _ratio(self.count_ge(t), small),
                                       "share_of_a": _ratio(self.count_ge(t), self.n_a), "share_of_b": _ratio(self.count_ge(t), self.n_b)}
                              for t in thresholds}
@@ -155,13 +180,18 @@ def match_scores(score: np.ndarray, rows: Any, cols: Any, kind: str, solver: str
 
 
 def weight_matching(w_a: torch.Tensor, w_b: torch.Tensor, kind: str, opt: OverlapOptions) -> tuple[OverlapMatch, np.ndarray]:
-    """Match the rows of ``w_a: [m_A, d]`` and ``w_b: [m_B, d]`` by cosine. Returns the matching and the
-    cosine matrix [m_A, m_B]."""
+    """Match the rows of ``w_a: [m_A, d]`` and ``w_b: [m_B, d]`` by cosine. Returns the matching and
+    ``best_cos: [m_A]``, each A row's largest cosine with any B row (not one-to-one)."""
     if w_a.shape[1] != w_b.shape[1]:
         raise ConfigError(f"{kind}: A has d={w_a.shape[1]}, B has d={w_b.shape[1]}; only SAEs of one embedding space compare")
-    check_dense(w_a.shape[0], w_b.shape[0], kind, opt.max_dense)
+    m_a, m_b = w_a.shape[0], w_b.shape[0]
+    if is_sparse(m_a, m_b, opt):
+        a, b, cos, total, best, info = match_cosine_sparse(w_a, w_b, opt.candidates, opt.block, SparseSolveOptions())
+        return OverlapMatch(kind, a, b, cos, m_a, m_b, total, "sparse", info), best
+    check_dense(m_a, m_b, kind, opt.max_dense)
     cos = cosine_matrix(w_a, w_b, opt.block)
-    return match_scores(cos, np.arange(cos.shape[0]), np.arange(cos.shape[1]), kind, opt.solver), cos
+    best = cos.max(axis=1) if m_b else np.full(m_a, -1.0)
+    return match_scores(cos, np.arange(m_a), np.arange(m_b), kind, dense_solver(opt.solver)), best
 
 
 @torch.no_grad()
@@ -171,8 +201,10 @@ def activation_stats(sae_a: SAE, sae_b: SAE, rows: PairedEmbeddings, modality: s
     side), both on the ``modality`` rows of ``rows``; sparse, streamed in ``opt.batch_size`` chunks."""
     rows.require(modality, "comparing activations")
     rows.require_width(sae_a.d, "SAE A")
-    check_dense(sae_a.m, sae_b.m, "activation correlation", opt.max_dense)
-    stats = CoactivationStats(sae_a.m, sae_b.m, device=device)
+    sparse = is_sparse(sae_a.m, sae_b.m, opt)
+    if not sparse:
+        check_dense(sae_a.m, sae_b.m, "activation correlation", opt.max_dense)
+    stats = CoactivationStats(sae_a.m, sae_b.m, device=device, sparse=sparse)
     kw = dict(batch_size=opt.batch_size, device=device, out_device=None, dtype=None)
     for (_, ca), (_, cb) in zip(iter_codes(sae_a.to(device).eval(), rows, modality, progress=progress, **kw),
                                 iter_codes(sae_b.to(device).eval(), rows, modality, **kw)):
@@ -181,9 +213,14 @@ def activation_stats(sae_a: SAE, sae_b: SAE, rows: PairedEmbeddings, modality: s
 
 
 def activation_matching(stats: CoactivationStats, opt: OverlapOptions) -> OverlapMatch:
-    """Match the live latents of A and B by the correlation of their activations (eq. 5, then eq. 6)."""
+    """Match the live latents of A and B by the correlation of their activations (eq. 5, then eq. 6):
+    densely, or with sparse statistics by ``align``'s certified sparse solver."""
+    kind = "activation correlation"
+    if stats.sparse:
+        mt = match_sparse(stats.sparse_correlation(), SparseSolveOptions())
+        return OverlapMatch(kind, mt.image, mt.text, mt.corr, len(mt.live_image), len(mt.live_text), mt.total, mt.solver, mt.info)
     c, live_a, live_b = stats.correlation()
-    return match_scores(c.cpu().numpy(), live_a.cpu().numpy(), live_b.cpu().numpy(), "activation correlation", opt.solver)
+    return match_scores(c.cpu().numpy(), live_a.cpu().numpy(), live_b.cpu().numpy(), kind, dense_solver(opt.solver))
 
 
 @dataclass
@@ -258,10 +295,9 @@ def compare_saes(sae_a: SAE, sae_b: SAE, rows: PairedEmbeddings | None = None, m
     opt = opt or OverlapOptions()
     if sae_a.d != sae_b.d:
         raise ConfigError(f"SAE A has d={sae_a.d}, SAE B has d={sae_b.d}; only SAEs of one embedding space compare")
-    dec, cos = weight_matching(sae_a.W_dec, sae_b.W_dec, "decoder cosine", opt)
+    dec, best_cos = weight_matching(sae_a.W_dec, sae_b.W_dec, "decoder cosine", opt)
     enc, _ = weight_matching(sae_a.W_enc, sae_b.W_enc, "encoder cosine", opt)
-    result = Overlap(sae_a.d, sae_a.m, sae_b.m, tuple(opt.thresholds), dec, enc, cos.max(axis=1))
-    del cos
+    result = Overlap(sae_a.d, sae_a.m, sae_b.m, tuple(opt.thresholds), dec, enc, best_cos)
     if opt.baseline:
         g = torch.Generator().manual_seed(opt.baseline_seed)
         result.baseline = weight_matching(torch.randn(sae_a.m, sae_a.d, generator=g, dtype=torch.float64),
@@ -280,4 +316,4 @@ def compare_saes(sae_a: SAE, sae_b: SAE, rows: PairedEmbeddings | None = None, m
 
 
 __all__ = ["OVERLAP_FORMAT", "Overlap", "OverlapMatch", "OverlapOptions", "activation_matching", "activation_stats",
-           "chance_share", "check_dense", "compare_saes", "cosine_matrix", "match_scores", "weight_matching"]
+           "chance_share", "check_dense", "compare_saes", "cosine_matrix", "dense_solver", "is_sparse", "match_scores", "weight_matching"]
