@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from dualsae.core.codes import SparseCodes
+from dualsae.files.atomic import write_json
 from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE, SAEConfig
 from dualsae.store.paired import write_store
@@ -68,6 +69,15 @@ def brute_force_monosemanticity(acts: np.ndarray, ext: np.ndarray) -> np.ndarray
         if w.sum() > 0:
             out[j] = (w * s[iu]).sum() / w.sum()
     return out
+
+
+def make_specific_run(folder, d=8):
+    """A run folder of a random specific pair (24 latents, k 3 per modality) as eval and its tasks open it."""
+    folder.mkdir(parents=True)
+    write_json(folder / "config.json", {"train": {"method": "specific"}})
+    random_sae(d, 24, 3, seed=1).save(folder / "image")
+    random_sae(d, 24, 3, seed=2).save(folder / "text")
+    return folder
 
 
 def make_zeroshot_store(folder, d=8, seed=1):

@@ -16,8 +16,7 @@ from dualsae.cli import main
 from dualsae.evaluation.eval_table import markdown_table, table_rows, text_table
 from dualsae.evaluation.metrics.concept_steering import random_ranking, ranked_ap_rr
 from dualsae.evaluation.metrics.retrieval import RetrievalProtocol, chance_recall
-from dualsae.files.atomic import write_json
-from tests.metrics_helpers import make_category_store, random_sae
+from tests.metrics_helpers import make_category_store, make_specific_run
 
 
 def test_chance_recall_equals_the_share_of_orderings_with_a_hit():
@@ -62,16 +61,8 @@ def test_table_rows_hold_model_raw_and_baseline():
     assert "| zeroshot | mean per class ↑ | 0.4300 | 0.4800 | 0.3333 | majority class |" in md
 
 
-def _model(folder, d=8):
-    folder.mkdir(parents=True)
-    write_json(folder / "config.json", {"train": {"method": "specific"}})
-    random_sae(d, 24, 3, seed=1).save(folder / "image")
-    random_sae(d, 24, 3, seed=2).save(folder / "text")
-    return folder
-
-
 def test_eval_prints_the_table_and_writes_metrics_md(tmp_path, capsys):
-    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
+    data, model = make_category_store(tmp_path / "data"), make_specific_run(tmp_path / "run")
     out = tmp_path / "e"
     assert main(["eval", str(model), "--data", str(data), "--out", str(out), "--label-field", "category", "--concept-field", "category",
                  "--sources", "5", "--negatives", "20", "--no-progress"]) == 0
@@ -87,7 +78,7 @@ def test_eval_prints_the_table_and_writes_metrics_md(tmp_path, capsys):
 
 
 def test_misspelt_label_field_is_an_error_listing_the_fields(tmp_path, capsys):
-    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
+    data, model = make_category_store(tmp_path / "data"), make_specific_run(tmp_path / "run")
     out = tmp_path / "e"
     assert main(["eval", str(model), "--data", str(data), "--out", str(out), "--label-field", "categroy", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

@@ -11,21 +11,12 @@ from dualsae.cli import main
 from dualsae.core.errors import ConfigError, DataError
 from dualsae.evaluation.metrics.retrieval import cross_modal_retrieval
 from dualsae.evaluation.tasks import EvalOptions, evaluate, parse_tasks
-from dualsae.files.atomic import write_json
 from dualsae.store.paired import PairedEmbeddings
-from tests.metrics_helpers import brute_force_monosemanticity, dense_codes, make_category_store, make_zeroshot_store, random_sae
-
-
-def _model(folder, d=8):
-    folder.mkdir(parents=True)
-    write_json(folder / "config.json", {"train": {"method": "specific"}})
-    random_sae(d, 24, 3, seed=1).save(folder / "image")
-    random_sae(d, 24, 3, seed=2).save(folder / "text")
-    return folder
+from tests.metrics_helpers import brute_force_monosemanticity, dense_codes, make_category_store, make_specific_run, make_zeroshot_store
 
 
 def test_eval_skips_tasks_without_inputs(tmp_path, capsys):
-    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
+    data, model = make_category_store(tmp_path / "data"), make_specific_run(tmp_path / "run")
     out = tmp_path / "m" / "metrics.json"
     rc = main(["eval", str(model), "--data", str(data), "--out", str(out.parent), "--no-progress"])
     assert rc == 0
@@ -42,7 +33,7 @@ def test_eval_skips_tasks_without_inputs(tmp_path, capsys):
 
 
 def test_eval_all_tasks_agree_with_library(tmp_path, capsys):
-    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
+    data, model = make_category_store(tmp_path / "data"), make_specific_run(tmp_path / "run")
     ext = make_category_store(tmp_path / "ext", d=5, seed=9)  # another "encoder" of the same 120 rows
     zs = make_zeroshot_store(tmp_path / "zs")
     out = tmp_path / "ev" / "metrics.json"
@@ -76,7 +67,7 @@ def test_eval_external_encoder_of_other_widths(tmp_path):
     accepted, and each modality's scores equal the O(N^2) definition against its own encoder."""
     from dualsae.models.load import load_model
 
-    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
+    data, model = make_category_store(tmp_path / "data"), make_specific_run(tmp_path / "run")
     rng = np.random.default_rng(4)
     ext = tmp_path / "ext"
     ext.mkdir()
@@ -105,7 +96,7 @@ def test_eval_external_encoder_of_other_widths(tmp_path):
 
 
 def test_eval_errors(tmp_path, capsys):
-    data, model = make_category_store(tmp_path / "data"), _model(tmp_path / "run")
+    data, model = make_category_store(tmp_path / "data"), make_specific_run(tmp_path / "run")
     bad_ext = make_category_store(tmp_path / "ext", n=50)
     rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "recon,nope"])
     assert rc == 2 and "unknown task(s) ['nope']" in capsys.readouterr().err
@@ -119,6 +110,6 @@ def test_eval_errors(tmp_path, capsys):
 
 
 def test_eval_rejects_wrong_dimension(tmp_path, capsys):
-    data, model = make_category_store(tmp_path / "data", d=6), _model(tmp_path / "run", d=8)
+    data, model = make_category_store(tmp_path / "data", d=6), make_specific_run(tmp_path / "run", d=8)
     rc = main(["eval", str(model), "--data", str(data), "--out", str(tmp_path / "m"), "--tasks", "recon", "--no-progress"])
     assert rc == 2 and "embeddings have dimension d=6, but the model's image SAE (data store) expects d=8" in capsys.readouterr().err
