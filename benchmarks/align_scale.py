@@ -148,6 +148,7 @@ def align_stages(pair, store, stats_mode: str, solver: str, folder: Path, rss: P
     out["total"] = report.get("total_matched_correlation")
     out["live"] = report.get("live")
     out["statistics_kind"] = report.get("statistics", "dense")
+    out["solver_breakdown"] = {k: details[k] for k in ("rounds", "candidates_initial", "candidates_final", "timing", "round_solvers") if k in details}
     del stats, result
     return out
 
@@ -165,6 +166,8 @@ def print_cell(n: int, m: int, path: str, res: dict) -> None:
                        ((k, res[k]) for k in ("statistics", "assignment", "permutation+save")))
     print(f"  N={n:>9,} m={m:>7,} {path:<6} [{res['statistics_kind']} stats, solver {res['solver']}] {stages}  "
           f"certificate {cert_s}  total {res['total']:.4f}  live {res['live']}", flush=True)
+    if res.get("solver_breakdown"):
+        print(f"    sparse solver: {json.dumps(res['solver_breakdown'])}", flush=True)
 
 
 def main() -> None:

@@ -354,3 +354,23 @@ def test_align_command(tmp_path, capsys):
     lonely = write_store(tmp_path / "lonely", x.numpy(), None)
     assert main(["align", str(run), "--data", str(lonely), "--out", str(tmp_path / "o3")]) == 2
     assert "text.npy" in capsys.readouterr().err
+
+
+def test_tiled_statistics_encode_once_and_equal_one_pass(monkeypatch):
+    """tiles > 1 encodes the store once (codes kept between tiles) and gives the one-pass statistics."""
+    import dualsae.alignment.correlation as corr
+
+    pair, _, x, y = _planted_pair(seed=3, d=32, m=64)
+    store = PairedEmbeddings(x.numpy(), y.numpy())
+    one = coactivation_correlation(pair, store, batch_size=500, progress=False, stats="sparse")
+    calls = []
+    real = corr.iter_codes
+    monkeypatch.setattr(corr, "iter_codes", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    tiled = coactivation_correlation(pair, store, batch_size=500, progress=False, stats="sparse", tiles=3)
+    assert sorted(calls) == ["image", "text"], "one encoding pass per modality, whatever the number of tiles"
+    k1, s1, c1 = one.pairs.entries()
+    k3, s3, c3 = tiled.pairs.entries()
+    assert torch.equal(k1, k3) and torch.equal(c1, c3)
+    torch.testing.assert_close(s1, s3, rtol=1e-13, atol=0)
+    for name in ("sum_i", "sumsq_i", "fired_i", "sum_t", "sumsq_t", "fired_t"):
+        torch.testing.assert_close(getattr(one, name), getattr(tiled, name), rtol=0, atol=0)

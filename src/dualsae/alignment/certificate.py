@@ -31,6 +31,7 @@ import torch
 
 from dualsae.alignment.sparse_correlation import SparseCorrelation
 from dualsae.core.errors import DataError
+from dualsae.core.sorting import argsort_stable, rank_in_runs
 
 # Reduced costs are sums of O(1) float64 terms along alternating paths: 1e-9 is far above their rounding.
 CERTIFICATE_TOL = 1e-9
@@ -39,13 +40,15 @@ RELAX_EPS = 1e-13
 
 
 def dual_potentials(n_t: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, match: np.ndarray,
-                    max_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                    max_rounds: int | None = None, init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Duals (u [n_I], v [n_T]) of a matching optimal on the candidate edges.
 
     rows, cols, vals: [E] candidate edges (live positions, exact c); match: [n_I] column of each row
     (every row matched, n_I <= n_T; the matched edges must be among the candidates). Returns
     ``(u, v, rounds)``; raises DataError when the relaxation does not converge (M not optimal on the
-    candidates: a negative cycle).
+    candidates: a negative cycle). init: [n_T] starting labels (e.g. the previous round's v, >= 0): the
+    relaxation only lowers labels and stops at *a* fixed point, which satisfies every arc, so any finite
+    start gives valid duals; a near-feasible one needs fewer rounds.
     """
     n_i = len(match)
     matched_val = np.full(n_i, np.nan)
@@ -60,8 +63,8 @@ def dual_potentials(n_t: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarr
     free[match] = False
     src_t, dst_t, len_t = torch.from_numpy(src), torch.from_numpy(dst), torch.from_numpy(length)
     free_t = torch.from_numpy(free)
-    dist = torch.zeros(n_t, dtype=torch.float64)
-    z = 0.0
+    dist = torch.zeros(n_t, dtype=torch.float64) if init is None else torch.from_numpy(np.array(init, dtype=np.float64))
+    z = float(dist.min()) if init is not None and n_t else 0.0
     limit = max_rounds if max_rounds is not None else n_t + 2
     for rounds in range(1, limit + 1):
         new = dist.scatter_reduce(0, dst_t, dist[src_t] + len_t, reduce="amin", include_self=True)
@@ -168,11 +171,9 @@ def _cat(xs: list[np.ndarray]) -> np.ndarray:
 
 def _most_violating(rows: np.ndarray, r: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` most negative ``r`` of each row (rows: [Q] row of each entry)."""
-    by_r = np.argsort(r, kind="stable")
-    order = by_r[np.argsort(rows[by_r], kind="stable")]
-    rs = rows[order]
-    first = np.searchsorted(rs, rs)  # start of each entry's row run
-    return order[(np.arange(len(rs)) - first) < k]
+    by_r = argsort_stable(r)
+    order = by_r[argsort_stable(rows[by_r])]
+    return order[rank_in_runs(rows[order]) < k]
 
 
 __all__ = ["CERTIFICATE_TOL", "blocked_rank_one_min", "check_all_pairs", "dual_potentials", "lower_envelope"]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dualsae.core.errors import CheckpointError
+from dualsae.core.sorting import argsort_stable
 from dualsae.files.atomic import save_tensors
 
 SPARSE_CORRELATION_FORMAT = "dualsae.correlation/2"
@@ -96,7 +97,7 @@ class SparseCorrelation:
 
     def transposed(self) -> "SparseCorrelation":
         """C^T as a SparseCorrelation (image and text roles swapped)."""
-        order = np.argsort(self.cols * self.shape[0] + self.rows)
+        order = argsort_stable(self.cols * self.shape[0] + self.rows)
         return SparseCorrelation(self.live_text, self.live_image, self.b, self.a, self.cols[order], self.rows[order],
                                  self.values[order], self.counts[order])
 
