@@ -173,8 +173,9 @@ def chunk_cross_sums(vi: torch.Tensor, ii: torch.Tensor, ai: torch.Tensor, vt: t
         full = sums.data[order]  # same operand patterns: the same storage order, nothing cancelled
     else:  # scipy drops entries that summed to exactly 0 (signed codes): place the rest by key
         ks = _entries(sums, m_text)
+        by_key = argsort_stable(ks)
         full = np.zeros(len(keys))
-        full[np.searchsorted(keys[order], ks[argsort_stable(ks)])] = sums.data[argsort_stable(ks)]
+        full[np.searchsorted(keys[order], ks[by_key])] = sums.data[by_key]
     return torch.from_numpy(keys[order]), torch.from_numpy(full), torch.from_numpy(np.rint(counts.data[order]).astype(np.int32))
 
 
