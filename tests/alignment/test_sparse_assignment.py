@@ -160,7 +160,9 @@ def test_nearly_square_problems_are_padded_wide_ones_stay_rectangular(shape):
     case reaches the dense optimum, over several rounds."""
     c = np.random.default_rng(shape[0] + shape[1]).uniform(-1, 1, shape)
     sc = SparseCorrelation.from_dense(c, np.arange(shape[0]), np.arange(shape[1]))
-    backend = "lapmod" if shape[1] - shape[0] in (2, -2) and _has_lap() else "auto"
+    from dualsae.alignment.sparse_assignment import _lapmod_available
+
+    backend = "lapmod" if shape[1] - shape[0] in (2, -2) and _lapmod_available() else "auto"
     info = _check_against_dense(sc, SparseSolveOptions(top_k=1, rank_one_cols=0, backend=backend))
     assert info["rounds"] >= 2
     if min(shape) == 100:
@@ -168,14 +170,6 @@ def test_nearly_square_problems_are_padded_wide_ones_stay_rectangular(shape):
         from dualsae.core.errors import ConfigError
         with pytest.raises(ConfigError, match="square"):
             solve_sparse(sc, SparseSolveOptions(backend="lapmod"))
-
-
-def _has_lap() -> bool:
-    try:
-        import lap  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_dual_potentials_from_a_warm_start_are_feasible():

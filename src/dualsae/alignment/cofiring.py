@@ -17,8 +17,9 @@ instead of 24 per product (benchmarks/cofiring_reduce.py).
 Memory: 20 bytes per distinct co-firing pair in the run (8 key + 8 sum + 4 count); a merge holds the
 old and the new run (40 bytes a pair) plus the chunk's reduced pairs (at most a quarter of the run) and
 its codes (16 bytes per active code). ``image_block = (lo, hi)`` keeps only the pairs of image latents in ``[lo, hi)``: a tile.
-When all pairs do not fit, :func:`dualsae.alignment.correlation.coactivation_correlation` streams
-the store once per tile (exact; cost grows with the number of tiles, memory does not).
+When all pairs do not fit, :func:`dualsae.alignment.correlation.coactivation_correlation` accumulates
+one tile at a time from codes it encoded once (exact; cost grows with the number of tiles' sums, memory
+does not).
 """
 
 from __future__ import annotations
@@ -142,13 +143,17 @@ class CofiringSums:
         return k.numel() * 8 + s.numel() * 8 + c.numel() * 4
 
 
-def _csr_by_row(v: torch.Tensor, i: torch.Tensor, active: torch.Tensor, m: int, ones: bool) -> csr_matrix:
-    """Codes [rows, k] as a scipy CSR [rows, m] of their active entries (values, or 1 where ``ones``)."""
+def _csr_by_row(v: torch.Tensor, i: torch.Tensor, active: torch.Tensor, m: int) -> csr_matrix:
+    """Codes [rows, k] as a scipy CSR [rows, m] of their active entries."""
     per_row = active.sum(1).numpy()
     indptr = np.zeros(len(per_row) + 1, dtype=np.int64)
     np.cumsum(per_row, out=indptr[1:])
-    data = np.ones(int(indptr[-1])) if ones else v[active].numpy()
-    return csr_matrix((data, i[active].numpy(), indptr), shape=(len(per_row), m))
+    return csr_matrix((v[active].numpy(), i[active].numpy(), indptr), shape=(len(per_row), m))
+
+
+def _indicator(c: csr_matrix) -> csr_matrix:
+    """1 at every stored entry of c (active codes are non-zero), sharing c's index arrays."""
+    return csr_matrix((np.ones(c.nnz), c.indices, c.indptr), shape=c.shape)
 
 
 def _entries(c: csr_matrix, m_text: int) -> np.ndarray:
@@ -165,8 +170,10 @@ def chunk_cross_sums(vi: torch.Tensor, ii: torch.Tensor, ai: torch.Tensor, vt: t
     sums [U] float64, counts [U] int32). The pattern is the counts' (pairs that co-fire), so a pair whose
     signed products cancel to 0 is kept with S_ij = 0, as the dense accumulator has it.
     """
-    counts = _csr_by_row(vi, ii, ai, m_image, ones=True).T.tocsr() @ _csr_by_row(vt, it, at, m_text, ones=True)  # [m_I, m_T]
-    sums = _csr_by_row(vi, ii, ai, m_image, ones=False).T.tocsr() @ _csr_by_row(vt, it, at, m_text, ones=False)
+    zi_t = _csr_by_row(vi, ii, ai, m_image).T.tocsr()  # [m_I, rows]
+    zt = _csr_by_row(vt, it, at, m_text)  # [rows, m_T]
+    counts = _indicator(zi_t) @ _indicator(zt)  # [m_I, m_T]
+    sums = zi_t @ zt
     keys = _entries(counts, m_text)
     order = argsort_stable(keys)  # one parallel sort instead of scipy's per-row sort_indices
     if sums.nnz == counts.nnz and np.array_equal(sums.indptr, counts.indptr) and np.array_equal(sums.indices, counts.indices):
