@@ -48,7 +48,7 @@ import torch
 
 from dualsae import align, load
 from dualsae.alignment import assignment as assignment_module
-from dualsae.alignment.correlation import coactivation_correlation
+from dualsae.alignment.coactivation import coactivation_correlation
 from dualsae.store.generator import SynthConfig, write_synthetic
 from dualsae.store.paired import open_store
 from dualsae.training.config import TrainConfig
@@ -134,7 +134,9 @@ def align_stages(pair, store, stats_mode: str, solver: str, folder: Path, rss: P
     out["statistics"] = (time.perf_counter() - t0, rss.read())
     rss.reset()
     t0 = time.perf_counter()
-    result = align(pair, stats=stats, solver=solver, progress=False)
+    extra = {"release_stats": True} if _supported(align, "release_stats") else {}
+    result = align(pair, stats=stats, solver=solver, progress=False, **extra)
+    del stats
     out["assignment"] = (time.perf_counter() - t0, rss.read())
     rss.reset()
     t0 = time.perf_counter()
@@ -148,8 +150,8 @@ def align_stages(pair, store, stats_mode: str, solver: str, folder: Path, rss: P
     out["total"] = report.get("total_matched_correlation")
     out["live"] = report.get("live")
     out["statistics_kind"] = report.get("statistics", "dense")
-    out["solver_breakdown"] = {k: details[k] for k in ("rounds", "candidates_initial", "candidates_final", "timing", "round_solvers") if k in details}
-    del stats, result
+    out["solver_breakdown"] = {k: details[k] for k in ("rounds", "candidates_initial", "candidates_final", "timing", "round_solvers", "relaxation_rounds", "relaxation_rounds_by_round") if k in details}
+    del result
     return out
 
 

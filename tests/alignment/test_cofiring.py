@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from dualsae.alignment.coactivation import stats_from_codes
 from dualsae.alignment.cofiring import CofiringSums
-from dualsae.alignment.correlation import CoactivationStats, load_correlation, load_sparse_correlation, stats_from_codes
+from dualsae.alignment.correlation import CoactivationStats, load_correlation, load_sparse_correlation
 from dualsae.alignment.sparse_correlation import SparseCorrelation, save_sparse_correlation
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import CheckpointError

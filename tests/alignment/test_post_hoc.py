@@ -11,11 +11,8 @@ import pytest
 import torch
 
 from dualsae.alignment.assignment import match_latents, solve_assignment
-from dualsae.alignment.correlation import (
-    CoactivationStats,
-    coactivation_correlation,
-    load_correlation,
-)
+from dualsae.alignment.coactivation import coactivation_correlation
+from dualsae.alignment.correlation import CoactivationStats, load_correlation
 from dualsae.alignment.permutation import build_permutation, permute_sae
 from dualsae.alignment.post_hoc import align
 from dualsae.core.codes import SparseCodes
@@ -358,7 +355,7 @@ def test_align_command(tmp_path, capsys):
 
 def test_tiled_statistics_encode_once_and_equal_one_pass(monkeypatch):
     """tiles > 1 encodes the store once (codes kept between tiles) and gives the one-pass statistics."""
-    import dualsae.alignment.correlation as corr
+    import dualsae.alignment.coactivation as corr
 
     pair, _, x, y = _planted_pair(seed=3, d=32, m=64)
     store = PairedEmbeddings(x.numpy(), y.numpy())
@@ -374,3 +371,41 @@ def test_tiled_statistics_encode_once_and_equal_one_pass(monkeypatch):
     torch.testing.assert_close(s1, s3, rtol=1e-13, atol=0)
     for name in ("sum_i", "sumsq_i", "fired_i", "sum_t", "sumsq_t", "fired_t"):
         torch.testing.assert_close(getattr(one, name), getattr(tiled, name), rtol=0, atol=0)
+
+
+def test_align_with_confidence_encodes_the_store_once(monkeypatch):
+    """align with match confidence encodes each modality once (statistics and confidence share the codes) and
+    gives the matching, correlations and support of the two-pass path; the tiled statistics from held codes
+    equal the one-pass ones."""
+    import dualsae.alignment.coactivation as coact
+    import dualsae.alignment.confidence as confmod
+    from dualsae.alignment.coactivation import encode_store, stats_from_codes
+    from dualsae.alignment.confidence import ConfidenceOptions
+
+    pair, _, x, y = _planted_pair(seed=4, d=32, m=64)
+    store = PairedEmbeddings(x.numpy(), y.numpy())
+    opts = ConfidenceOptions(shuffles=20)
+    calls = []
+    real = coact.encode_rows
+    monkeypatch.setattr(coact, "encode_rows", lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    once = align(pair, store, batch_size=300, progress=False, confidence=opts, stats_mode="sparse", solver="sparse")
+    assert sorted(calls) == ["image", "text"], "one encoding per modality for statistics and confidence"
+    monkeypatch.undo()
+    stats = coactivation_correlation(pair, store, batch_size=300, progress=False, stats="sparse")
+    twice = align(pair, store, stats=stats, batch_size=300, progress=False, confidence=opts, solver="sparse")
+    assert once.report["permutation"] == twice.report["permutation"]
+    assert once.report["total_matched_correlation"] == pytest.approx(twice.report["total_matched_correlation"], abs=1e-12)
+    assert once.report["matched"]["support"] == twice.report["matched"]["support"]
+    assert once.report["matched"]["null_threshold"] == twice.report["matched"]["null_threshold"]
+    assert once.report["solver_details"]["cofiring_pairs"] == len(stats.pairs)
+    codes = encode_store(pair, store, batch_size=300)
+    tiled = stats_from_codes(*codes, batch_size=300, sparse=True, tiles=3)
+    k1, s1, c1 = stats.pairs.entries()
+    k3, s3, c3 = tiled.pairs.entries()
+    assert torch.equal(k1, k3) and torch.equal(c1, c3)
+    torch.testing.assert_close(s1, s3, rtol=1e-13, atol=0)
+    assert confmod.encode_store is coact.encode_store
+    # release_stats: the caller's co-firing sums are freed once the sparse C holds them; the result is the same
+    freed = align(pair, stats=stats, progress=False, solver="sparse", release_stats=True)
+    assert stats.pairs is None and freed.report["permutation"] == twice.report["permutation"]
+    assert freed.report["solver_details"]["cofiring_pairs"] == len(k1)

@@ -10,7 +10,7 @@ import torch
 
 from dualsae.alignment.assignment import match_sparse, solve_assignment
 from dualsae.alignment.certificate import blocked_rank_one_min, check_all_pairs, dual_potentials, lower_envelope
-from dualsae.alignment.correlation import stats_from_codes
+from dualsae.alignment.coactivation import stats_from_codes
 from dualsae.alignment.sparse_assignment import SparseSolveOptions, solve_sparse
 from dualsae.alignment.sparse_correlation import SparseCorrelation
 from dualsae.core.codes import SparseCodes
@@ -91,7 +91,7 @@ def test_trained_sae_correlation(emoji):
     rows = emoji.split("train")
     cfg = TrainConfig.from_preset("real", method="specific", latents=512, k=16, batch_size=512, epochs=1, lr=2e-3)
     pair = train(rows, cfg, progress=False)
-    from dualsae.alignment.correlation import coactivation_correlation
+    from dualsae.alignment.coactivation import coactivation_correlation
 
     stats = coactivation_correlation(pair, rows, progress=False, stats="sparse")
     sc = stats.sparse_correlation()
@@ -218,3 +218,37 @@ def test_a_wrong_lapmod_matching_is_resolved_by_scipy(monkeypatch):
     c = np.random.default_rng(6).uniform(-1, 1, (60, 60))
     info = _check_against_dense(SparseCorrelation.from_dense(c, np.arange(60), np.arange(60)), SparseSolveOptions(backend="lapmod"))
     assert info["round_solvers"][0] == "scipy (after lapmod)"
+
+
+def test_dual_potentials_are_the_shortest_path_labels():
+    """The frontier relaxation (only moved nodes' arcs each round) ends at the same labels as textbook
+    Bellman-Ford over every arc: v_j = min(0, shortest path to j) in the residual graph with the
+    reference node (j -> z, z -> free column, length 0), on a sparse rectangular instance."""
+    rng = np.random.default_rng(11)
+    n_i, n_t = 60, 80
+    c = rng.uniform(-1, 1, (n_i, n_t))
+    keep = rng.random((n_i, n_t)) < 0.2
+    keep[np.arange(n_i), np.arange(n_i)] = True
+    cr, cc = np.nonzero(keep)
+    sc = SparseCorrelation.from_dense(np.where(keep, c, -5.0), np.arange(n_i), np.arange(n_t))
+    rows, cols, _, _ = solve_sparse(sc, SparseSolveOptions(backend="scipy", rank_one_cols=0))
+    match = np.empty(n_i, dtype=np.int64)
+    match[rows] = cols
+    assert keep[np.arange(n_i), match].all()
+    u, v, _ = dual_potentials(n_t, cr, cc, c[cr, cc], match)
+    # reference: node n_t is z; every label starts at 0 (the all-zero start of dual_potentials)
+    mv = c[np.arange(n_i), match]
+    arcs = [(int(j), int(match[i]), float(mv[i] - c[i, j])) for i, j in zip(cr, cc) if j != match[i]]
+    arcs += [(j, n_t, 0.0) for j in range(n_t)] + [(n_t, j, 0.0) for j in np.setdiff1d(np.arange(n_t), match)]
+    d = [0.0] * (n_t + 1)
+    for _ in range(n_t + 2):
+        changed = False
+        for s, t, w in arcs:
+            if d[s] + w < d[t] - 1e-15:
+                d[t], changed = d[s] + w, True
+        if not changed:
+            break
+    ref_v = np.asarray(d[:n_t]) - d[n_t]
+    assert ref_v.max() > 0.1 and (ref_v > 1e-9).sum() > n_i // 2  # non-trivial labels
+    np.testing.assert_allclose(v, ref_v, atol=1e-12)
+    np.testing.assert_allclose(u, mv - ref_v[match], atol=1e-12)

@@ -151,7 +151,7 @@ def test_analyze_commands(tmp_path, capsys):
 def test_sparse_heterogeneity_equals_dense(signed):
     """Fig. 2 from a sparse C (co-firing pairs with c >= 0, rank-one rest only where signs allow c >= 0)
     equals the dense path on the same C: counts exactly, means and quartiles to float32 rounding."""
-    from dualsae.alignment.correlation import stats_from_codes
+    from dualsae.alignment.coactivation import stats_from_codes
     from dualsae.core.codes import SparseCodes
 
     gen = torch.Generator().manual_seed(1 + signed)

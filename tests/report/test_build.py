@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualsae.alignment.correlation import stats_from_codes
+from dualsae.alignment.coactivation import stats_from_codes
 from dualsae.cli import main
 from dualsae.core.codes import SparseCodes
 from dualsae.evaluation.top_rows import collapse_captions

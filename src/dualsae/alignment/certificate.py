@@ -13,8 +13,9 @@ Duals (:func:`dual_potentials`): for an optimal matching of the candidate graph,
 shortest-path distance in its residual graph over column nodes (arc ``j -> M(i)`` of length
 ``c_{i,M(i)} - c_ij`` for every candidate (i, j); a reference node z with ``j -> z`` and
 ``z -> free column`` arcs of length 0 encodes ``v >= 0 = v_free``), by vectorised Bellman-Ford
-relaxation from all nodes at 0. An improving alternating path would be a negative cycle, so the
-relaxation converges exactly when M is optimal on the candidates; ``u_i = c_{i,M(i)} - v_{M(i)}``.
+relaxation from all nodes at 0 (or a warm start), each round relaxing only the arcs of the nodes whose
+label moved since their arcs were last relaxed. An improving alternating path would be a negative cycle,
+so the relaxation converges exactly when M is optimal on the candidates; ``u_i = c_{i,M(i)} - v_{M(i)}``.
 
 Check (:func:`check_all_pairs`): co-firing pairs by their exact c; every other pair has
 ``c_ij = -a_i b_j`` (rank one), so per row ``min_j r_ij >= u_i + min_j (v_j + a_i b_j)``, a lower
@@ -59,22 +60,34 @@ def dual_potentials(n_t: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarr
     off = ~on_match
     src, dst = cols[off], match[rows[off]]
     length = matched_val[rows[off]] - vals[off]
+    by_src = argsort_stable(src)  # arcs grouped by source: a round relaxes only the arcs of nodes that moved
+    src_t, dst_t, len_t = (torch.from_numpy(np.ascontiguousarray(x[by_src])) for x in (src, dst, length))
+    starts = torch.from_numpy(np.searchsorted(src[by_src], np.arange(n_t + 1)))
     free = np.ones(n_t, dtype=bool)
     free[match] = False
-    src_t, dst_t, len_t = torch.from_numpy(src), torch.from_numpy(dst), torch.from_numpy(length)
-    free_t = torch.from_numpy(free)
+    free_t = torch.from_numpy(np.flatnonzero(free))
     dist = torch.zeros(n_t, dtype=torch.float64) if init is None else torch.from_numpy(np.array(init, dtype=np.float64))
     z = float(dist.min()) if init is not None and n_t else 0.0
+    # pushed[j]: the label j's arcs were last relaxed from. A node is relaxed again only once its label has
+    # dropped more than RELAX_EPS below it, so at the end every arc j -> k has
+    # d_k <= pushed_j + len <= d_j + RELAX_EPS + len: reduced costs >= -RELAX_EPS (<< CERTIFICATE_TOL), as a
+    # full Jacobi round would leave them, at the cost of the arcs of the moving nodes only (most settle early).
+    pushed = torch.full((n_t,), float("inf"), dtype=torch.float64)
     limit = max_rounds if max_rounds is not None else n_t + 2
     for rounds in range(1, limit + 1):
-        new = dist.scatter_reduce(0, dst_t, dist[src_t] + len_t, reduce="amin", include_self=True)
-        z_new = min(z, float(new.min()))
-        new[free_t] = new[free_t].clamp_max(z_new)
-        # Converged when nothing improves by more than RELAX_EPS: every arc's reduced cost is then >= -RELAX_EPS
-        # (<< CERTIFICATE_TOL). An exact-equality test never ends when ties leave a cycle of length -1 ulp.
-        if z - z_new <= RELAX_EPS and float((dist - new).max()) <= RELAX_EPS:
+        act = torch.nonzero(pushed - dist > RELAX_EPS).flatten()
+        if len(act) == 0:
             break
-        dist, z = new, z_new
+        pushed[act] = dist[act]
+        s0, cnt = starts[act], starts[act + 1] - starts[act]
+        total = int(cnt.sum())
+        if total:
+            # the arcs of the active nodes: arange(total) shifted, per node, from its run to its CSR start
+            arc = torch.arange(total) + torch.repeat_interleave(s0 - (torch.cumsum(cnt, 0) - cnt), cnt)
+            dist.scatter_reduce_(0, dst_t[arc], dist[src_t[arc]] + len_t[arc], reduce="amin", include_self=True)
+        z = min(z, float(dist.min()))  # the reference node: j -> z (length 0) for every j
+        if len(free_t):
+            dist[free_t] = dist[free_t].clamp_max(z)  # z -> free column (length 0): v_free = 0 is the floor
     else:
         raise DataError(f"dual potentials did not converge in {limit} relaxation rounds: the matching is not optimal on its candidates")
     v = dist.numpy() - z

@@ -17,7 +17,7 @@ instead of 24 per product (benchmarks/cofiring_reduce.py).
 Memory: 20 bytes per distinct co-firing pair in the run (8 key + 8 sum + 4 count); a merge holds the
 old and the new run (40 bytes a pair) plus the chunk's reduced pairs (at most a quarter of the run) and
 its codes (16 bytes per active code). ``image_block = (lo, hi)`` keeps only the pairs of image latents in ``[lo, hi)``: a tile.
-When all pairs do not fit, :func:`dualsae.alignment.correlation.coactivation_correlation` accumulates
+When all pairs do not fit, :func:`dualsae.alignment.coactivation.coactivation_correlation` accumulates
 one tile at a time from codes it encoded once (exact; cost grows with the number of tiles' sums, memory
 does not).
 """

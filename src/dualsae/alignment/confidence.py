@@ -36,9 +36,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from dualsae.alignment.coactivation import encode_store
 from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import ConfigError
-from dualsae.models.encoding import encode_rows
 from dualsae.store.paired import PairedEmbeddings
 
 
@@ -79,16 +79,6 @@ class MatchConfidence:
     support: np.ndarray
     null_threshold: np.ndarray
     options: ConfidenceOptions
-
-
-# ---------------------------------------------------------------------------- codes
-@torch.no_grad()
-def encode_all(pair, store: PairedEmbeddings, batch_size: int = 4096, device: str | torch.device = "cpu") -> tuple[SparseCodes, SparseCodes]:
-    """Sparse codes of every row of ``store``: (image [N, k_I], text [N, k_T]) on the CPU, float32,
-    each in its own SAE's ``m`` latents (:func:`dualsae.models.encoding.encode_rows`)."""
-    sae_i, sae_t = pair.sae_for("image").to(device).eval(), pair.sae_for("text").to(device).eval()
-    return (encode_rows(sae_i, store, "image", batch_size=batch_size, device=device),
-            encode_rows(sae_t, store, "text", batch_size=batch_size, device=device))
 
 
 class _MatchedEntries:
@@ -147,7 +137,7 @@ def match_confidence(codes_i: SparseCodes, codes_t: SparseCodes, image: np.ndarr
                      options: ConfidenceOptions = ConfidenceOptions()) -> MatchConfidence:
     """Support and permutation-null threshold of each matched pair ``(image[a], text[a])``.
 
-    codes_i: [N, k_I], codes_t: [N, k_T], row r of each one pair (see :func:`encode_all`).
+    codes_i: [N, k_I], codes_t: [N, k_T], row r of each one pair (see :func:`dualsae.alignment.coactivation.encode_store`).
     """
     image = np.asarray(image, dtype=np.int64)
     text = np.asarray(text, dtype=np.int64)
@@ -225,11 +215,13 @@ def arrays_json(conf: MatchConfidence) -> dict:
     }
 
 
-def assess_matching(pair, store: PairedEmbeddings, matching, options: ConfidenceOptions,
-                    batch_size: int = 4096, device: str | torch.device = "cpu"):
-    """Encode ``store`` once, measure the confidence of every pair of ``matching`` (eq. 6's result)
-    and apply the thresholds. Returns ``(matching, MatchConfidence, confidence section for JSON)``."""
-    codes_i, codes_t = encode_all(pair, store, batch_size=batch_size, device=device)
+def assess_matching(pair, store: PairedEmbeddings, matching, options: ConfidenceOptions, batch_size: int = 4096,
+                    device: str | torch.device = "cpu", codes: tuple[SparseCodes, SparseCodes] | None = None):
+    """Measure the confidence of every pair of ``matching`` (eq. 6's result) on the codes of ``store``
+    (``codes``: (image [N, k_I], text [N, k_T]) already encoded by
+    :func:`dualsae.alignment.coactivation.encode_store`, else encoded here) and apply the thresholds.
+    Returns ``(matching, MatchConfidence, confidence section for JSON)``."""
+    codes_i, codes_t = codes if codes is not None else encode_store(pair, store, batch_size=batch_size, device=device)
     conf = match_confidence(codes_i, codes_t, matching.image, matching.text, options)
     kept, conf, dropped = filter_matching(matching, conf)
     return kept, conf, confidence_json(conf, dropped, kept.corr)
@@ -239,7 +231,6 @@ __all__ = [
     "assess_matching",
     "ConfidenceOptions",
     "MatchConfidence",
-    "encode_all",
     "match_confidence",
     "keep_mask",
     "filter_matching",

@@ -16,7 +16,8 @@ Sparse statistics (``sparse=True``, :mod:`dualsae.alignment.cofiring`): the same
 only for pairs that co-fire (sorted pair keys, float64 sums, co-firing counts), so memory is
 O(m_I + m_T + P) for P co-firing pairs instead of O(m_I m_T); every other pair has the rank-one
 closed form c_ij = -mu_i mu_j / (sd_i sd_j) (:class:`dualsae.alignment.sparse_correlation.SparseCorrelation`).
-:func:`coactivation_correlation` picks dense or sparse by size (``stats="auto"``).
+Streaming a store or codes into these statistics (dense or sparse by size, tiles, torchrun ranks) is
+:mod:`dualsae.alignment.coactivation`.
 
 ``correlation.safetensors`` (:func:`save_correlation` / :func:`load_correlation`) stores the live
 block of C beside an aligned folder: format /1 dense, /2 sparse (:func:`load_sparse_correlation` reads both
@@ -25,7 +26,6 @@ without densifying).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -42,20 +42,11 @@ from dualsae.alignment.correlation_file import (  # re-exported: the file's read
 )
 from dualsae.alignment.sparse_correlation import SPARSE_CORRELATION_FORMAT, SparseCorrelation
 from dualsae.core.codes import SparseCodes
-from dualsae.core.distributed import Distributed
 from dualsae.core.errors import ConfigError, DataError
-from dualsae.core.progress import tqdm
-from dualsae.models.encoding import iter_codes
-from dualsae.models.pair import SAEPair
-from dualsae.models.sae import SAE
-from dualsae.store.paired import PairedEmbeddings
 
 # Cross-product scatter is done in row chunks so the [rows, k_I, k_T] temporaries stay ~2M entries.
 _PAIRS_PER_CHUNK = 2_000_000
-STATS_MODES = ("auto", "dense", "sparse")
 _ENTRIES_PER_CHUNK = 1 << 23
-# stats="auto" keeps the dense [m_I, m_T] float64 accumulator up to this many entries (128 MiB), sparse above.
-DENSE_STATS_ENTRIES = 1 << 24
 
 
 class CoactivationStats:
@@ -304,117 +295,5 @@ class CoactivationStats:
         return self.cofired.cpu().numpy().astype(np.int64), c.cpu().numpy()
 
 
-@torch.no_grad()
-def coactivation_correlation(
-    pair_or_saes: SAEPair | tuple[SAE, SAE],
-    store: PairedEmbeddings,
-    batch_size: int = 4096,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    dist: Distributed | None = None,
-    stats: str = "auto",
-    tiles: int = 1,
-) -> CoactivationStats:
-    """Stream the store's paired rows through each modality's SAE and accumulate eq. 5's statistics.
-
-    Under torchrun (``dist``) rank r encodes batches r, r + world, ... and the statistics are
-    summed over ranks (they are additive; the sparse pairs are gathered and reduced), so every rank
-    returns those of all N rows.
-
-    stats: ``dense`` ([m_I, m_T] float64 accumulator), ``sparse`` (co-firing pairs only) or ``auto``
-    (dense up to ``DENSE_STATS_ENTRIES`` entries). tiles: with sparse statistics, split the image
-    latents into this many blocks so only one block's co-firing pairs are held while accumulating (for
-    pair sets larger than memory; exact). The store is encoded once and its codes kept (N (k_I + k_T)
-    (4 + value) bytes: 0.5 GiB for 10^6 pairs at k = 32 in float32); each tile re-reads those, so a tile
-    costs its share of the co-firing sums, not another pass through the SAEs.
-
-    pair_or_saes: an :class:`SAEPair` (its ``sae_for('image')`` / ``sae_for('text')``; the same SAE
-    twice for a shared model) or a tuple ``(image_sae, text_sae)``.
-    store: paired rows ([N, d] image and text). Returns the :class:`CoactivationStats` of all N rows.
-    """
-
-    if isinstance(pair_or_saes, SAEPair):
-        sae_i, sae_t = pair_or_saes.sae_for("image"), pair_or_saes.sae_for("text")
-    else:
-        sae_i, sae_t = pair_or_saes
-    store.require_pairs("the coactivation correlation (eq. 5)")
-    for name, sae in (("image", sae_i), ("text", sae_t)):
-        store.require_width(sae.d, f"the {name} SAE")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, found {batch_size}")
-    sparse = resolve_stats_mode(stats, sae_i.m, sae_t.m) == "sparse"
-    if tiles < 1 or (tiles > 1 and not sparse):
-        raise ConfigError(f"tiles must be >= 1 and needs sparse statistics when > 1, found tiles={tiles} with {'sparse' if sparse else 'dense'} statistics")
-    sae_i, sae_t = sae_i.to(device).eval(), sae_t.to(device).eval()
-    if tiles == 1:
-        return _accumulate(_store_codes(sae_i, sae_t, store, batch_size, device, progress, dist, "coactivation"),
-                           sae_i.m, sae_t.m, device, dist, sparse, None)
-    # Encode once and keep the (small) codes: each tile then re-reads them, not the store through the SAEs.
-    cached = [(_compact(ci), _compact(ct)) for ci, ct in _store_codes(sae_i, sae_t, store, batch_size, device, progress, dist, "coactivation (encode)")]
-    bounds = np.linspace(0, sae_i.m, tiles + 1).round().astype(int)
-    out = None
-    for t in tqdm(range(tiles), desc="coactivation tiles", unit="tile", disable=not progress, leave=False):
-        block = (int(bounds[t]), int(bounds[t + 1]))
-        part = _accumulate(((_expand(a), _expand(b)) for a, b in cached), sae_i.m, sae_t.m, device, dist, sparse, block)
-        out = part if out is None else out.add_tile(part)
-    return out
-
-
-def resolve_stats_mode(stats: str, m_image: int, m_text: int) -> str:
-    """``dense`` or ``sparse`` for ``stats`` in STATS_MODES (auto: dense up to DENSE_STATS_ENTRIES entries)."""
-    if stats not in STATS_MODES:
-        raise ConfigError(f"stats must be one of {', '.join(STATS_MODES)}, found {stats!r}")
-    if stats == "auto":
-        return "dense" if m_image * m_text <= DENSE_STATS_ENTRIES else "sparse"
-    return stats
-
-
-def _store_codes(sae_i: SAE, sae_t: SAE, store: PairedEmbeddings, batch_size: int, device: Any, progress: bool,
-                 dist: Distributed | None, desc: str) -> Iterator[tuple[SparseCodes, SparseCodes]]:
-    """The codes of this rank's paired rows, batch by batch: (image [batch, k_I], text [batch, k_T])."""
-    n = store.n
-    chunks = range(-(-n // batch_size))
-    if dist is not None:
-        chunks = dist.shards(len(chunks))
-    mine = sum(min(batch_size, n - i * batch_size) for i in chunks)
-    kw = dict(batch_size=batch_size, device=device, out_device=None, dtype=None, chunks=chunks)
-    with tqdm(total=mine, desc=desc, unit="pair", disable=not progress, leave=False) as bar:
-        for (pos, ci), (_, ct) in zip(iter_codes(sae_i, store, "image", **kw), iter_codes(sae_t, store, "text", **kw)):
-            yield ci, ct
-            bar.update(len(pos))
-
-
-def _accumulate(batches: Iterable[tuple[SparseCodes, SparseCodes]], m_image: int, m_text: int, device: Any,
-                dist: Distributed | None, sparse: bool, block: tuple[int, int] | None) -> CoactivationStats:
-    """eq. 5's statistics of the batches (of one tile of image latents when ``block``), summed over ranks."""
-    stats = CoactivationStats(m_image, m_text, device=device, sparse=sparse, image_block=block)
-    for ci, ct in batches:
-        stats.update(ci, ct)
-    if dist is not None and dist.enabled:
-        stats.all_reduce()
-    return stats
-
-
-def _compact(c: SparseCodes) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Codes held between tiles: values as the SAE emits them and int32 indices, on the CPU."""
-    return c.values.detach().cpu(), c.indices.to("cpu", torch.int32), c.m
-
-
-def _expand(c: tuple[torch.Tensor, torch.Tensor, int]) -> SparseCodes:
-    return SparseCodes(c[0], c[1].long(), c[2])
-
-
-def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int = 4096,
-                     same_index: bool = False, sparse: bool = False) -> CoactivationStats:
-    """eq. 5's statistics from codes already computed (codes_i [N, k_I], codes_t [N, k_T], row r of
-    each one pair), accumulated in row batches of ``batch_size`` (``sparse``: co-firing pairs only)."""
-    stats = CoactivationStats(codes_i.m, codes_t.m, same_index=same_index, sparse=sparse)
-    for s in range(0, codes_i.batch, batch_size):
-        stats.update(SparseCodes(codes_i.values[s : s + batch_size], codes_i.indices[s : s + batch_size], codes_i.m),
-                     SparseCodes(codes_t.values[s : s + batch_size], codes_t.indices[s : s + batch_size], codes_t.m))
-    return stats
-
-
-__all__ = ["CORRELATION_FORMAT", "DENSE_STATS_ENTRIES", "SPARSE_CORRELATION_FORMAT", "STATS_MODES", "CoactivationStats",
-           "coactivation_correlation", "load_correlation", "load_sparse_correlation", "load_stored_correlation", "resolve_stats_mode",
-           "save_correlation", "stats_from_codes"]
+__all__ = ["CORRELATION_FORMAT", "SPARSE_CORRELATION_FORMAT", "CoactivationStats", "load_correlation",
+           "load_sparse_correlation", "load_stored_correlation", "save_correlation"]

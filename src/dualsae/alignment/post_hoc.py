@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from dualsae.alignment.assignment import Matching, match_latents, match_sparse, matching_json, pick_solver
+from dualsae.alignment.coactivation import coactivation_correlation, encode_store, resolve_stats_mode, stats_from_codes
 from dualsae.alignment.collapse import collapse_report
 from dualsae.alignment.confidence import assess_matching
-from dualsae.alignment.correlation import CoactivationStats, coactivation_correlation
+from dualsae.alignment.correlation import CoactivationStats
 from dualsae.alignment.correlation import save_correlation as write_correlation
 from dualsae.alignment.permutation import build_permutation, permute_sae
 from dualsae.alignment.sparse_assignment import SparseSolveOptions
@@ -85,6 +86,7 @@ def align(
     stats_mode: str = "auto",
     tiles: int = 1,
     sparse_options: SparseSolveOptions = SparseSolveOptions(),
+    release_stats: bool = False,
 ) -> AlignmentResult:
     """Align a trained pair post hoc (eqs. 5-7), or, for a shared SAE, measure its collapse (App. F.2).
 
@@ -96,22 +98,34 @@ def align(
     report then has no support / null_threshold; experiments that align many runs skip the cost).
     ``dualsae align`` always passes one.
     stats_mode / tiles: dense or sparse statistics of eq. 5 (see
-    :func:`dualsae.alignment.correlation.coactivation_correlation`); solver: ``auto`` (dense up to
+    :func:`dualsae.alignment.coactivation.coactivation_correlation`); solver: ``auto`` (dense up to
     :data:`dualsae.alignment.assignment.DENSE_SOLVE_ENTRIES` live pairs, else sparse), ``dense``, ``sparse``
     (certified optimum of eq. 6 over all pairs, ``sparse_options``), ``scipy`` or ``lapjv``.
+    release_stats: free the co-firing sums of a given ``stats`` once the sparse C holds them (20 bytes a
+    pair: 2 GB at 10^8 pairs; ``stats`` cannot build another C afterwards). Statistics computed here are
+    always freed so.
     """
     t0 = time.perf_counter()
+    codes, release = None, release_stats or stats is None
     if stats is None:
         if store is None:
             raise ConfigError("align needs a store of paired rows or precomputed CoactivationStats")
-        stats = coactivation_correlation(pair, store, batch_size=batch_size, device=device, progress=progress,
-                                         stats=stats_mode, tiles=tiles)
+        if confidence is not None:  # the statistics and the match confidence read one encoding of the store
+            codes = encode_store(pair, store, batch_size=batch_size, device=device, progress=progress)
+            sparse = resolve_stats_mode(stats_mode, codes[0].m, codes[1].m) == "sparse"
+            stats = stats_from_codes(*codes, batch_size=batch_size, sparse=sparse, tiles=tiles, progress=progress, device=device)
+        else:
+            stats = coactivation_correlation(pair, store, batch_size=batch_size, device=device, progress=progress,
+                                             stats=stats_mode, tiles=tiles)
     t_corr = time.perf_counter()
     li, lt = stats.live()
     used = pick_solver(solver, len(li), len(lt))
     c: torch.Tensor | SparseCorrelation
+    n_pairs = len(stats.pairs) if stats.pairs is not None else None
     if used == "sparse":
         c = stats.sparse_correlation()
+        if release:  # the sparse C holds every co-firing sum now: drop the statistics' copy before solving
+            stats.pairs = None
         matching = match_sparse(c, sparse_options)
     else:
         c, li, lt = stats.correlation()
@@ -120,12 +134,12 @@ def align(
     t_assign = time.perf_counter()
     timing = {"correlation_s": round(t_corr - t0, 3), "assignment_s": round(t_assign - t_corr, 3)}
     common = {"source_run": source, "source_method": pair.method, "rows": stats.n,
-              "statistics": "sparse" if stats.sparse else "dense", "solver_details": _solver_details(matching, stats)}
+              "statistics": "sparse" if stats.sparse else "dense", "solver_details": _solver_details(matching, n_pairs)}
     conf, conf_section = None, {}
     if confidence is not None:
         if store is None:
             raise ConfigError("match confidence needs the store of paired rows, not only CoactivationStats")
-        matching, conf, section = assess_matching(pair, store, matching, confidence, batch_size=batch_size, device=device)
+        matching, conf, section = assess_matching(pair, store, matching, confidence, batch_size=batch_size, device=device, codes=codes)
         conf_section = {"confidence": section}
         timing["confidence_s"] = round(time.perf_counter() - t_assign, 3)
     if pair.shared:
@@ -159,12 +173,12 @@ def align(
     return AlignmentResult("aligned", report, matching, c, aligned)
 
 
-def _solver_details(matching: Matching, stats: CoactivationStats) -> dict:
-    """alignment.json's record of how eq. 6 was solved: the solver, and for the sparse one its candidate
-    counts, rounds and certificate (largest dual violation <= tolerance)."""
+def _solver_details(matching: Matching, cofiring_pairs: int | None) -> dict:
+    """alignment.json's record of how eq. 6 was solved: the solver, the co-firing pairs of sparse statistics,
+    and for the sparse solver its candidate counts, rounds and certificate (largest dual violation <= tolerance)."""
     out: dict = {"solver": matching.solver}
-    if stats.pairs is not None:
-        out["cofiring_pairs"] = len(stats.pairs)
+    if cofiring_pairs is not None:
+        out["cofiring_pairs"] = cofiring_pairs
     if matching.info is not None:
         out.update(matching.info)
     else:

@@ -106,9 +106,16 @@ def initial_candidates(sc: SparseCorrelation, opt: SparseSolveOptions) -> tuple[
     return keys // n_t, keys % n_t
 
 
-# A lapmod matching whose duals need more Bellman-Ford rounds than this is re-solved by scipy (its
-# relaxation converged in 145-506 rounds on 16,384-65,536 latents; a non-optimal matching never converges).
+# A lapmod matching whose duals need more Bellman-Ford rounds than lapmod_guard_rounds(n_T) is re-solved by
+# scipy: a non-optimal matching (a negative cycle) never converges. Rounds grow slowly with m (145-506 at
+# 16,384-65,536 latents, ~850 per solve at 262,144), so the guard is LAPMOD_GUARD_ROUNDS or n_T / 16,
+# whichever is larger: far above what an optimal matching needs, and since a round relaxes only the arcs
+# of nodes that moved, a bounded cost when lapmod errs.
 LAPMOD_GUARD_ROUNDS = 4096
+
+
+def lapmod_guard_rounds(n_t: int) -> int:
+    return max(LAPMOD_GUARD_ROUNDS, n_t // 16)
 
 
 def _lapmod_available() -> bool:
@@ -191,7 +198,8 @@ def solve_sparse(sc: SparseCorrelation, opt: SparseSolveOptions = SparseSolveOpt
     cr, cc = initial_candidates(work, opt)
     info["candidates_initial"] = int(len(cr))
     timing = {"candidates_s": time.perf_counter() - t0, "solve_s": 0.0, "duals_s": 0.0, "check_s": 0.0}
-    violation, relax, u, v = np.inf, 0, None, None
+    violation, u, v = np.inf, None, None
+    relax: list[int] = []
     solvers: list[str] = []
     for rounds in range(1, opt.max_rounds + 1):
         t = time.perf_counter()
@@ -200,13 +208,13 @@ def solve_sparse(sc: SparseCorrelation, opt: SparseSolveOptions = SparseSolveOpt
         t1 = time.perf_counter()
         timing["solve_s"] += t1 - t
         try:
-            u, v, r = dual_potentials(n_t, cr, cc, vals, match, init=v, max_rounds=None if used == "scipy" else LAPMOD_GUARD_ROUNDS)
+            u, v, r = dual_potentials(n_t, cr, cc, vals, match, init=v, max_rounds=None if used == "scipy" else lapmod_guard_rounds(n_t))
         except DataError:  # lapmod's matching not optimal on the candidates: scipy's is
             match, used = _solve_candidates(cr, cc, vals, n_i, n_t, u, v, "scipy")
             u, v, r = dual_potentials(n_t, cr, cc, vals, match, init=v)
             used = "scipy (after lapmod)"
         solvers.append(used)
-        relax += r
+        relax.append(r)
         t2 = time.perf_counter()
         timing["duals_s"] += t2 - t1
         violation, add_r, add_c = check_all_pairs(work, u, v, tol=opt.tol, rank_one=opt.rank_one_check)
@@ -219,7 +227,7 @@ def solve_sparse(sc: SparseCorrelation, opt: SparseSolveOptions = SparseSolveOpt
     total_vals = work.lookup(np.arange(n_i), match)
     total = float(total_vals.sum())
     gap = float(u.sum() + v.sum() - total)
-    info.update(candidates_final=int(len(cr)), rounds=rounds, relaxation_rounds=int(relax),
+    info.update(candidates_final=int(len(cr)), rounds=rounds, relaxation_rounds=int(sum(relax)), relaxation_rounds_by_round=relax,
                 timing={k: round(x, 3) for k, x in timing.items()},
                 certificate={"max_dual_violation": float(violation), "tolerance": opt.tol, "duality_gap": gap,
                              "certified": bool(violation <= opt.tol and abs(gap) <= opt.tol * max(n_i, 1))})

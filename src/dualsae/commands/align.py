@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from dualsae.alignment.assignment import ALIGN_SOLVERS
+from dualsae.alignment.coactivation import STATS_MODES, coactivation_correlation
 from dualsae.alignment.confidence import ConfidenceOptions
-from dualsae.alignment.correlation import STATS_MODES, coactivation_correlation
 from dualsae.alignment.post_hoc import align
 from dualsae.commands.common import (
     add_split_args,
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
                    source=str(run_dir) if sources is None else None, progress=not args.no_progress, confidence=confidence,
-                   stats_mode=args.stats, tiles=args.tiles)
+                   stats_mode=args.stats, tiles=args.tiles, release_stats=True)
     result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
                           "fingerprint": recorded_fingerprint(run_dir) if sources is None else None})
     if sources is not None:

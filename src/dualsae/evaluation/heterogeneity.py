@@ -39,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualsae.alignment.correlation import coactivation_correlation, load_stored_correlation
+from dualsae.alignment.coactivation import coactivation_correlation
+from dualsae.alignment.correlation import load_stored_correlation
 from dualsae.alignment.sparse_correlation import SparseCorrelation
 from dualsae.core.errors import ConfigError
 from dualsae.evaluation.top_rows import top_examples_many

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from dualsae.alignment.correlation import CoactivationStats, stats_from_codes
+from dualsae.alignment.coactivation import stats_from_codes
+from dualsae.alignment.correlation import CoactivationStats
 from dualsae.alignment.post_hoc import align
 from dualsae.core.codes import SparseCodes
 from dualsae.evaluation.heterogeneity import (

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from dualsae.alignment.correlation import coactivation_correlation
+from dualsae.alignment.coactivation import coactivation_correlation
 from dualsae.alignment.post_hoc import align
 from dualsae.evaluation.heterogeneity import heterogeneity
 from dualsae.files.atomic import atomic_path
