@@ -109,6 +109,9 @@ def test_two_ranks_train_every_method_and_align_like_one_process(data, reference
     perm = [json.loads((tmp_path / f / "alignment.json").read_text())["permutation"] for f in ("aligned1", "aligned")]
     assert perm[0] == perm[1]
     assert "matched" in outs[0] and outs[1] == ""  # rank 0 alone reports
+    timing = json.loads((tmp_path / "aligned" / "alignment.json").read_text())["timing"]
+    assert timing["correlation_s"] > 0  # the statistics computed across ranks before align() are timed, not 0
+    assert timing["total_s"] >= timing["correlation_s"] + timing["assignment_s"]
 
 
 def test_killed_two_rank_run_resumes_with_two_or_one_ranks(data, reference, tmp_path):
