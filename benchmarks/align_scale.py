@@ -150,7 +150,8 @@ def align_stages(pair, store, stats_mode: str, solver: str, folder: Path, rss: P
     out["total"] = report.get("total_matched_correlation")
     out["live"] = report.get("live")
     out["statistics_kind"] = report.get("statistics", "dense")
-    out["solver_breakdown"] = {k: details[k] for k in ("rounds", "candidates_initial", "candidates_final", "timing", "round_solvers", "relaxation_rounds", "relaxation_rounds_by_round") if k in details}
+    keys = ("rounds", "candidates_initial", "candidates_final", "timing", "round_solvers", "relaxation_rounds", "relaxation_rounds_by_round")
+    out["solver_breakdown"] = {k: details[k] for k in keys if k in details}
     del result
     return out
 

@@ -94,7 +94,8 @@ def stage_assign(a) -> dict:
     np.save(out / "matched_text.npy", mt.text)
     rep = {"stage": "assign", "wall_s": round(wall, 1), "load_s": round(t_load, 1), "peak_rss_gib": round(rss_gib(), 2), "cpu_s": cpu_s(),
            "total": mt.total, "matched": len(mt.image),
-           **{k: mt.info[k] for k in ("candidates_initial", "candidates_final", "rounds", "relaxation_rounds", "relaxation_rounds_by_round", "round_solvers", "timing", "certificate")}}
+           **{k: mt.info[k] for k in ("candidates_initial", "candidates_final", "rounds", "relaxation_rounds",
+                                      "relaxation_rounds_by_round", "round_solvers", "timing", "certificate")}}
     # The rank-one check alone at this size and at 4x: envelope vs blocked scan (same minimum).
     rng = np.random.default_rng(0)
     for size in (a.m, 4 * a.m):

@@ -139,9 +139,9 @@ def _store_codes(sae_i: SAE, sae_t: SAE, store: PairedEmbeddings, batch_size: in
 
 
 def _accumulate(batches: Iterable[tuple[SparseCodes, SparseCodes]], m_image: int, m_text: int, device: Any,
-                dist: Distributed | None, sparse: bool, block: tuple[int, int] | None) -> CoactivationStats:
+                dist: Distributed | None, sparse: bool, block: tuple[int, int] | None, same_index: bool = False) -> CoactivationStats:
     """eq. 5's statistics of the batches (of one tile of image latents when ``block``), summed over ranks."""
-    stats = CoactivationStats(m_image, m_text, device=device, sparse=sparse, image_block=block)
+    stats = CoactivationStats(m_image, m_text, device=device, same_index=same_index, sparse=sparse, image_block=block)
     for ci, ct in batches:
         stats.update(ci, ct)
     if dist is not None and dist.enabled:
@@ -174,13 +174,8 @@ def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int
             yield (SparseCodes(codes_i.values[s : s + batch_size], codes_i.indices[s : s + batch_size], codes_i.m),
                    SparseCodes(codes_t.values[s : s + batch_size], codes_t.indices[s : s + batch_size], codes_t.m))
 
-    if same_index:
-        stats = CoactivationStats(codes_i.m, codes_t.m, device=device, same_index=True)
-        for ci, ct in batches():
-            stats.update(ci, ct)
-        return stats
     if tiles == 1:
-        return _accumulate(batches(), codes_i.m, codes_t.m, device, None, sparse, None)
+        return _accumulate(batches(), codes_i.m, codes_t.m, device, None, sparse, None, same_index)
     return _tiled(batches, codes_i.m, codes_t.m, device, None, tiles, progress)
 
 
