@@ -163,3 +163,26 @@ def test_sparse_correlation_file_roundtrip_and_limits(tmp_path):
     dense_sc = SparseCorrelation.from_dense(sc.dense(), sc.live_image, sc.live_text)
     assert np.array_equal(dense_sc.dense().numpy(), sc.dense().numpy())
     assert np.array_equal(sc.transposed().dense().numpy(), sc.dense().numpy().T)
+
+
+def test_sparse_correlation_consumed_in_place_equals_copy(monkeypatch):
+    """consume=True builds C in the co-firing run's own buffers, chunk after chunk, and equals the copying
+    build entry for entry, also when pairs of dead latents (here: latent 0 of each side fires with one value
+    on every row, so sd = 0) are dropped and later chunks are compacted onto earlier slots."""
+    import dualsae.alignment.correlation as corr
+
+    monkeypatch.setattr(corr, "_ENTRIES_PER_CHUNK", 7)  # many chunks: reads and in-place writes interleave
+    gen = torch.Generator().manual_seed(12)
+    ci, ct = dyadic_codes(gen, 300, 30, 5, repeats=False), dyadic_codes(gen, 300, 26, 4, repeats=False)
+    for c in (ci, ct):
+        c.indices[:, 0], c.values[:, 0] = 0, 1.0
+        c.indices[:, 1:][c.indices[:, 1:] == 0] = 1  # latent 0 only in column 0
+    one = stats_from_codes(ci, ct, batch_size=64, sparse=True)
+    two = stats_from_codes(ci, ct, batch_size=64, sparse=True)
+    ref = one.sparse_correlation()
+    assert one.pairs is not None
+    got = two.sparse_correlation(consume=True)
+    assert two.pairs is None  # the run's buffers now belong to C
+    assert 0 not in ref.live_image and 0 not in ref.live_text and ref.nnz < len(one.pairs)  # pairs were dropped
+    for name in ("live_image", "live_text", "a", "b", "rows", "cols", "values", "counts"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)

@@ -232,11 +232,13 @@ class CoactivationStats:
         return c, li, lt
 
     @torch.no_grad()
-    def sparse_correlation(self) -> SparseCorrelation:
+    def sparse_correlation(self, consume: bool = False) -> SparseCorrelation:
         """The live block of C (eq. 5) as co-firing entries + rank-one remainder, never densified.
 
         For dense statistics the co-firing entries are the non-zero S_ij. Values are computed as
         :meth:`correlation` computes them, so ``sparse_correlation().dense()`` equals ``correlation()[0]``.
+        consume: build C in the co-firing run's own buffers (keys -> rows, sums -> values, counts) and drop
+        the run: 28 bytes a pair at the peak instead of 20 + 28. These statistics cannot build C again.
         """
         if self.same_index:
             raise ConfigError("these statistics hold only the same-index diagonal; use same_index_correlation()")
@@ -258,11 +260,16 @@ class CoactivationStats:
         root_n = float(self.n) ** 0.5
         u_i, u_t = 1.0 / (sd_i[li] * root_n), 1.0 / (sd_t[lt] * root_n)
         a, b = mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt]
-        # Filled in chunks into preallocated outputs: peak memory is the run plus the result (28 bytes a pair),
-        # not a dozen full-length temporaries.
+        # Filled in chunks into preallocated outputs (or the run's own buffers): peak memory is the run plus the
+        # result (28 bytes a pair), or the result alone, not a dozen full-length temporaries.
         p = len(keys)
-        rows, cols = torch.empty(p, dtype=torch.long), torch.empty(p, dtype=torch.long)
-        values, cnt = torch.empty(p, dtype=torch.float64), torch.empty(p, dtype=torch.int32)
+        in_place = consume and self.pairs is not None
+        if in_place:  # each chunk is read before its (never later) output slots are written: filled <= s
+            rows, values, cnt = keys.cpu(), sums.cpu(), counts.cpu()
+            self.pairs = None
+        else:
+            rows, values, cnt = torch.empty(p, dtype=torch.long), torch.empty(p, dtype=torch.float64), torch.empty(p, dtype=torch.int32)
+        cols = torch.empty(p, dtype=torch.long)
         filled = 0
         for s in range(0, p, _ENTRIES_PER_CHUNK):
             k = keys[s : s + _ENTRIES_PER_CHUNK]
