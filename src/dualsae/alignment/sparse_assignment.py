@@ -107,8 +107,8 @@ def initial_candidates(sc: SparseCorrelation, opt: SparseSolveOptions) -> tuple[
 
 
 # A lapmod matching whose duals need more Bellman-Ford rounds than lapmod_guard_rounds(n_T) is re-solved by
-# scipy: a non-optimal matching (a negative cycle) never converges. Rounds grow slowly with m (145-506 at
-# 16,384-65,536 latents, ~850 per solve at 262,144), so the guard is LAPMOD_GUARD_ROUNDS or n_T / 16,
+# scipy: a non-optimal matching (a negative cycle) never converges. Rounds grow slowly with m (145-507 at
+# 16,384-65,536 latents, 732-1,214 per solve round at 262,144), so the guard is LAPMOD_GUARD_ROUNDS or n_T / 16,
 # whichever is larger: far above what an optimal matching needs, and since a round relaxes only the arcs
 # of nodes that moved, a bounded cost when lapmod errs.
 LAPMOD_GUARD_ROUNDS = 4096
