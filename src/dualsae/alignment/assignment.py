@@ -13,7 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from dualsae.alignment.confidence import arrays_json
-from dualsae.alignment.sparse_assignment import SparseSolveOptions, solve_sparse
+from dualsae.alignment.sparse_assignment import Resolver, SparseSolveOptions, solve_pruned, solve_sparse
 from dualsae.alignment.sparse_correlation import SparseCorrelation
 from dualsae.core.errors import ConfigError, DataError
 
@@ -140,6 +140,18 @@ def match_sparse(sc: SparseCorrelation, options: SparseSolveOptions = SparseSolv
                     solver="sparse", info=info)
 
 
+def match_pruned(sc: SparseCorrelation, resolve: Resolver, options: SparseSolveOptions = SparseSolveOptions()
+                 ) -> tuple[Matching, SparseCorrelation]:
+    """:func:`match_sparse` on a pruned C (:func:`dualsae.alignment.sparse_assignment.solve_pruned`): the
+    matching, certified over all pairs, and C with the pairs resolved on the way listed (the matched ones among them)."""
+    rows, cols, total, info, full = solve_pruned(sc, resolve, options)
+    li, lt = full.live_image, full.live_text
+    matched_i, matched_t = li[rows], lt[cols]
+    return (Matching(image=matched_i, text=matched_t, corr=full.lookup(rows, cols), live_image=li, live_text=lt,
+                     image_only=np.setdiff1d(li, matched_i), text_only=np.setdiff1d(lt, matched_t), total=total,
+                     solver="sparse", info=info), full)
+
+
 def matching_json(mt: Matching, confidence: Any = None) -> dict:
     """The matched lists of alignment.json / collapse.json (with the confidence arrays when measured)."""
     out = {
@@ -152,5 +164,5 @@ def matching_json(mt: Matching, confidence: Any = None) -> dict:
     return out
 
 
-__all__ = ["ALIGN_SOLVERS", "DENSE_SOLVE_ENTRIES", "SOLVERS", "Matching", "match_latents", "match_sparse", "matching_json",
+__all__ = ["ALIGN_SOLVERS", "DENSE_SOLVE_ENTRIES", "SOLVERS", "Matching", "match_latents", "match_pruned", "match_sparse", "matching_json",
            "pick_solver", "solve_assignment"]

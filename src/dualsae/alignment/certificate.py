@@ -23,6 +23,14 @@ envelope of the lines ``y = b_j x + v_j`` evaluated at ``x = a_i``: O((n_I + n_T
 (:func:`lower_envelope`). Only rows whose envelope bound fails are scanned exactly (O(n_T) each), and
 their violating pairs returned for the next solve round. :func:`blocked_rank_one_min` is the O(n_I n_T)
 blocked reference of the same minimum.
+
+Pruned C (``sc.row_bound`` / ``sc.col_bound``, :mod:`dualsae.alignment.pruning`): an unlisted pair may
+also be a dropped co-firing pair with ``c_ij <= min(rb_i, cb_j)``, so it must satisfy
+``u_i + v_j >= min(rb_i, cb_j)`` too. Per row, ``min_j (v_j - min(rb_i, cb_j))`` splits at rb_i over the
+columns sorted by cb: ``v_j - cb_j`` below it (a prefix minimum), ``v_j - rb_i`` above (a suffix
+minimum): O((n_I + n_T) log n_T) for all rows (:func:`pruned_bound_min`; listed pairs are included
+there, which only makes it conservative). Failing rows are scanned exactly; their violating pairs are
+unlisted, so the solver resolves their exact c from the codes before it uses them.
 """
 
 from __future__ import annotations
@@ -135,6 +143,31 @@ def blocked_rank_one_min(a: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndar
     return out
 
 
+def pruned_bound_min(rb: np.ndarray, cb: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``u_i + min_j (v_j - min(rb_i, cb_j))`` per row (the bound part of a pruned C's check), [n_I], in
+    O((n_I + n_T) log n_T); -inf bounds (nothing dropped) give +inf."""
+    order = np.argsort(cb, kind="stable")
+    cb_s, v_s = cb[order], v[order]
+    n = len(cb_s)
+    below = np.full(n + 1, np.inf)  # below[p] = min over sorted positions < p of (v - cb)
+    with np.errstate(invalid="ignore"):
+        np.minimum.accumulate(np.where(np.isneginf(cb_s), np.inf, v_s - cb_s), out=below[1:])
+    above = np.full(n + 1, np.inf)  # above[p] = min over sorted positions >= p of v
+    if n:
+        above[:n] = np.minimum.accumulate(v_s[::-1])[::-1]
+    p = np.searchsorted(cb_s, rb, side="left")  # columns with cb_j < rb_i take their own bound
+    with np.errstate(invalid="ignore"):
+        part_above = np.where(np.isneginf(rb), np.inf, above[p] - rb)
+    return u + np.minimum(below[p], part_above)
+
+
+def blocked_pruned_min(rb: np.ndarray, cb: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The O(n_I n_T) reference of :func:`pruned_bound_min`. Returns [n_I]."""
+    with np.errstate(invalid="ignore"):
+        r = u[:, None] + v[None, :] - np.minimum(rb[:, None], cb[None, :])
+    return np.where(np.isnan(r), np.inf, r).min(1) if r.size else np.full(len(rb), np.inf)
+
+
 def check_all_pairs(sc: SparseCorrelation, u: np.ndarray, v: np.ndarray, tol: float = CERTIFICATE_TOL,
                     max_per_row: int = 8, rank_one: str = "envelope") -> tuple[float, np.ndarray, np.ndarray]:
     """Largest dual violation over all n_I x n_T pairs, and violating pairs to add as candidates.
@@ -175,7 +208,34 @@ def check_all_pairs(sc: SparseCorrelation, u: np.ndarray, v: np.ndarray, tol: fl
             add_c.append(bc[sel])
     if n_i:
         worst = max(worst, float(-bound.min()))
+    if sc.pruned and n_i:
+        worst = max(worst, _check_pruned(sc, u, v, tol, max_per_row, starts, add_r, add_c))
     return worst, _cat(add_r), _cat(add_c)
+
+
+def _check_pruned(sc: SparseCorrelation, u: np.ndarray, v: np.ndarray, tol: float, max_per_row: int, starts: np.ndarray,
+                  add_r: list, add_c: list) -> float:
+    """The dropped co-firing pairs' part of :func:`check_all_pairs`: the largest violation of
+    ``u_i + v_j >= min(rb_i, cb_j)`` over unlisted pairs (an upper bound of the true one), with the
+    most violating unlisted pairs of each failing row appended to ``add_r`` / ``add_c``."""
+    n_t = sc.shape[1]
+    bound = pruned_bound_min(sc.row_bound, sc.col_bound, u, v)
+    failing = np.flatnonzero(bound < -tol)
+    block = max(1, (1 << 24) // max(n_t, 1))
+    for s in range(0, len(failing), block):
+        rows = failing[s : s + block]
+        with np.errstate(invalid="ignore"):
+            r_blk = u[rows, None] + v[None, :] - np.minimum(sc.row_bound[rows, None], sc.col_bound[None, :])
+        r_blk[np.isnan(r_blk)] = np.inf
+        for q, i in enumerate(rows):  # listed pairs were checked by their exact value
+            r_blk[q, sc.cols[starts[i] : starts[i + 1]]] = np.inf
+        bound[rows] = r_blk.min(1)
+        bq, bc = np.nonzero(r_blk < -tol)
+        if len(bq):
+            sel = _most_violating(bq, r_blk[bq, bc], max_per_row)
+            add_r.append(rows[bq[sel]])
+            add_c.append(bc[sel])
+    return max(0.0, float(-bound.min()))
 
 
 def _cat(xs: list[np.ndarray]) -> np.ndarray:
@@ -189,4 +249,4 @@ def _most_violating(rows: np.ndarray, r: np.ndarray, k: int) -> np.ndarray:
     return order[rank_in_runs(rows[order]) < k]
 
 
-__all__ = ["CERTIFICATE_TOL", "blocked_rank_one_min", "check_all_pairs", "dual_potentials", "lower_envelope"]
+__all__ = ["CERTIFICATE_TOL", "blocked_pruned_min", "blocked_rank_one_min", "pruned_bound_min", "check_all_pairs", "dual_potentials", "lower_envelope"]

@@ -25,9 +25,13 @@ from dualsae.models.pair import SAEPair
 from dualsae.models.sae import SAE
 from dualsae.store.paired import PairedEmbeddings
 
-STATS_MODES = ("auto", "dense", "sparse")
+STATS_MODES = ("auto", "dense", "sparse", "pruned")
 # stats="auto" keeps the dense [m_I, m_T] float64 accumulator up to this many entries (128 MiB), sparse above.
 DENSE_STATS_ENTRIES = 1 << 24
+# ... and pruned statistics (dualsae.alignment.pruning) when the co-firing products of the codes, at the 48
+# bytes a distinct pair may cost while C is built from full sparse statistics, would pass this (4 GiB).
+PRUNE_ABOVE_BYTES = 1 << 32
+SPARSE_PEAK_BYTES_PER_PAIR = 48
 
 
 def _saes(pair_or_saes: SAEPair | tuple[SAE, SAE], store: PairedEmbeddings, batch_size: int) -> tuple[SAE, SAE]:
@@ -85,7 +89,11 @@ def coactivation_correlation(
     """
 
     sae_i, sae_t = _saes(pair_or_saes, store, batch_size)
-    sparse = _check_tiles(resolve_stats_mode(stats, sae_i.m, sae_t.m), tiles)
+    mode = resolve_stats_mode(stats, sae_i.m, sae_t.m)
+    if mode == "pruned":
+        raise ConfigError("pruned statistics are built from codes held in memory by align() (dualsae.alignment.pruning), "
+                          "not streamed; use stats='sparse' (with tiles) here")
+    sparse = _check_tiles(mode, tiles)
     sae_i, sae_t = sae_i.to(device).eval(), sae_t.to(device).eval()
     if tiles == 1:
         return _accumulate(_store_codes(sae_i, sae_t, store, batch_size, device, progress, dist, "coactivation"),
@@ -114,13 +122,22 @@ def _tiled(batches: Callable[[], Iterable[tuple[SparseCodes, SparseCodes]]], m_i
     return out
 
 
-def resolve_stats_mode(stats: str, m_image: int, m_text: int) -> str:
-    """``dense`` or ``sparse`` for ``stats`` in STATS_MODES (auto: dense up to DENSE_STATS_ENTRIES entries)."""
+def resolve_stats_mode(stats: str, m_image: int, m_text: int, products: int | None = None) -> str:
+    """``dense``, ``sparse`` or ``pruned`` for ``stats`` in STATS_MODES. auto: dense up to DENSE_STATS_ENTRIES
+    entries; above, pruned when the codes' co-firing ``products`` (:func:`cofiring_products`; None: not known,
+    the store is streamed) bound the distinct pairs above PRUNE_ABOVE_BYTES of sparse statistics, else sparse."""
     if stats not in STATS_MODES:
         raise ConfigError(f"stats must be one of {', '.join(STATS_MODES)}, found {stats!r}")
     if stats == "auto":
-        return "dense" if m_image * m_text <= DENSE_STATS_ENTRIES else "sparse"
+        if m_image * m_text <= DENSE_STATS_ENTRIES:
+            return "dense"
+        return "pruned" if products is not None and products * SPARSE_PEAK_BYTES_PER_PAIR > PRUNE_ABOVE_BYTES else "sparse"
     return stats
+
+
+def cofiring_products(codes_i: SparseCodes, codes_t: SparseCodes) -> int:
+    """sum over rows of (active image codes) x (active text codes): an upper bound of the distinct co-firing pairs."""
+    return int(((codes_i.values != 0).sum(1).long() * (codes_t.values != 0).sum(1).long()).sum())
 
 
 def _store_codes(sae_i: SAE, sae_t: SAE, store: PairedEmbeddings, batch_size: int, device: Any, progress: bool,
@@ -160,14 +177,17 @@ def _expand(c: tuple[torch.Tensor, torch.Tensor, int]) -> SparseCodes:
 
 def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int = 4096, same_index: bool = False,
                      sparse: bool = False, tiles: int = 1, progress: bool = False,
-                     device: str | torch.device = "cpu") -> CoactivationStats:
+                     device: str | torch.device = "cpu", image_block: tuple[int, int] | None = None) -> CoactivationStats:
     """eq. 5's statistics from codes already computed (codes_i [N, k_I], codes_t [N, k_T], row r of
     each one pair; e.g. :func:`encode_store`), accumulated in row batches of ``batch_size`` on ``device``
-    (``sparse``: co-firing pairs only, over ``tiles`` blocks of image latents). Equal to
+    (``sparse``: co-firing pairs only, over ``tiles`` blocks of image latents, or only the pairs of the image
+    latents in ``image_block = (lo, hi)``: one tile, as :mod:`dualsae.alignment.pruning` takes them). Equal to
     :func:`coactivation_correlation` on the store the codes came from."""
     if codes_i.batch != codes_t.batch:
         raise ConfigError(f"paired codes must have the same rows: image {codes_i.batch}, text {codes_t.batch}")
     _check_tiles("sparse" if sparse else "dense", tiles)
+    if image_block is not None and (not sparse or tiles != 1):
+        raise ConfigError("image_block needs sparse statistics in one tile")
 
     def batches() -> Iterator[tuple[SparseCodes, SparseCodes]]:
         for s in tqdm(range(0, codes_i.batch, batch_size), desc="coactivation", unit="batch", disable=not progress, leave=False):
@@ -175,8 +195,8 @@ def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int
                    SparseCodes(codes_t.values[s : s + batch_size], codes_t.indices[s : s + batch_size], codes_t.m))
 
     if tiles == 1:
-        return _accumulate(batches(), codes_i.m, codes_t.m, device, None, sparse, None, same_index)
+        return _accumulate(batches(), codes_i.m, codes_t.m, device, None, sparse, image_block, same_index)
     return _tiled(batches, codes_i.m, codes_t.m, device, None, tiles, progress)
 
 
-__all__ = ["DENSE_STATS_ENTRIES", "STATS_MODES", "coactivation_correlation", "encode_store", "resolve_stats_mode", "stats_from_codes"]
+__all__ = ["DENSE_STATS_ENTRIES", "PRUNE_ABOVE_BYTES", "STATS_MODES", "cofiring_products", "coactivation_correlation", "encode_store", "resolve_stats_mode", "stats_from_codes"]

@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
-from dualsae.alignment.assignment import Matching, match_latents, match_sparse, matching_json, pick_solver
-from dualsae.alignment.coactivation import coactivation_correlation, encode_store, resolve_stats_mode, stats_from_codes
+from dualsae.alignment.assignment import Matching, match_latents, match_pruned, match_sparse, matching_json, pick_solver
+from dualsae.alignment.coactivation import coactivation_correlation, cofiring_products, encode_store, resolve_stats_mode, stats_from_codes
 from dualsae.alignment.collapse import collapse_report
 from dualsae.alignment.confidence import assess_matching
 from dualsae.alignment.correlation import CoactivationStats
 from dualsae.alignment.correlation import save_correlation as write_correlation
 from dualsae.alignment.permutation import build_permutation, permute_sae
+from dualsae.alignment.pruning import PruneOptions, pruned_correlation
 from dualsae.alignment.sparse_assignment import SparseSolveOptions
 from dualsae.alignment.sparse_correlation import SparseCorrelation, save_sparse_correlation
 from dualsae.core.errors import ConfigError
@@ -87,6 +88,7 @@ def align(
     tiles: int = 1,
     sparse_options: SparseSolveOptions = SparseSolveOptions(),
     release_stats: bool = False,
+    prune_options: PruneOptions = PruneOptions(),
 ) -> AlignmentResult:
     """Align a trained pair post hoc (eqs. 5-7), or, for a shared SAE, measure its collapse (App. F.2).
 
@@ -97,8 +99,10 @@ def align(
     threshold and the thresholds that leave weak matches unmatched; needs ``store``), or None (the
     report then has no support / null_threshold; experiments that align many runs skip the cost).
     ``dualsae align`` always passes one.
-    stats_mode / tiles: dense or sparse statistics of eq. 5 (see
-    :func:`dualsae.alignment.coactivation.coactivation_correlation`); solver: ``auto`` (dense up to
+    stats_mode / tiles: dense, sparse or pruned statistics of eq. 5 (see
+    :func:`dualsae.alignment.coactivation.coactivation_correlation` and :mod:`dualsae.alignment.pruning`; auto:
+    dense up to 4,096 x 4,096 latents, else pruned when the store's co-firing products would make full sparse
+    statistics pass 4 GiB, else sparse); prune_options: the pruned statistics' keep and tile size; solver: ``auto`` (dense up to
     :data:`dualsae.alignment.assignment.DENSE_SOLVE_ENTRIES` live pairs, else sparse), ``dense``, ``sparse``
     (certified optimum of eq. 6 over all pairs, ``sparse_options``), ``scipy`` or ``lapjv``.
     release_stats: build the sparse C in the co-firing run's own buffers (:meth:`CoactivationStats.sparse_correlation`
@@ -106,33 +110,50 @@ def align(
     another C afterwards. Statistics computed here are always consumed so.
     """
     t0 = time.perf_counter()
-    codes, release = None, release_stats or stats is None
+    codes, release, pruned = None, release_stats or stats is None, None
     if stats is None:
         if store is None:
             raise ConfigError("align needs a store of paired rows or precomputed CoactivationStats")
-        if confidence is not None:  # the statistics and the match confidence read one encoding of the store
+        m_i, m_t = pair.sae_for("image").m, pair.sae_for("text").m
+        if confidence is not None or (stats_mode in ("auto", "pruned") and resolve_stats_mode(stats_mode, m_i, m_t) != "dense"):
+            # One encoding of the store for the statistics and the match confidence; held codes also tell auto how
+            # many co-firing pairs there can be, and pruned statistics re-read them (tiles, resolved pairs).
             codes = encode_store(pair, store, batch_size=batch_size, device=device, progress=progress)
-            sparse = resolve_stats_mode(stats_mode, codes[0].m, codes[1].m) == "sparse"
-            stats = stats_from_codes(*codes, batch_size=batch_size, sparse=sparse, tiles=tiles, progress=progress, device=device)
+            mode = resolve_stats_mode(stats_mode, m_i, m_t, products=cofiring_products(*codes))
+            if mode == "pruned":
+                if tiles != 1:
+                    raise ConfigError("pruned statistics choose their own tiles (prune_options.tile_pairs); leave tiles at 1")
+                pruned = pruned_correlation(*codes, keep=prune_options.keep, tile_pairs=prune_options.tile_pairs,
+                                            batch_size=batch_size, progress=progress)
+            else:
+                stats = stats_from_codes(*codes, batch_size=batch_size, sparse=mode == "sparse", tiles=tiles, progress=progress, device=device)
         else:
             stats = coactivation_correlation(pair, store, batch_size=batch_size, device=device, progress=progress,
                                              stats=stats_mode, tiles=tiles)
     t_corr = time.perf_counter()
-    li, lt = stats.live()
-    used = pick_solver(solver, len(li), len(lt))
     c: torch.Tensor | SparseCorrelation
-    n_pairs = len(stats.pairs) if stats.pairs is not None else None
-    if used == "sparse":
-        c = stats.sparse_correlation(consume=release)  # release: C is built in the co-firing run's buffers
-        matching = match_sparse(c, sparse_options)
+    if pruned is not None:
+        if solver not in ("auto", "sparse"):
+            raise ConfigError(f"pruned statistics list only each latent's strongest pairs: they need the sparse solver, not {solver!r}")
+        matching, c = match_pruned(pruned.correlation, pruned.resolver, sparse_options)
+        matching.info["pruning"] = {**pruned.info, "resolver_calls": pruned.resolver.calls}
+        n_rows, kind, n_pairs = pruned.n, "pruned", pruned.info["cofiring_pairs"]
     else:
-        c, li, lt = stats.correlation()
-        matching = match_latents(c, li, lt, solver=used)
-        c = c.cpu()
+        li, lt = stats.live()
+        used = pick_solver(solver, len(li), len(lt))
+        n_pairs = len(stats.pairs) if stats.pairs is not None else None
+        n_rows, kind = stats.n, "sparse" if stats.sparse else "dense"
+        if used == "sparse":
+            c = stats.sparse_correlation(consume=release)  # release: C is built in the co-firing run's buffers
+            matching = match_sparse(c, sparse_options)
+        else:
+            c, li, lt = stats.correlation()
+            matching = match_latents(c, li, lt, solver=used)
+            c = c.cpu()
     t_assign = time.perf_counter()
     timing = {"correlation_s": round(t_corr - t0, 3), "assignment_s": round(t_assign - t_corr, 3)}
-    common = {"source_run": source, "source_method": pair.method, "rows": stats.n,
-              "statistics": "sparse" if stats.sparse else "dense", "solver_details": _solver_details(matching, n_pairs)}
+    common = {"source_run": source, "source_method": pair.method, "rows": n_rows,
+              "statistics": kind, "solver_details": _solver_details(matching, n_pairs)}
     conf, conf_section = None, {}
     if confidence is not None:
         if store is None:
@@ -141,7 +162,7 @@ def align(
         conf_section = {"confidence": section}
         timing["confidence_s"] = round(time.perf_counter() - t_assign, 3)
     if pair.shared:
-        report = {**collapse_report(matching, stats.m_image, conf), **conf_section, **common, "timing": timing}
+        report = {**collapse_report(matching, pair.sae_for("image").m, conf), **conf_section, **common, "timing": timing}
         return AlignmentResult("collapse", report, matching, c)
     sae_i, sae_t = pair.sae_for("image"), pair.sae_for("text")
     perm = build_permutation(matching, sae_i.m, sae_t.m)

@@ -20,6 +20,7 @@ unmatched latents carry dual 0 and every other dual is >= 0, so they are covered
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,17 +184,40 @@ def solve_sparse(sc: SparseCorrelation, opt: SparseSolveOptions = SparseSolveOpt
 
     Returns ``(rows [K], cols [K], total, info)``: live positions (rows increasing), K = min(n_I, n_T),
     the exact total, and ``info`` (candidate counts, rounds, timings, and ``certificate``: the largest
-    dual violation, the tolerance, the duality gap and whether it is certified).
+    dual violation, the tolerance, the duality gap and whether it is certified). A pruned ``sc`` needs
+    :func:`solve_pruned`.
     """
+    if sc.pruned:
+        raise ConfigError("a pruned correlation lists only some co-firing pairs: solve it with solve_pruned and its resolver")
+    return solve_pruned(sc, None, opt)[:4]
+
+
+Resolver = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def solve_pruned(sc: SparseCorrelation, resolve: Resolver | None, opt: SparseSolveOptions = SparseSolveOptions()
+                 ) -> tuple[np.ndarray, np.ndarray, float, dict, SparseCorrelation]:
+    """:func:`solve_sparse` on a pruned C (``sc.row_bound`` set): every candidate pair the solve uses that
+    ``sc`` does not list is resolved first, ``resolve(rows [Q], cols [Q]) -> (values [Q], counts [Q])`` (its
+    exact c from the codes: :class:`dualsae.alignment.pruning.CodeResolver`), and the certificate also
+    bounds the dropped pairs (:func:`dualsae.alignment.certificate.check_all_pairs`), so the optimum is
+    certified over all pairs. Returns solve_sparse's four values and ``sc`` with the resolved pairs listed
+    (``info["resolved_pairs"]`` counts them)."""
+    if sc.pruned and resolve is None:
+        raise ConfigError("a pruned correlation needs a resolver of the pairs it dropped")
     flip = sc.shape[0] > sc.shape[1]
     work = sc.transposed() if flip else sc
+    if flip and resolve is not None:
+        inner = resolve
+        resolve = lambda r, c: inner(c, r)  # noqa: E731  (the transposed problem's rows are text latents)
+    resolved = 0
     n_i, n_t = work.shape
     info: dict = {"solver": "sparse", "rank_one_check": opt.rank_one_check}
     if n_i == 0:
         empty = np.zeros(0, dtype=np.int64)
         info.update(candidates_initial=0, candidates_final=0, rounds=0,
                     certificate={"max_dual_violation": 0.0, "tolerance": opt.tol, "duality_gap": 0.0, "certified": True})
-        return empty, empty, 0.0, info
+        return empty, empty, 0.0, info, sc
     t0 = time.perf_counter()
     cr, cc = initial_candidates(work, opt)
     info["candidates_initial"] = int(len(cr))
@@ -203,6 +227,12 @@ def solve_sparse(sc: SparseCorrelation, opt: SparseSolveOptions = SparseSolveOpt
     solvers: list[str] = []
     for rounds in range(1, opt.max_rounds + 1):
         t = time.perf_counter()
+        if work.pruned:  # candidates the pruned C does not list get their exact c before the solve uses them
+            missing = np.flatnonzero(~work.listed(cr, cc))
+            if len(missing):
+                mv, mc = resolve(cr[missing], cc[missing])
+                work = work.with_entries(cr[missing], cc[missing], mv, mc)
+                resolved += len(missing)
         vals = work.lookup(cr, cc)
         match, used = _solve_candidates(cr, cc, vals, n_i, n_t, u, v, opt.backend)
         t1 = time.perf_counter()
@@ -227,6 +257,8 @@ def solve_sparse(sc: SparseCorrelation, opt: SparseSolveOptions = SparseSolveOpt
     total_vals = work.lookup(np.arange(n_i), match)
     total = float(total_vals.sum())
     gap = float(u.sum() + v.sum() - total)
+    if work.pruned:
+        info["resolved_pairs"] = resolved
     info.update(candidates_final=int(len(cr)), rounds=rounds, relaxation_rounds=int(sum(relax)), relaxation_rounds_by_round=relax,
                 timing={k: round(x, 3) for k, x in timing.items()},
                 certificate={"max_dual_violation": float(violation), "tolerance": opt.tol, "duality_gap": gap,
@@ -236,7 +268,8 @@ def solve_sparse(sc: SparseCorrelation, opt: SparseSolveOptions = SparseSolveOpt
         rows, cols = cols, rows
         order = np.argsort(rows, kind="stable")
         rows, cols = rows[order], cols[order]
-    return rows.astype(np.int64), cols.astype(np.int64), total, info
+        work = work.transposed()
+    return rows.astype(np.int64), cols.astype(np.int64), total, info, work
 
 
-__all__ = ["SparseSolveOptions", "initial_candidates", "solve_sparse"]
+__all__ = ["Resolver", "SparseSolveOptions", "initial_candidates", "solve_pruned", "solve_sparse"]

@@ -40,6 +40,10 @@ class SparseCorrelation:
     a: [n_I] float64 mu_i / sd_i; b: [n_T] float64 mu_j / sd_j (c = -a_i b_j off the co-firing pairs);
     rows, cols: [P] int64 live positions of the co-firing pairs, sorted by ``rows * n_T + cols``;
     values: [P] float64 their exact c; counts: [P] int32 rows on which both latents fire.
+    row_bound: [n_I], col_bound: [n_T] float64, or None: a *pruned* C (:mod:`dualsae.alignment.pruning`)
+    keeps only some co-firing pairs; every co-firing pair it dropped has c_ij <= min(row_bound_i,
+    col_bound_j) (-inf where a row / column dropped none). An unlisted pair of a pruned C is then either
+    rank-one (c = -a_i b_j) or below that bound: :meth:`lookup` is exact on listed pairs only.
     """
 
     live_image: np.ndarray
@@ -50,6 +54,30 @@ class SparseCorrelation:
     cols: np.ndarray
     values: np.ndarray
     counts: np.ndarray
+    row_bound: np.ndarray | None = None
+    col_bound: np.ndarray | None = None
+
+    @property
+    def pruned(self) -> bool:
+        """Whether co-firing pairs were dropped (unlisted pairs are then bounded, not all rank-one)."""
+        return self.row_bound is not None
+
+    def listed(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[Q] bool: whether each live-position pair is among the listed entries."""
+        if not self.nnz:
+            return np.zeros(len(rows), dtype=bool)
+        keys = self.keys
+        q = np.asarray(rows, dtype=np.int64) * self.shape[1] + np.asarray(cols, dtype=np.int64)
+        return keys[np.minimum(np.searchsorted(keys, q), len(keys) - 1)] == q
+
+    def with_entries(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, counts: np.ndarray) -> "SparseCorrelation":
+        """A copy with exact entries added (pairs not yet listed; e.g. resolved from the codes), bounds kept."""
+        keys = np.concatenate([self.keys, np.asarray(rows, dtype=np.int64) * self.shape[1] + np.asarray(cols, dtype=np.int64)])
+        order = argsort_stable(keys)
+        keys = keys[order]
+        return SparseCorrelation(self.live_image, self.live_text, self.a, self.b, keys // self.shape[1], keys % self.shape[1],
+                                 np.concatenate([self.values, values])[order], np.concatenate([self.counts, counts.astype(np.int32)])[order],
+                                 self.row_bound, self.col_bound)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,8 +116,12 @@ class SparseCorrelation:
         return out
 
     def dense(self, limit: int = DENSE_ENTRIES_LIMIT) -> torch.Tensor:
-        """The whole live block [n_I, n_T] float64 (refused above ``limit`` entries: use the sparse form)."""
+        """The whole live block [n_I, n_T] float64 (refused above ``limit`` entries: use the sparse form; refused
+        for a pruned C, whose dropped pairs are not known)."""
         n_i, n_t = self.shape
+        if self.pruned:
+            raise CheckpointError("this correlation is pruned (only each latent's strongest co-firing pairs are listed): "
+                                  "it has no dense form; recompute C with sparse statistics for every entry")
         if n_i * n_t > limit:
             raise CheckpointError(f"the {n_i:,} x {n_t:,} correlation has {n_i * n_t:,} entries, more than the "
                                   f"{limit:,} this densifies; use its sparse form (SparseCorrelation) instead")
@@ -99,7 +131,7 @@ class SparseCorrelation:
         """C^T as a SparseCorrelation (image and text roles swapped)."""
         order = argsort_stable(self.cols * self.shape[0] + self.rows)
         return SparseCorrelation(self.live_text, self.live_image, self.b, self.a, self.cols[order], self.rows[order],
-                                 self.values[order], self.counts[order])
+                                 self.values[order], self.counts[order], self.col_bound, self.row_bound)
 
     @classmethod
     def from_dense(cls, c: torch.Tensor | np.ndarray, live_image: Any, live_text: Any) -> "SparseCorrelation":
@@ -118,6 +150,8 @@ def save_sparse_correlation(folder: str | Path, sc: SparseCorrelation, live_text
          "live_text_original": torch.tensor(np.asarray(sc.live_text), dtype=torch.long), "a": torch.tensor(sc.a), "b": torch.tensor(sc.b),
          "pair_rows": torch.from_numpy(sc.rows.astype(np.int32)), "pair_cols": torch.from_numpy(sc.cols.astype(np.int32)),
          "pair_values": torch.from_numpy(sc.values), "pair_counts": torch.from_numpy(sc.counts.astype(np.int32))}
+    if sc.pruned:
+        t["pruned_row_bound"], t["pruned_col_bound"] = torch.from_numpy(sc.row_bound), torch.from_numpy(sc.col_bound)
     save_tensors(path, t, metadata={"format": SPARSE_CORRELATION_FORMAT})
     return path
 
@@ -139,7 +173,11 @@ def sparse_from_tensors(path: Path, t: dict) -> SparseCorrelation:
         raise CheckpointError(f"{path}: pair_rows/pair_cols/pair_values/pair_counts have lengths {len(rows)}/{len(cols)}/{len(vals)}/{len(counts)}, expected equal")
     if len(rows) and (rows.min() < 0 or rows.max() >= len(li) or cols.min() < 0 or cols.max() >= len(lt)):
         raise CheckpointError(f"{path}: pair_rows / pair_cols hold positions outside [0, {len(li)}) x [0, {len(lt)})")
-    return SparseCorrelation(li, lt, a, b, rows, cols, vals, counts)
+    rb = t["pruned_row_bound"].double().numpy() if "pruned_row_bound" in t else None
+    cb = t["pruned_col_bound"].double().numpy() if "pruned_col_bound" in t else None
+    if (rb is None) != (cb is None) or (rb is not None and (len(rb) != len(li) or len(cb) != len(lt))):
+        raise CheckpointError(f"{path}: pruned_row_bound / pruned_col_bound must both be present with {len(li)} / {len(lt)} entries")
+    return SparseCorrelation(li, lt, a, b, rows, cols, vals, counts, rb, cb)
 
 
 __all__ = ["DENSE_ENTRIES_LIMIT", "SPARSE_CORRELATION_FORMAT", "SparseCorrelation", "save_sparse_correlation", "sparse_from_tensors"]

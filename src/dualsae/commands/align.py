@@ -15,6 +15,7 @@ from dualsae.alignment.assignment import ALIGN_SOLVERS
 from dualsae.alignment.coactivation import STATS_MODES, coactivation_correlation
 from dualsae.alignment.confidence import ConfidenceOptions
 from dualsae.alignment.post_hoc import align
+from dualsae.alignment.pruning import KEEP, PruneOptions
 from dualsae.commands.common import (
     add_split_args,
     data_arg,
@@ -58,8 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "potentials), dense (lapjv when lapx is installed, else scipy), scipy, lapjv, or auto = dense up to "
                         "4,096 x 4,096 live latents, sparse above (default: auto)")
     p.add_argument("--stats", default="auto", choices=STATS_MODES,
-                   help="coactivation statistics (eq. 5): dense [m_I, m_T] sums, sparse (co-firing pairs only), or auto = "
-                        "dense up to 4,096 x 4,096 latents, sparse above (default: auto)")
+                   help="coactivation statistics (eq. 5): dense [m_I, m_T] sums, sparse (co-firing pairs only), pruned "
+                        "(each latent's --keep strongest co-firing pairs, the rest bounded; still certified optimal over all "
+                        "pairs; one process), or auto = dense up to 4,096 x 4,096 latents, above it pruned when the store's "
+                        "co-firing pairs could pass 4 GiB of sparse statistics, else sparse (default: auto)")
+    p.add_argument("--keep", type=int, default=KEEP,
+                   help=f"pruned statistics: co-firing pairs kept per latent, each side (default: {KEEP})")
     p.add_argument("--tiles", type=int, default=1,
                    help="with sparse statistics, stream the store once per block of image latents so only one block's "
                         "co-firing pairs are in memory (default: 1)")
@@ -97,9 +102,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, found {args.batch_size}")
     if args.tiles < 1:
         raise ConfigError(f"--tiles must be >= 1, found {args.tiles}")
+    if args.keep < 1:
+        raise ConfigError(f"--keep must be >= 1, found {args.keep}")
     device = resolve_device(args.device)
     dist = Distributed.from_env(device)  # a torchrun rank, or one process
     device = dist.device(device)
+    if dist.enabled and args.stats == "pruned":
+        raise ConfigError("--stats pruned runs in one process (it holds every row's codes); under torchrun use --stats sparse, with --tiles for memory")
     sources = None
     if args.run is None:
         pair, sources = imported_pair_of(args, device)
@@ -136,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
                    source=str(run_dir) if sources is None else None, progress=not args.no_progress, confidence=confidence,
-                   stats_mode=args.stats, tiles=args.tiles, release_stats=True)
+                   stats_mode=args.stats, tiles=args.tiles, release_stats=True, prune_options=PruneOptions(keep=args.keep))
     if stats_s is not None:  # the statistics were computed across ranks before align(): their time is theirs
         timing = result.report["timing"]
         timing["correlation_s"] = round(stats_s, 3)
@@ -182,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  certificate: largest dual violation {cert['max_dual_violation']:.2e} (tolerance {cert['tolerance']:.0e}), "
               f"duality gap {cert['duality_gap']:.2e}: {'optimal over all pairs' if cert['certified'] else 'NOT certified'}; "
               f"{rep['solver_details']['candidates_final']:,} candidate pairs, {rep['solver_details']['rounds']} round(s)")
+    pr = rep["solver_details"].get("pruning")
+    if pr is not None:
+        print(f"  pruned statistics: {pr['kept_pairs']:,} of {pr['cofiring_pairs']:,} co-firing pairs kept ({pr['keep']} per latent, "
+              f"{pr['tiles']} tile(s)), {rep['solver_details'].get('resolved_pairs', 0):,} more resolved from the codes")
     print(f"  -> {out}  (correlation {t['correlation_s']:.1f}s, assignment {t['assignment_s']:.1f}s)")
     return 0
 

@@ -94,7 +94,8 @@ def run_heterogeneity(args: argparse.Namespace) -> int:
     fmt = lambda v: f"{v:7.4f}" if v is not None else f"{'-':>7}"  # noqa: E731
     for b in result.bins:
         print(f"  {b['bin']:<12} {b['count']:>12,} {fmt(b['mean'])} {fmt(b['q1'])} {fmt(b['median'])} {fmt(b['q3'])}"
-              + ("" if b["quantiles_exact"] else "  (quartiles from a 1e-4 histogram)"))
+              + ("" if b["quantiles_exact"] else "  (quartiles from a 1e-4 histogram)")
+              + ("" if b.get("complete", True) else "  (pruned C: listed pairs only)"))
     print(f"  {'c < 0':<12} {result.negative_count:>12,}  (in no bin)")
     if result.matched:
         m = result.matched

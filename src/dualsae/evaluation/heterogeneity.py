@@ -230,7 +230,16 @@ def _heterogeneity_sparse(image_dec: torch.Tensor, text_dec: torch.Tensor, sc: S
         for s in range(0, len(c_row), chunk):
             visited += add(np.full(min(chunk, len(c_row) - s), i), np.arange(s, min(s + chunk, len(c_row))), c_row[s : s + chunk])
     n_i, n_t = sc.shape
-    return _finish(acc, n_i * n_t - visited, n_i, n_t, image_dec, text_dec, matched)
+    out = _finish(acc, n_i * n_t - visited, n_i, n_t, image_dec, text_dec, matched)
+    if sc.pruned:  # dropped co-firing pairs have c <= their bound: the bins starting at or below the largest miss them
+        bounds = np.concatenate([sc.row_bound, sc.col_bound])
+        cap = float(bounds[np.isfinite(bounds)].max(initial=-np.inf))
+        for b, summ in enumerate(out.bins):
+            summ["complete"] = not BIN_EDGES[b] <= cap
+            if not summ["complete"]:
+                summ["note"] = (f"pruned C: co-firing pairs with c <= {cap:.4f} beyond each latent's kept ones are not listed, "
+                                "so this bin counts the listed pairs only (the unlisted ones are counted as c < 0)")
+    return out
 
 
 def heterogeneity_from_folder(
