@@ -193,19 +193,9 @@ def check_all_pairs(sc: SparseCorrelation, u: np.ndarray, v: np.ndarray, tol: fl
     else:
         bound = blocked_rank_one_min(sc.a, sc.b, u, v)
     starts = sc.row_starts()
-    failing = np.flatnonzero(bound < -tol)  # the bound may be set by a co-firing column: scan these rows exactly
-    block = max(1, (1 << 24) // max(n_t, 1))
-    for s in range(0, len(failing), block):
-        rows = failing[s : s + block]
-        r_blk = u[rows, None] + v[None, :] + sc.a[rows, None] * sc.b[None, :]  # [block, n_T]
-        for q, i in enumerate(rows):  # co-firing pairs were checked by their exact value above
-            r_blk[q, sc.cols[starts[i] : starts[i + 1]]] = np.inf
-        bound[rows] = r_blk.min(1)
-        bq, bc = np.nonzero(r_blk < -tol)
-        if len(bq):
-            sel = _most_violating(bq, r_blk[bq, bc], max_per_row)
-            add_r.append(rows[bq[sel]])
-            add_c.append(bc[sel])
+    # the bound may be set by a co-firing column: scan the failing rows exactly
+    _scan_failing(sc, starts, bound, tol, max_per_row, add_r, add_c,
+                  lambda rows: u[rows, None] + v[None, :] + sc.a[rows, None] * sc.b[None, :])
     if n_i:
         worst = max(worst, float(-bound.min()))
     if sc.pruned and n_i:
@@ -218,16 +208,29 @@ def _check_pruned(sc: SparseCorrelation, u: np.ndarray, v: np.ndarray, tol: floa
     """The dropped co-firing pairs' part of :func:`check_all_pairs`: the largest violation of
     ``u_i + v_j >= min(rb_i, cb_j)`` over unlisted pairs (an upper bound of the true one), with the
     most violating unlisted pairs of each failing row appended to ``add_r`` / ``add_c``."""
-    n_t = sc.shape[1]
     bound = pruned_bound_min(sc.row_bound, sc.col_bound, u, v)
-    failing = np.flatnonzero(bound < -tol)
-    block = max(1, (1 << 24) // max(n_t, 1))
-    for s in range(0, len(failing), block):
-        rows = failing[s : s + block]
-        with np.errstate(invalid="ignore"):
+
+    def costs(rows: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):  # inf - inf where nothing was dropped: no constraint
             r_blk = u[rows, None] + v[None, :] - np.minimum(sc.row_bound[rows, None], sc.col_bound[None, :])
         r_blk[np.isnan(r_blk)] = np.inf
-        for q, i in enumerate(rows):  # listed pairs were checked by their exact value
+        return r_blk
+
+    _scan_failing(sc, starts, bound, tol, max_per_row, add_r, add_c, costs)
+    return max(0.0, float(-bound.min()))
+
+
+def _scan_failing(sc: SparseCorrelation, starts: np.ndarray, bound: np.ndarray, tol: float, max_per_row: int,
+                  add_r: list, add_c: list, costs) -> None:
+    """Rows whose per-row ``bound`` is below -tol, scanned exactly in blocks: ``costs(rows) -> [block, n_T]``
+    reduced costs of the unlisted pairs' form; listed pairs (checked by their exact value) are skipped.
+    ``bound`` of those rows becomes the exact minimum; each row's most violating pairs go to add_r / add_c."""
+    failing = np.flatnonzero(bound < -tol)
+    block = max(1, (1 << 24) // max(sc.shape[1], 1))
+    for s in range(0, len(failing), block):
+        rows = failing[s : s + block]
+        r_blk = costs(rows)
+        for q, i in enumerate(rows):
             r_blk[q, sc.cols[starts[i] : starts[i + 1]]] = np.inf
         bound[rows] = r_blk.min(1)
         bq, bc = np.nonzero(r_blk < -tol)
@@ -235,7 +238,6 @@ def _check_pruned(sc: SparseCorrelation, u: np.ndarray, v: np.ndarray, tol: floa
             sel = _most_violating(bq, r_blk[bq, bc], max_per_row)
             add_r.append(rows[bq[sel]])
             add_c.append(bc[sel])
-    return max(0.0, float(-bound.min()))
 
 
 def _cat(xs: list[np.ndarray]) -> np.ndarray:
