@@ -65,6 +65,7 @@ class PeakRSS:
 
     def __init__(self, every: float = 0.02) -> None:
         self.every, self.peak, self.peak_anon = every, 0.0, 0.0
+        self.history: list[tuple[float, float, float]] = []  # (perf_counter, MiB, anonymous MiB) since reset
         threading.Thread(target=self._run, daemon=True).start()
 
     @staticmethod
@@ -82,10 +83,18 @@ class PeakRSS:
         while True:
             total, anon = self.sample()
             self.peak, self.peak_anon = max(self.peak, total), max(self.peak_anon, anon)
+            self.history.append((time.perf_counter(), total, anon))
             time.sleep(self.every)
 
     def reset(self) -> None:
         self.peak, self.peak_anon = self.sample()
+        self.history = []
+
+    def peak_between(self, start: float, end: float) -> tuple[float, float]:
+        """(MiB, anonymous MiB): the largest samples taken in [start, end] (perf_counter times), for stages that
+        run inside one call and are told apart afterwards by the times it records."""
+        inside = [(t, a) for when, t, a in self.history if start <= when <= end] or [self.sample()]
+        return max(t for t, _ in inside), max(a for _, a in inside)
 
     def read(self) -> float:
         return max(self.peak, self.now())
@@ -154,6 +163,31 @@ def align_stages(pair, store, stats_mode: str, solver: str, folder: Path, rss: P
     t0 = time.perf_counter()
     result.save(folder)
     out["permutation+save"] = (time.perf_counter() - t0, rss.read(), rss.read_anon())
+    del result
+    return _summary(out, folder)
+
+
+def align_pruned(pair, store, folder: Path, rss: PeakRSS, batch: int) -> dict:
+    """Statistics and assignment in one ``align(stats_mode="pruned")`` call (the pruned statistics re-read the
+    held codes during the solve, so the two cannot run as separate calls), told apart by alignment.json's
+    timing; then the permutation and save. Same fields as :func:`align_stages`."""
+    rss.reset()
+    t0 = time.perf_counter()
+    result = align(pair, store, stats_mode="pruned", solver="sparse", batch_size=batch, progress=False)
+    t1 = time.perf_counter()
+    timing = result.report["timing"]
+    t_split = t0 + timing["correlation_s"]
+    out: dict = {"statistics": (timing["correlation_s"], *rss.peak_between(t0, t_split)),
+                 "assignment": (t1 - t_split, *rss.peak_between(t_split, t1))}
+    rss.reset()
+    t0 = time.perf_counter()
+    result.save(folder)
+    out["permutation+save"] = (time.perf_counter() - t0, rss.read(), rss.read_anon())
+    return _summary(out, folder)
+
+
+def _summary(out: dict, folder: Path) -> dict:
+    """``out`` with the solver, certificate, total and solver breakdown of ``folder``'s alignment.json."""
     report = json.loads((folder / "alignment.json").read_text())
     details = report.get("solver_details") or {}
     cert = details.get("certificate")
@@ -162,9 +196,9 @@ def align_stages(pair, store, stats_mode: str, solver: str, folder: Path, rss: P
     out["total"] = report.get("total_matched_correlation")
     out["live"] = report.get("live")
     out["statistics_kind"] = report.get("statistics", "dense")
-    keys = ("rounds", "candidates_initial", "candidates_final", "timing", "round_solvers", "relaxation_rounds", "relaxation_rounds_by_round")
+    keys = ("rounds", "candidates_initial", "candidates_final", "timing", "round_solvers", "relaxation_rounds",
+            "relaxation_rounds_by_round", "pruning")
     out["solver_breakdown"] = {k: details[k] for k in keys if k in details}
-    del result
     return out
 
 
@@ -200,6 +234,9 @@ def main() -> None:
     ap.add_argument("--stats-batch", type=int, default=4096, help="rows per statistics batch")
     ap.add_argument("--dense-max-m", type=int, default=16_384, help="largest m that also runs the dense path")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scale-stats", choices=("sparse", "pruned"), default="sparse",
+                    help="statistics of the scalable path: all co-firing pairs (sparse) or each latent's strongest "
+                         "pairs per tile (pruned: memory bounded by the held codes, not by the pairs)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -227,7 +264,10 @@ def main() -> None:
             for name, stats_mode, solver in paths:
                 folder = out / f"aligned-N{n}-m{m}-{name}"
                 try:
-                    res = align_stages(pair, store, stats_mode, solver, folder, rss, args.stats_batch)
+                    if name == "scale" and args.scale_stats == "pruned":
+                        res = align_pruned(pair, store, folder, rss, args.stats_batch)
+                    else:
+                        res = align_stages(pair, store, stats_mode, solver, folder, rss, args.stats_batch)
                 except (MemoryError, RuntimeError) as e:
                     print(f"  N={n:,} m={m:,} {name}: stops here ({type(e).__name__}: {e})", flush=True)
                     continue

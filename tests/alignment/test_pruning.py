@@ -196,3 +196,52 @@ def test_heterogeneity_marks_bins_a_pruned_c_leaves_incomplete():
     cap = max(pc.correlation.row_bound.max(), pc.correlation.col_bound.max())
     flags = [b["complete"] for b in het.bins]
     assert flags == [not lo <= cap for lo in (0.0, 0.2, 0.4, 0.6, 0.8)] and not flags[0]
+
+
+def test_borrowed_marginals_tile_equals_the_full_statistics():
+    """A later tile that shares the first tile's marginals holds the same pairs and the same C as the full
+    sparse statistics on its block; its marginals are the owner's, unchanged by its own update."""
+    gen = torch.Generator().manual_seed(5)
+    ci, ct = _codes(gen, 700, 90, 4), _codes(gen, 700, 80, 5)
+    full = stats_from_codes(ci, ct, sparse=True)
+    first = stats_from_codes(ci, ct, sparse=True, image_block=(0, 40))
+    later = stats_from_codes(ci, ct, sparse=True, image_block=(40, 90), marginals_of=first)
+    assert later.n == first.n == 700
+    for name in ("sum_i", "sumsq_i", "fired_i", "sum_t", "sumsq_t", "fired_t"):
+        assert torch.equal(getattr(later, name), getattr(full, name)), name
+    keys, sums, counts = later.pairs.entries()
+    fk, fs, fc = full.pairs.entries()
+    sel = (fk // 80 >= 40)
+    assert torch.equal(keys, fk[sel]) and torch.equal(counts, fc[sel])
+    np.testing.assert_allclose(sums.numpy(), fs[sel].numpy(), rtol=1e-12, atol=1e-12)
+    a, b = full.sparse_correlation(), later.sparse_correlation()
+    assert np.isin(b.rows, np.flatnonzero(a.live_image >= 40)).all()
+    on = a.live_image[a.rows] >= 40
+    np.testing.assert_allclose(b.values, a.values[on], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="borrow"):
+        later.merge(first)
+    with pytest.raises(ConfigError, match="borrow"):
+        first.merge(later)
+    with pytest.raises(ConfigError, match="borrow"):
+        later.all_reduce()
+
+
+def test_scales_give_the_correlation():
+    """scales(): c_ij = S_ij u_i u_j - a_i b_j reproduces correlation() and the rank-one value of pairs that
+    never co-fire is -a_i b_j, the closed form -mu_i mu_j / (sd_i sd_j) of eq. 5."""
+    gen = torch.Generator().manual_seed(9)
+    ci, ct = _codes(gen, 400, 30, 3), _codes(gen, 400, 25, 3)
+    dense = stats_from_codes(ci, ct)
+    c, li, lt = dense.correlation()
+    s = dense.scales()
+    assert torch.equal(s.live_image, li) and torch.equal(s.live_text, lt)
+    expect = dense.cross[li][:, lt] * s.u_i[:, None] * s.u_t[None, :] - s.a[:, None] * s.b[None, :]
+    torch.testing.assert_close(c, expect, rtol=1e-12, atol=1e-12)
+    # brute force from the dense codes
+    x = torch.zeros(400, 30, dtype=torch.float64).scatter_(1, ci.indices, ci.values.double())
+    y = torch.zeros(400, 25, dtype=torch.float64).scatter_(1, ct.indices, ct.values.double())
+    x, y = x[:, li], y[:, lt]
+    ref = ((x - x.mean(0)) / x.std(0, unbiased=False)).T @ ((y - y.mean(0)) / y.std(0, unbiased=False)) / 400
+    torch.testing.assert_close(c, ref, rtol=1e-9, atol=1e-9)
+    never = (x > 0).double().T @ (y > 0).double() == 0
+    torch.testing.assert_close(c[never], (-s.a[:, None] * s.b[None, :])[never], rtol=1e-9, atol=1e-12)

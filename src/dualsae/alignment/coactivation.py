@@ -156,9 +156,11 @@ def _store_codes(sae_i: SAE, sae_t: SAE, store: PairedEmbeddings, batch_size: in
 
 
 def _accumulate(batches: Iterable[tuple[SparseCodes, SparseCodes]], m_image: int, m_text: int, device: Any,
-                dist: Distributed | None, sparse: bool, block: tuple[int, int] | None, same_index: bool = False) -> CoactivationStats:
+                dist: Distributed | None, sparse: bool, block: tuple[int, int] | None, same_index: bool = False,
+                marginals_of: CoactivationStats | None = None) -> CoactivationStats:
     """eq. 5's statistics of the batches (of one tile of image latents when ``block``), summed over ranks."""
-    stats = CoactivationStats(m_image, m_text, device=device, same_index=same_index, sparse=sparse, image_block=block)
+    stats = CoactivationStats(m_image, m_text, device=device, same_index=same_index, sparse=sparse, image_block=block,
+                              marginals_of=marginals_of)
     for ci, ct in batches:
         stats.update(ci, ct)
     if dist is not None and dist.enabled:
@@ -177,17 +179,21 @@ def _expand(c: tuple[torch.Tensor, torch.Tensor, int]) -> SparseCodes:
 
 def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int = 4096, same_index: bool = False,
                      sparse: bool = False, tiles: int = 1, progress: bool = False,
-                     device: str | torch.device = "cpu", image_block: tuple[int, int] | None = None) -> CoactivationStats:
+                     device: str | torch.device = "cpu", image_block: tuple[int, int] | None = None,
+                     marginals_of: CoactivationStats | None = None) -> CoactivationStats:
     """eq. 5's statistics from codes already computed (codes_i [N, k_I], codes_t [N, k_T], row r of
     each one pair; e.g. :func:`encode_store`), accumulated in row batches of ``batch_size`` on ``device``
     (``sparse``: co-firing pairs only, over ``tiles`` blocks of image latents, or only the pairs of the image
-    latents in ``image_block = (lo, hi)``: one tile, as :mod:`dualsae.alignment.pruning` takes them). Equal to
-    :func:`coactivation_correlation` on the store the codes came from."""
+    latents in ``image_block = (lo, hi)``: one tile, as :mod:`dualsae.alignment.pruning` takes them; a later tile
+    passes ``marginals_of`` = the first tile's statistics, whose n and marginals it shares instead of re-summing
+    them). Equal to :func:`coactivation_correlation` on the store the codes came from."""
     if codes_i.batch != codes_t.batch:
         raise ConfigError(f"paired codes must have the same rows: image {codes_i.batch}, text {codes_t.batch}")
     _check_tiles("sparse" if sparse else "dense", tiles)
     if image_block is not None and (not sparse or tiles != 1):
         raise ConfigError("image_block needs sparse statistics in one tile")
+    if marginals_of is not None and image_block is None:
+        raise ConfigError("marginals_of is for one tile of image latents (image_block)")
 
     def batches() -> Iterator[tuple[SparseCodes, SparseCodes]]:
         for s in tqdm(range(0, codes_i.batch, batch_size), desc="coactivation", unit="batch", disable=not progress, leave=False):
@@ -195,7 +201,7 @@ def stats_from_codes(codes_i: SparseCodes, codes_t: SparseCodes, batch_size: int
                    SparseCodes(codes_t.values[s : s + batch_size], codes_t.indices[s : s + batch_size], codes_t.m))
 
     if tiles == 1:
-        return _accumulate(batches(), codes_i.m, codes_t.m, device, None, sparse, image_block, same_index)
+        return _accumulate(batches(), codes_i.m, codes_t.m, device, None, sparse, image_block, same_index, marginals_of)
     return _tiled(batches, codes_i.m, codes_t.m, device, None, tiles, progress)
 
 

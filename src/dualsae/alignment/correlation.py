@@ -26,6 +26,7 @@ without densifying).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,24 @@ _PAIRS_PER_CHUNK = 2_000_000
 _ENTRIES_PER_CHUNK = 1 << 23
 
 
+@dataclass(frozen=True)
+class CorrelationScales:
+    """What eq. 5 needs of the marginals: C_ij = S_ij u_i u_j - a_i b_j on the live block.
+
+    live_image [n_I], live_text [n_T]: sorted latent ids of the live latents; u_i [n_I], u_t [n_T]:
+    1 / (sd sqrt(N)); a [n_I], b [n_T]: mu / sd (all float64, on the statistics' device)."""
+
+    live_image: torch.Tensor
+    live_text: torch.Tensor
+    u_i: torch.Tensor
+    u_t: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def cpu(self) -> "CorrelationScales":
+        return CorrelationScales(*(t.cpu() for t in (self.live_image, self.live_text, self.u_i, self.u_t, self.a, self.b)))
+
+
 class CoactivationStats:
     """Streaming sufficient statistics of the coactivation correlation C (eq. 5).
 
@@ -62,10 +81,13 @@ class CoactivationStats:
               [min(m_I, m_T)], and ``cofired`` [min(m_I, m_T)]: rows where both latents j fire;
               with ``sparse`` None, and ``pairs`` (:class:`CofiringSums`) holds S_ij of the co-firing pairs
     image_block: (lo, hi) with ``sparse``: only pairs of image latents in [lo, hi) are kept (one tile)
+    marginals_of: statistics of the same rows whose n and marginals these share (and never add to), so a
+              later tile of image latents accumulates only its pairs (:mod:`dualsae.alignment.pruning`)
     """
 
     def __init__(self, m_image: int, m_text: int, device: str | torch.device = "cpu", same_index: bool = False,
-                 sparse: bool = False, image_block: tuple[int, int] | None = None) -> None:
+                 sparse: bool = False, image_block: tuple[int, int] | None = None,
+                 marginals_of: "CoactivationStats | None" = None) -> None:
         self.m_image = int(m_image)
         self.m_text = int(m_text)
         self.same_index = bool(same_index)
@@ -89,6 +111,14 @@ class CoactivationStats:
             self.pairs = CofiringSums(self.m_image, self.m_text, image_block=image_block)
         else:
             self.cross = torch.zeros(self.m_image, self.m_text, **f64)
+        self._borrowed = marginals_of is not None
+        if marginals_of is not None:
+            if (marginals_of.m_image, marginals_of.m_text) != (self.m_image, self.m_text):
+                raise ConfigError(f"marginals_of has m_image={marginals_of.m_image}, m_text={marginals_of.m_text}; "
+                                  f"expected {self.m_image}, {self.m_text}")
+            self.n = marginals_of.n
+            for name in ("sum_i", "sumsq_i", "fired_i", "sum_t", "sumsq_t", "fired_t"):
+                setattr(self, name, getattr(marginals_of, name).to(self.device))
 
     # ------------------------------------------------------------------ accumulation
     @torch.no_grad()
@@ -103,9 +133,10 @@ class CoactivationStats:
             )
         vi, ii = coalesce_codes(codes_i.to(self.device))
         vt, it = coalesce_codes(codes_t.to(self.device))
-        self.n += codes_i.batch
-        self._add_marginals(vi, ii, self.sum_i, self.sumsq_i, self.fired_i)
-        self._add_marginals(vt, it, self.sum_t, self.sumsq_t, self.fired_t)
+        if not self._borrowed:  # borrowed marginals are those of these very rows, already complete
+            self.n += codes_i.batch
+            self._add_marginals(vi, ii, self.sum_i, self.sumsq_i, self.fired_i)
+            self._add_marginals(vt, it, self.sum_t, self.sumsq_t, self.fired_t)
         rows_per_chunk = max(1, _PAIRS_PER_CHUNK // max(1, vi.shape[1] * vt.shape[1]))
         if self.same_index:
             self._add_same_index(vi, ii, vt, it, rows_per_chunk)
@@ -151,6 +182,8 @@ class CoactivationStats:
             )
         if other.same_index != self.same_index or other.sparse != self.sparse:
             raise ConfigError("cannot merge statistics of different kinds (same-index, dense, sparse)")
+        if self._borrowed or other._borrowed:
+            raise ConfigError("statistics that borrow another's marginals (one tile) cannot be merged; merge the owners")
         self.n += other.n
         for name in ("sum_i", "sumsq_i", "fired_i", "sum_t", "sumsq_t", "fired_t") + (("cofired",) if self.same_index else ()):
             getattr(self, name).add_(getattr(other, name).to(self.device))
@@ -173,6 +206,8 @@ class CoactivationStats:
     def all_reduce(self, group: Any = None) -> "CoactivationStats":
         """Sum the statistics over all processes of ``torch.distributed`` (no-op when not initialised)."""
 
+        if self._borrowed:  # its marginals are another's tensors: summing them here would sum the owner's too
+            raise ConfigError("statistics that borrow another's marginals (one tile) cannot be all-reduced; reduce the owner")
         if not (dist.is_available() and dist.is_initialized()):
             return self
         n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.device)
@@ -196,6 +231,15 @@ class CoactivationStats:
         sd = var.clamp_min(0).sqrt()
         return mu, sd, live
 
+    def scales(self) -> CorrelationScales:
+        """The live latents and the factors that turn S_ij into c_ij (eq. 5): see :class:`CorrelationScales`."""
+        mu_i, sd_i, live_i = self._moments(self.sum_i, self.sumsq_i, self.fired_i)
+        mu_t, sd_t, live_t = self._moments(self.sum_t, self.sumsq_t, self.fired_t)
+        li, lt = live_i.nonzero().flatten(), live_t.nonzero().flatten()
+        root_n = float(self.n) ** 0.5
+        return CorrelationScales(li, lt, 1.0 / (sd_i[li] * root_n), 1.0 / (sd_t[lt] * root_n),
+                                 mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt])
+
     def live(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted indices of the live image latents [n_I] and live text latents [n_T]."""
         _, _, li = self._moments(self.sum_i, self.sumsq_i, self.fired_i)
@@ -217,18 +261,16 @@ class CoactivationStats:
         if self.pairs is not None:  # densify the sparse form (small m only; refused above DENSE_ENTRIES_LIMIT)
             sc = self.sparse_correlation()
             return sc.dense(), torch.from_numpy(sc.live_image), torch.from_numpy(sc.live_text)
-        mu_i, sd_i, live_i = self._moments(self.sum_i, self.sumsq_i, self.fired_i)
-        mu_t, sd_t, live_t = self._moments(self.sum_t, self.sumsq_t, self.fired_t)
-        li, lt = live_i.nonzero().flatten(), live_t.nonzero().flatten()
-        # C_ij = S_ij u_i u_j - v_i v_j with u = 1 / (sd sqrt(N)), v = mu / sd: one copy of the live
-        # block, then in-place scalings and a rank-1 update (no further [m_I, m_T] temporaries).
+        sc = self.scales()
+        li, lt = sc.live_image, sc.live_text
+        # C_ij = S_ij u_i u_j - a_i b_j: one copy of the live block, then in-place scalings and a
+        # rank-1 update (no further [m_I, m_T] temporaries).
         c = self.cross.index_select(0, li)
         if len(lt) != self.m_text:
             c = c.index_select(1, lt)
-        root_n = float(self.n) ** 0.5
-        c.mul_((1.0 / (sd_i[li] * root_n)).unsqueeze(1))
-        c.mul_((1.0 / (sd_t[lt] * root_n)).unsqueeze(0))
-        c.addr_(mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt], alpha=-1.0)
+        c.mul_(sc.u_i.unsqueeze(1))
+        c.mul_(sc.u_t.unsqueeze(0))
+        c.addr_(sc.a, sc.b, alpha=-1.0)
         return c, li, lt
 
     @torch.no_grad()
@@ -244,9 +286,8 @@ class CoactivationStats:
             raise ConfigError("these statistics hold only the same-index diagonal; use same_index_correlation()")
         if self.n < 2:
             raise DataError(f"the coactivation correlation needs at least 2 paired rows, found {self.n}")
-        mu_i, sd_i, live_i = (t.cpu() for t in self._moments(self.sum_i, self.sumsq_i, self.fired_i))
-        mu_t, sd_t, live_t = (t.cpu() for t in self._moments(self.sum_t, self.sumsq_t, self.fired_t))
-        li, lt = live_i.nonzero().flatten(), live_t.nonzero().flatten()
+        scales = self.scales().cpu()
+        li, lt, u_i, u_t, a, b = scales.live_image, scales.live_text, scales.u_i, scales.u_t, scales.a, scales.b
         if self.pairs is not None:
             keys, sums, counts = self.pairs.entries()
         else:
@@ -257,9 +298,6 @@ class CoactivationStats:
         pos_i[li] = torch.arange(len(li))
         pos_t = torch.full((self.m_text,), -1, dtype=torch.long)
         pos_t[lt] = torch.arange(len(lt))
-        root_n = float(self.n) ** 0.5
-        u_i, u_t = 1.0 / (sd_i[li] * root_n), 1.0 / (sd_t[lt] * root_n)
-        a, b = mu_i[li] / sd_i[li], mu_t[lt] / sd_t[lt]
         # Filled in chunks into preallocated outputs (or the run's own buffers): peak memory is the run plus the
         # result (28 bytes a pair), or the result alone, not a dozen full-length temporaries.
         p = len(keys)
@@ -302,5 +340,5 @@ class CoactivationStats:
         return self.cofired.cpu().numpy().astype(np.int64), c.cpu().numpy()
 
 
-__all__ = ["CORRELATION_FORMAT", "SPARSE_CORRELATION_FORMAT", "CoactivationStats", "load_correlation",
+__all__ = ["CORRELATION_FORMAT", "SPARSE_CORRELATION_FORMAT", "CoactivationStats", "CorrelationScales", "load_correlation",
            "load_sparse_correlation", "load_stored_correlation", "save_correlation"]

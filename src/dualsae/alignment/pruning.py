@@ -170,8 +170,11 @@ def pruned_correlation(codes_i: SparseCodes, codes_t: SparseCodes, keep: int = K
     seen = 0
     marg = None
     for lo, hi in tqdm(tiles, desc="coactivation tiles", unit="tile", disable=not progress, leave=False):
-        stats = stats_from_codes(codes_i, codes_t, batch_size=batch_size, sparse=True, image_block=(lo, hi))
-        marg = marg or stats
+        # The marginals (eq. 5's means and sds over all rows) are summed once, by the first tile; the later
+        # tiles share them and accumulate only their own pairs. consume=True drops only the pairs, so the
+        # first tile's marginals outlive it.
+        stats = stats_from_codes(codes_i, codes_t, batch_size=batch_size, sparse=True, image_block=(lo, hi), marginals_of=marg)
+        marg = stats if marg is None else marg
         tile = stats.sparse_correlation(consume=True)
         seen += tile.nnz
         parts.append(prune_entries(tile, keep))
@@ -184,10 +187,8 @@ def pruned_correlation(codes_i: SparseCodes, codes_t: SparseCodes, keep: int = K
     joined = SparseCorrelation(first.live_image, first.live_text, first.a, first.b, *(np.concatenate([getattr(p, f) for p in parts])
                                for f in ("rows", "cols", "values", "counts")), rb, cb)  # blocks ascend: keys stay sorted
     sc = prune_entries(joined, keep)  # the columns' keep largest over all blocks
-    mu_sd = marg._moments(marg.sum_i, marg.sumsq_i, marg.fired_i), marg._moments(marg.sum_t, marg.sumsq_t, marg.fired_t)
-    root_n = float(marg.n) ** 0.5
-    scale = [(1.0 / (sd[torch.from_numpy(live)] * root_n)).numpy() for (_, sd, _), live in zip(mu_sd, (sc.live_image, sc.live_text))]
-    resolver = CodeResolver(codes_i, codes_t, sc.live_image, sc.live_text, scale[0], scale[1], sc.a, sc.b)
+    scales = marg.scales().cpu()
+    resolver = CodeResolver(codes_i, codes_t, sc.live_image, sc.live_text, scales.u_i.numpy(), scales.u_t.numpy(), sc.a, sc.b)
     info = {"keep": int(keep), "tiles": len(tiles), "tile_pairs": int(tile_pairs), "cofiring_pairs": int(seen),
             "kept_pairs": int(sc.nnz)}
     return PrunedCorrelation(sc, resolver, marg.n, info)
