@@ -71,3 +71,25 @@ def test_two_rank_sparse_align_equals_one_process(tmp_path):
     assert np.array_equal(a.rows, b.rows) and np.array_equal(a.cols, b.cols) and np.array_equal(a.counts, b.counts)
     np.testing.assert_allclose(a.values, b.values, rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.a, b.a, rtol=0, atol=1e-12)
+
+
+def test_two_rank_pruned_align_with_confidence_equals_one_process(tmp_path):
+    """Under torchrun the ranks encode their shares and gather the codes: pruned statistics (refused under
+    torchrun before) and the match confidence (re-encoded on rank 0 before) then equal one process's."""
+    run, store, sigma = _setup(tmp_path, m=32)
+    args = ["align", str(run), "--data", str(store), "--no-progress", "--stats", "pruned", "--keep", "2",
+            "--batch-size", "300", "--shuffles", "20"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    outs = launch_ranks(["-m", "dualsae", *args, "--out", str(tmp_path / "two")])
+    assert "certificate" in outs[0] and outs[1] == ""
+    one, two = (json.loads((tmp_path / f / "alignment.json").read_text()) for f in ("one", "two"))
+    assert one["statistics"] == two["statistics"] == "pruned"
+    assert one["permutation"] == two["permutation"] and one["rows"] == two["rows"] == 2400
+    assert all(two["permutation"][int(sigma[i])] == i for i in range(32))
+    prune = [r["solver_details"]["pruning"] for r in (one, two)]
+    assert prune[0]["kept_pairs"] == prune[1]["kept_pairs"] < prune[0]["cofiring_pairs"] == prune[1]["cofiring_pairs"]
+    assert abs(one["total_matched_correlation"] - two["total_matched_correlation"]) < 1e-12
+    assert two["solver_details"]["certificate"]["certified"]
+    # the same codes in the same row order: the same shuffles, so the same null thresholds and supports
+    assert one["confidence"] == two["confidence"]
+    assert 0 < two["timing"]["encoding_s"] <= two["timing"]["correlation_s"]

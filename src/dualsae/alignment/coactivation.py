@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dualsae.alignment.cofiring import gather_ragged
 from dualsae.alignment.correlation import CoactivationStats
 from dualsae.core.codes import SparseCodes
 from dualsae.core.distributed import Distributed
@@ -50,13 +51,26 @@ def _saes(pair_or_saes: SAEPair | tuple[SAE, SAE], store: PairedEmbeddings, batc
 
 @torch.no_grad()
 def encode_store(pair_or_saes: SAEPair | tuple[SAE, SAE], store: PairedEmbeddings, batch_size: int = 4096,
-                 device: str | torch.device = "cpu", progress: bool = False) -> tuple[SparseCodes, SparseCodes]:
+                 device: str | torch.device = "cpu", progress: bool = False,
+                 dist: Distributed | None = None) -> tuple[SparseCodes, SparseCodes]:
     """Sparse codes of every paired row: (image [N, k_I], text [N, k_T]) on the CPU, float32, each in its
     own SAE's ``m`` latents (:func:`dualsae.models.encoding.encode_rows`). N (k_I + k_T) 12 bytes:
-    77 MB for 10^5 pairs at k = 32."""
+    77 MB for 10^5 pairs at k = 32.
+
+    Under torchrun (``dist``) rank r encodes its contiguous share of the rows (:meth:`Distributed.slice`) and
+    the shares are gathered in rank order: every rank returns every row's codes, in the store's order, so
+    what follows (statistics, pruning, match confidence) is the one-process computation on the same codes,
+    while the encoding, the costly part at large m, is split over the ranks."""
     sae_i, sae_t = (s.to(device).eval() for s in _saes(pair_or_saes, store, batch_size))
-    return (encode_rows(sae_i, store, "image", batch_size=batch_size, device=device, progress=progress),
-            encode_rows(sae_t, store, "text", batch_size=batch_size, device=device, progress=progress))
+    mine = store if dist is None or not dist.enabled else store.subset(dist.slice(np.arange(store.n)))
+    codes = (encode_rows(sae_i, mine, "image", batch_size=batch_size, device=device, progress=progress),
+             encode_rows(sae_t, mine, "text", batch_size=batch_size, device=device, progress=progress))
+    if dist is None or not dist.enabled:
+        return codes
+    # Flattened, so the ragged gather of the co-firing sums serves: every rank's codes have the same k.
+    return tuple(SparseCodes(gather_ragged(c.values.reshape(-1), device=device).reshape(-1, c.values.shape[1]),
+                             gather_ragged(c.indices.reshape(-1), device=device).reshape(-1, c.indices.shape[1]), c.m)
+                 for c in codes)
 
 
 @torch.no_grad()

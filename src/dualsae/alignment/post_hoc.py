@@ -27,6 +27,7 @@ from dualsae.alignment.permutation import build_permutation, permute_sae
 from dualsae.alignment.pruning import PruneOptions, pruned_correlation
 from dualsae.alignment.sparse_assignment import SparseSolveOptions
 from dualsae.alignment.sparse_correlation import SparseCorrelation, save_sparse_correlation
+from dualsae.core.codes import SparseCodes
 from dualsae.core.errors import ConfigError
 from dualsae.files.atomic import write_json
 from dualsae.models.aligned import ALIGNMENT_FORMAT, AlignedPair
@@ -89,6 +90,7 @@ def align(
     sparse_options: SparseSolveOptions = SparseSolveOptions(),
     release_stats: bool = False,
     prune_options: PruneOptions = PruneOptions(),
+    codes: tuple[SparseCodes, SparseCodes] | None = None,
 ) -> AlignmentResult:
     """Align a trained pair post hoc (eqs. 5-7), or, for a shared SAE, measure its collapse (App. F.2).
 
@@ -108,17 +110,27 @@ def align(
     release_stats: build the sparse C in the co-firing run's own buffers (:meth:`CoactivationStats.sparse_correlation`
     with ``consume``: 28 bytes a pair at the peak instead of 48, 2 GB less at 10^8 pairs); ``stats`` cannot build
     another C afterwards. Statistics computed here are always consumed so.
+    codes: the store's codes already computed (:func:`dualsae.alignment.coactivation.encode_store`, e.g. gathered
+    from torchrun ranks: (image [N, k_I], text [N, k_T]), row r of each the store's row r); used for the
+    statistics and the match confidence instead of encoding the store again.
     """
     t0 = time.perf_counter()
-    codes, release, pruned = None, release_stats or stats is None, None
+    release, pruned = release_stats or stats is None, None
+    if codes is not None:
+        if store is None or codes[0].batch != store.n or codes[1].batch != store.n:
+            raise ConfigError(f"codes must be those of the store's {'?' if store is None else store.n} rows, "
+                              f"found {codes[0].batch} image and {codes[1].batch} text rows")
+        if stats is not None:
+            raise ConfigError("give align either the codes or precomputed CoactivationStats, not both")
     if stats is None:
         if store is None:
             raise ConfigError("align needs a store of paired rows or precomputed CoactivationStats")
         m_i, m_t = pair.sae_for("image").m, pair.sae_for("text").m
-        if confidence is not None or (stats_mode in ("auto", "pruned") and resolve_stats_mode(stats_mode, m_i, m_t) != "dense"):
+        if codes is not None or confidence is not None or (stats_mode in ("auto", "pruned") and resolve_stats_mode(stats_mode, m_i, m_t) != "dense"):
             # One encoding of the store for the statistics and the match confidence; held codes also tell auto how
             # many co-firing pairs there can be, and pruned statistics re-read them (tiles, resolved pairs).
-            codes = encode_store(pair, store, batch_size=batch_size, device=device, progress=progress)
+            if codes is None:
+                codes = encode_store(pair, store, batch_size=batch_size, device=device, progress=progress)
             mode = resolve_stats_mode(stats_mode, m_i, m_t, products=cofiring_products(*codes))
             if mode == "pruned":
                 if tiles != 1:

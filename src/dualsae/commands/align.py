@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dualsae.alignment.assignment import ALIGN_SOLVERS
-from dualsae.alignment.coactivation import STATS_MODES, coactivation_correlation
+from dualsae.alignment.coactivation import STATS_MODES, encode_store
 from dualsae.alignment.confidence import ConfidenceOptions
 from dualsae.alignment.post_hoc import align
 from dualsae.alignment.pruning import KEEP, PruneOptions
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats", default="auto", choices=STATS_MODES,
                    help="coactivation statistics (eq. 5): dense [m_I, m_T] sums, sparse (co-firing pairs only), pruned "
                         "(each latent's --keep strongest co-firing pairs, the rest bounded; still certified optimal over all "
-                        "pairs; one process), or auto = dense up to 4,096 x 4,096 latents, above it pruned when the store's "
+                        "pairs), or auto = dense up to 4,096 x 4,096 latents, above it pruned when the store's "
                         "co-firing pairs could pass 4 GiB of sparse statistics, else sparse (default: auto)")
     p.add_argument("--keep", type=int, default=KEEP,
                    help=f"pruned statistics: co-firing pairs kept per latent, each side (default: {KEEP})")
@@ -107,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dist = Distributed.from_env(device)  # a torchrun rank, or one process
     device = dist.device(device)
-    if dist.enabled and args.stats == "pruned":
-        raise ConfigError("--stats pruned runs in one process (it holds every row's codes); under torchrun use --stats sparse, with --tiles for memory")
     sources = None
     if args.run is None:
         pair, sources = imported_pair_of(args, device)
@@ -130,27 +128,30 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         check_output(out, "align", job, overwrite=args.overwrite)  # refuse someone else's folder before the work
 
-    stats, stats_s = None, None
+    codes, encode_s = None, None
     try:
         dist.on_main(check, str(out))
-        if dist.enabled:  # each rank streams its batches; the eq. 5 sums are all-reduced; rank 0 goes on
+        if dist.enabled:
+            # Each rank encodes its share of the rows (the costly part at large m) and the codes are gathered:
+            # rank 0 then computes the statistics (any --stats), the assignment and the match confidence from
+            # the same codes one process would have, without encoding the store a second time.
             t0 = time.perf_counter()
-            stats = coactivation_correlation(pair, rows, batch_size=args.batch_size, device=device,
-                                             progress=not args.no_progress and dist.is_main, dist=dist,
-                                             stats=args.stats, tiles=args.tiles)
-            stats_s = time.perf_counter() - t0
+            codes = encode_store(pair, rows, batch_size=args.batch_size, device=device,
+                                 progress=not args.no_progress and dist.is_main, dist=dist)
+            encode_s = time.perf_counter() - t0
     finally:
         dist.close()
     if not dist.is_main:
         return 0
-    result = align(pair, rows, stats=stats, batch_size=args.batch_size, solver=args.solver, device=device,
+    result = align(pair, rows, codes=codes, batch_size=args.batch_size, solver=args.solver, device=device,
                    source=str(run_dir) if sources is None else None, progress=not args.no_progress, confidence=confidence,
                    stats_mode=args.stats, tiles=args.tiles, release_stats=True, prune_options=PruneOptions(keep=args.keep))
-    if stats_s is not None:  # the statistics were computed across ranks before align(): their time is theirs
+    if encode_s is not None:  # the ranks encoded the store before align(): the statistics' time includes it, as in one process
         timing = result.report["timing"]
-        timing["correlation_s"] = round(stats_s, 3)
+        timing["correlation_s"] = round(timing["correlation_s"] + encode_s, 3)
+        timing["encoding_s"] = round(encode_s, 3)
         if "total_s" in timing:
-            timing["total_s"] = round(timing["total_s"] + stats_s, 3)
+            timing["total_s"] = round(timing["total_s"] + encode_s, 3)
     result.report.update({"data": str(data), "split": split, "test_fraction": test_fraction, "split_seed": split_seed,
                           "fingerprint": recorded_fingerprint(run_dir) if sources is None else None})
     if sources is not None:
