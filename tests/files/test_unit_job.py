@@ -4,6 +4,8 @@ finished units skipped on resume, several files per unit."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +62,40 @@ def test_units_are_written_as_they_finish_and_skipped_on_resume(tmp_path):
         list(job.run([3], work, keys=keys, workers=0))
     with pytest.raises(DataError, match="expected"):
         list(job.run([3], lambda u: {"wrong": {}}, keys=keys))
+
+
+
+_WORKER_MODULE = """
+from tqdm import tqdm
+
+
+def work(unit):
+    for _ in tqdm(range(2), desc=unit):  # a bar in a worker makes tqdm's multiprocessing lock there
+        pass
+    return {unit: {"unit": unit}}
+"""
+
+_WORKER_SCRIPT = """
+import sys
+from dualsae.files.unit_job import UnitJob
+from unit_work import work
+if __name__ == "__main__":
+    job = UnitJob.open(sys.argv[1], {"p": 1})
+    print(sorted(key for _, docs in job.run([f"u{i}" for i in range(4)], work, keys=lambda u: [u], workers=2)
+                 for key in docs))
+"""
+
+
+def test_worker_runs_finish_without_leaking_their_semaphores(tmp_path):
+    # `with Pool` terminated the workers on exit, before they released the lock their tqdm bars
+    # made, and the resource tracker then warned of "leaked semaphore objects" at the end of every
+    # parallel `make demo`.
+    (tmp_path / "unit_work.py").write_text(_WORKER_MODULE)
+    script = tmp_path / "run_workers.py"
+    script.write_text(_WORKER_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "job")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(["u0", "u1", "u2", "u3"])
+    assert "leaked" not in done.stderr, done.stderr
+    assert sorted(p.name for p in (tmp_path / "job" / "units").iterdir()) == ["u0.json", "u1.json", "u2.json", "u3.json"]

@@ -167,8 +167,18 @@ class UnitJob:
                 yield unit, work(unit)
             return
         threads = threads_per_worker or max(1, usable_cores() // workers)
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # Not ``with Pool``: its __exit__ terminates the workers mid-shutdown, which leaves their
+        # semaphores to the resource tracker ("leaked semaphore objects" at exit). A finished run
+        # closes and joins; only a failure or an interrupt terminates.
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        try:
             yield from pool.imap_unordered(_run_in_worker, [(work, unit, threads) for unit in todo], chunksize=1)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
 
 
 __all__ = ["UnitJob", "plan_differences", "usable_cores", "PLAN_FILE", "UNITS_DIR"]
