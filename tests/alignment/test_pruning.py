@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import dualsae.alignment.pruning as pruning
 from dualsae.alignment.assignment import solve_assignment
 from dualsae.alignment.certificate import blocked_pruned_min, pruned_bound_min
 from dualsae.alignment.coactivation import PRUNE_ABOVE_BYTES, cofiring_products, resolve_stats_mode, stats_from_codes
@@ -245,3 +246,20 @@ def test_scales_give_the_correlation():
     torch.testing.assert_close(c, ref, rtol=1e-9, atol=1e-9)
     never = (x > 0).double().T @ (y > 0).double() == 0
     torch.testing.assert_close(c[never], (-s.a[:, None] * s.b[None, :])[never], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("compact_factor", [0, 10**9])
+def test_tiles_compacted_or_not_give_the_full_statistics_pruned_at_once(monkeypatch, compact_factor):
+    # The reference: the full co-firing C pruned in one step. Tiles see each row whole but each column in
+    # pieces; compacting after every tile (factor 0) or only at the end must keep the same pairs and bounds.
+    monkeypatch.setattr(pruning, "COMPACT_FACTOR", compact_factor)
+    _, ci, ct = next(c for c in _cases() if c[0] == "planted")
+    full = stats_from_codes(ci, ct, sparse=True).sparse_correlation()
+    ref = prune_entries(full, 3)
+    pc = pruned_correlation(ci, ct, keep=3, tile_pairs=2000)
+    assert pc.info["tiles"] >= 6
+    assert pc.info["compactions"] == (pc.info["tiles"] if compact_factor == 0 else 0)
+    sc = pc.correlation
+    assert np.array_equal(sc.keys, ref.keys) and np.array_equal(sc.values, ref.values)
+    assert np.array_equal(sc.row_bound, ref.row_bound) and np.array_equal(sc.col_bound, ref.col_bound)
+    assert sc.nnz <= 3 * sum(sc.shape) < full.nnz

@@ -11,7 +11,9 @@ pairs, and the optimum of eq. 6 is still exact and certified over all pairs.
    (``row_bound_i`` / ``col_bound_j``: the largest dropped c), so every dropped pair has
    ``c_ij <= min(row_bound_i, col_bound_j)`` and every unlisted pair that never co-fires is rank-one
    (:class:`dualsae.alignment.sparse_correlation.SparseCorrelation`). A block holds each of its rows
-   whole, so rows are pruned exactly per block; columns once more over all blocks' survivors.
+   whole, so rows are pruned exactly per block; columns again over the survivors held so far whenever they
+   pass ``COMPACT_FACTOR`` (n_I + n_T) keep pairs, and once more at the end (a column's keep best over all
+   blocks are among the blocks' keep best: the result equals pruning the full C at once).
 3. Exactness (:func:`dualsae.alignment.sparse_assignment.solve_pruned`): the certificate also demands
    ``u_i + v_j >= min(row_bound_i, col_bound_j)`` of unlisted pairs; the pairs that fail it, and every
    unlisted candidate, are resolved to their exact c from the held codes (:class:`CodeResolver`, one pass
@@ -41,6 +43,9 @@ KEEP = 128
 # Co-firing products one tile may hold (its distinct pairs are at most these): ~20 bytes each in the
 # run, twice while merging, plus the tile's C (28 bytes): ~1.7 GB at the peak.
 TILE_PAIRS = 25_000_000
+# Held pruned pairs, in units of (n_I + n_T) keep (what one compaction leaves at most), that trigger a
+# compaction: larger compacts less often (each is a top-keep selection over what is held), smaller holds less.
+COMPACT_FACTOR = 2
 # Rows of codes per step when resolving pairs (products among the queried latents only).
 RESOLVE_ROWS = 32_768
 
@@ -157,6 +162,18 @@ def image_tiles(codes_i: SparseCodes, codes_t: SparseCodes, tile_pairs: int) -> 
     return bounds
 
 
+def _join(parts: list[SparseCorrelation]) -> SparseCorrelation:
+    """One SparseCorrelation of the pruned ``parts`` (same live latents and marginals; disjoint image-latent
+    blocks in ascending order, so the keys stay sorted), bounds the largest of the parts'."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    rb = np.max(np.stack([p.row_bound for p in parts]), axis=0)
+    cb = np.max(np.stack([p.col_bound for p in parts]), axis=0)
+    return SparseCorrelation(first.live_image, first.live_text, first.a, first.b,
+                             *(np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "cols", "values", "counts")), rb, cb)
+
+
 def pruned_correlation(codes_i: SparseCodes, codes_t: SparseCodes, keep: int = KEEP, tile_pairs: int = TILE_PAIRS,
                        batch_size: int = 4096, progress: bool = False) -> PrunedCorrelation:
     """The pruned C of paired codes (codes_i [N, k_I], codes_t [N, k_T], row r of each one pair), by tiles of
@@ -166,8 +183,8 @@ def pruned_correlation(codes_i: SparseCodes, codes_t: SparseCodes, keep: int = K
     if keep < 1 or tile_pairs < 1:
         raise ConfigError(f"keep and tile_pairs must be >= 1, found keep={keep}, tile_pairs={tile_pairs}")
     tiles = image_tiles(codes_i, codes_t, tile_pairs)
-    parts: list[SparseCorrelation] = []
-    seen = 0
+    held: list[SparseCorrelation] = []  # pruned tiles not yet compacted, then the compacted survivors first
+    seen, held_pairs, compactions = 0, 0, 0
     marg = None
     for lo, hi in tqdm(tiles, desc="coactivation tiles", unit="tile", disable=not progress, leave=False):
         # The marginals (eq. 5's means and sds over all rows) are summed once, by the first tile; the later
@@ -177,20 +194,24 @@ def pruned_correlation(codes_i: SparseCodes, codes_t: SparseCodes, keep: int = K
         marg = stats if marg is None else marg
         tile = stats.sparse_correlation(consume=True)
         seen += tile.nnz
-        parts.append(prune_entries(tile, keep))
+        held.append(prune_entries(tile, keep))
+        held_pairs += held[-1].nnz
         del stats, tile
+        # Each pruned tile keeps every column's keep best *within the tile*: up to n_T keep pairs a tile, so the
+        # survivors of all tiles would grow with the number of tiles (~10^7 pairs, 0.26 GB, each at 10^6 rows
+        # and 65,536 latents). Compacting re-prunes the columns over what is held (rows are whole in their
+        # tile: their keep best are already final), which bounds the held pairs by (n_I + n_T) keep.
+        n_i, n_t = held[-1].shape
+        if held_pairs > COMPACT_FACTOR * keep * (n_i + n_t):
+            held = [prune_entries(_join(held), keep)]
+            held_pairs, compactions = held[0].nnz, compactions + 1
     if marg is None:
         raise DataError("no latents to correlate")
-    first = parts[0]
-    rb = np.max(np.stack([p.row_bound for p in parts]), axis=0)
-    cb = np.max(np.stack([p.col_bound for p in parts]), axis=0)
-    joined = SparseCorrelation(first.live_image, first.live_text, first.a, first.b, *(np.concatenate([getattr(p, f) for p in parts])
-                               for f in ("rows", "cols", "values", "counts")), rb, cb)  # blocks ascend: keys stay sorted
-    sc = prune_entries(joined, keep)  # the columns' keep largest over all blocks
+    sc = prune_entries(_join(held), keep)  # the columns' keep largest over all blocks
     scales = marg.scales().cpu()
     resolver = CodeResolver(codes_i, codes_t, sc.live_image, sc.live_text, scales.u_i.numpy(), scales.u_t.numpy(), sc.a, sc.b)
     info = {"keep": int(keep), "tiles": len(tiles), "tile_pairs": int(tile_pairs), "cofiring_pairs": int(seen),
-            "kept_pairs": int(sc.nnz)}
+            "kept_pairs": int(sc.nnz), "compactions": compactions}
     return PrunedCorrelation(sc, resolver, marg.n, info)
 
 
