@@ -181,6 +181,8 @@ def test_align_pruned_end_to_end(tmp_path, emoji):
     back = load_sparse_correlation(tmp_path / "out")
     assert back.pruned and np.array_equal(back.row_bound, res.correlation.row_bound)
     json.dumps(res.report)  # JSON-able
+    timing = res.report["timing"]  # align encoded the store itself: that part of the statistics is recorded
+    assert 0 < timing["encoding_s"] <= timing["correlation_s"]
     with pytest.raises(ConfigError):
         align(pair, rows, stats_mode="pruned", solver="scipy", progress=False)
 

@@ -115,7 +115,7 @@ def align(
     statistics and the match confidence instead of encoding the store again.
     """
     t0 = time.perf_counter()
-    release, pruned = release_stats or stats is None, None
+    release, pruned, t_enc = release_stats or stats is None, None, None
     if codes is not None:
         if store is None or codes[0].batch != store.n or codes[1].batch != store.n:
             raise ConfigError(f"codes must be those of the store's {'?' if store is None else store.n} rows, "
@@ -131,6 +131,7 @@ def align(
             # many co-firing pairs there can be, and pruned statistics re-read them (tiles, resolved pairs).
             if codes is None:
                 codes = encode_store(pair, store, batch_size=batch_size, device=device, progress=progress)
+                t_enc = time.perf_counter()
             mode = resolve_stats_mode(stats_mode, m_i, m_t, products=cofiring_products(*codes))
             if mode == "pruned":
                 if tiles != 1:
@@ -164,6 +165,8 @@ def align(
             c = c.cpu()
     t_assign = time.perf_counter()
     timing = {"correlation_s": round(t_corr - t0, 3), "assignment_s": round(t_assign - t_corr, 3)}
+    if t_enc is not None:  # the part of correlation_s spent encoding the store through both SAEs
+        timing["encoding_s"] = round(t_enc - t0, 3)
     common = {"source_run": source, "source_method": pair.method, "rows": n_rows,
               "statistics": kind, "solver_details": _solver_details(matching, n_pairs)}
     conf, conf_section = None, {}
