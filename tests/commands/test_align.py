@@ -58,14 +58,19 @@ def test_align_flag_errors(tmp_path, capsys):
     assert "tiles" in err and "sparse statistics" in err and len(err.strip().splitlines()) == 1
 
 
+def _one_process_and_two_ranks(tmp_path, args: list[str]) -> tuple[dict, dict]:
+    """alignment.json of ``dualsae <args>`` in one process (``one/``) and under 2 torchrun ranks (``two/``)."""
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    outs = launch_ranks(["-m", "dualsae", *args, "--out", str(tmp_path / "two")])
+    assert "certificate" in outs[0] and outs[1] == ""
+    return tuple(json.loads((tmp_path / f / "alignment.json").read_text()) for f in ("one", "two"))
+
+
 def test_two_rank_sparse_align_equals_one_process(tmp_path):
     run, store, _ = _setup(tmp_path, m=32)
     args = ["align", str(run), "--data", str(store), "--no-progress", "--stats", "sparse", "--solver", "sparse",
             "--batch-size", "300", "--shuffles", "0"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    outs = launch_ranks(["-m", "dualsae", *args, "--out", str(tmp_path / "two")])
-    assert "certificate" in outs[0] and outs[1] == ""
-    one, two = (json.loads((tmp_path / f / "alignment.json").read_text()) for f in ("one", "two"))
+    one, two = _one_process_and_two_ranks(tmp_path, args)
     assert one["permutation"] == two["permutation"] and one["rows"] == two["rows"] == 2400
     a, b = load_sparse_correlation(tmp_path / "one"), load_sparse_correlation(tmp_path / "two")
     assert np.array_equal(a.rows, b.rows) and np.array_equal(a.cols, b.cols) and np.array_equal(a.counts, b.counts)
@@ -79,10 +84,7 @@ def test_two_rank_pruned_align_with_confidence_equals_one_process(tmp_path):
     run, store, sigma = _setup(tmp_path, m=32)
     args = ["align", str(run), "--data", str(store), "--no-progress", "--stats", "pruned", "--keep", "2",
             "--batch-size", "300", "--shuffles", "20"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    outs = launch_ranks(["-m", "dualsae", *args, "--out", str(tmp_path / "two")])
-    assert "certificate" in outs[0] and outs[1] == ""
-    one, two = (json.loads((tmp_path / f / "alignment.json").read_text()) for f in ("one", "two"))
+    one, two = _one_process_and_two_ranks(tmp_path, args)
     assert one["statistics"] == two["statistics"] == "pruned"
     assert one["permutation"] == two["permutation"] and one["rows"] == two["rows"] == 2400
     assert all(two["permutation"][int(sigma[i])] == i for i in range(32))
