@@ -199,7 +199,7 @@ def pruned_correlation(codes_i: SparseCodes, codes_t: SparseCodes, keep: int = K
         del stats, tile
         # Each pruned tile keeps every column's keep best *within the tile*: up to n_T keep pairs a tile, so the
         # survivors of all tiles would grow with the number of tiles (~8.6e6 pairs, 0.24 GB, each at 10^6 rows
-        # and 65,536 latents: 24 GB and a kill in all). Compacting re-prunes the columns over what is held (rows
+        # and 65,536 latents: killed at 23 GiB in all). Compacting re-prunes the columns over what is held (rows
         # are whole in their tile: their keep best are already final); it leaves at most (n_I + n_T) keep pairs.
         n_i, n_t = held[-1].shape
         if held_pairs > COMPACT_FACTOR * keep * (n_i + n_t):
