@@ -265,3 +265,6 @@ def test_tiles_compacted_or_not_give_the_full_statistics_pruned_at_once(monkeypa
     assert np.array_equal(sc.keys, ref.keys) and np.array_equal(sc.values, ref.values)
     assert np.array_equal(sc.row_bound, ref.row_bound) and np.array_equal(sc.col_bound, ref.col_bound)
     assert sc.nnz <= 3 * sum(sc.shape) < full.nnz
+    one = pruned_correlation(ci, ct, keep=3, tile_pairs=10**12).correlation  # a single tile is final as pruned
+    assert np.array_equal(one.keys, ref.keys) and np.array_equal(one.values, ref.values)
+    assert np.array_equal(one.row_bound, ref.row_bound) and np.array_equal(one.col_bound, ref.col_bound)

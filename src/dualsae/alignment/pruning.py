@@ -207,7 +207,9 @@ def pruned_correlation(codes_i: SparseCodes, codes_t: SparseCodes, keep: int = K
             held_pairs, compactions = held[0].nnz, compactions + 1
     if marg is None:
         raise DataError("no latents to correlate")
-    sc = prune_entries(_join(held), keep)  # the columns' keep largest over all blocks
+    # The columns' keep largest over all blocks; one held part is final already (the only tile, whose
+    # columns were pruned over every pair, or the compaction just made).
+    sc = held[0] if len(held) == 1 else prune_entries(_join(held), keep)
     scales = marg.scales().cpu()
     resolver = CodeResolver(codes_i, codes_t, sc.live_image, sc.live_text, scales.u_i.numpy(), scales.u_t.numpy(), sc.a, sc.b)
     info = {"keep": int(keep), "tiles": len(tiles), "tile_pairs": int(tile_pairs), "cofiring_pairs": int(seen),
