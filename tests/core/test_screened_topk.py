@@ -80,6 +80,28 @@ def test_near_ties_at_the_threshold_are_decided_in_float32():
     assert torch.equal(idx, F.linear(x, W, b).topk(k, dim=1).indices.sort(dim=1).values)
 
 
+def test_rows_with_candidates_in_more_blocks_than_taken_retry_over_the_whole_row(monkeypatch):
+    """k = 1 takes 2 blocks first; a row whose top latent has 3 rivals in 3 other blocks, each a little above it
+    in float32 (within the bfloat16 bound, so all >= tau and near-equal in A), is not resolved by the blocks and
+    retries over the whole row (counted), and the float32 top is still chosen; most rows are resolved by the
+    blocks alone."""
+    batch, m, d, k = 16, 2048, 32, 1
+    x, W, b = _problem(batch, m, d, seed=11)
+    pre = F.linear(x, W, b)
+    j0 = int(pre[0].argmax())
+    for n, j in enumerate([(j0 + s) % m for s in (1, 2, 3)]):
+        b[j] += pre[0, j0] - pre[0, j] + 1e-4 * (n + 1)  # distinct blocks: a block is the columns equal mod m / 16
+    pre = F.linear(x, W, b)
+    assert int(pre[0].argmax()) == (j0 + 3) % m  # above j0 in float32 by less than bfloat16 resolves
+    calls = []
+    real = st._top_w
+    monkeypatch.setattr(st, "_top_w", lambda A, rows, w: calls.append(None if rows is None else rows.tolist()) or real(A, rows, w))
+    exact, dense = _oracles(x, W, b)
+    idx, _ = st.certified_topk(st.screen_product(x, W, b), k, exact, dense)
+    assert torch.equal(idx, pre.topk(k, dim=1).indices.sort(dim=1).values)
+    assert len(calls) == 1 and 0 in calls[0] and len(calls[0]) < batch // 2
+
+
 def test_rows_the_screen_cannot_separate_take_the_dense_product(monkeypatch):
     """Equal pre-activations in every column: no candidate set is smaller than the row, so the dense
     fallback runs (counted) and still returns a float32 top-k."""
@@ -141,3 +163,34 @@ def test_sae_forward_with_screen_equals_float32_path(activation, monkeypatch):
     assert float(plain[2]) > 0
     for a, b in zip(plain[1:], screen[1:]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("b_dec_on_input", [True, False])
+def test_sae_encode_with_screen_equals_float32_codes(b_dec_on_input, monkeypatch):
+    """Inference ``encode`` at a screened width chooses from the certified screen (counted) and returns the
+    float32 path's codes: the same latents in the same order (largest first), values to float32 rounding;
+    also for an SAE that does not subtract b_dec from its input (imported SAEs), where the screen's input
+    must be x itself, in training as in inference."""
+    import dualsae.models.activations.topk as topk_module
+
+    monkeypatch.setattr(sae_module, "bf16_matmul_is_fast", lambda device: True)
+    calls = []
+    real = topk_module.certified_topk
+    monkeypatch.setattr(topk_module, "certified_topk", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    m, d = sae_module.SCREEN_MIN_LATENTS, 48
+    sae = SAE(SAEConfig(d=d, m=m, k=8, b_dec_on_input=b_dec_on_input), generator=torch.Generator().manual_seed(0)).eval()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        sae.b_dec.normal_(0, 1.0, generator=torch.Generator().manual_seed(2))  # large: a wrong offset changes the pick
+    x = torch.randn(128, d, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = sae.encode(x)
+        ref = sae.activation.encode(sae, sae.pre_activations(x))
+    assert len(calls) == 1
+    assert torch.equal(got.indices, ref.indices)
+    torch.testing.assert_close(got.values, ref.values, rtol=1e-5, atol=1e-6)
+    sel = sae.selection_screen(x)  # the training forward's screen: the same input offset
+    torch.testing.assert_close(sel.exact(None, ref.indices), sae.pre_activations(x).gather(1, ref.indices), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        few = sae.encode(x[: sae_module.SCREEN_MIN_ROWS - 1])  # below the screen's rows: the float32 product
+    assert len(calls) == 1 and torch.equal(few.indices, ref.indices[: sae_module.SCREEN_MIN_ROWS - 1])

@@ -100,6 +100,12 @@ class Activation:
         """Inference codes. pre: [batch, m] (no autograd) -> SparseCodes [batch, width]."""
         raise NotImplementedError
 
+    def encode_screened(self, sae: SAEView, selection: Selection) -> SparseCodes | None:
+        """The codes :meth:`encode` makes of the float32 pre-activations, chosen from the certified
+        bfloat16 screen instead (:mod:`dualsae.core.screened_topk`); None: this activation has no
+        screened inference and the float32 product runs."""
+        return None
+
     def auxiliary_terms(self, sae: SAEView, x: torch.Tensor, out: SAEOutput, modalities: int) -> dict[str, LossTerm]:
         """Regulariser terms of this activation for a batch x: [modalities * B, d] of B pairs (per-pair sums)."""
         return {}
