@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import dualsae.alignment.pruning as pruning
 from dualsae.alignment.assignment import solve_assignment
 from dualsae.alignment.certificate import blocked_pruned_min, pruned_bound_min
 from dualsae.alignment.coactivation import PRUNE_ABOVE_BYTES, cofiring_products, resolve_stats_mode, stats_from_codes
@@ -250,21 +249,19 @@ def test_scales_give_the_correlation():
     torch.testing.assert_close(c[never], (-s.a[:, None] * s.b[None, :])[never], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("compact_factor", [0, 10**9])
-def test_tiles_compacted_or_not_give_the_full_statistics_pruned_at_once(monkeypatch, compact_factor):
-    # The reference: the full co-firing C pruned in one step. Tiles see each row whole but each column in
-    # pieces; compacting after every tile (factor 0) or only at the end must keep the same pairs and bounds.
-    monkeypatch.setattr(pruning, "COMPACT_FACTOR", compact_factor)
-    _, ci, ct = next(c for c in _cases() if c[0] == "planted")
+@pytest.mark.parametrize("case", ["planted", "ties", "signed"])
+@pytest.mark.parametrize("tile_pairs", [1, 2000, 10**12])
+def test_two_passes_of_tiles_give_the_full_statistics_pruned_at_once(case, tile_pairs):
+    # The reference: the full co-firing C pruned in one step. Pass 1 sees each row whole, pass 2 each column
+    # whole; one latent per tile (tile_pairs 1), several, or a single tile must keep the same pairs and bounds.
+    _, ci, ct = next(c for c in _cases() if c[0] == case)
     full = stats_from_codes(ci, ct, sparse=True).sparse_correlation()
     ref = prune_entries(full, 3)
-    pc = pruned_correlation(ci, ct, keep=3, tile_pairs=2000)
-    assert pc.info["tiles"] >= 6
-    assert pc.info["compactions"] == (pc.info["tiles"] if compact_factor == 0 else 0)
+    pc = pruned_correlation(ci, ct, keep=3, tile_pairs=tile_pairs)
+    assert (pc.info["tiles"], pc.info["text_tiles"]) == (len(image_tiles(ci, ct, tile_pairs)), len(image_tiles(ct, ci, tile_pairs)))
+    assert (pc.info["tiles"] == 1) == (tile_pairs == 10**12) and pc.info["cofiring_pairs"] == full.nnz
     sc = pc.correlation
     assert np.array_equal(sc.keys, ref.keys) and np.array_equal(sc.values, ref.values)
+    assert np.array_equal(sc.counts, ref.counts)
     assert np.array_equal(sc.row_bound, ref.row_bound) and np.array_equal(sc.col_bound, ref.col_bound)
     assert sc.nnz <= 3 * sum(sc.shape) < full.nnz
-    one = pruned_correlation(ci, ct, keep=3, tile_pairs=10**12).correlation  # a single tile is final as pruned
-    assert np.array_equal(one.keys, ref.keys) and np.array_equal(one.values, ref.values)
-    assert np.array_equal(one.row_bound, ref.row_bound) and np.array_equal(one.col_bound, ref.col_bound)

@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     pr = rep["solver_details"].get("pruning")
     if pr is not None:
         print(f"  pruned statistics: {pr['kept_pairs']:,} of {pr['cofiring_pairs']:,} co-firing pairs kept ({pr['keep']} per latent, "
-              f"{pr['tiles']} tile(s)), {rep['solver_details'].get('resolved_pairs', 0):,} more resolved from the codes")
+              f"{pr['tiles']} + {pr.get('text_tiles', 0)} tile(s) of image / text latents), "
+              f"{rep['solver_details'].get('resolved_pairs', 0):,} more resolved from the codes")
     print(f"  -> {out}  (correlation {t['correlation_s']:.1f}s, assignment {t['assignment_s']:.1f}s)")
     return 0
 
