@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.sparse import csr_matrix
 
-from dualsae.alignment.cofiring import coalesce_codes
+from dualsae.alignment.cofiring import coalesce_codes, csr_by_row, indicator, matched_sums
 from dualsae.core.codes import SparseCodes
 
 # Rows of codes coalesced at a time while the matrices are built.
@@ -47,24 +47,11 @@ class BlockProduct:
 
 def codes_csr(codes: SparseCodes) -> csr_matrix:
     """Codes [N, k] as a CSR [N, m] float64 of their active entries (repeated indices in a row summed)."""
-    vals, idx, per = [], [], []
-    for s in range(0, codes.batch, BUILD_ROWS):
-        v, i = coalesce_codes(SparseCodes(codes.values[s : s + BUILD_ROWS], codes.indices[s : s + BUILD_ROWS], codes.m))
-        a = v != 0
-        vals.append(v[a].numpy())
-        idx.append(i[a].to(torch.int32).numpy())
-        per.append(a.sum(1).numpy())
-    indptr = np.zeros(codes.batch + 1, dtype=np.int64)
-    if per:
-        np.cumsum(np.concatenate(per), out=indptr[1:])
-    data = np.concatenate(vals) if vals else np.zeros(0)
-    ind = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int32)
-    return csr_matrix((data, ind, indptr), shape=(codes.batch, codes.m))
-
-
-def _indicator(c: csr_matrix) -> csr_matrix:
-    """1 (int32) at every stored entry of c, sharing c's index arrays."""
-    return csr_matrix((np.ones(c.nnz, dtype=np.int32), c.indices, c.indptr), shape=c.shape)
+    parts = [coalesce_codes(SparseCodes(codes.values[s : s + BUILD_ROWS], codes.indices[s : s + BUILD_ROWS], codes.m))
+             for s in range(0, codes.batch, BUILD_ROWS)]
+    v = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, codes.indices.shape[1], dtype=torch.float64)
+    i = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, codes.indices.shape[1], dtype=torch.long)
+    return csr_by_row(v, i, v != 0, codes.m)
 
 
 def latent_rows(z: csr_matrix) -> csr_matrix:
@@ -78,7 +65,7 @@ class BlockProducts:
 
     def __init__(self, t: csr_matrix, o: csr_matrix) -> None:
         self.t, self.o = t, o
-        self.it, self.io = _indicator(t), _indicator(o)
+        self.it, self.io = indicator(t), indicator(o)
 
     def product(self, lo: int, hi: int) -> BlockProduct:
         """The co-firing pairs of ``by``'s latents [lo, hi) with every latent of ``other``."""
@@ -86,11 +73,7 @@ class BlockProducts:
         with ThreadPoolExecutor(2) as pool:
             fs, fc = pool.submit(lambda: a @ self.o), pool.submit(lambda: ia @ self.io)
             sums, counts = fs.result(), fc.result()
-        if sums.nnz == counts.nnz and np.array_equal(sums.indptr, counts.indptr) and np.array_equal(sums.indices, counts.indices):
-            full = sums.data  # same patterns, the same storage order: nothing cancelled
-        else:  # scipy drops sums that cancelled to exactly 0 (signed codes): place the rest by key, 0 elsewhere
-            full = _place(sums, counts)
-        return BlockProduct(counts.indptr.astype(np.int64), counts.indices, full, counts.data.astype(np.int32))
+        return BlockProduct(counts.indptr.astype(np.int64), counts.indices, matched_sums(sums, counts), counts.data)
 
 
 def pair_sums(a: csr_matrix, b: csr_matrix, qa: np.ndarray, qb: np.ndarray, chunk: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
@@ -126,17 +109,6 @@ def _pair_entries(z: csr_matrix, q: np.ndarray, lengths: np.ndarray, n: int) -> 
     offsets = np.repeat(z.indptr[q] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     at = offsets + np.arange(total)
     return np.repeat(np.arange(len(q), dtype=np.int64), lengths) * n + z.indices[at], z.data[at]
-
-
-def _place(sums: csr_matrix, counts: csr_matrix) -> np.ndarray:
-    """sums' values on counts' pattern (in counts' storage order), 0 where sums has no entry."""
-    width = counts.shape[1]
-    ck = np.repeat(np.arange(counts.shape[0], dtype=np.int64), np.diff(counts.indptr)) * width + counts.indices
-    sk = np.repeat(np.arange(sums.shape[0], dtype=np.int64), np.diff(sums.indptr)) * width + sums.indices
-    order = np.argsort(ck, kind="stable")
-    out = np.zeros(len(ck))
-    out[order[np.searchsorted(ck[order], sk)]] = sums.data
-    return out
 
 
 __all__ = ["BlockProduct", "BlockProducts", "codes_csr", "latent_rows", "pair_sums"]

@@ -143,17 +143,34 @@ class CofiringSums:
         return k.numel() * 8 + s.numel() * 8 + c.numel() * 4
 
 
-def _csr_by_row(v: torch.Tensor, i: torch.Tensor, active: torch.Tensor, m: int) -> csr_matrix:
-    """Codes [rows, k] as a scipy CSR [rows, m] of their active entries."""
+def csr_by_row(v: torch.Tensor, i: torch.Tensor, active: torch.Tensor, m: int) -> csr_matrix:
+    """Coalesced codes [rows, k] (values float64, indices, active mask) as a scipy CSR [rows, m] of their active
+    entries (int32 column indices)."""
     per_row = active.sum(1).numpy()
     indptr = np.zeros(len(per_row) + 1, dtype=np.int64)
     np.cumsum(per_row, out=indptr[1:])
-    return csr_matrix((v[active].numpy(), i[active].numpy(), indptr), shape=(len(per_row), m))
+    return csr_matrix((v[active].numpy(), i[active].to(torch.int32).numpy(), indptr), shape=(len(per_row), m))
 
 
-def _indicator(c: csr_matrix) -> csr_matrix:
-    """1 at every stored entry of c (active codes are non-zero), sharing c's index arrays."""
-    return csr_matrix((np.ones(c.nnz), c.indices, c.indptr), shape=c.shape)
+def indicator(c: csr_matrix) -> csr_matrix:
+    """1 (int32) at every stored entry of c (active codes are non-zero), sharing c's index arrays: its products
+    count co-firing rows exactly."""
+    return csr_matrix((np.ones(c.nnz, dtype=np.int32), c.indices, c.indptr), shape=c.shape)
+
+
+def matched_sums(sums: csr_matrix, counts: csr_matrix) -> np.ndarray:
+    """The values of ``sums`` on the pattern of ``counts`` (the co-firing pairs), in counts' storage order: the
+    two products of the same operand patterns share one order, unless scipy dropped sums that cancelled to
+    exactly 0 (signed codes); those are then placed by key and the cancelled pairs get 0, as the dense
+    accumulator has them."""
+    if sums.nnz == counts.nnz and np.array_equal(sums.indptr, counts.indptr) and np.array_equal(sums.indices, counts.indices):
+        return sums.data
+    width = counts.shape[1]
+    ck, sk = _entries(counts, width), _entries(sums, width)
+    order = argsort_stable(ck)
+    out = np.zeros(len(ck))
+    out[order[np.searchsorted(ck[order], sk)]] = sums.data
+    return out
 
 
 def _entries(c: csr_matrix, m_text: int) -> np.ndarray:
@@ -170,20 +187,13 @@ def chunk_cross_sums(vi: torch.Tensor, ii: torch.Tensor, ai: torch.Tensor, vt: t
     sums [U] float64, counts [U] int32). The pattern is the counts' (pairs that co-fire), so a pair whose
     signed products cancel to 0 is kept with S_ij = 0, as the dense accumulator has it.
     """
-    zi_t = _csr_by_row(vi, ii, ai, m_image).T.tocsr()  # [m_I, rows]
-    zt = _csr_by_row(vt, it, at, m_text)  # [rows, m_T]
-    counts = _indicator(zi_t) @ _indicator(zt)  # [m_I, m_T]
-    sums = zi_t @ zt
+    zi_t = csr_by_row(vi, ii, ai, m_image).T.tocsr()  # [m_I, rows]
+    zt = csr_by_row(vt, it, at, m_text)  # [rows, m_T]
+    counts = indicator(zi_t) @ indicator(zt)  # [m_I, m_T]
+    full = matched_sums(zi_t @ zt, counts)
     keys = _entries(counts, m_text)
     order = argsort_stable(keys)  # one parallel sort instead of scipy's per-row sort_indices
-    if sums.nnz == counts.nnz and np.array_equal(sums.indptr, counts.indptr) and np.array_equal(sums.indices, counts.indices):
-        full = sums.data[order]  # same operand patterns: the same storage order, nothing cancelled
-    else:  # scipy drops entries that summed to exactly 0 (signed codes): place the rest by key
-        ks = _entries(sums, m_text)
-        by_key = argsort_stable(ks)
-        full = np.zeros(len(keys))
-        full[np.searchsorted(keys[order], ks[by_key])] = sums.data[by_key]
-    return torch.from_numpy(keys[order]), torch.from_numpy(full), torch.from_numpy(np.rint(counts.data[order]).astype(np.int32))
+    return torch.from_numpy(keys[order]), torch.from_numpy(full[order]), torch.from_numpy(counts.data[order].astype(np.int32))
 
 
 def coalesce_codes(codes: SparseCodes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,4 +247,5 @@ def gather_ragged(t: torch.Tensor, group: Any = None, device: torch.device | str
     return torch.cat([p[: int(k)].cpu() for p, k in zip(parts, sizes)])
 
 
-__all__ = ["BUFFER_PAIRS", "BYTES_PER_PAIR", "CofiringSums", "chunk_cross_sums", "coalesce_codes", "gather_ragged", "reduce_entries"]
+__all__ = ["BUFFER_PAIRS", "BYTES_PER_PAIR", "CofiringSums", "chunk_cross_sums", "coalesce_codes", "csr_by_row", "gather_ragged", "indicator",
+           "matched_sums", "reduce_entries"]
