@@ -13,13 +13,7 @@ from it, never a different one:
    ``tau + base + r |tau| = L``) has F <= A + base + r |A| < L, so it is not among the k largest F.
 3. The candidates ``A >= tau`` (a few k per row) lie in the row's top-w of A once the w-th largest A is
    < tau (w = 6k first, x4 for the rows where not; rows still unresolved at w >= m / 4 take the dense
-   float32 product); their F is recomputed and the k largest of those are the answer. The first pass
-   avoids a top-w over all m columns (``torch.topk`` on a CPU visits every entry in a scalar loop: ~0.3 s
-   of a 4,096 x 65,536 screen): the row is cut into blocks of BLOCK_COLUMNS columns, and the w taken are the
-   largest entries of the 2k blocks with the largest maxima. Those blocks hold the row's k largest entries
-   (the k blocks with the largest maxima do), so t is the same; every entry outside them is at most the
-   next block maximum, so a row is resolved when that maximum and the w-th taken are both < tau; the
-   others retry from the whole row.
+   float32 product); their F is recomputed and the k largest of those are the answer.
 
 BatchTopK (the k * batch largest ReLU'd pre-activations of the whole batch) is the same with one
 global L (from the n-th largest A among the rows' top-w's) and a per-row tau.
@@ -48,10 +42,6 @@ U32 = 2.0 ** -24
 REL = 2.01 * U16 + 16 * U32
 #: Candidates first taken per row, as a multiple of k (x4 per retry for the rows that need more).
 FIRST_WIDTH = 6
-#: The first pass of certified_topk takes its candidates from blocks of BLOCK_COLUMNS columns: the
-#: BLOCKS_PER_K * k blocks with the largest maxima (step 3 of the module docstring).
-BLOCK_COLUMNS = 16
-BLOCKS_PER_K = 2
 
 #: exact(rows, idx) -> F at idx: rows [r] (None: every row), idx [r, w] in any order -> [r, w] float32.
 Exact = Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]
@@ -124,26 +114,6 @@ def _top_w(A: torch.Tensor, rows: torch.Tensor | None, w: int) -> tuple[torch.Te
     return vals.float(), idx
 
 
-def _block_top_w(A: torch.Tensor, w: int, taken: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(values float32 [batch, w], indices [batch, w], rest [batch]): the w largest entries of the ``taken``
-    blocks (of BLOCK_COLUMNS columns: block j holds columns j, j + nb, ...) with the largest maxima, in no
-    order, and the largest maximum of the blocks not taken (every entry outside those blocks is <= rest)."""
-    batch, m = A.shape
-    s = BLOCK_COLUMNS
-    nb = m // s
-    blocks = A.contiguous().view(batch, s, nb)  # blocks[b, i, j] = A[b, i * nb + j]
-    maxima, best = blocks.amax(dim=1).topk(taken + 1, dim=1)  # largest first
-    cand = blocks.gather(2, best[:, :taken].unsqueeze(1).expand(batch, s, taken)).reshape(batch, s * taken)
-    vals, pos = cand.topk(w, dim=1, sorted=False)
-    return vals.float(), (pos // taken) * nb + best.gather(1, pos % taken), maxima[:, taken].float()
-
-
-def _blocks_apply(m: int, k: int, w: int) -> bool:
-    """Whether the first pass can take its w candidates from BLOCKS_PER_K * k blocks (a small share of the row)."""
-    taken = BLOCKS_PER_K * k
-    return m % BLOCK_COLUMNS == 0 and m // BLOCK_COLUMNS >= 4 * taken and taken * BLOCK_COLUMNS >= w
-
-
 def certified_topk(screen: Screen, k: int, exact: Exact, dense: Dense) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest float32 pre-activations of each row: (indices sorted ascending, their F values),
     two [batch, k] tensors; the same selection as ``F.topk(k)`` of the dense float32 product."""
@@ -153,7 +123,6 @@ def certified_topk(screen: Screen, k: int, exact: Exact, dense: Dense) -> tuple[
     val_out = torch.empty(batch, k, dtype=torch.float32, device=A.device)
     rows: torch.Tensor | None = None  # None: every row, still unresolved
     w = min(FIRST_WIDTH * k, m)
-    by_blocks = _blocks_apply(m, k, w)  # the first pass only
     while True:
         r = torch.arange(batch, device=A.device) if rows is None else rows
         if r.numel() == 0:
@@ -164,18 +133,12 @@ def certified_topk(screen: Screen, k: int, exact: Exact, dense: Dense) -> tuple[
             idx, order = idx.sort(dim=1)
             idx_out[r], val_out[r] = idx, vals.gather(1, order)
             break
-        rest = None
-        if by_blocks:
-            vals, idx, rest = _block_top_w(A, w, BLOCKS_PER_K * k)
-        else:
-            vals, idx = _top_w(A, rows, w)
+        vals, idx = _top_w(A, rows, w)
         t = vals.topk(k, dim=1).values[:, -1]
         M1 = torch.maximum(vals.amax(dim=1), t.abs())
         b_r = base[r]
         tau = _tau(t - b_r - REL * M1, b_r)
         ok = vals.amin(dim=1) < tau  # every candidate (A >= tau) is among the w taken
-        if rest is not None:
-            ok &= rest < tau  # ... and none lies outside the blocks taken
         if rows is None and bool(ok.all()):  # the usual case: every row at once, no index lists
             F = exact(None, idx)
             fv, pos = F.topk(k, dim=1)
@@ -190,10 +153,7 @@ def certified_topk(screen: Screen, k: int, exact: Exact, dense: Dense) -> tuple[
             sel, order = sel.sort(dim=1)
             idx_out[r[good]], val_out[r[good]] = sel, fv.gather(1, order)
         rows = r[~ok]
-        if by_blocks:  # the rows the blocks did not resolve retry at the same width over the whole row
-            by_blocks = False
-        else:
-            w *= 4
+        w *= 4
     return idx_out, val_out
 
 
