@@ -148,11 +148,9 @@ def _block_pairs(bp: BlockProduct, lo: int, hi: int, by_image: bool, pos_by: tor
     """A block's pairs of live latents: (row in the block [P], live position of the blocked side [P], of the
     other side [P], c [P] float64, counts [P] int32). c = S_ij u_i u_j - a_i b_j, the image factors first
     whichever side is blocked, in the order :meth:`CoactivationStats.sparse_correlation` computes it (the same
-    bits from either pass). The elementwise work runs in torch (all threads); the block's own factors are
-    repeated per row rather than gathered per pair."""
-    per = torch.from_numpy(np.diff(bp.indptr))
-    local = torch.repeat_interleave(torch.arange(hi - lo), per)
-    pb = torch.repeat_interleave(pos_by[lo:hi], per)
+    bits from either pass). The elementwise work runs in torch (all threads)."""
+    local = torch.from_numpy(bp.block_rows())
+    pb = pos_by[lo:hi].index_select(0, local)
     po = pos_other.index_select(0, torch.from_numpy(bp.cols).long())
     sums, counts = torch.from_numpy(bp.sums), torch.from_numpy(bp.counts)
     if bool((pb < 0).any()) or bool((po < 0).any()):  # pairs of dead latents (constant values) are left out
